@@ -1,0 +1,63 @@
+/* yk bench: timings on the GPU, measured the way triton.testing.do_bench measures the peers
+ * (L2 flushed before each repetition, CUDA events around the call, median), so ratios against
+ * the peers' figures from the same run compare like with like. */
+#ifndef YK_BENCH_BENCH_H
+#define YK_BENCH_BENCH_H
+
+#include <stdio.h>
+
+#include "bench/harness.h"
+
+typedef struct bench_timer {
+  yk_ctx *ctx;
+  CUdeviceptr flush; /* 256 MB, cleared before each repetition, as do_bench does */
+  size_t flush_words;
+  CUevent *start, *end;
+  int capacity;
+} bench_timer;
+
+int bench_timer_init(bench_timer *t, yk_ctx *ctx);
+void bench_timer_free(bench_timer *t);
+
+typedef yk_status (*bench_fn)(void *arg);
+
+/* Median milliseconds of fn over repetitions filling about 100 ms (at least 10, at most the
+ * timer's capacity), after warm-up. Negative if fn fails (the message is on the context). */
+double bench_median_ms(bench_timer *t, bench_fn fn, void *arg);
+
+/* One row of results. */
+typedef struct bench_row {
+  char name[96];
+  double ms;        /* median */
+  double gbps;      /* bytes moved / time, 0 where not a bandwidth figure */
+  double value;     /* other figures: microseconds, milliseconds */
+  const char *unit; /* "GB/s", "us", "ms" */
+} bench_row;
+
+typedef struct bench_results {
+  bench_row rows[128];
+  int count;
+  double copy_gbps; /* measured device-to-device copy, read + write */
+} bench_results;
+
+void bench_add(bench_results *r, const char *name, double ms, double gbps, double value, const char *unit);
+
+/* One op on one shape, in bf16, with random inputs on the device. */
+typedef enum { RMS_NORM, FUSED_ADD_RMS_NORM, SILU_AND_MUL, ROPE } bench_op;
+typedef struct {
+  yk_ctx *ctx;
+  bench_op op;
+  yh_tensor a, b, c, d; /* per op: x, weight, out | x, residual, weight | x, out | q, k, cache, positions */
+} bench_case;
+/* width: hidden (norms), d (silu_and_mul), head_dim (rope: 32 q and 8 kv heads). Returns the bytes
+ * one call moves, or 0 on failure. */
+double bench_case_setup(bench_case *c, yk_ctx *ctx, bench_op op, int64_t tokens, int64_t width, yh_rng *rng);
+yk_status bench_case_call(void *c);
+void bench_case_free(bench_case *c);
+
+int bench_ops(bench_timer *t, bench_results *r, int quick);
+/* Times each op's tunable fields over a grid of values through the context's spec override. */
+int bench_sweep(bench_timer *t, bench_results *r);
+int bench_jit(yk_ctx *ctx, bench_results *r, int quick);
+
+#endif

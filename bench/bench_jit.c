@@ -1,0 +1,184 @@
+/* JIT costs: a cold compile, first use of a kernel found in the disk cache, and what dispatch
+ * through the cache adds over a bare cuLaunchKernel. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench/bench.h"
+#include "runtime/context.h"
+#include "runtime/launch.h"
+#include "runtime/module.h"
+
+static double now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
+}
+
+static int compare(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, compare);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static yk_ctx *ctx_on(const char *dir, yk_device_kind device) {
+  yk_ctx_options o;
+  yk_ctx_options_init(&o);
+  o.device = device;
+  o.cache_dir = dir;
+  yk_ctx *ctx = NULL;
+  return yk_ctx_create(&o, &ctx) == YK_OK ? ctx : NULL;
+}
+
+enum { SPECS = 9 };
+
+/* Distinct specs that no cache holds yet (the run's salt keeps reruns cold): three ops, three sizes. */
+static void spec_text(int salt, int i, char *buf, size_t size) {
+  const int hidden = 4096 + 32 * salt + 64 * i;
+  if (i % 3 == 0)
+    snprintf(buf, size, "rms_norm:dtype=bf16,hidden=%d", hidden);
+  else if (i % 3 == 1)
+    snprintf(buf, size, "act_and_mul:dtype=bf16,d=%d", hidden);
+  else
+    snprintf(buf, size, "rope:dtype=bf16,head_dim=%d", 64 + 16 * i);
+}
+
+/* A fresh directory for the cold and disk measurements. */
+static void temp_dir(char *out, size_t size) {
+  const char *root = getenv("TMPDIR");
+  snprintf(out, size, "%s/yk-bench-XXXXXX", root && root[0] ? root : "/tmp");
+  if (!mkdtemp(out)) out[0] = '\0';
+}
+
+typedef struct {
+  yk_ctx *ctx;
+  yh_tensor x, w, out;
+} tiny;
+
+static int make_tiny(tiny *t, yk_ctx *ctx, int64_t hidden) {
+  t->ctx = ctx;
+  const int64_t dims[2] = {1, hidden};
+  yh_rng rng = {9};
+  if (yh_tensor_init(&t->x, ctx, YK_BF16, 2, dims, NULL, 1) ||
+      yh_tensor_init(&t->w, ctx, YK_BF16, 1, &hidden, NULL, 1) ||
+      yh_tensor_init(&t->out, ctx, YK_BF16, 2, dims, NULL, 1))
+    return 1;
+  yh_fill_uniform(&t->x, &rng, -1, 1), yh_fill_uniform(&t->w, &rng, -1, 1);
+  return 0;
+}
+
+static void free_tiny(tiny *t) { yh_tensor_free(&t->x), yh_tensor_free(&t->w), yh_tensor_free(&t->out); }
+
+int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
+  char dir[512];
+  temp_dir(dir, sizeof dir);
+  int failures = 0;
+  const char *target = gpu->target;
+  const int salt = (int)(time(NULL) % 1000);
+
+  /* cold compile: generation, key, NVRTC, disk write */
+  yk_ctx *cold = ctx_on(dir, YK_DEVICE_CPU);
+  double compile[SPECS];
+  int n = 0;
+  for (int i = 0; cold && i < SPECS; i++) {
+    char spec[128];
+    spec_text(salt, i, spec, sizeof spec);
+    int compiled = 0;
+    double t0 = now_ms();
+    if (yk_spec_compile(cold, spec, target, &compiled) == YK_OK && compiled) compile[n++] = now_ms() - t0;
+  }
+  if (n) {
+    double m = median(compile, n);
+    bench_add(r, "jit.cold_compile_ms (median of rms_norm, act_and_mul, rope)", m, 0, m, "ms");
+    fprintf(stderr, "  cold compile: median %.1f ms over %d specs\n", m, n);
+  } else {
+    failures++;
+  }
+  yk_ctx_destroy(cold);
+
+  /* first use from the disk cache, in a new context: disk read, checksum, module load, launch */
+  yk_ctx *warm = ctx_on(dir, YK_DEVICE_CUDA);
+  double first[SPECS];
+  n = 0;
+  for (int i = 0; warm && i < SPECS; i += 3) {
+    char spec[128];
+    spec_text(salt, i, spec, sizeof spec);
+    const int hidden = atoi(strstr(spec, "hidden=") + 7);
+    tiny t;
+    if (make_tiny(&t, warm, hidden)) break;
+    yh_sync(warm);
+    double t0 = now_ms();
+    yk_status st = yk_rms_norm(warm, &t.x.dl, &t.w.dl, 1e-6f, &t.out.dl, NULL);
+    if (st == YK_OK && yh_sync(warm) == 0) first[n++] = now_ms() - t0;
+    free_tiny(&t);
+  }
+  yk_ctx_stats stats;
+  if (warm) yk_ctx_get_stats(warm, &stats);
+  if (n && warm && stats.disk_hits == (uint64_t)n && stats.compiled == 0) {
+    double m = median(first, n);
+    bench_add(r, "jit.first_use_from_disk_ms (read, verify, load cubin, launch, sync)", m, 0, m, "ms");
+    fprintf(stderr, "  first use from disk: median %.3f ms over %d kernels\n", m, n);
+  } else {
+    fprintf(stderr, "  first use from disk: not measured (%s)\n", warm ? "kernels were not disk hits" : "no context");
+    failures++;
+  }
+  yk_ctx_destroy(warm);
+
+  /* dispatch: yk_rms_norm on a cached kernel against cuLaunchKernel(Ex) of the same function */
+  tiny t;
+  if (make_tiny(&t, gpu, 128)) return failures + 1;
+  yk_spec spec;
+  char why[256];
+  yk_kernel *k = NULL;
+  if (yk_spec_parse("rms_norm:dtype=bf16,hidden=128,vec=8", &spec, why, sizeof why) || yk_kernel_get(gpu, &spec, &k)) {
+    free_tiny(&t);
+    return failures + 1;
+  }
+  void *xp = t.x.dl.data, *rp = NULL, *wp = t.w.dl.data, *op = t.out.dl.data;
+  long long stride = 128;
+  float eps = 1e-6f;
+  void *args[] = {&xp, &rp, &wp, &op, &stride, &stride, &stride, &eps};
+  CUlaunchConfig config = {
+      .gridDimX = 1, .gridDimY = 1, .gridDimZ = 1, .blockDimX = k->block_threads, .blockDimY = 1, .blockDimZ = 1};
+  /* Batches of 200 stay well inside the launch queue (about 1024 entries), so the host never waits
+   * for the GPU and the figures are host cost alone; the device is drained between batches. */
+  const int batches = quick ? 20 : 100, per_batch = 200;
+  /* variants, interleaved batch by batch so drift hits all alike: bare cuLaunchKernel, bare
+   * cuLaunchKernelEx, cuCtxGetCurrent + cuLaunchKernelEx (the driver part of our path), yk_rms_norm */
+  double times[4][100];
+  for (int b = 0; b < batches; b++) {
+    for (int variant = 0; variant < 4; variant++) {
+      yh_sync(gpu);
+      double t0 = now_ms();
+      CUcontext current;
+      for (int i = 0; i < per_batch; i++) {
+        if (variant == 0)
+          gpu->cu.cuLaunchKernel(k->function, 1, 1, 1, k->block_threads, 1, 1, 0, NULL, args, NULL);
+        else if (variant == 1)
+          gpu->cu.cuLaunchKernelEx(&config, k->function, args, NULL);
+        else if (variant == 2)
+          gpu->cu.cuCtxGetCurrent(&current), gpu->cu.cuLaunchKernelEx(&config, k->function, args, NULL);
+        else
+          yk_rms_norm(gpu, &t.x.dl, &t.w.dl, 1e-6f, &t.out.dl, NULL);
+      }
+      times[variant][b] = (now_ms() - t0) * 1e3 / per_batch;
+    }
+  }
+  yh_sync(gpu);
+  double mb = median(times[0], batches), mbx = median(times[1], batches), mcx = median(times[2], batches),
+         mo = median(times[3], batches);
+  bench_add(r, "launch.cuLaunchKernel_us (host submit, bare)", 0, 0, mb, "us");
+  bench_add(r, "launch.cuLaunchKernelEx_us (host submit, bare)", 0, 0, mbx, "us");
+  bench_add(r, "launch.cuCtxGetCurrent+cuLaunchKernelEx_us", 0, 0, mcx, "us");
+  bench_add(r, "launch.yk_rms_norm_us (checks, cache hit, launch)", 0, 0, mo, "us");
+  bench_add(r, "launch.dispatch_overhead_us (yk - bare cuLaunchKernelEx)", 0, 0, mo - mbx, "us");
+  fprintf(stderr,
+          "  launch: bare %.2f us, bare Ex %.2f us, GetCurrent+Ex %.2f us, yk_rms_norm %.2f us, overhead %.2f us\n", mb,
+          mbx, mcx, mo, mo - mbx);
+  free_tiny(&t);
+  return failures;
+}

@@ -1,0 +1,102 @@
+/* yk bench: the copy ceiling, every op at the peers' shapes, and the JIT's costs, on the GPU.
+ * Prints a table and writes JSON for bench/report.py to merge with the peers' figures. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "runtime/context.h"
+#include "tools/cli.h"
+
+typedef struct {
+  yk_ctx *ctx;
+  CUdeviceptr a, b;
+  size_t bytes;
+} copy_case;
+
+static yk_status copy(void *p) {
+  copy_case *c = p;
+  return c->ctx->cu.cuMemcpyDtoDAsync(c->b, c->a, c->bytes, NULL) == CUDA_SUCCESS ? YK_OK : YK_ERR_CUDA;
+}
+
+static void write_json(const char *path, const yk_ctx_info *info, const bench_results *r) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "yk bench: cannot write %s\n", path);
+    return;
+  }
+  fprintf(f, "{\n \"device\": \"%s\",\n \"arch\": \"%s\",\n \"driver\": %d,\n \"nvrtc\": \"%d.%d\",\n",
+          info->device_name, info->arch, info->driver_version, info->nvrtc_major, info->nvrtc_minor);
+  fprintf(f, " \"copy_GBps\": %.1f,\n \"rows\": [\n", r->copy_gbps);
+  for (int i = 0; i < r->count; i++)
+    fprintf(f, "  {\"name\": \"%s\", \"ms\": %.6f, \"value\": %.4f, \"unit\": \"%s\"}%s\n", r->rows[i].name,
+            r->rows[i].ms, r->rows[i].value, r->rows[i].unit, i + 1 < r->count ? "," : "");
+  fprintf(f, " ]\n}\n");
+  fclose(f);
+}
+
+int cmd_bench(int argc, char **argv) {
+  const char *json = NULL;
+  int quick = 0, sweep = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *v;
+    if ((v = cli_option(argc, argv, &i, "--json")))
+      json = v;
+    else if (!strcmp(argv[i], "--quick"))
+      quick = 1;
+    else if (!strcmp(argv[i], "--sweep"))
+      sweep = 1;
+    else {
+      int help = !strcmp(argv[i], "--help");
+      fprintf(help ? stdout : stderr,
+              "usage: yk bench [--json PATH] [--quick] [--sweep]\n"
+              "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n");
+      return help ? 0 : 2;
+    }
+  }
+  yk_ctx *ctx = cli_ctx(YK_DEVICE_AUTO);
+  yk_ctx_info info;
+  yk_ctx_get_info(ctx, &info);
+  if (info.device != YK_DEVICE_CUDA) {
+    cli_fail("bench", "needs a CUDA device: %s", info.device_note);
+    yk_ctx_destroy(ctx);
+    return 1;
+  }
+  bench_timer timer;
+  if (bench_timer_init(&timer, ctx)) return cli_fail("bench", "cannot set up the timer");
+  static bench_results results;
+  fprintf(stderr, "yk bench on %s (%s)\n", info.device_name, info.arch);
+
+  copy_case c = {ctx, 0, 0, (size_t)1 << 29};
+  if (ctx->cu.cuMemAlloc(&c.a, c.bytes) == CUDA_SUCCESS && ctx->cu.cuMemAlloc(&c.b, c.bytes) == CUDA_SUCCESS) {
+    ctx->cu.cuMemsetD8(c.a, 0x3c, c.bytes);
+    double ms = bench_median_ms(&timer, copy, &c);
+    results.copy_gbps = 2.0 * (double)c.bytes / ms / 1e6;
+    bench_add(&results, "ceiling.copy_GBps(read+write)", ms, results.copy_gbps, results.copy_gbps, "GB/s");
+    fprintf(stderr, "  device-to-device copy: %.0f GB/s (read + write)\n", results.copy_gbps);
+  }
+  if (c.a) ctx->cu.cuMemFree(c.a);
+  if (c.b) ctx->cu.cuMemFree(c.b);
+
+  int failures = bench_ops(&timer, &results, quick);
+  failures += bench_jit(ctx, &results, quick);
+  if (sweep) failures += bench_sweep(&timer, &results);
+
+  printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");
+  printf("|%s|%s|%s|%s|\n", "----------------------------------------------------------------", "------------",
+         "------------", "-----------");
+  for (int i = 0; i < results.count; i++) {
+    const bench_row *row = &results.rows[i];
+    char share[16] = "";
+    if (row->gbps > 0 && results.copy_gbps > 0)
+      snprintf(share, sizeof share, "%.0f%%", 100 * row->gbps / results.copy_gbps);
+    printf("| %-62s | %10.4f | %7.2f %-4s | %9s |\n", row->name, row->ms, row->value, row->unit, share);
+  }
+  char path[1024];
+  const char *out = getenv("OUT");
+  snprintf(path, sizeof path, "%s", json ? json : out && out[0] ? "" : "yk_bench.json");
+  if (!json && out && out[0]) snprintf(path, sizeof path, "%s/yk_bench.json", out);
+  write_json(path, &info, &results);
+  bench_timer_free(&timer);
+  yk_ctx_destroy(ctx);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,62 @@
+/* yk bench --sweep: every op at its large benchmark shape over a grid of threads (and items for
+ * act_and_mul), through the ops themselves with the context's spec override. What the tuner
+ * (issue 6) will automate; here it chooses the defaults. */
+#include <string.h>
+
+#include "bench/bench.h"
+#include "runtime/context.h"
+
+typedef struct {
+  const char *names[2];
+  int values[2];
+} override;
+
+static void apply(void *user, yk_spec *spec) {
+  const override *o = user;
+  for (int n = 0; n < 2; n++)
+    for (int f = 0; o->names[n] && f < spec->op->field_count; f++)
+      if (!strcmp(spec->op->fields[f].name, o->names[n])) spec->v[f] = o->values[n];
+}
+
+int bench_sweep(bench_timer *t, bench_results *r) {
+  static const struct {
+    const char *name;
+    bench_op op;
+    int64_t tokens, width;
+    int sweep_items;
+  } cases[] = {
+      {"rmsnorm T16384 H4096", RMS_NORM, 16384, 4096, 0},
+      {"rmsnorm T2048 H8192", RMS_NORM, 2048, 8192, 0},
+      {"fused_add_rmsnorm T16384 H4096", FUSED_ADD_RMS_NORM, 16384, 4096, 0},
+      {"silu_and_mul T4096 I14336", SILU_AND_MUL, 4096, 14336, 1},
+      {"rope T16384 q32 k8 d128", ROPE, 16384, 128, 0},
+  };
+  static const int threads[] = {64, 128, 256, 512, 1024}, items[] = {1, 2, 4, 8};
+  yk_ctx *ctx = t->ctx;
+  yh_rng rng = {11};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    bench_case c;
+    double bytes = bench_case_setup(&c, ctx, cases[i].op, cases[i].tokens, cases[i].width, &rng);
+    for (int ti = 0; bytes > 0 && ti < 5; ti++)
+      for (int ii = 0; ii < (cases[i].sweep_items ? 4 : 1); ii++) {
+        override o = {{"threads", cases[i].sweep_items ? "items" : NULL}, {threads[ti], items[ii]}};
+        ctx->spec_override = apply;
+        ctx->spec_override_user = &o;
+        double ms = bench_median_ms(t, bench_case_call, &c);
+        ctx->spec_override = NULL;
+        char name[96];
+        if (cases[i].sweep_items)
+          snprintf(name, sizeof name, "sweep.%s threads=%d items=%d", cases[i].name, threads[ti], items[ii]);
+        else
+          snprintf(name, sizeof name, "sweep.%s threads=%d", cases[i].name, threads[ti]);
+        if (ms <= 0) {
+          fprintf(stderr, "  %-58s invalid: %.80s\n", name, yk_ctx_last_error(ctx));
+          continue;
+        }
+        bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+        fprintf(stderr, "  %-58s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+      }
+    bench_case_free(&c);
+  }
+  return 0;
+}

@@ -1,0 +1,50 @@
+"""Peers' figures for the shapes ../shared/anchors/peers.py does not time: fused add + RMSNorm,
+and decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE. Same method as peers.py
+(triton.testing.do_bench, median), same byte counts as yk bench. Writes $OUT/peers_extra.json."""
+import json, os
+import torch, torch.nn.functional as F
+from triton.testing import do_bench
+
+R = {}
+def rec(k, v, unit=""):
+    R[k] = v; print(f"{k:60s} {v:10.3f} {unit}", flush=True)
+
+dev = "cuda"; torch.manual_seed(0)
+bw = lambda nbytes, ms: nbytes / ms / 1e6
+
+def fused(x, r, w):
+    r = x + r
+    return F.rms_norm(r, (r.shape[-1],), w, 1e-6), r
+
+for T, H in [(16384, 4096), (64, 4096)]:
+    x = torch.randn(T, H, device=dev, dtype=torch.bfloat16); r = torch.randn_like(x)
+    w = torch.randn(H, device=dev, dtype=torch.bfloat16)
+    nb = 4 * x.numel() * 2
+    rec(f"fused_add_rmsnorm.eager T{T} H{H}", bw(nb, do_bench(lambda: fused(x, r, w), return_mode="median")), "GB/s")
+    fc = torch.compile(fused); fc(x, r, w)
+    rec(f"fused_add_rmsnorm.compiled T{T} H{H}", bw(nb, do_bench(lambda: fc(x, r, w), return_mode="median")), "GB/s")
+
+T, H = 64, 4096
+x = torch.randn(T, H, device=dev, dtype=torch.bfloat16); w = torch.randn(H, device=dev, dtype=torch.bfloat16)
+nb = 2 * x.numel() * 2
+rec(f"rmsnorm.eager T{T} H{H}", bw(nb, do_bench(lambda: F.rms_norm(x, (H,), w, 1e-6), return_mode="median")), "GB/s")
+fc = torch.compile(lambda x, w: F.rms_norm(x, (H,), w, 1e-6)); fc(x, w)
+rec(f"rmsnorm.compiled T{T} H{H}", bw(nb, do_bench(lambda: fc(x, w), return_mode="median")), "GB/s")
+
+def rope(q, k, cos, sin, pos):
+    c = cos[pos].unsqueeze(1); s = sin[pos].unsqueeze(1)
+    def rot(t):
+        t1, t2 = t.chunk(2, -1); return torch.cat((-t2, t1), -1)
+    return q * c + rot(q) * s, k * c + rot(k) * s
+
+T = 64
+q = torch.randn(T, 32, 128, device=dev, dtype=torch.bfloat16); k = torch.randn(T, 8, 128, device=dev, dtype=torch.bfloat16)
+inv = 1.0 / (10000 ** (torch.arange(0, 128, 2, device=dev).float() / 128)); t = torch.arange(32768, device=dev).float()
+fr = torch.outer(t, inv); emb = torch.cat((fr, fr), -1); cos = emb.cos().bfloat16(); sin = emb.sin().bfloat16()
+pos = torch.randint(0, 32768, (T,), device=dev)
+nb = 2 * (q.numel() + k.numel()) * 2
+rec(f"rope.eager T{T} q32 k8 d128", bw(nb, do_bench(lambda: rope(q, k, cos, sin, pos), return_mode="median")), "GB/s")
+rc = torch.compile(rope); rc(q, k, cos, sin, pos)
+rec(f"rope.compiled T{T} q32 k8 d128", bw(nb, do_bench(lambda: rc(q, k, cos, sin, pos), return_mode="median")), "GB/s")
+
+json.dump(R, open(os.environ.get("OUT", "/tmp") + "/peers_extra.json", "w"), indent=1)

@@ -1,0 +1,48 @@
+"""Merges one run's yk_bench.json with the peers' figures from the same run (peers.json from
+../shared/anchors/peers.py, peers_extra.json from bench/peers_extra.py) into a Markdown table.
+
+    python3 bench/report.py RESULTS_DIR > bench/results/<date>-<gpu>.md
+"""
+import json, sys, os
+
+d = sys.argv[1]
+yk = json.load(open(os.path.join(d, "yk_bench.json")))
+peers = {}
+for name in ("peers.json", "peers_extra.json"):
+    p = os.path.join(d, name)
+    if os.path.exists(p):
+        peers.update(json.load(open(p)))
+
+rows = {r["name"]: r for r in yk["rows"]}
+copy = yk.get("copy_GBps", 0)
+print(f"# yk bench on {yk['device']} ({yk['arch']}), driver {yk['driver']}, NVRTC {yk['nvrtc']}\n")
+print(f"Measured device-to-device copy: {copy:.0f} GB/s (read + write); peers' copy in the same run: "
+      f"{peers.get('ceiling.copy_GBps(read+write)', float('nan')):.0f} GB/s.\n")
+print("Every figure is a median (CUDA events, L2 flushed before each repetition, as triton.testing.do_bench).\n")
+print("## Ops (bf16, GB/s of input read once + output written once)\n")
+print("| op and shape | yk ms | yk GB/s | share of copy | torch eager | torch.compile | yk / compile |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for name, r in rows.items():
+    if r["unit"] != "GB/s" or name.startswith("ceiling"):
+        continue
+    op, shape = name.split(" ", 1)
+    eager = peers.get(f"{op}.eager {shape}")
+    comp = peers.get(f"{op}.compiled {shape}")
+    fmt = lambda v: f"{v:.0f}" if v else "-"
+    ratio = f"{r['value'] / comp:.2f}x" if comp else "-"
+    print(f"| {name} | {r['ms']:.4f} | {r['value']:.0f} | {100 * r['value'] / copy:.0f}% | {fmt(eager)} | {fmt(comp)} | {ratio} |")
+print("\n## JIT and dispatch\n")
+print("| measure | yk | peer |")
+print("|---|---:|---:|")
+peer_for = {
+    "jit.cold_compile_ms": ("triton.first_call_cold_cache_ms", "Triton first call, cold cache"),
+    "jit.first_use_from_disk_ms": ("triton.first_call_disk_cache_ms", "Triton first call, disk cache"),
+    "launch.yk_rms_norm_us": ("triton.launch_host_us (cache hit, steady)", "Triton cached launch"),
+}
+for name, r in rows.items():
+    if r["unit"] == "GB/s":
+        continue
+    key = name.split(" ")[0]
+    peer = peer_for.get(key)
+    pv = f"{peers[peer[0]]:.1f} {r['unit']} ({peer[1]})" if peer and peer[0] in peers else ""
+    print(f"| {name} | {r['value']:.3f} {r['unit']} | {pv} |")

@@ -1,0 +1,52 @@
+/* The on-disk kernel cache: one file per entry, named by its key, <dir>/<32 hex digits>.ykc.
+ *
+ *   offset  size  field
+ *        0     8  magic "YKCACHE\0"
+ *        8     4  format version (YK_GEN_FORMAT_VERSION), little-endian like every number here
+ *       12     4  header size (80)
+ *       16    16  key
+ *       32     8  PTX bytes (with its NUL)
+ *       40     8  cubin bytes (0 for PTX-only targets)
+ *       48     8  metadata bytes (text "name=value" lines, with a NUL)
+ *       56     8  XXH3-64 of the payload (PTX, cubin, metadata, in that order)
+ *       64     8  XXH3-64 of bytes 0..63
+ *       72     8  reserved, zero
+ *       80        payload
+ *
+ * Entries are written to a temporary file in the same directory and renamed into place, so a
+ * reader sees a whole entry or none; no fsync, because a torn file after a crash fails its
+ * checksum and is a miss. Anything that does not check out is a miss, never a crash. */
+#ifndef YK_CACHE_DISK_CACHE_H
+#define YK_CACHE_DISK_CACHE_H
+
+#include <limits.h>
+#include <stdint.h>
+
+#include "runtime/compile.h"
+#include "yk/jit.h"
+
+#define YK_CACHE_READ_DIRS_MAX 8
+#define YK_CACHE_HEADER_BYTES 80
+#define YK_CACHE_SUFFIX ".ykc"
+
+typedef struct yk_disk_cache {
+  char dir[PATH_MAX];                               /* the writable (main) directory; "" when memory-only */
+  int writable;                                     /* 0 when dir is read-only for us: entries are still read from it */
+  char read_dirs[YK_CACHE_READ_DIRS_MAX][PATH_MAX]; /* YK_CACHE_PATH, searched after dir */
+  int read_dir_count;
+  char read_path[1024]; /* read_dirs joined with ':', for yk_ctx_get_info */
+} yk_disk_cache;
+
+/* Resolves the directories from options and the environment, creates the main one if needed,
+ * and drops (with a warning) any directory that is not trusted. Never fails: the worst case is a
+ * memory-only cache. */
+void yk_disk_cache_init(yk_ctx *ctx, yk_disk_cache *disk, const yk_ctx_options *options);
+
+/* 0 and a filled binary on a hit; nonzero on a miss (no file, or one that does not check out, which
+ * is reported through a warning). */
+int yk_disk_cache_load(yk_ctx *ctx, const yk_disk_cache *disk, const uint8_t key[16], yk_binary *out);
+
+/* Writes an entry; failures are warned about once and otherwise ignored (the kernel is in memory). */
+void yk_disk_cache_store(yk_ctx *ctx, const yk_disk_cache *disk, const yk_binary *b);
+
+#endif

@@ -1,0 +1,108 @@
+#include "cpu_fallback/parallel.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+int yk_thread_pool_init(yk_thread_pool *pool, int threads) {
+  if (threads <= 0) {
+    const char *env = getenv("YK_NUM_THREADS");
+    threads = env ? atoi(env) : 0;
+  }
+  if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (threads <= 0) threads = 1;
+  if (threads > 256) threads = 256;
+  *pool = (yk_thread_pool){.threads = threads};
+  if (pthread_mutex_init(&pool->run_lock, NULL)) return 1;
+  if (pthread_mutex_init(&pool->lock, NULL)) goto fail_lock;
+  if (pthread_cond_init(&pool->wake, NULL)) goto fail_wake;
+  if (pthread_cond_init(&pool->done, NULL)) goto fail_done;
+  return 0;
+fail_done:
+  pthread_cond_destroy(&pool->wake);
+fail_wake:
+  pthread_mutex_destroy(&pool->lock);
+fail_lock:
+  pthread_mutex_destroy(&pool->run_lock);
+  return 1;
+}
+
+static void run_chunks(yk_thread_pool *pool) {
+  for (;;) {
+    int64_t begin = atomic_fetch_add(&pool->next, pool->chunk);
+    if (begin >= pool->n) return;
+    int64_t end = begin + pool->chunk < pool->n ? begin + pool->chunk : pool->n;
+    pool->fn(pool->arg, begin, end);
+  }
+}
+
+static void *worker_main(void *p) {
+  yk_thread_pool *pool = p;
+  uint64_t seen = 0;
+  pthread_mutex_lock(&pool->lock);
+  for (;;) {
+    while (!pool->stop && pool->generation == seen) pthread_cond_wait(&pool->wake, &pool->lock);
+    if (pool->stop) break;
+    seen = pool->generation;
+    pthread_mutex_unlock(&pool->lock);
+    run_chunks(pool);
+    pthread_mutex_lock(&pool->lock);
+    if (--pool->pending == 0) pthread_cond_signal(&pool->done);
+  }
+  pthread_mutex_unlock(&pool->lock);
+  return NULL;
+}
+
+static void start_workers(yk_thread_pool *pool) {
+  if (pool->workers || pool->threads <= 1) return;
+  pool->workers = calloc((size_t)pool->threads - 1, sizeof *pool->workers);
+  if (!pool->workers) return;
+  for (int i = 0; i < pool->threads - 1; i++) {
+    if (pthread_create(&pool->workers[i], NULL, worker_main, pool)) break;
+    pool->started++;
+  }
+}
+
+void yk_parallel_for(yk_thread_pool *pool, int64_t n, int64_t grain, yk_range_fn fn, void *arg) {
+  if (n <= 0) return;
+  if (grain < 1) grain = 1;
+  if (pool->threads <= 1 || n < 2 * grain || pthread_mutex_trylock(&pool->run_lock)) {
+    fn(arg, 0, n);
+    return;
+  }
+  start_workers(pool);
+  if (pool->started == 0) {
+    pthread_mutex_unlock(&pool->run_lock);
+    fn(arg, 0, n);
+    return;
+  }
+  int64_t chunks = n / grain, most = 4 * (int64_t)(pool->started + 1);
+  if (chunks > most) chunks = most;
+  pthread_mutex_lock(&pool->lock);
+  pool->fn = fn;
+  pool->arg = arg;
+  pool->n = n;
+  pool->chunk = (n + chunks - 1) / chunks;
+  atomic_store(&pool->next, 0);
+  pool->pending = pool->started;
+  pool->generation++;
+  pthread_cond_broadcast(&pool->wake);
+  pthread_mutex_unlock(&pool->lock);
+  run_chunks(pool);
+  pthread_mutex_lock(&pool->lock);
+  while (pool->pending > 0) pthread_cond_wait(&pool->done, &pool->lock);
+  pthread_mutex_unlock(&pool->lock);
+  pthread_mutex_unlock(&pool->run_lock);
+}
+
+void yk_thread_pool_destroy(yk_thread_pool *pool) {
+  pthread_mutex_lock(&pool->lock);
+  pool->stop = 1;
+  pthread_cond_broadcast(&pool->wake);
+  pthread_mutex_unlock(&pool->lock);
+  for (int i = 0; i < pool->started; i++) pthread_join(pool->workers[i], NULL);
+  free(pool->workers);
+  pthread_cond_destroy(&pool->done);
+  pthread_cond_destroy(&pool->wake);
+  pthread_mutex_destroy(&pool->lock);
+  pthread_mutex_destroy(&pool->run_lock);
+}

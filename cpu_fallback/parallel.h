@@ -1,0 +1,34 @@
+/* A small pool of worker threads for the CPU fallback: a parallel for over [0, n). */
+#ifndef YK_CPU_PARALLEL_H
+#define YK_CPU_PARALLEL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+typedef void (*yk_range_fn)(void *arg, int64_t begin, int64_t end);
+
+typedef struct yk_thread_pool {
+  int threads; /* including the caller's */
+  int started; /* workers running */
+  pthread_t *workers;
+  pthread_mutex_t run_lock; /* one parallel loop at a time; a second caller runs serially */
+  pthread_mutex_t lock;
+  pthread_cond_t wake, done;
+  uint64_t generation;
+  int stop, pending;
+  yk_range_fn fn;
+  void *arg;
+  int64_t n, chunk;
+  atomic_llong next;
+} yk_thread_pool;
+
+/* threads <= 0: YK_NUM_THREADS, else the online CPUs. Workers start at the first parallel loop. */
+int yk_thread_pool_init(yk_thread_pool *pool, int threads);
+void yk_thread_pool_destroy(yk_thread_pool *pool);
+
+/* Calls fn over disjoint ranges covering [0, n), in parallel when n is at least two grains, and
+ * returns when all are done. fn must not call back into the pool. */
+void yk_parallel_for(yk_thread_pool *pool, int64_t n, int64_t grain, yk_range_fn fn, void *arg);
+
+#endif

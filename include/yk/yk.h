@@ -1,0 +1,21 @@
+/* yaie-kernels: a JIT kernel layer for LLM inference. Include this header for the whole API. */
+#ifndef YK_YK_H
+#define YK_YK_H
+
+#define YK_VERSION_MAJOR 0
+#define YK_VERSION_MINOR 1
+#define YK_VERSION_PATCH 0
+
+#include "yk/status.h"
+#include "yk/context.h"
+#include "yk/ops.h"
+#include "yk/jit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+YK_API const char *yk_version(void); /* "0.1.0" */
+#ifdef __cplusplus
+}
+#endif
+#endif

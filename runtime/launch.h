@@ -1,0 +1,34 @@
+/* The one launch path: spec -> loaded kernel -> cuLaunchKernelEx. Short enough to read on one
+ * screen; on a cache hit it takes no lock and allocates nothing. */
+#ifndef YK_RUNTIME_LAUNCH_H
+#define YK_RUNTIME_LAUNCH_H
+
+#include "cache/kernel_cache.h"
+#include "runtime/context.h"
+
+/* Completes the spec an op built from its tensors (sizes, dtype, the vector width their
+ * alignment allows): a sweep's override first, if one is set, then the op's defaults. */
+static inline void yk_spec_finish(yk_ctx *ctx, yk_spec *spec) {
+  if (ctx->spec_override) ctx->spec_override(ctx->spec_override_user, spec);
+  spec->op->complete(spec);
+}
+
+/* The kernel for a complete spec on the context's device, loading it on first use. */
+static inline yk_status yk_kernel_get(yk_ctx *ctx, const yk_spec *spec, yk_kernel **out) {
+  yk_kernel_key key;
+  key.spec = *spec;
+  memcpy(key.target, ctx->target, sizeof key.target);
+  const uint64_t hash = yk_kernel_key_hash(&key);
+  yk_kernel *k = yk_kernel_find(&ctx->cache, &key, hash);
+  if (k && atomic_load_explicit(&k->state, memory_order_acquire) == YK_KERNEL_LOADED) {
+    *out = k;
+    return YK_OK;
+  }
+  return yk_kernel_obtain(ctx, &key, hash, YK_KERNEL_LOADED, out, NULL);
+}
+
+/* Launches k with the block shape its spec gives on grid (x, y, 1). args: pointers to each kernel
+ * parameter, in order. */
+yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, void *stream, void **args);
+
+#endif

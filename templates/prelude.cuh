@@ -1,0 +1,113 @@
+// yaie-kernels device prelude, prepended to every generated kernel.
+//
+// Our own 16-bit float types with inline-PTX conversions, so no kernel includes cuda_fp16.h or
+// cuda_bf16.h: since CUDA 12.2 those pull in runtime headers, and on CUDA 13 they need the CCCL
+// include path; both cost NVRTC time on every cold compile.
+
+constexpr int YK_F32 = 0, YK_F16 = 1, YK_BF16 = 2;
+
+struct yk_f16 {
+  unsigned short bits;
+};
+struct yk_bf16 {
+  unsigned short bits;
+};
+
+template <int DTYPE> struct yk_type_of;
+template <> struct yk_type_of<YK_F32> { typedef float type; };
+template <> struct yk_type_of<YK_F16> { typedef yk_f16 type; };
+template <> struct yk_type_of<YK_BF16> { typedef yk_bf16 type; };
+
+__device__ __forceinline__ float yk_to_float(float x) { return x; }
+__device__ __forceinline__ float yk_to_float(yk_f16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+}
+__device__ __forceinline__ float yk_to_float(yk_bf16 x) { return __uint_as_float((unsigned)x.bits << 16); }
+
+template <class T> __device__ __forceinline__ T yk_from_float(float f);
+template <> __device__ __forceinline__ float yk_from_float<float>(float f) { return f; }
+template <> __device__ __forceinline__ yk_f16 yk_from_float<yk_f16>(float f) {
+  yk_f16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+  return h;
+}
+template <> __device__ __forceinline__ yk_bf16 yk_from_float<yk_bf16>(float f) {
+  yk_bf16 h;
+#if __CUDA_ARCH__ >= 800
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+#else
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    h.bits = (unsigned short)((u >> 16) | 0x40u); // quiet NaN
+  else
+    h.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16); // nearest even
+#endif
+  return h;
+}
+
+// Rounds through T and back: the value a store of T would keep.
+template <class T> __device__ __forceinline__ float yk_round(float f) { return yk_to_float(yk_from_float<T>(f)); }
+
+// ---- vector access: N elements of T in pieces of at most 16 bytes ----
+template <int BYTES> struct yk_word;
+template <> struct yk_word<2> { typedef unsigned short type; };
+template <> struct yk_word<4> { typedef unsigned type; };
+template <> struct yk_word<8> { typedef uint2 type; };
+template <> struct yk_word<16> { typedef uint4 type; };
+
+template <class T, int N> struct yk_piece {
+  static constexpr int BYTES = sizeof(T) * N < 16 ? (int)(sizeof(T) * N) : 16;
+  static constexpr int ELEMS = BYTES / (int)sizeof(T);
+  static constexpr int COUNT = N / ELEMS;
+  union U {
+    typename yk_word<BYTES>::type word;
+    T v[ELEMS];
+  };
+};
+
+// Loads N elements (aligned to min(16, N * sizeof(T)) bytes) as floats.
+template <class T, int N> __device__ __forceinline__ void yk_load(const T *p, float (&out)[N]) {
+  typedef yk_piece<T, N> P;
+#pragma unroll
+  for (int k = 0; k < P::COUNT; ++k) {
+    typename P::U u;
+    u.word = reinterpret_cast<const typename yk_word<P::BYTES>::type *>(p)[k];
+#pragma unroll
+    for (int j = 0; j < P::ELEMS; ++j) out[k * P::ELEMS + j] = yk_to_float(u.v[j]);
+  }
+}
+
+// Stores N floats as T, rounded to nearest even.
+template <class T, int N> __device__ __forceinline__ void yk_store(T *p, const float (&in)[N]) {
+  typedef yk_piece<T, N> P;
+#pragma unroll
+  for (int k = 0; k < P::COUNT; ++k) {
+    typename P::U u;
+#pragma unroll
+    for (int j = 0; j < P::ELEMS; ++j) u.v[j] = yk_from_float<T>(in[k * P::ELEMS + j]);
+    reinterpret_cast<typename yk_word<P::BYTES>::type *>(p)[k] = u.word;
+  }
+}
+
+// ---- reductions ----
+__device__ __forceinline__ float yk_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over a block of THREADS threads; every thread receives the total. Uses 32 floats of shared
+// memory and two barriers.
+template <int THREADS> __device__ __forceinline__ float yk_block_sum(float v) {
+  v = yk_warp_sum(v);
+  if (THREADS == 32) return v;
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < THREADS / 32 ? partial[lane] : 0.f;
+  v = yk_warp_sum(v);
+  return v;
+}

@@ -1,0 +1,62 @@
+// Rotary position embedding of q and k in place, one block a token, q and k in one launch.
+//   NEOX: pairs (i, i + ROT_DIM/2);  GPTJ: pairs (2i, 2i + 1);  i < ROT_DIM/2
+//   (a, b) -> (a*cos - b*sin, b*cos + a*sin), cos/sin from the cache row of the token's position:
+//   [cos_0 .. cos_{ROT_DIM/2-1}, sin_0 .. sin_{ROT_DIM/2-1}] (vLLM's cos_sin_cache).
+// Dimensions from ROT_DIM to HEAD_DIM are not touched. A position outside [0, max_position)
+// leaves its token as it is rather than read outside the cache.
+//
+// A work item is one head's chunk of VEC elements (GPTJ) or of VEC pairs (NEOX, one vector from
+// each half). Spec constants: T, HEAD_DIM, ROT_DIM, STYLE, VEC, THREADS, CACHE_TYPE, POS_TYPE.
+
+typedef yk_type_of<CACHE_TYPE>::type C;
+constexpr int HALF = ROT_DIM / 2;
+constexpr int CHUNKS = STYLE == STYLE_NEOX ? HALF / VEC : ROT_DIM / VEC;
+// Pairs in a GPT-J chunk. Outside a template both branches below are compiled whatever STYLE is,
+// so a NEOX spec with VEC = 1 must still give the GPT-J branch a positive array size.
+constexpr int PAIRS = VEC >= 2 ? VEC / 2 : 1;
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    rope(T *q, T *k, const C *__restrict__ cache, const void *__restrict__ positions, int q_heads, int kv_heads,
+         long long q_token_stride, long long q_head_stride, long long k_token_stride, long long k_head_stride,
+         long long cache_row_stride, long long max_position) {
+  const long long token = blockIdx.x;
+  const long long pos =
+      POS_TYPE == POS_TYPE_INT64 ? ((const long long *)positions)[token] : (long long)((const int *)positions)[token];
+  if (pos < 0 || pos >= max_position) return;
+  const C *cos = cache + pos * cache_row_stride;
+  const C *sin = cos + HALF;
+  const int items = (q_heads + kv_heads) * CHUNKS;
+
+  for (int w = threadIdx.x; w < items; w += THREADS) {
+    const int head = w / CHUNKS, chunk = w % CHUNKS;
+    T *h = head < q_heads ? q + token * q_token_stride + head * q_head_stride
+                          : k + token * k_token_stride + (head - q_heads) * k_head_stride;
+    if constexpr (STYLE == STYLE_NEOX) {
+      float a[VEC], b[VEC], c[VEC], s[VEC];
+      yk_load<T, VEC>(h + chunk * VEC, a);
+      yk_load<T, VEC>(h + HALF + chunk * VEC, b);
+      yk_load<C, VEC>(cos + chunk * VEC, c);
+      yk_load<C, VEC>(sin + chunk * VEC, s);
+      float ra[VEC], rb[VEC];
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        ra[j] = a[j] * c[j] - b[j] * s[j];
+        rb[j] = b[j] * c[j] + a[j] * s[j];
+      }
+      yk_store<T, VEC>(h + chunk * VEC, ra);
+      yk_store<T, VEC>(h + HALF + chunk * VEC, rb);
+    } else {
+      float e[VEC], c[PAIRS], s[PAIRS];
+      yk_load<T, VEC>(h + chunk * VEC, e);
+      yk_load<C, PAIRS>(cos + chunk * PAIRS, c);
+      yk_load<C, PAIRS>(sin + chunk * PAIRS, s);
+#pragma unroll
+      for (int j = 0; j < PAIRS; ++j) {
+        const float a = e[2 * j], b = e[2 * j + 1];
+        e[2 * j] = a * c[j] - b * s[j];
+        e[2 * j + 1] = b * c[j] + a * s[j];
+      }
+      yk_store<T, VEC>(h + chunk * VEC, e);
+    }
+  }
+}

@@ -1,0 +1,77 @@
+#include "tests/support.h"
+
+#include "cpu_fallback/half.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char no_gpu_reason[1024] = "";
+
+yk_ctx *ts_cpu_ctx(void) {
+  yk_ctx_options o;
+  yk_ctx_options_init(&o);
+  o.device = YK_DEVICE_CPU;
+  o.cache_memory_only = 1;
+  yk_ctx *ctx = NULL;
+  cr_assert_eq(yk_ctx_create(&o, &ctx), YK_OK, "CPU context: %s", yk_ctx_last_error(NULL));
+  return ctx;
+}
+
+yk_ctx *ts_gpu_ctx(void) {
+  char dir[512];
+  ts_temp_dir(dir, sizeof dir, "gpu-cache");
+  yk_ctx_options o;
+  yk_ctx_options_init(&o);
+  o.device = YK_DEVICE_CUDA;
+  o.cache_dir = dir;
+  yk_ctx *ctx = NULL;
+  if (yk_ctx_create(&o, &ctx) != YK_OK) {
+    snprintf(no_gpu_reason, sizeof no_gpu_reason, "%s", yk_ctx_last_error(NULL));
+    return NULL;
+  }
+  return ctx;
+}
+
+const char *ts_no_gpu_reason(void) { return no_gpu_reason; }
+
+void ts_temp_dir(char *out, size_t size, const char *label) {
+  const char *root = getenv("YK_TEST_TMP");
+  char base[400];
+  snprintf(base, sizeof base, "%s", root && root[0] ? root : "/tmp/yk-test");
+  mkdir(base, 0755);
+  snprintf(out, size, "%s/%s-XXXXXX", base, label);
+  cr_assert_not_null(mkdtemp(out), "mkdtemp %s", out);
+}
+
+uint64_t ts_seed(const char *name) {
+  const char *env = getenv("YK_TEST_SEED");
+  if (env && env[0]) return strtoull(env, NULL, 0);
+  uint64_t h = 1469598103934665603ull;
+  for (; *name; name++) h = (h ^ (unsigned char)*name) * 1099511628211ull;
+  return h;
+}
+
+double ts_reference_tolerance(int dtype) { return dtype == YK_F32 ? 1e-5 : dtype == YK_F16 ? 2e-3 : 1e-2; }
+double ts_gpu_tolerance(int dtype) { return dtype == YK_F32 ? 1e-5 : 1e-2; }
+
+double ts_gpu_error(const double *got, const double *want, int64_t n) {
+  return yh_error(got, want, n, 1e-3 * sqrt((double)n));
+}
+
+void ts_round_to_dtype(int dtype, double *values, int64_t n) {
+  for (int64_t i = 0; i < n; i++) values[i] = yk_round_to(dtype, (float)values[i]);
+}
+
+const int ts_float_types[3] = {YK_F32, YK_F16, YK_BF16};
+
+const char *ts_type_name(int type) { return yk_view_type_name(type); }
+
+void ts_assert_rejected(yk_ctx *ctx, yk_status got, yk_status want, const char *needle) {
+  const char *message = yk_ctx_last_error(ctx);
+  cr_assert_eq(got, want, "expected %s, got %s: %s", yk_status_name(want), yk_status_name(got), message);
+  cr_assert(strstr(message, needle) != NULL, "message '%s' lacks '%s'", message, needle);
+}

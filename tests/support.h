@@ -1,0 +1,47 @@
+/* What every test shares: contexts, tolerances, seeds, temporary directories. */
+#ifndef YK_TESTS_SUPPORT_H
+#define YK_TESTS_SUPPORT_H
+
+#include <criterion/criterion.h>
+
+#include "bench/harness.h"
+
+/* A CPU context with a memory-only cache (ops need no compiler there). */
+yk_ctx *ts_cpu_ctx(void);
+/* A CUDA context with a private on-disk cache, or NULL when there is no device. */
+yk_ctx *ts_gpu_ctx(void);
+const char *ts_no_gpu_reason(void);
+
+/* GPU tests call this first: with no device the test is reported as skipped, not passed. */
+#define TS_REQUIRE_GPU(ctx)                                                                                            \
+  do {                                                                                                                 \
+    if (!(ctx)) cr_skip_test("%s", ts_no_gpu_reason());                                                                \
+  } while (0)
+
+/* A fresh empty directory under YK_TEST_TMP (or /tmp); the path is static storage per call site. */
+void ts_temp_dir(char *out, size_t size, const char *label);
+
+/* The seed for a test: YK_TEST_SEED if set, else a hash of the name. Print it in every message. */
+uint64_t ts_seed(const char *name);
+
+/* Relative-error bounds. Fallback against float64: rounding of the output type dominates. GPU
+ * against the CPU fallback: the issue's bounds. */
+double ts_reference_tolerance(int dtype);
+double ts_gpu_tolerance(int dtype);
+
+/* GPU against CPU: ||got - want|| / max(||want||, 1e-3 sqrt(n)). The floor keeps a one-element
+ * tensor whose value is an f16 subnormal from failing on one ulp of rounding; every tensor of
+ * the tests has norm far above it. NaN or infinity in got gives INFINITY. */
+double ts_gpu_error(const double *got, const double *want, int64_t n);
+
+/* Rounds a float64 reference to what the output dtype can hold, so that tiny values (f16
+ * subnormals) measure the op's error rather than the dtype's. */
+void ts_round_to_dtype(int dtype, double *values, int64_t n);
+
+extern const int ts_float_types[3];
+const char *ts_type_name(int type);
+
+/* Asserts a failed call: its status, and a message for this thread containing `needle`. */
+void ts_assert_rejected(yk_ctx *ctx, yk_status got, yk_status want, const char *needle);
+
+#endif
