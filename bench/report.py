@@ -23,7 +23,7 @@ print("## Ops (bf16, GB/s of input read once + output written once)\n")
 print("| op and shape | yk ms | yk GB/s | share of copy | torch eager | torch.compile | yk / compile |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for name, r in rows.items():
-    if r["unit"] != "GB/s" or name.startswith("ceiling"):
+    if r["unit"] != "GB/s" or name.startswith("ceiling") or name.startswith("sweep."):
         continue
     op, shape = name.split(" ", 1)
     eager = peers.get(f"{op}.eager {shape}")
@@ -31,6 +31,13 @@ for name, r in rows.items():
     fmt = lambda v: f"{v:.0f}" if v else "-"
     ratio = f"{r['value'] / comp:.2f}x" if comp else "-"
     print(f"| {name} | {r['ms']:.4f} | {r['value']:.0f} | {100 * r['value'] / copy:.0f}% | {fmt(eager)} | {fmt(comp)} | {ratio} |")
+sweep = [r for name, r in rows.items() if name.startswith("sweep.")]
+if sweep:
+    print("\n## Sweep of block shapes (yk bench --sweep): GB/s\n")
+    print("| op, shape, configuration | ms | GB/s |")
+    print("|---|---:|---:|")
+    for r in sweep:
+        print(f"| {r['name'][6:]} | {r['ms']:.4f} | {r['value']:.0f} |")
 print("\n## JIT and dispatch\n")
 print("| measure | yk | peer |")
 print("|---|---:|---:|")
