@@ -35,7 +35,7 @@ typedef struct bench_row {
 } bench_row;
 
 typedef struct bench_results {
-  bench_row rows[128];
+  bench_row rows[192];
   int count;
   double copy_gbps; /* measured device-to-device copy, read + write */
 } bench_results;
@@ -56,6 +56,7 @@ yk_status bench_case_call(void *c);
 void bench_case_free(bench_case *c);
 
 int bench_ops(bench_timer *t, bench_results *r, int quick);
+int bench_attention(bench_timer *t, bench_results *r, int quick);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);

@@ -36,7 +36,7 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
-  int quick = 0, sweep = 0;
+  int quick = 0, sweep = 0, attention_only = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
@@ -45,10 +45,12 @@ int cmd_bench(int argc, char **argv) {
       quick = 1;
     else if (!strcmp(argv[i], "--sweep"))
       sweep = 1;
+    else if (!strcmp(argv[i], "--attention"))
+      attention_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
       fprintf(help ? stdout : stderr,
-              "usage: yk bench [--json PATH] [--quick] [--sweep]\n"
+              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n");
       return help ? 0 : 2;
     }
@@ -77,8 +79,9 @@ int cmd_bench(int argc, char **argv) {
   if (c.a) ctx->cu.cuMemFree(c.a);
   if (c.b) ctx->cu.cuMemFree(c.b);
 
-  int failures = bench_ops(&timer, &results, quick);
-  failures += bench_jit(ctx, &results, quick);
+  int failures = attention_only ? 0 : bench_ops(&timer, &results, quick);
+  failures += bench_attention(&timer, &results, quick);
+  if (!attention_only) failures += bench_jit(ctx, &results, quick);
   if (sweep) failures += bench_sweep(&timer, &results);
 
   printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");

@@ -1,17 +1,18 @@
 #!/bin/bash
 # Runs on the lent GPU machine, from the repository root, with the bundle that
-# ../shared/tools/device-bundle.sh made here (bench/README.md says how): the GPU tests, the demo,
-# the benchmarks and the peers, in one call. Everything lands under $OUT (at most 8 files come
-# back): tests.log, demo.txt, bench.md, bench.log, yk_bench.json, peers.json, peers_extra.json,
-# peers.log. The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [peers]   (default: tests bench peers)
+# ../shared/tools/device-bundle.sh made here (bench/README.md says how): the GPU tests and the demo,
+# the benchmarks, and the peers, in one call. Files under $OUT (at most 8 come back): tests.log
+# (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
+# again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
+# bindings' tests with torch on the GPU and their per-call overhead). The report last.
+#   bash bench/device_run.sh [tests] [bench] [sweep] [python] [peers]   (default: tests bench python peers)
 set -u
 B=${BUNDLE:-.devbundle}
 OUT=${OUT:-/tmp/yk-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export YK_CACHE_DIR=/tmp/yk-cache YK_TEST_TMP=/tmp/yk-test
-parts=${*:-tests bench peers}
+parts=${*:-tests bench python peers}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 status=0
 if [[ $parts == *tests* ]]; then
@@ -19,17 +20,29 @@ if [[ $parts == *tests* ]]; then
     echo "=== $(basename "$t")" >> "$OUT/tests.log"
     "$t" --jobs=4 --verbose >> "$OUT/tests.log" 2>&1 || status=1
   done
-  grep -E -A4 "^\[----\].*Assertion|^\[(FAIL|SKIP)|Crash|Synthesis|^\[ERR" "$OUT/tests.log" | grep -v "^--$" | head -60
-  "$B/bin/yk" demo > "$OUT/demo.txt" 2>&1 || status=1
-  cat "$OUT/demo.txt"
+  if [ -x "$B/bin/test_attention" ]; then # the attention tests again on the mma.sync prefill
+    echo "=== test_attention, YK_PREFILL_KERNEL=mma_sync" >> "$OUT/tests.log"
+    YK_PREFILL_KERNEL=mma_sync "$B/bin/test_attention" --jobs=4 --verbose >> "$OUT/tests.log" 2>&1 || status=1
+  fi
+  grep -E -A4 "^\[----\].*Assertion|^\[(FAIL|SKIP)|Crash|Synthesis|^\[ERR|^===" "$OUT/tests.log" | grep -v "^--$" | head -80
+  echo "=== demo" >> "$OUT/tests.log"
+  "$B/bin/yk" demo >> "$OUT/tests.log" 2>&1 || status=1
+  sed -n '/=== demo/,$p' "$OUT/tests.log"
 fi
 if [[ $parts == *bench* ]]; then
-  "$B/bin/yk" bench $([[ $parts == *sweep* ]] && echo --sweep) > "$OUT/bench.md" 2> "$OUT/bench.log" || status=1
-  cat "$OUT/bench.log"
+  "$B/bin/yk" bench $([[ $parts == *sweep* ]] && echo --sweep) > "$OUT/bench.log" 2>&1 || status=1
+  YK_PREFILL_KERNEL=mma_sync "$B/bin/yk" bench --attention --json "$OUT/yk_bench_mma_sync.json" >> "$OUT/bench.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/bench.log"
+fi
+if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test binaries' libraries
+  export YK_LIBRARY=$PWD/$B/lib/libyk.so
+  PYTHONPATH=python python3 -m pytest -q -p no:cacheprovider python/tests > "$OUT/python.log" 2>&1 || status=1
+  PYTHONUNBUFFERED=1 timeout 120 python3 python/bench_overhead.py >> "$OUT/python.log" 2>&1 || status=1
+  tail -25 "$OUT/python.log"
 fi
 if [[ $parts == *peers* ]]; then
   PYTHONUNBUFFERED=1 timeout 420 python3 "$B/peers.py" > "$OUT/peers.log" 2>&1 || echo "peers.py failed or timed out"
-  PYTHONUNBUFFERED=1 timeout 200 python3 bench/peers_extra.py >> "$OUT/peers.log" 2>&1 || echo "peers_extra.py failed"
+  PYTHONUNBUFFERED=1 timeout 240 python3 bench/peers_extra.py >> "$OUT/peers.log" 2>&1 || echo "peers_extra.py failed"
 fi
 [ -f "$OUT/yk_bench.json" ] && python3 bench/report.py "$OUT"
 exit $status

@@ -1,5 +1,5 @@
 """Peers' figures for the shapes ../shared/anchors/peers.py does not time: fused add + RMSNorm,
-and decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE. Same method as peers.py
+decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE, and attention backward. Same method as peers.py
 (triton.testing.do_bench, median), same byte counts as yk bench. Writes $OUT/peers_extra.json."""
 import json, os
 import torch, torch.nn.functional as F
@@ -46,5 +46,26 @@ nb = 2 * (q.numel() + k.numel()) * 2
 rec(f"rope.eager T{T} q32 k8 d128", bw(nb, do_bench(lambda: rope(q, k, cos, sin, pos), return_mode="median")), "GB/s")
 rc = torch.compile(rope); rc(q, k, cos, sin, pos)
 rec(f"rope.compiled T{T} q32 k8 d128", bw(nb, do_bench(lambda: rc(q, k, cos, sin, pos), return_mode="median")), "GB/s")
+
+# attention backward through SDPA's flash and cuDNN backends: the shapes of yk bench's backward rows
+from torch.nn.attention import sdpa_kernel, SDPBackend
+for D in (64, 128):
+    for S in (4096, 16384):
+        Hh = 2048 // D; B = 16384 // S
+        q = torch.randn(B, Hh, S, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn_like(q, requires_grad=True); v = torch.randn_like(q, requires_grad=True)
+        for causal in (False, True):
+            fl = 2.5 * 4 * B * Hh * S * S * D / (2 if causal else 1)
+            for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+                try:
+                    with sdpa_kernel(be):
+                        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                        do = torch.randn_like(o)
+                        ms = do_bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True),
+                                      return_mode="median")
+                    rec(f"backward.{name} D{D} S{S} B{B} H{Hh} causal={int(causal)}", fl / ms / 1e9, "TFLOP/s")
+                except Exception as e:
+                    print(f"backward.{name} D{D} S{S} failed: {type(e).__name__}: {e}", flush=True)
+        del q, k, v
 
 json.dump(R, open(os.environ.get("OUT", "/tmp") + "/peers_extra.json", "w"), indent=1)

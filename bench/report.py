@@ -7,6 +7,8 @@ import json, sys, os
 
 d = sys.argv[1]
 yk = json.load(open(os.path.join(d, "yk_bench.json")))
+mma_path = os.path.join(d, "yk_bench_mma_sync.json")  # the attention rows with the mma.sync prefill
+mma_sync = {r["name"]: r for r in json.load(open(mma_path))["rows"]} if os.path.exists(mma_path) else {}
 peers = {}
 for name in ("peers.json", "peers_extra.json"):
     p = os.path.join(d, name)
@@ -22,8 +24,9 @@ print("Every figure is a median (CUDA events, L2 flushed before each repetition,
 print("## Ops (bf16, GB/s of input read once + output written once)\n")
 print("| op and shape | yk ms | yk GB/s | share of copy | torch eager | torch.compile | yk / compile |")
 print("|---|---:|---:|---:|---:|---:|---:|")
+attention = ("prefill ", "decode ", "backward ")
 for name, r in rows.items():
-    if r["unit"] != "GB/s" or name.startswith("ceiling") or name.startswith("sweep."):
+    if r["unit"] != "GB/s" or name.startswith("ceiling") or name.startswith("sweep.") or name.startswith(attention):
         continue
     op, shape = name.split(" ", 1)
     eager = peers.get(f"{op}.eager {shape}")
@@ -31,6 +34,21 @@ for name, r in rows.items():
     fmt = lambda v: f"{v:.0f}" if v else "-"
     ratio = f"{r['value'] / comp:.2f}x" if comp else "-"
     print(f"| {name} | {r['ms']:.4f} | {r['value']:.0f} | {100 * r['value'] / copy:.0f}% | {fmt(eager)} | {fmt(comp)} | {ratio} |")
+att = [(name, r) for name, r in rows.items() if name.startswith(attention)]
+if att:
+    print("\n## Attention (bf16): prefill and backward in TFLOP/s, decode in GB/s of K and V read\n")
+    print("Peers: PyTorch SDPA with FlashAttention-2 (`flash`) and cuDNN (`cudnn`), same shapes, same run.\n")
+    print("`yk` is the default kernel (on sm_90 the wgmma prefill for head dims 64 and 128); `mma.sync` the same")
+    print("call with YK_PREFILL_KERNEL=mma_sync.\n")
+    print("| kernel and shape | yk ms | yk | mma.sync | FA2 | cuDNN | yk / FA2 | yk / cuDNN |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in att:
+        kind, shape = name.split(" ", 1)
+        fa2, cud = peers.get(f"{kind}.flash {shape}"), peers.get(f"{kind}.cudnn {shape}")
+        sync = mma_sync.get(name, {}).get("value") if kind == "prefill" else None
+        fmt = lambda v: f"{v:.0f}" if v else "-"
+        ratio = lambda p: f"{r['value'] / p:.2f}x" if p else "-"
+        print(f"| {name} | {r['ms']:.3f} | {r['value']:.0f} {r['unit']} | {fmt(sync)} | {fmt(fa2)} | {fmt(cud)} | {ratio(fa2)} | {ratio(cud)} |")
 sweep = [r for name, r in rows.items() if name.startswith("sweep.")]
 if sweep:
     print("\n## Sweep of block shapes (yk bench --sweep): GB/s\n")
@@ -47,7 +65,7 @@ peer_for = {
     "launch.yk_rms_norm_us": ("triton.launch_host_us (cache hit, steady)", "Triton cached launch"),
 }
 for name, r in rows.items():
-    if r["unit"] == "GB/s":
+    if r["unit"] == "GB/s" or name.startswith(attention):
         continue
     key = name.split(" ")[0]
     peer = peer_for.get(key)

@@ -48,7 +48,12 @@ static void emit(void *user, const yk_spec *spec) {
     yk_kernel_key key;
     memset(&key, 0, sizeof key);
     key.spec = *spec;
-    memcpy(key.target, e->targets[t], sizeof key.target);
+    if (spec->op->arch_specific_sm) { /* only for its generation, as sm_XYa */
+      if (strncmp(e->targets[t], "sm_", 3) || atoi(e->targets[t] + 3) != spec->op->arch_specific_sm) continue;
+      snprintf(key.target, sizeof key.target, "sm_%da", spec->op->arch_specific_sm);
+    } else {
+      memcpy(key.target, e->targets[t], sizeof key.target);
+    }
     add_key(e->list, &key);
   }
 }
@@ -212,8 +217,9 @@ yk_status yk_spec_compile(yk_ctx *ctx, const char *text, const char *arch, int *
   char why[1024];
   if (yk_spec_parse(text, &key.spec, why, sizeof why))
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "spec %s: %s", text ? text : "(null)", why);
-  yk_status st = yk_target_parse(ctx, arch, key.target);
-  if (st) return st;
+  char target[16];
+  yk_status st = yk_target_parse(ctx, arch, target);
+  if (st || (st = yk_target_for_op(ctx, key.spec.op, target, key.target))) return st;
   yk_kernel *k;
   return yk_kernel_obtain(ctx, &key, yk_kernel_key_hash(&key), YK_KERNEL_COMPILED, &k, compiled);
 }

@@ -3,7 +3,8 @@
 #include "cpu_fallback/half.h"
 
 static int64_t position(const yk_rope_args *a, int64_t t) {
-  return a->positions_64 ? ((const int64_t *)a->positions)[t] : ((const int32_t *)a->positions)[t];
+  const int64_t at = t / a->seq * a->positions_batch_stride + t % a->seq * a->positions_seq_stride;
+  return a->positions_64 ? ((const int64_t *)a->positions)[at] : ((const int32_t *)a->positions)[at];
 }
 
 static void rotate_head(const yk_rope_args *a, char *head, const float *cos, const float *sin) {
@@ -32,13 +33,14 @@ static void tokens(void *p, int64_t begin, int64_t end) {
   const int64_t cs = (int64_t)yk_dtype_size((yk_dtype)a->cache_dtype), half = a->rotary_dim / 2;
   float cos[YK_CPU_CHUNK / 2], sin[YK_CPU_CHUNK / 2];
   for (int64_t t = begin; t < end; t++) {
-    const char *row = a->cache + position(a, t) * a->cache_row_stride * cs;
-    yk_load_floats(a->cache_dtype, row, cos, half);
-    yk_load_floats(a->cache_dtype, row + half * cs, sin, half);
+    const int64_t row = position(a, t) * a->table_row_stride * cs;
+    yk_load_floats(a->cache_dtype, a->cos + row, cos, half);
+    yk_load_floats(a->cache_dtype, a->sin + row, sin, half);
+    const int64_t b = t / a->seq, s = t % a->seq;
     for (int64_t h = 0; h < a->q_heads; h++)
-      rotate_head(a, a->q + (t * a->q_token_stride + h * a->q_head_stride) * es, cos, sin);
+      rotate_head(a, a->q + (b * a->q_batch_stride + s * a->q_seq_stride + h * a->q_head_stride) * es, cos, sin);
     for (int64_t h = 0; h < a->kv_heads; h++)
-      rotate_head(a, a->k + (t * a->k_token_stride + h * a->k_head_stride) * es, cos, sin);
+      rotate_head(a, a->k + (b * a->k_batch_stride + s * a->k_seq_stride + h * a->k_head_stride) * es, cos, sin);
   }
 }
 

@@ -90,6 +90,16 @@ int yk_generate_source(const yk_spec *spec, char **source, size_t *length, char 
     }
     appendf(&t, "constexpr int %s = %d;\n", name, (int)spec->v[i]);
   }
+  for (const char *const *inc = op->includes; inc && *inc; inc++) {
+    const yk_template *shared = yk_template_find(*inc);
+    if (!shared) {
+      free(t.data);
+      snprintf(why, why_size, "template %s is not built into this library", *inc);
+      return 1;
+    }
+    appendf(&t, "#line 1 \"%s\"\n", shared->name);
+    append(&t, shared->text, shared->size);
+  }
   appendf(&t, "#line 1 \"%s\"\n", file);
   append(&t, body->text, body->size);
   if (t.failed) {

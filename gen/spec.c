@@ -76,8 +76,10 @@ int yk_default_vec(yk_dtype dtype, int n) {
 
 unsigned yk_spec_block_threads(const yk_spec *spec) {
   if (spec->op->block_threads) return spec->op->block_threads(spec);
-  for (int i = 0; i < spec->op->field_count; i++)
+  for (int i = 0; i < spec->op->field_count; i++) {
     if (!strcmp(spec->op->fields[i].name, "threads")) return (unsigned)spec->v[i];
+    if (!strcmp(spec->op->fields[i].name, "warps")) return 32u * (unsigned)spec->v[i];
+  }
   return 0;
 }
 

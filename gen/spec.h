@@ -31,6 +31,11 @@ typedef void (*yk_spec_emit_fn)(void *user, const yk_spec *spec);
 struct yk_op_def {
   const char *name; /* "rms_norm": also the template file stem and the kernel's name */
   const char *summary;
+  /* NULL-terminated template files shared with other ops, placed after the spec constants and
+   * before the op's own template; or NULL */
+  const char *const *includes;
+  /* Nonzero: uses instructions of one generation only (wgmma), so it is built for sm_<n>a alone. */
+  int arch_specific_sm;
   uint32_t dtypes; /* bit (1 << yk_dtype) for each element type the template takes */
   int field_count;
   yk_spec_field fields[YK_SPEC_MAX_FIELDS];
@@ -40,7 +45,7 @@ struct yk_op_def {
    * named "vec" moves at most 16 bytes; one named "threads" is a multiple of 32). Writes the
    * reason to why on failure. */
   int (*valid)(const yk_spec *spec, char *why, size_t why_size);
-  /* Threads a block; NULL: the field named "threads". */
+  /* Threads a block; NULL: the field named "threads", else 32 times the field named "warps". */
   unsigned (*block_threads)(const yk_spec *spec);
   unsigned (*dynamic_smem_bytes)(const yk_spec *spec); /* NULL: none */
   /* The specs the warm-up compiles for the requested dtypes and model shapes. */

@@ -44,9 +44,10 @@ yk_status yk_spec_key(yk_ctx *ctx, const char *text, const char *arch, char key_
   if (!ctx) return YK_ERR_INVALID_ARGUMENT;
   if (!key_hex) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "yk_spec_key: key_hex is NULL");
   yk_spec spec;
-  char target[16], why[256];
+  char requested[16], target[16], why[256];
   yk_status st = parse(ctx, text, &spec);
-  if (st || (st = yk_target_parse(ctx, arch, target))) return st;
+  if (st || (st = yk_target_parse(ctx, arch, requested)) || (st = yk_target_for_op(ctx, spec.op, requested, target)))
+    return st;
   if (!ctx->has_nvrtc) return yk_error(ctx, YK_ERR_COMPILE, "the key names the NVRTC build: %s", ctx->nvrtc_note);
   char *source;
   size_t length;

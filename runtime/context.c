@@ -84,6 +84,8 @@ static void choose_target(yk_ctx *ctx) {
   int number = ctx->compute_major * 10 + ctx->compute_minor;
   if (!ctx->has_nvrtc || yk_nvrtc_supports_arch(&ctx->nvrtc, number)) {
     snprintf(ctx->target, sizeof ctx->target, "sm_%d", number);
+    /* generation-specific instructions (wgmma) exist for sm_90 as sm_90a */
+    if (number == 90) snprintf(ctx->target_arch_specific, sizeof ctx->target_arch_specific, "sm_%da", number);
     return;
   }
   int best = 0;
@@ -131,6 +133,8 @@ yk_status yk_ctx_create(const yk_ctx_options *user_options, yk_ctx **out) {
   ctx->has_nvrtc = yk_nvrtc_api_open(&ctx->nvrtc, why, sizeof why) == 0;
   if (!ctx->has_nvrtc) snprintf(ctx->nvrtc_note, sizeof ctx->nvrtc_note, "%s", why);
   if (ctx->device == YK_DEVICE_CUDA) choose_target(ctx);
+  const char *prefill = getenv("YK_PREFILL_KERNEL");
+  ctx->prefill_mma_sync = prefill && !strcmp(prefill, "mma_sync");
 
   if (yk_kernel_cache_init(&ctx->cache)) goto fail_cache;
   if (yk_thread_pool_init(&ctx->pool, options.cpu_threads)) goto fail_pool;

@@ -28,6 +28,9 @@ struct yk_ctx {
   size_t device_memory_bytes;
   char target[16]; /* what this device's kernels compile to: "sm_90", or "compute_X" for a
                       device newer than NVRTC knows */
+  char target_arch_specific[16]; /* "sm_90a" where the device runs one generation's own
+                                    instructions and NVRTC builds them, else "" */
+  int prefill_mma_sync;           /* YK_PREFILL_KERNEL=mma_sync: never the sm_90a prefill (tests, comparisons) */
 
   /* NVRTC: optional; without it only what the disk cache already holds can run */
   yk_nvrtc_api nvrtc;

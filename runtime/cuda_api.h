@@ -36,6 +36,8 @@
   X(cuMemGetInfo, 0, (size_t *, size_t *))                                                       \
   X(cuMemAlloc, 0, (CUdeviceptr *, size_t))                                                      \
   X(cuMemFree, 0, (CUdeviceptr))                                                                 \
+  X(cuMemAllocAsync, 1, (CUdeviceptr *, size_t, CUstream))                                       \
+  X(cuMemFreeAsync, 1, (CUdeviceptr, CUstream))                                                  \
   X(cuMemAllocHost, 0, (void **, size_t))                                                        \
   X(cuMemFreeHost, 0, (void *))                                                                  \
   X(cuMemcpyHtoD, 0, (CUdeviceptr, const void *, size_t))                                        \

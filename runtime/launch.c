@@ -5,7 +5,8 @@
 #include "runtime/error.h"
 #include "runtime/module.h"
 
-yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, void *stream, void **args) {
+yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, unsigned grid_z, void *stream,
+                    void **args) {
   yk_status st = yk_cuda_make_current(ctx);
   if (st != YK_OK) return st;
   CUresult r;
@@ -13,7 +14,7 @@ yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned g
     CUlaunchConfig config = {
         .gridDimX = grid_x,
         .gridDimY = grid_y,
-        .gridDimZ = 1,
+        .gridDimZ = grid_z,
         .blockDimX = k->block_threads,
         .blockDimY = 1,
         .blockDimZ = 1,
@@ -22,12 +23,12 @@ yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned g
     };
     r = ctx->cu.cuLaunchKernelEx(&config, k->function, args, NULL);
   } else {
-    r = ctx->cu.cuLaunchKernel(k->function, grid_x, grid_y, 1, k->block_threads, 1, 1, k->dynamic_smem_bytes,
+    r = ctx->cu.cuLaunchKernel(k->function, grid_x, grid_y, grid_z, k->block_threads, 1, 1, k->dynamic_smem_bytes,
                                (CUstream)stream, args, NULL);
   }
   if (r == CUDA_SUCCESS) return YK_OK;
   char what[640], text[512];
   yk_spec_format(&k->key.spec, text, sizeof text);
-  snprintf(what, sizeof what, "launching %s on grid %ux%u", text, grid_x, grid_y);
+  snprintf(what, sizeof what, "launching %s on grid %ux%ux%u", text, grid_x, grid_y, grid_z);
   return yk_cuda_error(ctx, r, what);
 }

@@ -17,7 +17,7 @@ static inline void yk_spec_finish(yk_ctx *ctx, yk_spec *spec) {
 static inline yk_status yk_kernel_get(yk_ctx *ctx, const yk_spec *spec, yk_kernel **out) {
   yk_kernel_key key;
   key.spec = *spec;
-  memcpy(key.target, ctx->target, sizeof key.target);
+  memcpy(key.target, spec->op->arch_specific_sm ? ctx->target_arch_specific : ctx->target, sizeof key.target);
   const uint64_t hash = yk_kernel_key_hash(&key);
   yk_kernel *k = yk_kernel_find(&ctx->cache, &key, hash);
   if (k && atomic_load_explicit(&k->state, memory_order_acquire) == YK_KERNEL_LOADED) {
@@ -27,8 +27,9 @@ static inline yk_status yk_kernel_get(yk_ctx *ctx, const yk_spec *spec, yk_kerne
   return yk_kernel_obtain(ctx, &key, hash, YK_KERNEL_LOADED, out, NULL);
 }
 
-/* Launches k with the block shape its spec gives on grid (x, y, 1). args: pointers to each kernel
- * parameter, in order. */
-yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, void *stream, void **args);
+/* Launches k with the block shape and dynamic shared memory its spec gives on grid (x, y, z).
+ * args: pointers to each kernel parameter, in order. */
+yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, unsigned grid_z, void *stream,
+                    void **args);
 
 #endif

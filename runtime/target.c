@@ -28,3 +28,17 @@ yk_status yk_target_parse(yk_ctx *ctx, const char *text, char out[16]) {
   memcpy(out, text, strlen(text));
   return YK_OK;
 }
+
+yk_status yk_target_for_op(yk_ctx *ctx, const yk_op_def *op, const char *target, char out[16]) {
+  memset(out, 0, 16);
+  if (!op->arch_specific_sm) {
+    memcpy(out, target, strnlen(target, 15));
+    return YK_OK;
+  }
+  const char *digits = strncmp(target, "sm_", 3) == 0 ? target + 3 : NULL;
+  if (!digits || atoi(digits) != op->arch_specific_sm)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s uses sm_%d's own instructions and is built for sm_%da only, not %s",
+                    op->name, op->arch_specific_sm, op->arch_specific_sm, target);
+  snprintf(out, 16, "sm_%da", op->arch_specific_sm);
+  return YK_OK;
+}

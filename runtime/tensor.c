@@ -126,6 +126,49 @@ int64_t yk_view_numel(const yk_view *v) {
   return n;
 }
 
+yk_status yk_view_disjoint(yk_ctx *ctx, const char *op, const char *name, const yk_view *v) {
+  int order[YK_VIEW_MAX_DIMS], n = 0;
+  for (int i = 0; i < v->ndim; i++) {
+    if (v->shape[i] <= 1) continue;
+    int at = n++; /* insertion sort by stride: at most YK_VIEW_MAX_DIMS entries */
+    while (at > 0 && v->stride[order[at - 1]] > v->stride[i]) order[at] = order[at - 1], at--;
+    order[at] = i;
+  }
+  int64_t span = 1; /* elements covered by the dimensions taken so far */
+  for (int k = 0; k < n; k++) {
+    const int i = order[k];
+    if (v->stride[i] < span)
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                      "%s: %s: elements overlap (dimension %d has stride %" PRId64 ", inside a span of %" PRId64 ")",
+                      op, name, i, v->stride[i], span);
+    span = v->stride[i] * (v->shape[i] - 1) + span;
+  }
+  return YK_OK;
+}
+
+/* [first, last] byte addresses a view touches; empty views touch nothing (first > last). */
+static void view_bounds(const yk_view *v, uintptr_t *first, uintptr_t *last) {
+  int64_t end = 0;
+  for (int i = 0; i < v->ndim; i++) {
+    if (v->shape[i] == 0) {
+      *first = 1, *last = 0;
+      return;
+    }
+    end += (v->shape[i] - 1) * v->stride[i];
+  }
+  *first = (uintptr_t)v->data;
+  *last = *first + (uintptr_t)(end + 1) * (uintptr_t)v->elem_bytes - 1;
+}
+
+yk_status yk_views_apart(yk_ctx *ctx, const char *op, const char *a_name, const yk_view *a, const char *b_name,
+                         const yk_view *b) {
+  uintptr_t a0, a1, b0, b1;
+  view_bounds(a, &a0, &a1), view_bounds(b, &b0, &b1);
+  if (a0 <= a1 && b0 <= b1 && a0 <= b1 && b0 <= a1 && a->on_device == b->on_device)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s overlaps %s, which the call still reads", op, a_name, b_name);
+  return YK_OK;
+}
+
 yk_status yk_view_rows(yk_ctx *ctx, const char *op, const char *name, const yk_view *v, int is_output, int64_t *rows,
                        int64_t *row_stride) {
   const int last = v->ndim - 1;

@@ -34,6 +34,15 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
 
 int64_t yk_view_numel(const yk_view *v);
 
+/* For outputs: refuses a view two of whose elements share an address (a stride of 0, or strides
+ * that interleave). Accepts every permuted or padded layout: taken from the smallest stride
+ * up, each dimension's stride is at least the span of the ones inside it. */
+yk_status yk_view_disjoint(yk_ctx *ctx, const char *op, const char *name, const yk_view *v);
+
+/* Refuses views whose memory ranges intersect (an output over an input it still has to read). */
+yk_status yk_views_apart(yk_ctx *ctx, const char *op, const char *a_name, const yk_view *a, const char *b_name,
+                         const yk_view *b);
+
 /* All but the last dimension as one: rows and the element stride between them. Fails when the
  * leading dimensions cannot be walked with one stride, or (for outputs) when rows overlap. */
 yk_status yk_view_rows(yk_ctx *ctx, const char *op, const char *name, const yk_view *v, int is_output, int64_t *rows,

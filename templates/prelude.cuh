@@ -6,6 +6,11 @@
 
 constexpr int YK_F32 = 0, YK_F16 = 1, YK_BF16 = 2;
 
+// Nor <math.h>: masks and empty rows need an infinity of their own.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 struct yk_f16 {
   unsigned short bits;
 };

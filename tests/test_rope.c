@@ -224,22 +224,22 @@ static void bad_inputs(yk_ctx *ctx, int on_device) {
                      YK_ERR_INVALID_ARGUMENT, "rope: q is NULL");
   t = r.q.dl, t.ndim = 2;
   ts_assert_rejected(ctx, yk_rope(ctx, &t, &r.k.dl, &r.cache.dl, &r.positions.dl, YK_ROPE_NEOX, NULL),
-                     YK_ERR_INVALID_ARGUMENT, "q: expected 3 dimensions, got 2");
+                     YK_ERR_INVALID_ARGUMENT, "q: expected 3 to 4 dimensions, got 2");
   t = r.k.dl, t.dtype.code = kDLBfloat;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &t, &r.cache.dl, &r.positions.dl, YK_ROPE_NEOX, NULL),
                      YK_ERR_INVALID_ARGUMENT, "k is bfloat16 but q is float16");
   memcpy(shape, r.k.shape, sizeof shape), shape[2] = 32, t = r.k.dl, t.shape = shape;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &t, &r.cache.dl, &r.positions.dl, YK_ROPE_NEOX, NULL),
-                     YK_ERR_INVALID_ARGUMENT, "head_dim must match");
+                     YK_ERR_INVALID_ARGUMENT, "k has head_dim 32; it must match q's 64");
   shape[0] = 2, t = r.positions.dl, t.shape = shape;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &r.k.dl, &r.cache.dl, &t, YK_ROPE_NEOX, NULL), YK_ERR_INVALID_ARGUMENT,
-                     "positions has 2 entries for 3 tokens");
+                     "positions has 2 entries on dimension 0 for 3 tokens");
   t = r.positions.dl, t.dtype.code = kDLFloat;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &r.k.dl, &r.cache.dl, &t, YK_ROPE_NEOX, NULL), YK_ERR_INVALID_ARGUMENT,
                      "positions: expected dtype int32 or int64");
   t = r.cache.dl, t.dtype.code = kDLBfloat;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &r.k.dl, &t, &r.positions.dl, YK_ROPE_NEOX, NULL),
-                     YK_ERR_INVALID_ARGUMENT, "cos_sin_cache must be float32 or q's dtype");
+                     YK_ERR_INVALID_ARGUMENT, "cos and sin tables must be float32 or q's dtype");
   memcpy(shape, r.cache.shape, 2 * sizeof *shape), shape[1] = 7, t = r.cache.dl, t.shape = shape;
   ts_assert_rejected(ctx, yk_rope(ctx, &r.q.dl, &r.k.dl, &t, &r.positions.dl, YK_ROPE_NEOX, NULL),
                      YK_ERR_INVALID_ARGUMENT, "rotary dim must be even");
@@ -280,5 +280,132 @@ Test(rope, cpu_position_out_of_range_is_rejected_whole) {
   cr_assert_eq(yh_bytes_changed(&r.q, q_before), 0, "rotated some tokens before refusing");
   free(q_before);
   free_tensors(&r);
+  yk_ctx_destroy(ctx);
+}
+
+static void restore(yh_tensor *t, const void *snapshot) {
+  memcpy(t->host, snapshot, (size_t)t->span * (size_t)t->elem_bytes);
+  yh_upload(t);
+}
+
+/* Hugging Face's separate tables, [max_position, head_dim] with each half a copy of the other, give
+ * the same bytes as vLLM's cos_sin_cache holding the same values; so do tables of half a row. */
+static void separate_tables_match_cache(yk_ctx *ctx, int on_device) {
+  yh_rng rng = {6};
+  const rope_case c = {5, 4, 2, 64, 64, 0};
+  rope_tensors a, b;
+  make(&a, ctx, YK_BF16, YK_F32, YK_I64, c, on_device, &rng);
+  make(&b, ctx, YK_BF16, YK_F32, YK_I64, c, on_device, &rng);
+  yh_tensor_copy(&b.positions, &a.positions);
+  void *q0 = yh_snapshot(&a.q), *k0 = yh_snapshot(&a.k);
+  double *cache = malloc(sizeof(double) * MAX_POSITION * c.rot_dim);
+  yh_to_double(&a.cache, cache);
+  for (int half_rows = 0; half_rows <= 1; half_rows++) {
+    const int64_t width = half_rows ? c.rot_dim / 2 : c.head_dim, td[2] = {MAX_POSITION, width};
+    yh_tensor cos_t, sin_t;
+    cr_assert_eq(yh_tensor_init(&cos_t, ctx, YK_F32, 2, td, NULL, on_device), 0);
+    cr_assert_eq(yh_tensor_init(&sin_t, ctx, YK_F32, 2, td, NULL, on_device), 0);
+    double *ct = malloc(sizeof(double) * MAX_POSITION * width), *st = malloc(sizeof(double) * MAX_POSITION * width);
+    for (int64_t p = 0; p < MAX_POSITION; p++)
+      for (int64_t i = 0; i < width; i++) {
+        ct[p * width + i] = cache[p * c.rot_dim + i % (c.rot_dim / 2)];
+        st[p * width + i] = cache[p * c.rot_dim + c.rot_dim / 2 + i % (c.rot_dim / 2)];
+      }
+    yh_from_double(&cos_t, ct), yh_from_double(&sin_t, st);
+    restore(&a.q, q0), restore(&a.k, k0), restore(&b.q, q0), restore(&b.k, k0);
+    cr_assert_eq(run(ctx, &a, c, 1), YK_OK, "%s", yk_ctx_last_error(ctx));
+    cr_assert_eq(yk_rope_cos_sin(ctx, &b.q.dl, &b.k.dl, &cos_t.dl, &sin_t.dl, &b.positions.dl, (int)c.rot_dim,
+                                 YK_ROPE_NEOX, NULL),
+                 YK_OK, "%s", yk_ctx_last_error(ctx));
+    cr_assert_eq(yh_sync(ctx), 0);
+    void *want_q = yh_snapshot(&a.q), *want_k = yh_snapshot(&a.k);
+    cr_assert_eq(yh_bytes_changed(&b.q, want_q), 0, "q: separate tables (half rows %d) rotate differently", half_rows);
+    cr_assert_eq(yh_bytes_changed(&b.k, want_k), 0, "k: separate tables (half rows %d) rotate differently", half_rows);
+    cr_assert_eq(yh_bytes_changed(&a.q, q0) > 0, 1, "nothing was rotated");
+    void *before = yh_snapshot(&b.q);
+    ts_assert_rejected(ctx,
+                       yk_rope_cos_sin(ctx, &b.q.dl, &b.k.dl, &cos_t.dl, &sin_t.dl, &b.positions.dl, (int)width * 2 + 2,
+                                       YK_ROPE_NEOX, NULL),
+                       YK_ERR_INVALID_ARGUMENT, "rotary_dim");
+    cr_assert_eq(yh_bytes_changed(&b.q, before), 0, "a rejected call wrote to q");
+    free(before), free(want_q), free(want_k), free(ct), free(st);
+    yh_tensor_free(&cos_t), yh_tensor_free(&sin_t);
+  }
+  free(q0), free(k0), free(cache);
+  free_tensors(&a), free_tensors(&b);
+}
+
+Test(rope, cpu_separate_tables_match_cache) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  separate_tables_match_cache(ctx, 0);
+  yk_ctx_destroy(ctx);
+}
+
+Test(rope, gpu_separate_tables_match_cache) {
+  yk_ctx *ctx = ts_gpu_ctx();
+  TS_REQUIRE_GPU(ctx);
+  separate_tables_match_cache(ctx, 1);
+  yk_ctx_destroy(ctx);
+}
+
+/* q and k as [batch, heads, seq, head_dim] tensors (Hugging Face's layout) passed as strided
+ * [batch, seq, heads, head_dim] views with [batch, seq] positions rotate exactly like the same
+ * values laid out token-major. */
+static void batched_views_match_tokens(yk_ctx *ctx, int on_device) {
+  yh_rng rng = {7};
+  enum { B = 3, S = 5, H = 4, KH = 2, D = 64 };
+  const rope_case c = {B * S, H, KH, D, D, 0};
+  rope_tensors t; /* token-major [B*S, heads, D] */
+  make(&t, ctx, YK_F16, YK_F16, YK_I64, c, on_device, &rng);
+  const int64_t qd[4] = {B, H, S, D}, kd[4] = {B, KH, S, D}, pd[2] = {B, S};
+  yh_tensor q4, k4, p2;
+  cr_assert_eq(yh_tensor_init(&q4, ctx, YK_F16, 4, qd, NULL, on_device), 0);
+  cr_assert_eq(yh_tensor_init(&k4, ctx, YK_F16, 4, kd, NULL, on_device), 0);
+  cr_assert_eq(yh_tensor_init(&p2, ctx, YK_I64, 2, pd, NULL, on_device), 0);
+  double *qt = malloc(sizeof(double) * B * S * H * D), *kt = malloc(sizeof(double) * B * S * KH * D),
+         *pos = malloc(sizeof(double) * B * S), *q4d = malloc(sizeof(double) * B * H * S * D),
+         *k4d = malloc(sizeof(double) * B * KH * S * D);
+  yh_to_double(&t.q, qt), yh_to_double(&t.k, kt), yh_to_double(&t.positions, pos);
+  for (int b = 0; b < B; b++)
+    for (int s = 0; s < S; s++)
+      for (int d = 0; d < D; d++) {
+        for (int h = 0; h < H; h++) q4d[((b * H + h) * S + s) * D + d] = qt[((b * S + s) * H + h) * D + d];
+        for (int h = 0; h < KH; h++) k4d[((b * KH + h) * S + s) * D + d] = kt[((b * S + s) * KH + h) * D + d];
+      }
+  yh_from_double(&q4, q4d), yh_from_double(&k4, k4d), yh_from_double(&p2, pos);
+  /* the [B, S, H, D] views of the [B, H, S, D] tensors */
+  DLTensor qv = q4.dl, kv = k4.dl;
+  int64_t qshape[4] = {B, S, H, D}, qstr[4] = {H * S * D, D, S * D, 1}, kshape[4] = {B, S, KH, D},
+          kstr[4] = {KH * S * D, D, S * D, 1};
+  qv.shape = qshape, qv.strides = qstr, kv.shape = kshape, kv.strides = kstr;
+  cr_assert_eq(run(ctx, &t, c, 1), YK_OK, "%s", yk_ctx_last_error(ctx));
+  cr_assert_eq(yk_rope(ctx, &qv, &kv, &t.cache.dl, &p2.dl, YK_ROPE_NEOX, NULL), YK_OK, "%s", yk_ctx_last_error(ctx));
+  cr_assert_eq(yh_sync(ctx), 0);
+  yh_to_double(&t.q, qt), yh_to_double(&t.k, kt), yh_to_double(&q4, q4d), yh_to_double(&k4, k4d);
+  for (int b = 0; b < B; b++)
+    for (int s = 0; s < S; s++)
+      for (int d = 0; d < D; d++) {
+        for (int h = 0; h < H; h++)
+          cr_assert_eq(q4d[((b * H + h) * S + s) * D + d], qt[((b * S + s) * H + h) * D + d], "q b%d s%d h%d d%d", b, s,
+                       h, d);
+        for (int h = 0; h < KH; h++)
+          cr_assert_eq(k4d[((b * KH + h) * S + s) * D + d], kt[((b * S + s) * KH + h) * D + d], "k b%d s%d h%d d%d", b,
+                       s, h, d);
+      }
+  free(qt), free(kt), free(pos), free(q4d), free(k4d);
+  yh_tensor_free(&q4), yh_tensor_free(&k4), yh_tensor_free(&p2);
+  free_tensors(&t);
+}
+
+Test(rope, cpu_batched_views_match_tokens) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  batched_views_match_tokens(ctx, 0);
+  yk_ctx_destroy(ctx);
+}
+
+Test(rope, gpu_batched_views_match_tokens) {
+  yk_ctx *ctx = ts_gpu_ctx();
+  TS_REQUIRE_GPU(ctx);
+  batched_views_match_tokens(ctx, 1);
   yk_ctx_destroy(ctx);
 }

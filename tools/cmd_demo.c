@@ -1,8 +1,9 @@
 /* yk demo: the README's main job. Runs the ops of one decoder step that exist so far on a small
  * built-in shape, on the GPU where there is one and on the CPU fallback otherwise, through the
  * kernel cache, checks every result, and says what was compiled, found cached, and how long each
- * step took. Attention joins the step when it lands. */
+ * step took. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 
 #include "bench/harness.h"
 #include "cpu_fallback/act_and_mul.h"
+#include "cpu_fallback/attention.h"
 #include "cpu_fallback/rms_norm.h"
 #include "cpu_fallback/rope.h"
 #include "tools/cli.h"
@@ -20,7 +22,7 @@ enum { TOKENS = 5, HIDDEN = 512, Q_HEADS = 8, KV_HEADS = 2, HEAD_DIM = 64, INTER
 
 /* Every tensor of the step, on the device that runs it. */
 typedef struct {
-  yh_tensor x, residual, w_in, q, k, cos_sin, positions, attn, w_post, gate_up, act, w_final, out;
+  yh_tensor x, residual, w_in, q, k, v, ctx_out, cos_sin, positions, attn, w_post, gate_up, act, w_final, out;
 } layer;
 
 static int make_layer(layer *l, yk_ctx *ctx, int on_device) {
@@ -33,6 +35,8 @@ static int make_layer(layer *l, yk_ctx *ctx, int on_device) {
   bad |= yh_tensor_init(&l->w_in, ctx, DTYPE, 1, &h, NULL, on_device);
   bad |= yh_tensor_init(&l->q, ctx, DTYPE, 3, qd, NULL, on_device);
   bad |= yh_tensor_init(&l->k, ctx, DTYPE, 3, kd, NULL, on_device);
+  bad |= yh_tensor_init(&l->v, ctx, DTYPE, 3, kd, NULL, on_device);
+  bad |= yh_tensor_init(&l->ctx_out, ctx, DTYPE, 3, qd, NULL, on_device);
   bad |= yh_tensor_init(&l->cos_sin, ctx, DTYPE, 2, cd, NULL, on_device);
   bad |= yh_tensor_init(&l->positions, ctx, YK_I64, 1, &t, NULL, on_device);
   bad |= yh_tensor_init(&l->attn, ctx, DTYPE, 2, hd, NULL, on_device);
@@ -46,7 +50,7 @@ static int make_layer(layer *l, yk_ctx *ctx, int on_device) {
 
 static void fill_layer(layer *l, uint64_t seed) {
   yh_rng rng = {seed};
-  yh_tensor *uniform[] = {&l->x, &l->residual, &l->q, &l->k, &l->attn, &l->gate_up};
+  yh_tensor *uniform[] = {&l->x, &l->residual, &l->q, &l->k, &l->v, &l->attn, &l->gate_up};
   for (size_t i = 0; i < sizeof uniform / sizeof uniform[0]; i++) yh_fill_uniform(uniform[i], &rng, -2, 2);
   yh_fill_uniform(&l->w_in, &rng, 0.5, 1.5), yh_fill_uniform(&l->w_post, &rng, 0.5, 1.5);
   yh_fill_uniform(&l->w_final, &rng, 0.5, 1.5);
@@ -60,7 +64,7 @@ static void fill_layer(layer *l, uint64_t seed) {
   free(cs);
   for (int i = 0; i < TOKENS; i++) ((int64_t *)l->positions.host)[i] = 1000 + 7 * i;
   yh_upload(&l->positions);
-  yh_poison(&l->act), yh_poison(&l->out);
+  yh_poison(&l->act), yh_poison(&l->out), yh_poison(&l->ctx_out);
 }
 
 static void free_layer(layer *l) {
@@ -81,6 +85,20 @@ static yk_status run_input_norm(yk_ctx *c, layer *l) {
 static yk_status run_rope(yk_ctx *c, layer *l) {
   return yk_rope(c, &l->q.dl, &l->k.dl, &l->cos_sin.dl, &l->positions.dl, YK_ROPE_NEOX, NULL);
 }
+/* The step's tokens as one causal sequence: [tokens, heads, dim] seen as [1, tokens, heads, dim]. */
+static DLTensor batch_of_one(const yh_tensor *t, int64_t *shape) {
+  DLTensor v = t->dl;
+  shape[0] = 1, shape[1] = t->shape[0], shape[2] = t->shape[1], shape[3] = t->shape[2];
+  v.ndim = 4, v.shape = shape, v.strides = NULL;
+  return v;
+}
+static yk_status run_attention(yk_ctx *c, layer *l) {
+  int64_t qs[4], ks[4], vs[4], os[4];
+  DLTensor q = batch_of_one(&l->q, qs), k = batch_of_one(&l->k, ks), v = batch_of_one(&l->v, vs),
+           o = batch_of_one(&l->ctx_out, os);
+  yk_attention_params p = {.causal = 1};
+  return yk_flash_attention_forward(c, &q, &k, &v, &p, &o, NULL, NULL);
+}
 static yk_status run_post_norm(yk_ctx *c, layer *l) {
   return yk_fused_add_rms_norm(c, &l->attn.dl, &l->residual.dl, &l->w_post.dl, EPS, NULL);
 }
@@ -90,6 +108,7 @@ static yk_status run_final_norm(yk_ctx *c, layer *l) {
 }
 static yh_tensor *out_input_norm(layer *l, int i) { return i == 0 ? &l->x : i == 1 ? &l->residual : NULL; }
 static yh_tensor *out_rope(layer *l, int i) { return i == 0 ? &l->q : i == 1 ? &l->k : NULL; }
+static yh_tensor *out_attention(layer *l, int i) { return i == 0 ? &l->ctx_out : NULL; }
 static yh_tensor *out_post_norm(layer *l, int i) { return i == 0 ? &l->attn : i == 1 ? &l->residual : NULL; }
 static yh_tensor *out_mlp_act(layer *l, int i) { return i == 0 ? &l->act : NULL; }
 static yh_tensor *out_final_norm(layer *l, int i) { return i == 0 ? &l->out : NULL; }
@@ -97,6 +116,8 @@ static yh_tensor *out_final_norm(layer *l, int i) { return i == 0 ? &l->out : NU
 static const step steps[] = {
     {"input norm (fused_add_rms_norm)", "rms_norm:dtype=bf16,hidden=512,fused_add=1", run_input_norm, out_input_norm},
     {"rope on q and k", "rope:dtype=bf16,head_dim=64", run_rope, out_rope},
+    {"causal attention (prefill)", "attention_prefill_sm90:dtype=bf16,head_dim=64,causal=1", run_attention,
+     out_attention},
     {"post-attention norm", "rms_norm:dtype=bf16,hidden=512,fused_add=1", run_post_norm, out_post_norm},
     {"silu_and_mul", "act_and_mul:dtype=bf16,d=1376,act=silu", run_mlp_act, out_mlp_act},
     {"final norm (rms_norm)", "rms_norm:dtype=bf16,hidden=512", run_final_norm, out_final_norm},
@@ -105,7 +126,7 @@ static const step steps[] = {
 
 /* The float64 reference of each step, applied to compact double copies of the layer. */
 typedef struct {
-  double *x, *residual, *w_in, *q, *k, *cos_sin, *attn, *w_post, *gate_up, *act, *w_final, *out;
+  double *x, *residual, *w_in, *q, *k, *v, *ctx_out, *cos_sin, *attn, *w_post, *gate_up, *act, *w_final, *out;
   int64_t positions[TOKENS];
 } layer64;
 
@@ -121,14 +142,28 @@ static void reference_step(int s, layer64 *r) {
   case 1:
     yk_reference_rope(1, TOKENS, Q_HEADS, KV_HEADS, HEAD_DIM, HEAD_DIM, r->q, r->k, r->cos_sin, r->positions);
     break;
-  case 2: yk_reference_rms_norm(DTYPE, TOKENS, HIDDEN, r->attn, r->residual, r->w_post, EPS, r->attn); break;
-  case 3: yk_reference_act_and_mul(YK_ACT_SILU, TOKENS, INTER, r->gate_up, r->act); break;
+  case 2: {
+    const yk_attention_shape shape = {.dtype = DTYPE,
+                                      .batch = 1,
+                                      .q_heads = Q_HEADS,
+                                      .kv_heads = KV_HEADS,
+                                      .head_dim = HEAD_DIM,
+                                      .seq_q = TOKENS,
+                                      .seq_k = TOKENS,
+                                      .causal = 1,
+                                      .scale = 1.0f / sqrtf((float)HEAD_DIM)};
+    yk_reference_attention_forward(&shape, r->q, r->k, r->v, r->ctx_out, NULL);
+    break;
+  }
+  case 3: yk_reference_rms_norm(DTYPE, TOKENS, HIDDEN, r->attn, r->residual, r->w_post, EPS, r->attn); break;
+  case 4: yk_reference_act_and_mul(YK_ACT_SILU, TOKENS, INTER, r->gate_up, r->act); break;
   default: yk_reference_rms_norm(DTYPE, TOKENS, HIDDEN, r->residual, NULL, r->w_final, EPS, r->out); break;
   }
 }
 
 static double *reference_output(int s, layer64 *r, int i) {
-  double *outs[][2] = {{r->x, r->residual}, {r->q, r->k}, {r->attn, r->residual}, {r->act, NULL}, {r->out, NULL}};
+  double *outs[][2] = {{r->x, r->residual},    {r->q, r->k},   {r->ctx_out, NULL},
+                       {r->attn, r->residual}, {r->act, NULL}, {r->out, NULL}};
   return outs[s][i];
 }
 
@@ -163,6 +198,8 @@ int cmd_demo(int argc, char **argv) {
                .w_in = as_doubles(&l.w_in),
                .q = as_doubles(&l.q),
                .k = as_doubles(&l.k),
+               .v = as_doubles(&l.v),
+               .ctx_out = as_doubles(&l.ctx_out),
                .cos_sin = as_doubles(&l.cos_sin),
                .attn = as_doubles(&l.attn),
                .w_post = as_doubles(&l.w_post),
@@ -257,7 +294,7 @@ int cmd_demo(int argc, char **argv) {
          (unsigned long long)stats.loads, stats.load_ms);
   printf("%s\n", failures ? "SOME CHECKS FAILED" : "all checks passed");
   double **all = &r.x;
-  for (size_t i = 0; i < 12; i++) free(all[i]);
+  for (size_t i = 0; i < offsetof(layer64, positions) / sizeof(double *); i++) free(all[i]);
   free_layer(&l);
   if (gpu) free_layer(&host), yk_ctx_destroy(cpu);
   yk_ctx_destroy(ctx);

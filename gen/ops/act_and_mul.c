@@ -119,7 +119,7 @@ static yk_status run(yk_ctx *ctx, const char *op, int activation, const DLTensor
   unsigned long long count = vectors;
   long long xstride = xs, ostride = os;
   void *args[] = {&xp, &op_, &count, &xstride, &ostride};
-  return yk_launch(ctx, k, (unsigned)blocks, 1, stream, args);
+  return yk_launch(ctx, k, (unsigned)blocks, 1, 1, stream, args);
 }
 
 yk_status yk_silu_and_mul(yk_ctx *ctx, const DLTensor *x, DLTensor *out, void *stream) {

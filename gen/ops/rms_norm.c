@@ -141,7 +141,7 @@ static yk_status run(yk_ctx *ctx, const char *op, const DLTensor *x, DLTensor *r
   void *xp = xv.data, *rp = residual ? rv.data : NULL, *wp = wv.data, *op_ = ov.data;
   long long xstride = xs, rstride = rs, ostride = os;
   void *args[] = {&xp, &rp, &wp, &op_, &xstride, &rstride, &ostride, &eps};
-  return yk_launch(ctx, k, (unsigned)rows, 1, stream, args);
+  return yk_launch(ctx, k, (unsigned)rows, 1, 1, stream, args);
 }
 
 yk_status yk_rms_norm(yk_ctx *ctx, const DLTensor *x, const DLTensor *weight, float eps, DLTensor *out, void *stream) {

@@ -38,20 +38,87 @@ typedef enum yk_rope_style {
 } yk_rope_style;
 
 /* Rotary position embedding of q and k, in place, in one launch.
- * q: [tokens, q_heads, head_dim]; k: [tokens, kv_heads, head_dim] or NULL;
+ * q: [tokens, q_heads, head_dim] or [batch, seq, q_heads, head_dim] (any strides: a
+ *   [batch, heads, seq, head_dim] tensor passes as its transposed view);
+ * k: the same with kv_heads, or NULL; positions: [tokens] or [batch, seq];
  * cos_sin_cache: [max_position, rotary_dim], cos in the first half of a row and sin in the
  *   second (vLLM's layout), float32 or the dtype of q; rotary_dim <= head_dim, even;
  *   dimensions past rotary_dim are left as they are;
- * positions: [tokens], int32 or int64, each in [0, max_position). The CPU path rejects a
+ * positions int32 or int64, each in [0, max_position). The CPU path rejects a
  *   position out of range before writing; the GPU path cannot see the values before it runs and
  *   leaves such a token unrotated rather than read outside the cache. */
 YK_API yk_status yk_rope(yk_ctx *ctx, DLTensor *q, DLTensor *k, const DLTensor *cos_sin_cache,
                          const DLTensor *positions, yk_rope_style style, void *stream);
 
+/* The same with separate cos and sin tables [max_position, n], as Hugging Face models keep them
+ * (n = head_dim, each half a copy of the other) or with one value a pair (n = rotary_dim / 2): the
+ * first rotary_dim / 2 values of a row are used. Same dtype, shape and row stride for both. */
+YK_API yk_status yk_rope_cos_sin(yk_ctx *ctx, DLTensor *q, DLTensor *k, const DLTensor *cos, const DLTensor *sin,
+                                 const DLTensor *positions, int rotary_dim, yk_rope_style style, void *stream);
+
 /* Gated activations: x: [..., 2*d] = [gate | up]; out: [..., d] = act(gate) * up. */
 YK_API yk_status yk_silu_and_mul(yk_ctx *ctx, const DLTensor *x, DLTensor *out, void *stream);
 YK_API yk_status yk_gelu_and_mul(yk_ctx *ctx, const DLTensor *x, DLTensor *out, void *stream);      /* erf form */
 YK_API yk_status yk_gelu_tanh_and_mul(yk_ctx *ctx, const DLTensor *x, DLTensor *out, void *stream); /* tanh form */
+
+/* ---- attention ----
+ *
+ * Layouts (strides are free, the last dimension contiguous):
+ *   dense batches:  q, out [batch, seq_q, q_heads, head_dim]; k, v [batch, seq_k, kv_heads, head_dim];
+ *                   lse [batch, q_heads, seq_q]
+ *   ragged batches: q, out [total_q, q_heads, head_dim]; k, v [total_k, kv_heads, head_dim];
+ *                   lse [q_heads, total_q]; sequence i owns tokens cu_seqlens[i] .. cu_seqlens[i+1]
+ * q, k, v, out in float16 or bfloat16 (float32 on the CPU too), one dtype; lse float32, natural
+ * log of the softmax denominator of each query row (scale applied), -inf for a row that sees no
+ * key. kv_heads divides q_heads (GQA; MQA with 1); q head h reads kv head h / (q_heads / kv_heads).
+ * head_dim: on the GPU a multiple of 16 up to 256 (Hopper's wgmma kernel serves 64 and 128), on the
+ * CPU 1..1024. Float32 accumulation throughout. Outputs must not overlap one another or an input. */
+typedef struct yk_attention_params {
+  int causal;                   /* mask aligned to the bottom right when seq_q != seq_k: query i of
+                                   a sequence sees keys j <= i + seq_k - seq_q */
+  float scale;                  /* softmax scale, positive; 0 means 1 / sqrt(head_dim) */
+  const DLTensor *cu_seqlens_q; /* int32 [batch + 1], increasing from 0: a ragged batch; or NULL */
+  const DLTensor *cu_seqlens_k; /* set both or neither */
+  int max_seqlen_q;             /* ragged batches on the GPU: bounds on the lengths, which the host */
+  int max_seqlen_k;             /*   cannot read from device memory before the kernels run */
+  int num_splits;               /* decode: key splits per sequence; 0 chooses from the batch size */
+  DLTensor *workspace;          /* decode with splits: float32 scratch of at least
+                                   yk_attention_decode_workspace_floats(...) elements on the device;
+                                   NULL: allocated on the stream (cuMemAllocAsync) for the call */
+} yk_attention_params;
+
+/* out = softmax(q k^T * scale [masked]) v, tiled with an online softmax (memory O(n)); lse may be
+ * NULL. The prefill kernel. */
+YK_API yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
+                                            const yk_attention_params *params, DLTensor *out, DLTensor *lse,
+                                            void *stream);
+
+/* Gradients of the forward above given dout, the forward's out and lse. Deterministic: no
+ * atomics, the same bits on every run. dq like q; dk, dv like k. */
+YK_API yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,
+                                             const DLTensor *v, const DLTensor *out, const DLTensor *lse,
+                                             const yk_attention_params *params, DLTensor *dq, DLTensor *dk,
+                                             DLTensor *dv, void *stream);
+
+/* One query token a sequence against its whole key sequence (causal has no effect):
+ * q, out [batch, q_heads, head_dim]; k, v dense [batch, seq_k, kv_heads, head_dim] or ragged
+ * [total_k, kv_heads, head_dim] with cu_seqlens_k; lse [batch, q_heads] or NULL. Splits long key
+ * sequences across blocks when the batch is too small to fill the GPU and merges them by lse. */
+YK_API yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
+                                     const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream);
+
+/* Float32 elements of workspace yk_attention_decode needs on ctx's device for this shape and
+ * num_splits (0: the split count the call chooses itself there, from the batch and max_seqlen_k);
+ * 0 when the call will not split. Size it once for the largest batch and length an engine runs. */
+YK_API size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                                   int64_t head_dim, int64_t max_seqlen_k, int num_splits);
+
+/* Exact merge of two attentions of the same queries over disjoint key sets:
+ * o [tokens, heads, head_dim] (float16, bfloat16 or float32), lse [tokens, heads] float32.
+ * out_o may be o_a or o_b; out_lse may be lse_a or lse_b, or NULL. */
+YK_API yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTensor *lse_a,
+                                           const DLTensor *o_b, const DLTensor *lse_b, DLTensor *out_o,
+                                           DLTensor *out_lse, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,164 @@
+/* Attention benchmarks at the peers' shapes (../shared/anchors/peers.py, bench/peers_extra.py):
+ * prefill and backward in TFLOP/s (4 B H S^2 D for the forward, 2.5 times that backward, halved
+ * when causal), decode in GB/s of K and V read; and the cold compile of each attention kernel. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench/bench.h"
+#include "runtime/context.h"
+
+typedef struct {
+  yk_ctx *ctx;
+  yh_tensor q, k, v, out, lse, dout, dq, dk, dv;
+  yk_attention_params params;
+  int backward, decode;
+} attention_case;
+
+static yk_status call(void *p) {
+  attention_case *c = p;
+  if (c->decode) return yk_attention_decode(c->ctx, &c->q.dl, &c->k.dl, &c->v.dl, &c->params, &c->out.dl, NULL, NULL);
+  if (c->backward)
+    return yk_flash_attention_backward(c->ctx, &c->dout.dl, &c->q.dl, &c->k.dl, &c->v.dl, &c->out.dl, &c->lse.dl,
+                                       &c->params, &c->dq.dl, &c->dk.dl, &c->dv.dl, NULL);
+  return yk_flash_attention_forward(c->ctx, &c->q.dl, &c->k.dl, &c->v.dl, &c->params, &c->out.dl, &c->lse.dl, NULL);
+}
+
+static void free_case(attention_case *c) {
+  yh_tensor *all = &c->q;
+  for (int i = 0; i < 9; i++) yh_tensor_free(&all[i]);
+}
+
+static int dense(attention_case *c, yk_ctx *ctx, int64_t batch, int64_t seq, int64_t heads, int64_t kv_heads,
+                 int64_t dim, int backward, yh_rng *rng) {
+  memset(c, 0, sizeof *c);
+  c->ctx = ctx, c->backward = backward;
+  const int64_t qd[4] = {batch, seq, heads, dim}, kd[4] = {batch, seq, kv_heads, dim}, ld[3] = {batch, heads, seq};
+  if (yh_tensor_init(&c->q, ctx, YK_BF16, 4, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 4, kd, NULL, 1) ||
+      yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 4, qd, NULL, 1) ||
+      yh_tensor_init(&c->lse, ctx, YK_F32, 3, ld, NULL, 1))
+    return 1;
+  yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
+  if (backward &&
+      (yh_tensor_init(&c->dout, ctx, YK_BF16, 4, qd, NULL, 1) || yh_tensor_init(&c->dq, ctx, YK_BF16, 4, qd, NULL, 1) ||
+       yh_tensor_init(&c->dk, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->dv, ctx, YK_BF16, 4, kd, NULL, 1)))
+    return 1;
+  if (backward) yh_fill_uniform(&c->dout, rng, -1, 1);
+  return 0;
+}
+
+static void prefill_and_backward(bench_timer *t, bench_results *r, int quick) {
+  yh_rng rng = {21};
+  for (int backward = 0; backward <= 1; backward++)
+    for (int d = 64; d <= 128; d *= 2)
+      for (int seq = 1024; seq <= 16384; seq *= 4)
+        for (int causal = 0; causal <= 1; causal++) {
+          if ((quick || backward) && seq == 1024) continue;
+          const int64_t batch = 16384 / seq, heads = 2048 / d;
+          attention_case c;
+          char name[96];
+          snprintf(name, sizeof name, "%s D%d S%d B%lld H%lld causal=%d", backward ? "backward" : "prefill", d, seq,
+                   (long long)batch, (long long)heads, causal);
+          if (dense(&c, t->ctx, batch, seq, heads, heads, d, backward, &rng)) {
+            fprintf(stderr, "  %s: cannot allocate\n", name);
+            free_case(&c);
+            continue;
+          }
+          c.params.causal = causal;
+          if (backward) { /* out and lse of the forward, for the backward to read */
+            c.backward = 0;
+            call(&c);
+            c.backward = 1;
+          }
+          const double ms = bench_median_ms(t, call, &c);
+          const double flops = 4.0 * batch * heads * (double)seq * seq * d / (causal ? 2 : 1) * (backward ? 2.5 : 1);
+          if (ms > 0) {
+            bench_add(r, name, ms, 0, flops / ms / 1e9, "TFLOP/s");
+            fprintf(stderr, "  %-44s %9.3f ms %7.1f TFLOP/s\n", name, ms, flops / ms / 1e9);
+          } else {
+            fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+          }
+          free_case(&c);
+        }
+}
+
+static void decode(bench_timer *t, bench_results *r) {
+  static const int64_t shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
+  yh_rng rng = {22};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const int64_t batch = shapes[i][0], len = shapes[i][1];
+    attention_case c;
+    memset(&c, 0, sizeof c);
+    c.ctx = t->ctx, c.decode = 1;
+    const int64_t qd[3] = {batch, 32, 128}, kd[4] = {batch, len, 8, 128};
+    char name[96];
+    snprintf(name, sizeof name, "decode B%lld L%lld gqa4 d128", (long long)batch, (long long)len);
+    if (yh_tensor_init(&c.q, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
+        yh_tensor_init(&c.k, t->ctx, YK_BF16, 4, kd, NULL, 1) ||
+        yh_tensor_init(&c.v, t->ctx, YK_BF16, 4, kd, NULL, 1) ||
+        yh_tensor_init(&c.out, t->ctx, YK_BF16, 3, qd, NULL, 1)) {
+      free_case(&c);
+      continue;
+    }
+    yh_fill_uniform(&c.q, &rng, -1, 1), yh_fill_uniform(&c.k, &rng, -1, 1), yh_fill_uniform(&c.v, &rng, -1, 1);
+    /* an engine passes its workspace; the allocation on the stream would be timed otherwise */
+    const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(t->ctx, batch, 32, 8, 128, len, 0);
+    yh_tensor ws;
+    int have_ws = floats > 0 && yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1) == 0;
+    if (have_ws) c.params.workspace = &ws.dl;
+    const double ms = bench_median_ms(t, call, &c);
+    const double bytes = 2.0 * batch * len * 8 * 128 * 2;
+    if (ms > 0) {
+      bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+      fprintf(stderr, "  %-44s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+    } else {
+      fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+    }
+    if (have_ws) yh_tensor_free(&ws);
+    free_case(&c);
+  }
+}
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* Each attention kernel compiled cold, in a memory-only context: NVRTC's time for it. */
+static void cold_compiles(yk_ctx *gpu, bench_results *r) {
+  static const char *const specs[] = {
+      "attention_prefill_sm90:dtype=bf16,head_dim=128,causal=1",
+      "attention_prefill_sm90:dtype=bf16,head_dim=64",
+      "attention_prefill:dtype=bf16,head_dim=128",
+      "attention_prefill:dtype=bf16,head_dim=256,causal=1",
+      "attention_decode:dtype=bf16,head_dim=128",
+      "attention_decode:dtype=bf16,head_dim=256,split=1",
+      "attention_backward:dtype=bf16,head_dim=128,part=dq",
+      "attention_backward:dtype=bf16,head_dim=256,part=dkdv",
+      "merge_attention_states:dtype=bf16,head_dim=128,in_type=f32,states=0",
+  };
+  yk_ctx_options o;
+  yk_ctx_options_init(&o);
+  o.device = YK_DEVICE_CPU, o.cache_memory_only = 1;
+  yk_ctx *ctx;
+  if (yk_ctx_create(&o, &ctx) != YK_OK) return;
+  for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+    int compiled = 0;
+    const double t0 = now_ms();
+    if (yk_spec_compile(ctx, specs[i], gpu->target, &compiled) != YK_OK || !compiled) continue;
+    const double ms = now_ms() - t0;
+    char name[128];
+    snprintf(name, sizeof name, "jit.cold_compile_ms %s", specs[i]);
+    bench_add(r, name, ms, 0, ms, "ms");
+    fprintf(stderr, "  cold compile %-60s %7.1f ms\n", specs[i], ms);
+  }
+  yk_ctx_destroy(ctx);
+}
+
+int bench_attention(bench_timer *t, bench_results *r, int quick) {
+  prefill_and_backward(t, r, quick);
+  decode(t, r);
+  cold_compiles(t->ctx, r);
+  return 0;
+}

@@ -1,0 +1,74 @@
+/* Attention on the CPU: forward (the prefill and decode fallback), backward, and the merge of two
+ * partial attentions; and the float64 references the tests, the demo and the benchmarks check
+ * against. The maths and the layouts are the public ones (include/yk/ops.h). */
+#ifndef YK_CPU_ATTENTION_H
+#define YK_CPU_ATTENTION_H
+
+#include <stdint.h>
+
+#include "cpu_fallback/parallel.h"
+
+/* The problem, independent of where the tensors live. */
+typedef struct yk_attention_shape {
+  int dtype; /* yk_dtype of q, k, v, out (and dout, dq, dk, dv) */
+  int64_t batch, q_heads, kv_heads, head_dim;
+  /* Ragged batches: [batch + 1] offsets into the token axis (host memory). Each may be NULL on its
+   * own: then every sequence has seq_q queries (seq_k keys). A ragged decode batch has keys ragged
+   * and one query a sequence. */
+  const int32_t *cu_seqlens_q, *cu_seqlens_k;
+  int64_t seq_q, seq_k;
+  int causal; /* bottom-right: query i of a sequence sees keys j <= i + len_k - len_q */
+  float scale;
+} yk_attention_shape;
+
+/* Where a tensor's rows are. Token s of sequence b, head h starts at
+ *   data + elem_size * (b * batch_stride + (start_b + s) * seq_stride + h * head_stride)
+ * with start_b = cu_seqlens[b] for ragged batches (batch_stride 0 then) and 0 for dense ones; the
+ * head_dim elements of a row are contiguous. For lse (float32, one value a row) the same formula
+ * gives the element itself. data NULL: an optional output that is not wanted. */
+typedef struct yk_attn_operand {
+  char *data;
+  int64_t batch_stride, seq_stride, head_stride;
+} yk_attn_operand;
+
+/* out (and lse, if wanted) for every query row. Rows that see no key (causal, len_q > len_k) get
+ * out = 0 and lse = -inf. Tiled over keys with an online softmax in float32, parallel over
+ * (sequence, q head, query tile). */
+void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
+                              yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse);
+
+/* dq, dk, dv from dout, q, k, v, the forward's out and lse. Deterministic (no races, a fixed
+ * order of summation). dk and dv sum over the q heads that share a kv head. */
+void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,
+                               yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
+                               yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv);
+
+/* out_o, out_lse = merge(o_a, lse_a, o_b, lse_b) for [tokens, heads] rows of head_dim: with
+ * m = max(lse_a, lse_b), w_a = exp(lse_a - m), w_b = exp(lse_b - m):
+ * out_o = (w_a o_a + w_b o_b) / (w_a + w_b), out_lse = m + log(w_a + w_b); both -inf gives o = 0,
+ * lse = -inf. o in dtype, lse float32; rows of o at o + elem * (t * token_stride + h * head_stride),
+ * lse at lse + 4 * (t * lse_token_stride + h * lse_head_stride). Outputs may alias inputs. */
+typedef struct yk_merge_args {
+  int dtype;
+  int64_t tokens, heads, head_dim;
+  const char *o_a, *o_b;
+  char *out_o;
+  int64_t o_a_token_stride, o_a_head_stride, o_b_token_stride, o_b_head_stride, out_token_stride, out_head_stride;
+  const float *lse_a, *lse_b;
+  float *out_lse; /* NULL: not wanted */
+  int64_t lse_a_token_stride, lse_a_head_stride, lse_b_token_stride, lse_b_head_stride, out_lse_token_stride,
+      out_lse_head_stride;
+} yk_merge_args;
+
+void yk_cpu_merge_attention_states(yk_thread_pool *pool, const yk_merge_args *args);
+
+/* ---- float64 references on compact arrays ----
+ * q, out, dout, dq: [total_q, q_heads, head_dim]; k, v, dk, dv: [total_k, kv_heads, head_dim];
+ * lse: [q_heads, total_q]; total = batch * seq (dense) or cu_seqlens[batch] (ragged). The
+ * straightforward softmax(q k^T * scale) v, materialising the scores, in double. */
+void yk_reference_attention_forward(const yk_attention_shape *shape, const double *q, const double *k,
+                                    const double *v, double *out, double *lse);
+void yk_reference_attention_backward(const yk_attention_shape *shape, const double *q, const double *k,
+                                     const double *v, const double *dout, double *dq, double *dk, double *dv);
+
+#endif

@@ -1,0 +1,168 @@
+/* attention_backward: flash_attention_backward as two kernels that recompute the scores, so each
+ * gradient has exactly one writer and no atomics (deterministic):
+ *   part dq:   a block owns BLOCK_M query rows and walks the key tiles: dq = scale * dS k
+ *   part dkdv: a block owns BLOCK_N keys of a kv head and walks the query tiles of every q head of
+ *              its group: dv = P^T dout, dk = scale * dS^T q
+ * with P = exp(q k^T * scale - lse), dS = P * (dout v^T - rowsum(dout * out)).
+ * Template: templates/attention_backward.cu (+ attention_common.cuh). CPU: cpu_fallback/attention.c.
+ * Tests: tests/test_attention.c. */
+#include <stdio.h>
+
+#include "cpu_fallback/attention.h"
+#include "gen/attention.h"
+#include "gen/spec.h"
+#include "runtime/context.h"
+#include "runtime/error.h"
+#include "runtime/launch.h"
+#include "yk/ops.h"
+
+enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, CAUSAL, RAGGED };
+enum { PART_DQ = 0, PART_DKDV = 1 };
+static const char *const parts[] = {"dq", "dkdv"};
+static const char *const includes[] = {"attention_common.cuh", NULL};
+
+static void complete(yk_spec *s) {
+  const int d = s->v[HEAD_DIM], dq = s->v[PART] == PART_DQ;
+  /* dkdv holds dk and dv (head_dim / d_split floats a thread each) beside two score tiles of
+   * block_m / 2: from 128 on the tiles shrink to 16 rows, and past 128 four warps share 16 keys, each
+   * accumulating a quarter of the columns; the sizes that compiled without spills for sm_80 and sm_90 */
+  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = dq ? 64 : d >= 128 ? 16 : 32;
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = dq ? (d > 128 ? 16 : 32) : 64; /* dq at 256: 128 registers of dq */
+  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = !dq && d > 128 ? 4 : 1;
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
+  if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+}
+
+static int warps(const yk_spec *s) {
+  return s->v[PART] == PART_DQ ? s->v[BLOCK_M] / 16 : s->v[BLOCK_N] / 16 * s->v[D_SPLIT];
+}
+
+/* Accumulators and score tiles a thread holds. */
+static int held_floats(const yk_spec *s) {
+  if (s->v[PART] == PART_DQ) return s->v[HEAD_DIM] / 2 + s->v[BLOCK_N];
+  return s->v[HEAD_DIM] / s->v[D_SPLIT] + s->v[BLOCK_M];
+}
+
+static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
+    return snprintf(why, n, "head_dim %d is not a multiple of 16 x d_split", s->v[HEAD_DIM]), 1;
+  if (s->v[BLOCK_M] % 16 || s->v[BLOCK_N] % 16)
+    return snprintf(why, n, "block_m %d and block_n %d must be multiples of 16", s->v[BLOCK_M], s->v[BLOCK_N]), 1;
+  if (s->v[PART] == PART_DQ && s->v[D_SPLIT] != 1) return snprintf(why, n, "d_split is for part dkdv"), 1;
+  if (warps(s) > 16) return snprintf(why, n, "%d warps a block, more than 16", warps(s)), 1;
+  if (!yk_fits_registers(held_floats(s), 32 * warps(s)))
+    return snprintf(why, n, "holds %d floats a thread, more than fit in registers", held_floats(s)), 1;
+  return 0;
+}
+
+static unsigned block_threads(const yk_spec *s) { return 32u * (unsigned)warps(s); }
+
+/* dq: Q and dout tiles once, K and V tiles STAGES deep. dkdv: K and V tiles once, Q, dout
+ * (and the rows' lse and rowsum(dout * out)) STAGES deep. Rows padded to head_dim + 8. */
+static unsigned smem_bytes(const yk_spec *s) {
+  const unsigned row = (unsigned)(s->v[HEAD_DIM] + 8) * 2u;
+  if (s->v[PART] == PART_DQ) return (unsigned)(2 * s->v[BLOCK_M] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * row;
+  return (unsigned)(2 * s->v[BLOCK_N] + 2 * s->v[STAGES] * s->v[BLOCK_M]) * row +
+         (unsigned)(2 * s->v[STAGES] * s->v[BLOCK_M]) * 4u;
+}
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
+
+const yk_op_def yk_op_attention_backward = {
+    .name = "attention_backward",
+    .summary = "flash_attention_backward: dq and dk/dv kernels recomputing the scores, no atomics",
+    .includes = includes,
+    .dtypes = 1u << YK_F16 | 1u << YK_BF16,
+    .field_count = 8,
+    .fields =
+        {
+            {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
+            {"part", "which gradients: dq, or dk and dv", 0, 1, 0, 0, parts},
+            {"block_m", "query rows a tile", 16, 256, 0, 1, NULL},
+            {"block_n", "keys a tile", 16, 256, 0, 1, NULL},
+            {"d_split", "warps sharing 16 keys, each with head_dim / d_split columns (dkdv)", 1, 4, 1, 1, NULL},
+            {"stages", "tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
+            {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+        },
+    .complete = complete,
+    .valid = valid,
+    .block_threads = block_threads,
+    .dynamic_smem_bytes = smem_bytes,
+    .warm_specs = warm_specs,
+};
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
+  yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, NULL, emit, user);
+}
+
+yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,
+                                      const DLTensor *v, const DLTensor *out, const DLTensor *lse,
+                                      const yk_attention_params *params, DLTensor *dq, DLTensor *dk, DLTensor *dv,
+                                      void *stream) {
+  static const char op[] = "flash_attention_backward";
+  if (!ctx) return YK_ERR_INVALID_ARGUMENT;
+  yk_attention_problem pr;
+  yk_view dov, ov, lv, dqv, dkv, dvv;
+  yk_status st;
+  if ((st = yk_attention_check(ctx, op, q, k, v, params, 0, &pr)) ||
+      (st = yk_attention_check_like(ctx, op, "dout", dout, "q", &pr.q, &pr, &dov)) ||
+      (st = yk_attention_check_like(ctx, op, "out", out, "q", &pr.q, &pr, &ov)) ||
+      (st = yk_attention_check_lse(ctx, op, lse, 0, &pr, &lv)) ||
+      (st = yk_attention_check_like(ctx, op, "dq", dq, "q", &pr.q, &pr, &dqv)) ||
+      (st = yk_attention_check_like(ctx, op, "dk", dk, "k", &pr.k, &pr, &dkv)) ||
+      (st = yk_attention_check_like(ctx, op, "dv", dv, "v", &pr.v, &pr, &dvv)))
+    return st;
+  const yk_view *outs[] = {&dqv, &dkv, &dvv}, *ins[] = {&pr.q, &pr.k, &pr.v, &dov, &ov, &lv};
+  static const char *const out_names[] = {"dq", "dk", "dv"}, *const in_names[] = {"q", "k", "v", "dout", "out", "lse"};
+  if ((st = yk_attention_check_outputs(ctx, op, outs, out_names, 3, ins, in_names, 6))) return st;
+  if (pr.shape.batch == 0) return YK_OK;
+  const yk_attn_operand lo = yk_attention_lse_rows(&lv, &pr);
+  const yk_attn_operand qo = yk_attention_rows(&pr.q, &pr, 0), ko = yk_attention_rows(&pr.k, &pr, 1),
+                        vo = yk_attention_rows(&pr.v, &pr, 1), oo = yk_attention_rows(&ov, &pr, 0),
+                        doo = yk_attention_rows(&dov, &pr, 0), dqo = yk_attention_rows(&dqv, &pr, 0),
+                        dko = yk_attention_rows(&dkv, &pr, 1), dvo = yk_attention_rows(&dvv, &pr, 1);
+  if (!pr.on_device) {
+    yk_cpu_attention_backward(&ctx->pool, &pr.shape, doo, qo, ko, vo, oo, lo, dqo, dko, dvo);
+    return YK_OK;
+  }
+  const yk_view *rows[] = {&dov, &pr.q, &pr.k, &pr.v, &ov, &dqv, &dkv, &dvv};
+  static const char *const names[] = {"dout", "q", "k", "v", "out", "dq", "dk", "dv"};
+  if ((st = yk_attention_check_aligned(ctx, op, rows, names, 8))) return st;
+  if (pr.shape.batch > 65535)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
+
+  int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k, group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
+  float scale = pr.shape.scale;
+  void *ptr[11] = {qo.data,  ko.data,  vo.data,  oo.data,         doo.data,       lo.data,
+                   dqo.data, dko.data, dvo.data, (void *)pr.cu_q, (void *)pr.cu_k};
+  long long s[24] = {qo.batch_stride, qo.seq_stride,    qo.head_stride,   ko.batch_stride,  ko.seq_stride,
+                     ko.head_stride,  vo.batch_stride,  vo.seq_stride,    vo.head_stride,   oo.batch_stride,
+                     oo.seq_stride,   oo.head_stride,   doo.batch_stride, doo.seq_stride,   doo.head_stride,
+                     lo.batch_stride, lo.seq_stride,    lo.head_stride,   dqo.batch_stride, dqo.seq_stride,
+                     dqo.head_stride, dko.batch_stride, dko.seq_stride,   dko.head_stride};
+  long long dv_s[3] = {dvo.batch_stride, dvo.seq_stride, dvo.head_stride};
+  void *args[] = {&ptr[0], &ptr[1], &ptr[2],  &ptr[3],  &ptr[4],  &ptr[5], &ptr[6], &ptr[7], &ptr[8], &ptr[9], &ptr[10],
+                  &s[0],   &s[1],   &s[2],    &s[3],    &s[4],    &s[5],   &s[6],   &s[7],   &s[8],   &s[9],   &s[10],
+                  &s[11],  &s[12],  &s[13],   &s[14],   &s[15],   &s[16],  &s[17],  &s[18],  &s[19],  &s[20],  &s[21],
+                  &s[22],  &s[23],  &dv_s[0], &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale};
+  for (int part = PART_DQ; part <= PART_DKDV; part++) {
+    yk_spec spec;
+    yk_spec_init(&spec, &yk_op_attention_backward, (yk_dtype)pr.shape.dtype);
+    spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
+    spec.v[PART] = part;
+    spec.v[CAUSAL] = pr.shape.causal;
+    spec.v[RAGGED] = pr.ragged_q;
+    yk_spec_finish(ctx, &spec);
+    yk_kernel *kern;
+    if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
+    const int64_t rows_a_block = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
+    const int64_t len = part == PART_DQ ? pr.max_seqlen_q : pr.max_seqlen_k;
+    const unsigned blocks = (unsigned)((len + rows_a_block - 1) / rows_a_block);
+    const unsigned heads = (unsigned)(part == PART_DQ ? pr.shape.q_heads : pr.shape.kv_heads);
+    if (blocks == 0) continue; /* no queries (dq) or no keys (dk, dv): nothing to write */
+    if ((st = yk_launch(ctx, kern, blocks, heads, (unsigned)pr.shape.batch, stream, args))) return st;
+  }
+  return YK_OK;
+}

@@ -1,0 +1,208 @@
+/* attention_decode: one query token a sequence, GQA group packed in one tile, split-KV with an
+ * lse merge when the batch alone cannot fill the GPU. Template: templates/attention_decode.cu
+ * (+ attention_common.cuh). CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+#include <stdio.h>
+
+#include "cpu_fallback/attention.h"
+#include "gen/attention.h"
+#include "gen/spec.h"
+#include "runtime/context.h"
+#include "runtime/error.h"
+#include "runtime/launch.h"
+#include "runtime/module.h"
+#include "yk/ops.h"
+
+enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS };
+static const char *const includes[] = {"attention_common.cuh", NULL};
+
+#define MAX_SPLITS 128
+#define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
+
+static void complete(yk_spec *s) {
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 16;
+  /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
+  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = s->v[HEAD_DIM] > 128 ? 2 : 1;
+  if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = 4 * s->v[D_SPLIT];
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 3;
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+  if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
+  /* head_dim 256: O alone takes 128 registers a thread; Q's fragments go to shared memory */
+  if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = s->v[HEAD_DIM] <= 128;
+}
+
+static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
+  if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
+  if (s->v[WARPS] % s->v[D_SPLIT] || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
+    return snprintf(why, n, "warps %d and head_dim %d must divide among d_split %d", s->v[WARPS], s->v[HEAD_DIM],
+                    s->v[D_SPLIT]),
+           1;
+  /* O's columns, Q's fragments, S */
+  const int held = s->v[HEAD_DIM] / 2 / s->v[D_SPLIT] + (s->v[Q_IN_REGS] ? s->v[HEAD_DIM] / 4 : 0) + s->v[BLOCK_N] / 2;
+  if (!yk_fits_registers(held, 32 * s->v[WARPS]))
+    return snprintf(why, n, "head_dim %d holds %d floats a thread, more than fit in registers", s->v[HEAD_DIM], held),
+           1;
+  return 0;
+}
+
+static unsigned smem_bytes(const yk_spec *s) {
+  const unsigned row = (unsigned)(s->v[HEAD_DIM] + 8) * 2u;
+  const int teams = s->v[WARPS] / s->v[D_SPLIT];
+  const unsigned pipelines = (unsigned)(teams * s->v[STAGES] * 2 * s->v[BLOCK_N]) * row +
+                             (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
+  const unsigned combine = (unsigned)((teams * 16 * s->v[HEAD_DIM] + 2 * teams * 16) * 4);
+  return pipelines > combine ? pipelines : combine;
+}
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
+
+const yk_op_def yk_op_attention_decode = {
+    .name = "attention_decode",
+    .summary = "decode attention: one query a sequence, GQA-packed tiles, split-KV merged by lse",
+    .includes = includes,
+    .dtypes = 1u << YK_F16 | 1u << YK_BF16,
+    .field_count = 8,
+    .fields =
+        {
+            {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
+            {"block_n", "keys a warp's tile", 16, 128, 0, 1, NULL},
+            {"warps", "warps a block, in teams that each stream their own tiles", 1, 16, 0, 1, NULL},
+            {"d_split", "warps a team, each holding head_dim / d_split output columns", 1, 4, 1, 1, NULL},
+            {"stages", "tiles in flight a warp (cp.async pipeline depth)", 2, 8, 0, 1, NULL},
+            {"ragged", "1: key sequences located by cu_seqlens_k", 0, 1, 0, 1, NULL},
+            {"split", "1: write float32 partials for the merge", 0, 1, 0, 1, NULL},
+            {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
+        },
+    .complete = complete,
+    .valid = valid,
+    .dynamic_smem_bytes = smem_bytes,
+    .warm_specs = warm_specs,
+};
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
+  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, NULL, emit, user);
+}
+
+/* Splits a sequence's keys when the blocks of the batch alone would leave SMs idle: aim for two
+ * blocks an SM, keep each split at least MIN_KEYS_PER_SPLIT keys. */
+static int decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
+                         int num_splits) {
+  if (num_splits) return num_splits;
+  const int64_t blocks = batch * kv_heads * ((q_heads / kv_heads + 15) / 16);
+  const int64_t want = 2 * (int64_t)ctx->multiprocessors;
+  if (blocks >= want) return 1;
+  int64_t splits = (want + blocks - 1) / blocks;
+  const int64_t most = max_keys / MIN_KEYS_PER_SPLIT;
+  if (splits > most) splits = most;
+  if (splits > MAX_SPLITS) splits = MAX_SPLITS;
+  return splits < 1 ? 1 : (int)splits;
+}
+
+static size_t workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits) {
+  if (splits <= 1) return 0;
+  return (size_t)splits * (size_t)batch * (size_t)q_heads * (size_t)(head_dim + 1);
+}
+
+size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                            int64_t head_dim, int64_t max_seqlen_k, int num_splits) {
+  if (!ctx || batch <= 0 || q_heads <= 0 || kv_heads <= 0 || q_heads % kv_heads || head_dim <= 0 || max_seqlen_k < 0 ||
+      num_splits < 0 || num_splits > MAX_SPLITS)
+    return 0;
+  return workspace_floats(batch, q_heads, head_dim,
+                          decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
+}
+
+yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
+                              const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
+  static const char op[] = "attention_decode";
+  if (!ctx) return YK_ERR_INVALID_ARGUMENT;
+  yk_attention_problem pr;
+  yk_view ov, lv;
+  yk_status st;
+  if ((st = yk_attention_check(ctx, op, q, k, v, params, 1, &pr)) ||
+      (st = yk_attention_check_like(ctx, op, "out", out, "q", &pr.q, &pr, &ov)) ||
+      (st = yk_attention_check_lse(ctx, op, lse, 1, &pr, &lv)))
+    return st;
+  const yk_view *outs[] = {&ov, &lv}, *ins[] = {&pr.q, &pr.k, &pr.v};
+  static const char *const out_names[] = {"out", "lse"}, *const in_names[] = {"q", "k", "v"};
+  if ((st = yk_attention_check_outputs(ctx, op, outs, out_names, 2, ins, in_names, 3))) return st;
+  if (params->num_splits < 0 || params->num_splits > MAX_SPLITS)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_splits %d is outside 0..%d", op, params->num_splits,
+                    MAX_SPLITS);
+  if (pr.shape.batch == 0) return YK_OK;
+  const yk_attn_operand lse_rows = yk_attention_lse_rows(&lv, &pr);
+  if (!pr.on_device) {
+    yk_cpu_attention_forward(&ctx->pool, &pr.shape, yk_attention_rows(&pr.q, &pr, 0), yk_attention_rows(&pr.k, &pr, 1),
+                             yk_attention_rows(&pr.v, &pr, 1), yk_attention_rows(&ov, &pr, 0), lse_rows);
+    return YK_OK;
+  }
+  const yk_view *rows[] = {&pr.q, &pr.k, &pr.v, &ov};
+  static const char *const names[] = {"q", "k", "v", "out"};
+  if ((st = yk_attention_check_aligned(ctx, op, rows, names, 4))) return st;
+  if (pr.shape.batch > 65535)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
+
+  const int64_t group = pr.shape.q_heads / pr.shape.kv_heads, row_blocks = (group + 15) / 16;
+  const int splits =
+      decode_splits(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k, params->num_splits);
+  const int64_t chunk = splits > 1 ? (pr.max_seqlen_k + splits - 1) / splits : pr.max_seqlen_k;
+
+  yk_spec spec;
+  yk_spec_init(&spec, &yk_op_attention_decode, (yk_dtype)pr.shape.dtype);
+  spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
+  spec.v[RAGGED] = pr.ragged_k;
+  spec.v[SPLIT] = splits > 1;
+  yk_spec_finish(ctx, &spec);
+  yk_kernel *kern;
+  if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
+
+  /* partials: [splits][batch * q_heads][head_dim] then [splits][batch * q_heads] */
+  const size_t floats = workspace_floats(pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim, splits);
+  CUdeviceptr scratch = 0;
+  float *part_o = NULL, *part_lse = NULL;
+  if (floats) {
+    if (params->workspace) {
+      yk_view wv;
+      if ((st = yk_view_of(ctx, op, "workspace", params->workspace, YK_ACCEPT_FLOAT, 1, 1, &wv))) return st;
+      if (wv.type != YK_F32 || !wv.on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
+        return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                        "%s: workspace must be a float32 device vector of at least "
+                        "%zu elements, 16-byte aligned",
+                        op, floats);
+      part_o = (float *)(void *)wv.data;
+    } else {
+      if (!ctx->cu.cuMemAllocAsync)
+        return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
+      if ((st = yk_cuda_make_current(ctx))) return st;
+      CUresult r = ctx->cu.cuMemAllocAsync(&scratch, floats * sizeof(float), (CUstream)stream);
+      if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the split-KV workspace");
+      part_o = (float *)(uintptr_t)scratch;
+    }
+    part_lse = part_o + (size_t)splits * (size_t)(pr.shape.batch * pr.shape.q_heads) * (size_t)pr.shape.head_dim;
+  }
+
+  const yk_attn_operand qo = yk_attention_rows(&pr.q, &pr, 0), ko = yk_attention_rows(&pr.k, &pr, 1),
+                        vo = yk_attention_rows(&pr.v, &pr, 1), oo = yk_attention_rows(&ov, &pr, 0);
+  void *qp = qo.data, *kp = ko.data, *vp = vo.data, *op_ = oo.data, *lp = lse_rows.data, *po = part_o, *pl = part_lse;
+  const void *ck = pr.cu_k;
+  long long s[10] = {qo.batch_stride, qo.head_stride, ko.batch_stride, ko.seq_stride,   ko.head_stride,
+                     vo.batch_stride, vo.seq_stride,  vo.head_stride,  oo.batch_stride, oo.head_stride};
+  long long l_b = lse_rows.batch_stride, l_h = lse_rows.head_stride;
+  int batch = (int)pr.shape.batch, q_heads = (int)pr.shape.q_heads, grp = (int)group, rb = (int)row_blocks,
+      seq_k = (int)pr.max_seqlen_k, chunk_keys = (int)chunk;
+  float scale_log2 = pr.shape.scale * 1.4426950408889634f;
+  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],
+                  &s[1], &s[2], &s[3],  &s[4],    &s[5], &s[6], &s[7],  &s[8],       &s[9],
+                  &l_b,  &l_h,  &batch, &q_heads, &grp,  &rb,   &seq_k, &chunk_keys, &scale_log2};
+  st =
+      yk_launch(ctx, kern, (unsigned)(pr.shape.kv_heads * row_blocks), (unsigned)batch, (unsigned)splits, stream, args);
+  if (st == YK_OK && splits > 1)
+    st = yk_merge_partials(ctx, pr.shape.dtype, pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim, splits, part_o,
+                           part_lse, oo.data, oo.batch_stride, oo.head_stride, (float *)(void *)lse_rows.data, l_b, l_h,
+                           stream);
+  if (scratch) { /* stream-ordered: freed after the kernels that use it */
+    CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream);
+    if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the split-KV workspace");
+  }
+  return st;
+}

@@ -1,0 +1,145 @@
+/* attention_prefill: flash_attention_forward, the prefill kernel. Spec, launch shape, warm matrix and
+ * the public call. Template: templates/attention_prefill.cu (+ attention_common.cuh).
+ * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+#include <stdio.h>
+
+#include "cpu_fallback/attention.h"
+#include "gen/attention.h"
+#include "gen/spec.h"
+#include "runtime/context.h"
+#include "runtime/error.h"
+#include "runtime/launch.h"
+#include "yk/ops.h"
+
+enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS };
+static const char *const includes[] = {"attention_common.cuh", NULL};
+
+/* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, and YK_PREFILL_KERNEL
+ * not asking for mma.sync. Both kernels take the same arguments. */
+static int use_wgmma(const yk_ctx *ctx, int64_t head_dim) {
+  return ctx->target_arch_specific[0] && (head_dim == 64 || head_dim == 128) && !ctx->prefill_mma_sync;
+}
+
+static void complete(yk_spec *s) {
+  const int d = s->v[HEAD_DIM];
+  /* head_dim 256 keeps half the rows a block and reads Q from shared memory each tile: its O
+   * accumulators alone take 128 registers a thread. */
+  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = d > 128 ? 64 : 128;
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = d > 128 ? 32 : 64;
+  if (s->v[WARPS] == YK_UNSET && s->v[BLOCK_M] > 0) s->v[WARPS] = s->v[BLOCK_M] / 16;
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
+  if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+  if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = d <= 128;
+}
+
+/* Floats a thread holds: O (head_dim / 2), S (block_n / 2), Q fragments (head_dim / 4 if kept). */
+static int held_floats(const yk_spec *s) {
+  return s->v[HEAD_DIM] / 2 + s->v[BLOCK_N] / 2 + (s->v[Q_IN_REGS] ? s->v[HEAD_DIM] / 4 : 0);
+}
+
+static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
+  if (s->v[BLOCK_M] != 16 * s->v[WARPS])
+    return snprintf(why, n, "block_m %d must be 16 x warps (%d)", s->v[BLOCK_M], s->v[WARPS]), 1;
+  if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
+  if (!yk_fits_registers(held_floats(s), 32 * s->v[WARPS]))
+    return snprintf(why, n, "head_dim %d with block_n %d%s holds %d floats a thread, more than fit in registers",
+                    s->v[HEAD_DIM], s->v[BLOCK_N], s->v[Q_IN_REGS] ? " and Q in registers" : "", held_floats(s)),
+           1;
+  return 0;
+}
+
+static unsigned smem_bytes(const yk_spec *s) {
+  return (unsigned)((s->v[BLOCK_M] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * (s->v[HEAD_DIM] + 8) * 2);
+}
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
+
+const yk_op_def yk_op_attention_prefill = {
+    .name = "attention_prefill",
+    .summary = "flash_attention_forward: tiled online-softmax attention on tensor cores (causal, GQA, ragged)",
+    .includes = includes,
+    .dtypes = 1u << YK_F16 | 1u << YK_BF16,
+    .field_count = 8,
+    .fields =
+        {
+            {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
+            {"block_m", "query rows a block (16 a warp)", 16, 256, 0, 1, NULL},
+            {"block_n", "keys a tile", 16, 256, 0, 1, NULL},
+            {"warps", "warps a block", 1, 16, 0, 1, NULL},
+            {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
+            {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+            {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
+        },
+    .complete = complete,
+    .valid = valid,
+    .dynamic_smem_bytes = smem_bytes,
+    .warm_specs = warm_specs,
+};
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
+  yk_attention_warm(req, &yk_op_attention_prefill, CAUSAL, RAGGED, NULL, emit, user);
+}
+
+yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
+                                     const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
+  static const char op[] = "flash_attention_forward";
+  if (!ctx) return YK_ERR_INVALID_ARGUMENT;
+  yk_attention_problem pr;
+  yk_view ov, lv;
+  yk_status st;
+  if ((st = yk_attention_check(ctx, op, q, k, v, params, 0, &pr)) ||
+      (st = yk_attention_check_like(ctx, op, "out", out, "q", &pr.q, &pr, &ov)) ||
+      (st = yk_attention_check_lse(ctx, op, lse, 1, &pr, &lv)))
+    return st;
+  const yk_view *outs[] = {&ov, &lv}, *ins[] = {&pr.q, &pr.k, &pr.v};
+  static const char *const out_names[] = {"out", "lse"}, *const in_names[] = {"q", "k", "v"};
+  if ((st = yk_attention_check_outputs(ctx, op, outs, out_names, 2, ins, in_names, 3))) return st;
+  if (pr.shape.batch == 0 || pr.max_seqlen_q == 0) return YK_OK;
+  const yk_attn_operand lse_rows = yk_attention_lse_rows(&lv, &pr);
+  if (!pr.on_device) {
+    yk_cpu_attention_forward(&ctx->pool, &pr.shape, yk_attention_rows(&pr.q, &pr, 0), yk_attention_rows(&pr.k, &pr, 1),
+                             yk_attention_rows(&pr.v, &pr, 1), yk_attention_rows(&ov, &pr, 0), lse_rows);
+    return YK_OK;
+  }
+  const yk_view *rows[] = {&pr.q, &pr.k, &pr.v, &ov};
+  static const char *const names[] = {"q", "k", "v", "out"};
+  if ((st = yk_attention_check_aligned(ctx, op, rows, names, 4))) return st;
+  if (pr.shape.batch > 65535)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
+
+  const int wgmma = use_wgmma(ctx, pr.shape.head_dim);
+  yk_spec spec;
+  if (wgmma) {
+    yk_attention_prefill_sm90_spec(&spec, pr.shape.dtype, (int)pr.shape.head_dim, pr.shape.causal, pr.ragged_q);
+  } else {
+    yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)pr.shape.dtype);
+    spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
+    spec.v[CAUSAL] = pr.shape.causal;
+    spec.v[RAGGED] = pr.ragged_q;
+  }
+  yk_spec_finish(ctx, &spec);
+  yk_kernel *kern;
+  if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
+  const int block_m = wgmma ? yk_attention_prefill_sm90_rows(&spec) : spec.v[BLOCK_M];
+
+  const yk_attn_operand qo = yk_attention_rows(&pr.q, &pr, 0), ko = yk_attention_rows(&pr.k, &pr, 1),
+                        vo = yk_attention_rows(&pr.v, &pr, 1), oo = yk_attention_rows(&ov, &pr, 0);
+  void *qp = qo.data, *kp = ko.data, *vp = vo.data, *op_ = oo.data, *lp = lse_rows.data;
+  const void *cq = pr.cu_q, *ck = pr.cu_k;
+  long long strides[15] = {qo.batch_stride,       qo.seq_stride,       qo.head_stride,      ko.batch_stride,
+                           ko.seq_stride,         ko.head_stride,      vo.batch_stride,     vo.seq_stride,
+                           vo.head_stride,        oo.batch_stride,     oo.seq_stride,       oo.head_stride,
+                           lse_rows.batch_stride, lse_rows.seq_stride, lse_rows.head_stride};
+  int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k;
+  int group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
+  float scale_log2 = pr.shape.scale * 1.4426950408889634f;
+  void *args[] = {&qp,          &kp,         &vp,         &op_,         &lp,          &cq,          &ck,
+                  &strides[0],  &strides[1], &strides[2], &strides[3],  &strides[4],  &strides[5],  &strides[6],
+                  &strides[7],  &strides[8], &strides[9], &strides[10], &strides[11], &strides[12], &strides[13],
+                  &strides[14], &seq_q,      &seq_k,      &group,       &scale_log2};
+  const unsigned m_blocks = (unsigned)((pr.max_seqlen_q + block_m - 1) / block_m);
+  return yk_launch(ctx, kern, m_blocks, (unsigned)pr.shape.q_heads, (unsigned)pr.shape.batch, stream, args);
+}

@@ -1,0 +1,82 @@
+/* attention_prefill_sm90: the prefill kernel on Hopper's warpgroup MMAs (sm_90a). Spec, launch
+ * shape and warm matrix; flash_attention_forward (gen/ops/attention_prefill.c) launches it on an
+ * sm_90 device for head dims 64 and 128. (At 256 the 128 registers of O a thread spilled;
+ * attention_prefill takes that size.)
+ * Template: templates/attention_prefill_sm90.cu (+ attention_common.cuh, wgmma.cuh).
+ * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+#include <stdio.h>
+
+#include "gen/attention.h"
+#include "gen/spec.h"
+
+enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED };
+static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", NULL};
+
+static void complete(yk_spec *s) {
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 128;
+  if (s->v[WARPGROUPS] == YK_UNSET) s->v[WARPGROUPS] = 2;
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
+  if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+}
+
+static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[HEAD_DIM] % 64 || s->v[BLOCK_N] % 64)
+    return snprintf(why, n, "head_dim %d and block_n %d must be multiples of 64 (whole swizzle atoms)", s->v[HEAD_DIM],
+                    s->v[BLOCK_N]),
+           1;
+  const int held = s->v[HEAD_DIM] / 2 + s->v[BLOCK_N] / 2 + s->v[BLOCK_N] / 4; /* O, S, P */
+  if (!yk_fits_registers(held, 128 * s->v[WARPGROUPS]))
+    return snprintf(why, n, "head_dim %d with block_n %d holds %d values a thread, more than fit in registers",
+                    s->v[HEAD_DIM], s->v[BLOCK_N], held),
+           1;
+  return 0;
+}
+
+static unsigned block_threads(const yk_spec *s) { return 128u * (unsigned)s->v[WARPGROUPS]; }
+
+/* Q, then K and V STAGES deep, all head_dim wide, plus 1 KB to align the swizzle atoms. */
+static unsigned smem_bytes(const yk_spec *s) {
+  return (unsigned)((64 * s->v[WARPGROUPS] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * s->v[HEAD_DIM] * 2 + 1024);
+}
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
+
+const yk_op_def yk_op_attention_prefill_sm90 = {
+    .name = "attention_prefill_sm90",
+    .summary = "flash_attention_forward on Hopper: wgmma from swizzled shared memory (sm_90a)",
+    .includes = includes,
+    .arch_specific_sm = 90,
+    .dtypes = 1u << YK_F16 | 1u << YK_BF16,
+    .field_count = 6,
+    .fields =
+        {
+            {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
+            {"block_n", "keys a tile (a multiple of 64)", 64, 256, 0, 1, NULL},
+            {"warpgroups", "warpgroups a block, 64 query rows each", 1, 2, 0, 1, NULL},
+            {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 3, 0, 1, NULL},
+            {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+        },
+    .complete = complete,
+    .valid = valid,
+    .block_threads = block_threads,
+    .dynamic_smem_bytes = smem_bytes,
+    .warm_specs = warm_specs,
+};
+
+/* flash_attention_forward takes this kernel for these head dims only */
+static int dispatched(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, dispatched, emit, user);
+}
+
+void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged) {
+  yk_spec_init(s, &yk_op_attention_prefill_sm90, (yk_dtype)dtype);
+  s->v[HEAD_DIM] = head_dim;
+  s->v[CAUSAL] = causal;
+  s->v[RAGGED] = ragged;
+}
+
+int yk_attention_prefill_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }

@@ -1,0 +1,208 @@
+// Tensor-core and async-copy building blocks of the attention kernels (sm_80 and newer):
+// mma.sync m16n8k16 with float32 accumulators, ldmatrix, cp.async, packed conversions.
+//
+// Fragment layouts of mma.m16n8k16 (lane = threadIdx.x % 32, g = lane / 4, t = lane % 4):
+//   A 16x16, 4 regs: a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B 16x8 (k x n), 2 regs: b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C 16x8 float, 4 regs: c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+// Two neighbouring C tiles (n 0-7 and 8-15) are, once packed to 16 bits, exactly the A fragment of
+// a 16x16 tile: a0 = pack(c[0], c[1]) of the first, a1 = pack(c[2], c[3]), a2, a3 of the second.
+
+static_assert(DTYPE == YK_F16 || DTYPE == YK_BF16, "attention kernels take float16 or bfloat16");
+
+__device__ __forceinline__ unsigned yk_pack2(float lo, float hi) {
+  unsigned r;
+  if (DTYPE == YK_BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// d += a * b
+__device__ __forceinline__ void yk_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  if (DTYPE == YK_BF16)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned yk_smem_address(const void *p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// Four 8x8 matrices of 16-bit elements; lane l gives the address of row l % 8 of matrix l / 8.
+__device__ __forceinline__ void yk_ldmatrix_x4(unsigned (&r)[4], const void *row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(yk_smem_address(row)));
+}
+__device__ __forceinline__ void yk_ldmatrix_x4_trans(unsigned (&r)[4], const void *row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(yk_smem_address(row)));
+}
+
+// 16 bytes global -> shared, asynchronously; src_bytes 0 fills the destination with zeros (rows
+// past the end of a sequence), without reading the source.
+__device__ __forceinline__ void yk_cp_async16(void *dst, const void *src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(yk_smem_address(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void yk_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void yk_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Shared-memory rows of HEAD_DIM 16-bit elements padded by 16 bytes, so that the 8 rows one
+// ldmatrix reads fall in 8 different 16-byte bank groups.
+constexpr int YK_ROW = HEAD_DIM + 8;
+
+// Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory with THREADS threads, 16
+// bytes each; row r comes from src(r), or is zero-filled when r >= valid.
+template <int ROWS, int THREADS, class RowAddress>
+__device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAddress src) {
+  constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
+#pragma unroll
+  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const bool ok = r < valid;
+    yk_cp_async16(smem + r * YK_ROW + c, ok ? src(r) + c : src(0), ok ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ float yk_quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float yk_quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+constexpr float YK_LOG2E = 1.4426950408889634f, YK_LN2 = 0.6931471805599453f;
+
+// ---- the pieces every attention kernel is made of ----
+// Fragment addressing, lane l: an A operand (rows of its M index) reads row l % 16, column half
+// l / 16; a B operand stored as rows of its N index ("k-major", like K in q k^T) row (l % 8) +
+// 8 (l / 16), column half (l / 8) % 2; a B operand stored as rows of its K index (like V in p v,
+// through ldmatrix.trans) row (l % 8) + 8 ((l / 8) % 2), column half l / 16.
+__device__ __forceinline__ const T *yk_a_rows(const T *tile, int lane) {
+  return tile + (lane % 16) * YK_ROW + (lane / 16) * 8;
+}
+__device__ __forceinline__ const T *yk_b_rows(const T *tile, int lane) {
+  return tile + (lane % 8 + (lane / 16) * 8) * YK_ROW + ((lane / 8) % 2) * 8;
+}
+__device__ __forceinline__ const T *yk_bt_rows(const T *tile, int lane) {
+  return tile + (lane % 8 + ((lane / 8) % 2) * 8) * YK_ROW + (lane / 16) * 8;
+}
+
+template <int TILES> __device__ __forceinline__ void yk_zero(float (&acc)[TILES][4]) {
+#pragma unroll
+  for (int i = 0; i < TILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
+// One k step: acc[N/8] += a (16 x 16) * B^T, B's N rows k-major from b_rows (this step's columns).
+template <int N>
+__device__ __forceinline__ void yk_mma_k_step(float (&acc)[N / 8][4], const unsigned (&a)[4], const T *b_rows) {
+#pragma unroll
+  for (int nt = 0; nt < N / 8; nt += 2) {
+    unsigned b[4];
+    yk_ldmatrix_x4(b, b_rows + nt * 8 * YK_ROW);
+    yk_mma(acc[nt], a, b[0], b[1]);
+    yk_mma(acc[nt + 1], a, b[2], b[3]);
+  }
+}
+
+// acc[N/8] += A (16 x HEAD_DIM, rows from a_rows) * B^T (N rows k-major from b_rows).
+template <int N>
+__device__ __forceinline__ void yk_mma_rows(float (&acc)[N / 8][4], const T *a_rows, const T *b_rows) {
+#pragma unroll
+  for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
+    unsigned a[4];
+    yk_ldmatrix_x4(a, a_rows + ks * 16);
+    yk_mma_k_step<N>(acc, a, b_rows + ks * 16);
+  }
+}
+
+// The A fragment of keys [16 kt, 16 kt + 16) of P, from its float C tiles 2 kt and 2 kt + 1.
+template <int TILES> __device__ __forceinline__ void yk_p_fragment(unsigned (&a)[4], const float (&p)[TILES][4], int kt) {
+  a[0] = yk_pack2(p[2 * kt][0], p[2 * kt][1]), a[1] = yk_pack2(p[2 * kt][2], p[2 * kt][3]);
+  a[2] = yk_pack2(p[2 * kt + 1][0], p[2 * kt + 1][1]), a[3] = yk_pack2(p[2 * kt + 1][2], p[2 * kt + 1][3]);
+}
+
+// acc[COLS/8] += P (16 x K, float C tiles) * B (K rows of which COLS columns, from bt_rows via
+// ldmatrix.trans).
+template <int K, int COLS>
+__device__ __forceinline__ void yk_mma_p_rows(float (&acc)[COLS / 8][4], const float (&p)[K / 8][4], const T *bt_rows) {
+#pragma unroll
+  for (int kt = 0; kt < K / 16; ++kt) {
+    unsigned a[4];
+    yk_p_fragment(a, p, kt);
+#pragma unroll
+    for (int nt = 0; nt < COLS / 8; nt += 2) {
+      unsigned b[4];
+      yk_ldmatrix_x4_trans(b, bt_rows + kt * 16 * YK_ROW + nt * 8);
+      yk_mma(acc[nt], a, b[0], b[1]);
+      yk_mma(acc[nt + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// -inf for keys past len_k and, causally, past each row's diagonal (key > row + shift); s's
+// columns start at key0, its rows are row0 and row0 + 8.
+template <int TILES>
+__device__ __forceinline__ void yk_mask_scores(float (&s)[TILES][4], int key0, int len_k, bool causal, int row0,
+                                               int shift, int t4) {
+#pragma unroll
+  for (int nt = 0; nt < TILES; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + nt * 8 + 2 * t4 + (e & 1), row = row0 + (e >> 1) * 8;
+      if (key >= len_k || (causal && key > row + shift)) s[nt][e] = -INFINITY;
+    }
+}
+
+// The online softmax step of rows g (elements 0, 1) and g + 8 (2, 3): turns scores into
+// probabilities against the running maximum (base 2, scale folded in), rescales o and the
+// per-thread sums. Rows that have seen no key keep maximum -inf and contribute nothing.
+template <int S_TILES, int O_TILES>
+__device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&o)[O_TILES][4], float (&m_row)[2],
+                                                float (&l_row)[2], float scale_log2) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < S_TILES; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+    const float m_new = fmaxf(m_row[r], yk_quad_max(mx) * scale_log2);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = exp2f(m_row[r] - m_use);
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < S_TILES; ++nt) {
+      s[nt][2 * r] = exp2f(s[nt][2 * r] * scale_log2 - m_use);
+      s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] * scale_log2 - m_use);
+      sum += s[nt][2 * r] + s[nt][2 * r + 1];
+    }
+    l_row[r] = l_row[r] * alpha + sum;
+    m_row[r] = m_new;
+#pragma unroll
+    for (int i = 0; i < O_TILES; ++i) o[i][2 * r] *= alpha, o[i][2 * r + 1] *= alpha;
+  }
+}
+
+// Finishes row r (0: g, 1: g + 8): writes o / l to row_out (NULL: not this block's row) and returns
+// the row's lse (natural log; -inf for a row that saw no key). Every lane of the quad calls it.
+template <int O_TILES>
+__device__ __forceinline__ float yk_finish_row(const float (&o)[O_TILES][4], float m, float l_part, int r,
+                                               T *row_out, int t4) {
+  const float l = yk_quad_sum(l_part);
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  if (row_out) {
+#pragma unroll
+    for (int nt = 0; nt < O_TILES; ++nt)
+      *reinterpret_cast<unsigned *>(row_out + nt * 8 + 2 * t4) = yk_pack2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+  }
+  return l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
+}

@@ -1,0 +1,164 @@
+// Decode attention: one query token a sequence against its whole key sequence, bound by the bytes
+// of K and V it must read.
+//   - The q heads that share a kv head (the GQA group, up to 16 of them) are the rows of one 16-row
+//     mma tile, so every K and V byte is read once for the whole group.
+//   - A block owns (kv head, row block, sequence, split); each team of D_SPLIT warps streams its own
+//     tiles of BLOCK_N keys through its own cp.async pipeline, STAGES deep, so no block-wide barrier
+//     stalls the loads; the teams merge their softmax states at the end. A team's warps both
+//     compute the scores and each accumulates head_dim / D_SPLIT columns of the output (at head_dim
+//     256 the whole of O would take 128 registers a thread).
+//   - With SPLIT the keys of a sequence are spread over num_splits blocks (flash-decoding): each
+//     writes its normalised partial output and lse in float32, and merge_attention_states combines
+//     them. Without, the block writes the output itself.
+//
+// Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
+// fragments kept in registers; 0 reads them from shared memory each tile).
+
+constexpr int THREADS = WARPS * 32;
+constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
+constexpr int KSTEPS = HEAD_DIM / 16;
+constexpr int S_TILES = BLOCK_N / 8;
+constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output columns
+constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * YK_ROW;     // elements of one team's K and V stages
+static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
+
+// A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
+__device__ __forceinline__ void team_sync(int team) {
+  if (D_SPLIT == 1) __syncwarp();
+  else asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "n"(TEAM_THREADS));
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    attention_decode(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
+                     float *__restrict__ lse, float *__restrict__ part_o, float *__restrict__ part_lse,
+                     const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
+                     long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
+                     long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
+                     int chunk, float scale_log2) {
+  const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
+  const int b = blockIdx.y, split = blockIdx.z;
+  int k_start = 0, len_k = seq_k;
+  if (RAGGED) {
+    k_start = cu_k[b], len_k = cu_k[b + 1] - k_start;
+    if (len_k < 0 || len_k > seq_k) return; // out of the bounds the host was given: skipped
+  }
+  const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
+  const int rows = min(16, group - row_block * 16);                 // valid rows of the tile
+  const int head0 = kv_head * group + row_block * 16;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
+  T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
+  T *sV = sK + STAGES * BLOCK_N * YK_ROW;
+  const T *kp = k + b * k_b + (long long)k_start * k_s + kv_head * k_h;
+  const T *vp = v + b * v_b + (long long)k_start * v_s + kv_head * v_h;
+
+  // Q as A fragments, rows past the group zero: straight from global memory into registers, or
+  // into shared memory (after every warp's pipeline) for ldmatrix each tile
+  unsigned qf[Q_IN_REGS ? KSTEPS : 1][4];
+  T *sQ = reinterpret_cast<T *>(smem_raw) + TEAMS * TEAM_SMEM;
+  if (Q_IN_REGS) {
+#pragma unroll
+    for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = g + (e & 1) * 8, col = ks * 16 + 2 * t4 + (e >> 1) * 8;
+        qf[Q_IN_REGS ? ks : 0][e] =
+            row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
+      }
+  } else {
+    for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS) {
+      const int row = i / (HEAD_DIM / 2), col = 2 * (i % (HEAD_DIM / 2));
+      *reinterpret_cast<unsigned *>(sQ + row * YK_ROW + col) =
+          row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
+    }
+    __syncthreads();
+  }
+  const T *q_rows = yk_a_rows(sQ, lane);
+
+  // this team's tiles: team, team + TEAMS, ... of the block's range
+  const int tiles = last > first ? (last - first + BLOCK_N - 1) / BLOCK_N : 0;
+  const int mine = tiles > team ? (tiles - team + TEAMS - 1) / TEAMS : 0;
+  auto load = [&](int i) { // the team's i-th tile into stage i % STAGES
+    const int key0 = first + (team + i * TEAMS) * BLOCK_N, stage = i % STAGES;
+    yk_load_tile<BLOCK_N, TEAM_THREADS>(sK + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
+                                        [&](int r) { return kp + (long long)(key0 + r) * k_s; });
+    yk_load_tile<BLOCK_N, TEAM_THREADS>(sV + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
+                                        [&](int r) { return vp + (long long)(key0 + r) * v_s; });
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < mine) load(s);
+    yk_cp_async_commit();
+  }
+
+  float o[O_TILES][4];
+  yk_zero(o);
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.f, 0.f};
+
+  for (int i = 0; i < mine; ++i) {
+    if (i + STAGES - 1 < mine) load(i + STAGES - 1);
+    yk_cp_async_commit();
+    yk_cp_async_wait<STAGES - 1>();
+    team_sync(team);
+    const T *k_tile = sK + (i % STAGES) * BLOCK_N * YK_ROW, *v_tile = sV + (i % STAGES) * BLOCK_N * YK_ROW;
+    const int key0 = first + (team + i * TEAMS) * BLOCK_N;
+
+    float s[S_TILES][4];
+    yk_zero(s);
+    if (Q_IN_REGS) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<BLOCK_N>(s, qf[Q_IN_REGS ? ks : 0], yk_b_rows(k_tile, lane) + ks * 16);
+    } else {
+      yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows(k_tile, lane));
+    }
+    if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
+    yk_softmax_step(s, o, m_row, l_row, scale_log2);
+    yk_mma_p_rows<BLOCK_N, COLS>(o, s, yk_bt_rows(v_tile, lane) + col0); // this warp's columns of P V
+    team_sync(team); // the team is done with this stage before it is loaded again
+  }
+  yk_cp_async_wait<0>();
+
+  // merge the teams' states through shared memory (the pipelines' space, now free)
+  __syncthreads();
+  float *sO = reinterpret_cast<float *>(smem_raw);               // [TEAMS][16][HEAD_DIM]
+  float *sM = sO + TEAMS * 16 * HEAD_DIM, *sL = sM + TEAMS * 16; // [TEAMS][16] each
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = g + 8 * r;
+    const float l = yk_quad_sum(l_row[r]);
+#pragma unroll
+    for (int nt = 0; nt < O_TILES; ++nt) {
+      sO[(team * 16 + row) * HEAD_DIM + col0 + nt * 8 + 2 * t4] = o[nt][2 * r];
+      sO[(team * 16 + row) * HEAD_DIM + col0 + nt * 8 + 2 * t4 + 1] = o[nt][2 * r + 1];
+    }
+    if (t4 == 0 && col0 == 0) sM[team * 16 + row] = m_row[r], sL[team * 16 + row] = l;
+  }
+  __syncthreads();
+  for (int idx = tid; idx < rows * HEAD_DIM; idx += THREADS) {
+    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM, head = head0 + row;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < TEAMS; ++w) m = fmaxf(m, sM[w * 16 + row]);
+    float l = 0.f, acc = 0.f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < TEAMS; ++w) {
+        const float scale = exp2f(sM[w * 16 + row] - m);
+        l += scale * sL[w * 16 + row];
+        acc += scale * sO[(w * 16 + row) * HEAD_DIM + col];
+      }
+    }
+    const float value = l > 0.f ? acc / l : 0.f;
+    const float row_lse = l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
+    if (SPLIT) {
+      const long long slot = ((long long)split * batch + b) * q_heads + head;
+      part_o[slot * HEAD_DIM + col] = value;
+      if (col == 0) part_lse[slot] = row_lse;
+    } else {
+      out[b * o_b + head * o_h + col] = yk_from_float<T>(value);
+      if (lse && col == 0) lse[b * l_b + head * l_h] = row_lse;
+    }
+  }
+}

@@ -1,0 +1,113 @@
+// FlashAttention forward, the prefill kernel (FlashAttention-2's scheme on mma.sync, sm_80+):
+//   out = softmax(q k^T * scale [causal mask]) v,  lse = log(sum exp(q k^T * scale))  per query row
+// A block owns BLOCK_M query rows of one head of one sequence; each of its WARPS warps owns 16 of
+// them. K and V stream through shared memory in tiles of BLOCK_N keys, STAGES deep with cp.async;
+// S = Q K^T and O += P V run on tensor cores with float32 accumulators; the softmax is online, in
+// base 2 with the scale folded in, so the score matrix never exists (memory O(n)). The causal mask
+// is aligned to the bottom right (query i sees keys j <= i + len_k - len_q); tiles it hides
+// entirely are never loaded. GQA: q head h reads kv head h / group.
+//
+// Spec constants: T, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS (BLOCK_M / 16), STAGES, CAUSAL, RAGGED,
+// Q_IN_REGS (Q fragments kept in registers; 0 re-reads them from shared memory, for head_dim 256).
+
+constexpr int THREADS = WARPS * 32;
+constexpr int KSTEPS = HEAD_DIM / 16;
+constexpr int S_TILES = BLOCK_N / 8;
+constexpr int O_TILES = HEAD_DIM / 8;
+static_assert(BLOCK_M == 16 * WARPS, "a warp owns 16 query rows");
+static_assert(BLOCK_N % 16 == 0 && HEAD_DIM % 16 == 0, "tiles are whole mma steps");
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    attention_prefill(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
+                      float *__restrict__ lse, const int *__restrict__ cu_q, const int *__restrict__ cu_k,
+                      long long q_b, long long q_s, long long q_h, long long k_b, long long k_s, long long k_h,
+                      long long v_b, long long v_s, long long v_h, long long o_b, long long o_s, long long o_h,
+                      long long l_b, long long l_s, long long l_h, int seq_q, int seq_k, int group, float scale_log2) {
+  const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
+  int q_start = 0, k_start = 0, len_q = seq_q, len_k = seq_k;
+  if (RAGGED) { // seq_q and seq_k bound the lengths; a sequence out of bounds is skipped, not read
+    q_start = cu_q[batch], len_q = cu_q[batch + 1] - q_start;
+    k_start = cu_k[batch], len_k = cu_k[batch + 1] - k_start;
+    if (len_q < 0 || len_k < 0 || len_q > seq_q || len_k > seq_k) return;
+  }
+  // Causal blocks start with the longest (the bottom of the triangle) so the short ones fill the tail.
+  const int m_blocks = (len_q + BLOCK_M - 1) / BLOCK_M;
+  const int m_block = CAUSAL ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  if (m_block >= m_blocks) return;
+  const int row0 = m_block * BLOCK_M, shift = len_k - len_q; // query i sees keys j <= i + shift
+  const int n_end = CAUSAL ? min(len_k, max(0, row0 + BLOCK_M + shift)) : len_k;
+  const int n_tiles = (n_end + BLOCK_N - 1) / BLOCK_N;
+  // Tiles before this one need no mask: every key in them is visible to every row of the block.
+  const int unmasked = CAUSAL ? max(0, min(len_k, row0 + shift + 1)) / BLOCK_N : len_k / BLOCK_N;
+
+  const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
+  const T *kp = k + batch * k_b + (long long)k_start * k_s + kv_head * k_h;
+  const T *vp = v + batch * v_b + (long long)k_start * v_s + kv_head * v_h;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T *sQ = reinterpret_cast<T *>(smem_raw);
+  T *sK = sQ + BLOCK_M * YK_ROW;
+  T *sV = sK + STAGES * BLOCK_N * YK_ROW;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  auto load_kv = [&](int tile) {
+    const int first = tile * BLOCK_N, stage = tile % STAGES;
+    yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                   [&](int r) { return kp + (long long)(first + r) * k_s; });
+    yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                   [&](int r) { return vp + (long long)(first + r) * v_s; });
+  };
+
+  // group 0: Q and the first tile; then one group a tile, empty groups past the end keep the count
+  yk_load_tile<BLOCK_M, THREADS>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < n_tiles) load_kv(s);
+    yk_cp_async_commit();
+  }
+  yk_cp_async_wait<STAGES - 2>();
+  __syncthreads();
+
+  // A fragments of this warp's 16 rows, kept in registers or read from shared memory each tile
+  const T *q_rows = yk_a_rows(sQ + warp * 16 * YK_ROW, lane);
+  unsigned qf[Q_IN_REGS ? KSTEPS : 1][4];
+  if (Q_IN_REGS) {
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) yk_ldmatrix_x4(qf[Q_IN_REGS ? ks : 0], q_rows + ks * 16);
+  }
+
+  float o[O_TILES][4];
+  yk_zero(o);
+  float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.f, 0.f};
+  const int my_row = row0 + warp * 16 + g; // rows my_row and my_row + 8
+
+  for (int j = 0; j < n_tiles; ++j) {
+    if (j + STAGES - 1 < n_tiles) load_kv(j + STAGES - 1);
+    yk_cp_async_commit();
+    yk_cp_async_wait<STAGES - 1>();
+    __syncthreads();
+    const T *k_tile = sK + (j % STAGES) * BLOCK_N * YK_ROW;
+    const T *v_tile = sV + (j % STAGES) * BLOCK_N * YK_ROW;
+
+    float s[S_TILES][4];
+    yk_zero(s);
+    if (Q_IN_REGS) {
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<BLOCK_N>(s, qf[Q_IN_REGS ? ks : 0], yk_b_rows(k_tile, lane) + ks * 16);
+    } else {
+      yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows(k_tile, lane));
+    }
+    if (j >= unmasked) yk_mask_scores(s, j * BLOCK_N, len_k, CAUSAL, my_row, shift, t4);
+    yk_softmax_step(s, o, m_row, l_row, scale_log2);
+    yk_mma_p_rows<BLOCK_N, HEAD_DIM>(o, s, yk_bt_rows(v_tile, lane)); // O += P V
+    __syncthreads(); // every warp is done with this stage before it is loaded again
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = my_row + 8 * r;
+    T *row_out = row < len_q ? out + batch * o_b + (long long)(q_start + row) * o_s + head * o_h : nullptr;
+    const float row_lse = yk_finish_row(o, m_row[r], l_row[r], r, row_out, t4);
+    if (lse && row_out && t4 == 0) lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h] = row_lse;
+  }
+}

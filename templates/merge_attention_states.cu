@@ -1,0 +1,72 @@
+// Exact merge of partial attentions of the same query rows over disjoint key sets, by their
+// log-sum-exp (natural log):
+//   m = max_i lse_i,  w_i = exp(lse_i - m),  o = sum_i w_i o_i / sum_i w_i,  lse = m + log(sum_i w_i)
+// Rows where every lse is -inf get o = 0 and lse = -inf. One warp a (token, head) row.
+//   STATES == 2: two states in tensors of their own layouts (merge_attention_states).
+//   STATES == 0: num_states float32 partials laid out [state][token * heads + head][HEAD_DIM], as
+//                split-KV decode writes them.
+//
+// Spec constants: T (output type), HEAD_DIM, IN_TYPE (input type), STATES, VEC, THREADS.
+
+typedef yk_type_of<IN_TYPE>::type IN;
+static_assert(HEAD_DIM % VEC == 0, "rows are whole vectors");
+
+extern "C" __global__ void __launch_bounds__(THREADS)
+    merge_attention_states(const IN *__restrict__ o_a, long long a_t, long long a_h, const IN *__restrict__ o_b,
+                           long long b_t, long long b_h, const float *__restrict__ lse_a, long long la_t,
+                           long long la_h, const float *__restrict__ lse_b, long long lb_t, long long lb_h, T *out,
+                           long long o_t, long long o_h, float *out_lse, long long lo_t, long long lo_h, int tokens,
+                           int heads, int num_states) {
+  const long long row = (long long)blockIdx.x * (THREADS / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= (long long)tokens * heads) return;
+  const long long t = row / heads, h = row % heads;
+  const int states = STATES == 2 ? 2 : num_states;
+  auto state_lse = [&](int i) {
+    if (STATES == 2) return i == 0 ? lse_a[t * la_t + h * la_h] : lse_b[t * lb_t + h * lb_h];
+    return lse_a[(long long)i * tokens * heads + row];
+  };
+  auto state_row = [&](int i) -> const IN * {
+    if (STATES == 2) return i == 0 ? o_a + t * a_t + h * a_h : o_b + t * b_t + h * b_h;
+    return o_a + ((long long)i * tokens * heads + row) * HEAD_DIM;
+  };
+  float m = -INFINITY;
+  for (int i = 0; i < states; ++i) m = fmaxf(m, state_lse(i));
+  // each lane keeps its columns' sums across the states: the output may alias an input row
+  constexpr int PER_LANE = (HEAD_DIM + 32 * VEC - 1) / (32 * VEC);
+  float acc[PER_LANE][VEC];
+#pragma unroll
+  for (int p = 0; p < PER_LANE; ++p)
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[p][j] = 0.f;
+  float total = 0.f;
+  if (m != -INFINITY) {
+    for (int i = 0; i < states; ++i) {
+      const float w = __expf(state_lse(i) - m);
+      total += w;
+      const IN *src = state_row(i);
+#pragma unroll
+      for (int p = 0; p < PER_LANE; ++p) {
+        const int c = (p * 32 + lane) * VEC;
+        if (c < HEAD_DIM) {
+          float x[VEC];
+          yk_load<IN, VEC>(src + c, x);
+#pragma unroll
+          for (int j = 0; j < VEC; ++j) acc[p][j] += w * x[j];
+        }
+      }
+    }
+  }
+  const float inv = total > 0.f ? 1.f / total : 0.f;
+  __syncwarp(); // every lane has read its inputs before any lane writes an output that aliases them
+#pragma unroll
+  for (int p = 0; p < PER_LANE; ++p) {
+    const int c = (p * 32 + lane) * VEC;
+    if (c < HEAD_DIM) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[p][j] *= inv;
+      yk_store<T, VEC>(out + t * o_t + h * o_h + c, acc[p]);
+    }
+  }
+  if (out_lse && lane == 0) out_lse[t * lo_t + h * lo_h] = total > 0.f ? m + __logf(total) : -INFINITY;
+}
