@@ -1,6 +1,7 @@
 #!/bin/bash
-# The tests: set up, build with warnings as errors, run the suite; then build and run it again
-# under AddressSanitizer and UndefinedBehaviorSanitizer. GPU tests skip (visibly) without a GPU.
+# The tests: set up, build with warnings as errors, run the suite and the Python bindings' tests
+# against that build; then build and run the suite again under AddressSanitizer and
+# UndefinedBehaviorSanitizer. GPU tests skip (visibly) without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -17,6 +18,25 @@ run_suite() { # build-dir, extra cmake args...
 
 echo "== release build"
 run_suite build -DCMAKE_BUILD_TYPE=Release
+
+# The bindings are installed with pip into a virtual environment under build/ (Debian's own
+# Python refuses installs outside one) and tested against the libyk just built. torch is not
+# installed here: its tests skip without it, and run wherever an engine's environment has it.
+echo "== Python bindings (pytest)"
+py_env=build/python-env
+if [ ! -x "$py_env/bin/python" ] && ! python3 -m venv "$py_env" >/dev/null 2>&1; then
+  echo "setup: installing python3-venv"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+  rm -rf "$py_env"
+  python3 -m venv "$py_env"
+fi
+"$py_env/bin/python" -c "import numpy, pytest" 2>/dev/null || "$py_env/bin/pip" install -q numpy pytest
+"$py_env/bin/pip" install -q ./python
+YK_LIBRARY=$PWD/build/libyk.so "$py_env/bin/python" -m pytest -q python/tests
+
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_suite build-sanitize -DCMAKE_BUILD_TYPE=Debug -DYK_SANITIZE=ON

@@ -1,0 +1,141 @@
+"""The engine's names and signatures, the stubs of ops not in C yet, finding the library, errors
+and threads."""
+
+import inspect
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import yaie_kernels as yk
+from conftest import randn, rms_norm_ref
+
+# kernels-guide.txt: name -> the parameters the engine passes, with their defaults
+ENGINE_FUNCTIONS = {
+    "flash_attention_forward": [("q",), ("k",), ("v",), ("causal_mask", None)],
+    "flash_attention_backward": [("dout",), ("q",), ("k",), ("v",), ("output",)],
+    "paged_attention_forward": [("q",), ("k_cache",), ("v_cache",), ("block_tables",), ("context_lens",),
+                                ("max_context_len",)],
+    "apply_rope_qk": [("q",), ("k",), ("cos",), ("sin",), ("position_ids",)],
+    "rms_norm": [("input_tensor",), ("weight",), ("epsilon", 1e-6)],
+    "silu_and_mul": [("input_tensor",)],
+    "memory_pool_allocate": [("size",)],
+    "memory_pool_free": [("ptr",)],
+    "cpu_attention_forward": [("q",), ("k",), ("v",), ("mask", None)],
+    "cpu_rms_norm": [("input_tensor",), ("weight",), ("epsilon", 1e-6)],
+    "cpu_rope_embeddings": [("input_tensor",), ("cos",), ("sin",), ("position_ids",)],
+}
+ENGINE_CLASSES = ["KVCacheBlock", "KVCacheManager", "RadixAttentionBlock", "RadixAttentionWithPagedKVCache",
+                  "FlashInferAttention", "FlashInferPagedAttention"]
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_FUNCTIONS))
+def test_engine_function_signature(name):
+    """The engine's positional parameters, in order, with its defaults; anything added is keyword-only."""
+    params = list(inspect.signature(getattr(yk, name)).parameters.values())
+    positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in positional] == [e[0] for e in ENGINE_FUNCTIONS[name]]
+    for p, e in zip(positional, ENGINE_FUNCTIONS[name]):
+        if len(e) == 2:
+            assert p.default == e[1], p.name
+        else:
+            assert p.default is inspect.Parameter.empty, p.name
+    assert all(p.kind == p.KEYWORD_ONLY for p in params if p not in positional)
+
+
+def test_engine_classes_exist():
+    for name in ENGINE_CLASSES:
+        assert inspect.isclass(getattr(yk, name)), name
+    for method in ("swap_blocks_to_cpu", "swap_blocks_from_cpu"):
+        assert list(inspect.signature(getattr(yk.KVCacheManager, method)).parameters) == ["self", "block_ids"]
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda: yk.paged_attention_forward(None, None, None, None, None, 0), ["paged attention", "issue 4"]),
+    (lambda: yk.memory_pool_allocate(1 << 20), ["yk_pool_alloc", "issue 4"]),
+    (lambda: yk.memory_pool_free(0), ["yk_pool_free", "issue 4"]),
+    (lambda: yk.KVCacheBlock(), ["KV cache block", "issue 4"]),
+    (lambda: yk.KVCacheManager(num_blocks=16), ["KV cache manager", "issue 4"]),
+    (lambda: yk.KVCacheManager.swap_blocks_to_cpu(None, [1]), ["swapping to a pinned host pool", "issue 4"]),
+    (lambda: yk.KVCacheManager.swap_blocks_from_cpu(None, [1]), ["swapping from a pinned host pool", "issue 4"]),
+    (lambda: yk.RadixAttentionBlock(), ["radix prefix tree", "issue 5"]),
+    (lambda: yk.RadixAttentionWithPagedKVCache(), ["radix prefix sharing", "issue 5"]),
+    (lambda: yk.FlashInferPagedAttention(), ["paged attention", "issue 4"]),
+], ids=["paged_attention_forward", "memory_pool_allocate", "memory_pool_free", "KVCacheBlock", "KVCacheManager",
+        "swap_blocks_to_cpu", "swap_blocks_from_cpu", "RadixAttentionBlock", "RadixAttentionWithPagedKVCache",
+        "FlashInferPagedAttention"])
+def test_ops_not_in_c_yet_raise_naming_them(call, names):
+    with pytest.raises(NotImplementedError) as e:
+        call()
+    for n in names:
+        assert n in str(e.value)
+
+
+def test_library_is_found_and_reports_its_version():
+    assert yk.library_path()
+    assert yk.library_version().count(".") == 2
+
+
+def _fresh_python(code, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=60)
+
+
+def test_missing_library_says_where_it_looked(tmp_path):
+    missing = str(tmp_path / "nowhere" / "libyk.so")
+    r = _fresh_python("import numpy as np, yaie_kernels as yk\n"
+                      "try:\n    yk.rms_norm(np.ones((1, 4), np.float32), np.ones(4, np.float32))\n"
+                      "except ImportError as e:\n    print(type(e).__name__, e)\n", YK_LIBRARY=missing)
+    assert r.returncode == 0, r.stderr
+    assert "LibraryNotFoundError" in r.stdout and "YK_LIBRARY" in r.stdout and missing in r.stdout
+
+
+def test_import_needs_no_library():
+    r = _fresh_python("import yaie_kernels as yk\n"
+                      "try:\n    yk.memory_pool_allocate(16)\nexcept NotImplementedError:\n    print('ok')\n",
+                      YK_LIBRARY="/nonexistent/libyk.so")
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_one_context_shared_by_threads(rng, monkeypatch):
+    """Threads race to the first call and then run concurrently: every result is right and the host
+    context is created once."""
+    from yaie_kernels import _lib
+    created = []
+    real_create = _lib._create_context
+    monkeypatch.setattr(_lib, "_create_context", lambda key: created.append(key) or real_create(key))
+    saved = dict(_lib._contexts)
+    _lib._contexts.clear()  # as on first use (the old contexts are put back below, and stay alive)
+    inputs = [(randn(rng, (16, 128)), randn(rng, (128,))) for _ in range(8)]
+    results, errors = [None] * 8, []
+    start = threading.Barrier(8)
+
+    def work(i):
+        try:
+            start.wait()
+            x, w = inputs[i]
+            for _ in range(50):
+                results[i] = yk.rms_norm(x, w)
+            # a failure in one thread leaves its own message, whatever the others do
+            try:
+                yk.rms_norm(x, w[:i + 1])
+            except ValueError as e:
+                assert f"weight has {i + 1} elements" in str(e)
+            else:
+                raise AssertionError("no error")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _lib._contexts.update(saved)
+    assert not errors, errors
+    for (x, w), y in zip(inputs, results):
+        np.testing.assert_allclose(y, rms_norm_ref(x, w), atol=1e-5)
+    assert created == [-1]

@@ -1,0 +1,286 @@
+"""libyk through ctypes: finding and loading it, the prototypes, the per-device contexts, and
+turning a failed status into a Python exception.
+
+The library is loaded on first use, not at import, so `import yaie_kernels` works (and the names
+of ops that have not landed in C still raise their NotImplementedError) on a machine without it.
+"""
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+
+__all__ = [
+    "LibraryNotFoundError",
+    "YKError",
+    "InvalidArgumentError",
+    "UnsupportedError",
+    "DeviceError",
+    "library_path",
+    "library_version",
+]
+
+# DLPack device types the library accepts (dlpack.h): host memory runs on the CPU fallback,
+# device memory on the GPU of the same ordinal.
+DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED = 1, 2, 3, 13
+HOST_DEVICE_TYPES = (DL_CPU, DL_CUDA_HOST)
+
+_YK_DEVICE_CPU, _YK_DEVICE_CUDA = 1, 2
+_STATUS_NAMES = {
+    0: "YK_OK",
+    1: "YK_ERR_INVALID_ARGUMENT",
+    2: "YK_ERR_UNSUPPORTED",
+    3: "YK_ERR_NO_DEVICE",
+    4: "YK_ERR_COMPILE",
+    5: "YK_ERR_CUDA",
+    6: "YK_ERR_OUT_OF_MEMORY",
+    7: "YK_ERR_IO",
+    8: "YK_ERR_NOT_FOUND",
+    9: "YK_ERR_INTERNAL",
+}
+
+
+class LibraryNotFoundError(ImportError):
+    """libyk could not be loaded; the message lists every place that was tried and why it failed."""
+
+
+class YKError(Exception):
+    """A failed libyk call. `status` is the C status name ("YK_ERR_CUDA"); the message is the
+    library's own (yk_ctx_last_error)."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidArgumentError(YKError, ValueError):
+    """YK_ERR_INVALID_ARGUMENT: misshaped, inconsistent or misplaced tensors or values."""
+
+
+class UnsupportedError(YKError, ValueError):
+    """YK_ERR_UNSUPPORTED: well-formed input outside what the kernels are built for."""
+
+
+class DeviceError(YKError, RuntimeError):
+    """Every other status: no device, NVRTC or driver failure, out of memory, cache I/O, internal."""
+
+
+def _error_class(status):
+    if status == 1:
+        return InvalidArgumentError
+    if status == 2:
+        return UnsupportedError
+    return DeviceError
+
+
+# ---- finding the library ----
+
+
+def _candidates():
+    """(description, path-or-name) pairs in the order they are tried."""
+    env = os.environ.get("YK_LIBRARY")
+    if env:
+        # An explicit choice is the only one tried: falling back to another libyk would hide the
+        # mistake and test the wrong build.
+        return [("YK_LIBRARY", env)]
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = [("the build tree beside the package source", os.path.normpath(os.path.join(here, "..", "..", "build", "libyk.so")))]
+    found = ctypes.util.find_library("yk")
+    out.append(("ctypes.util.find_library('yk')", found))
+    out.append(("the dynamic loader's search path", "libyk.so"))
+    return out
+
+
+def _open_library():
+    tried = []
+    for where, path in _candidates():
+        if path is None:
+            tried.append(f"  {where}: not found")
+            continue
+        if os.sep in path and not os.path.exists(path):
+            tried.append(f"  {where}: {path} does not exist")
+            continue
+        try:
+            return ctypes.CDLL(path), path
+        except OSError as e:
+            tried.append(f"  {where}: {path}: {e}")
+    raise LibraryNotFoundError(
+        "yaie_kernels: cannot load libyk. Build it (cmake -S . -B build && cmake --build build --target yk) "
+        "and set YK_LIBRARY to the libyk.so to use. Tried:\n" + "\n".join(tried)
+    )
+
+
+# ---- prototypes ----
+
+_p = ctypes.c_void_p
+_i = ctypes.c_int
+_f = ctypes.c_float
+
+
+class CtxOptions(ctypes.Structure):
+    _fields_ = [
+        ("device", ctypes.c_int),
+        ("device_ordinal", ctypes.c_int),
+        ("cache_dir", ctypes.c_char_p),
+        ("cache_path", ctypes.c_char_p),
+        ("cache_memory_only", ctypes.c_int),
+        ("cpu_threads", ctypes.c_int),
+        ("log", ctypes.c_void_p),
+        ("log_user", ctypes.c_void_p),
+    ]
+
+
+class AttentionParams(ctypes.Structure):
+    """yk_attention_params (include/yk/ops.h)."""
+
+    _fields_ = [
+        ("causal", ctypes.c_int),
+        ("scale", ctypes.c_float),
+        ("cu_seqlens_q", ctypes.c_void_p),
+        ("cu_seqlens_k", ctypes.c_void_p),
+        ("max_seqlen_q", ctypes.c_int),
+        ("max_seqlen_k", ctypes.c_int),
+        ("num_splits", ctypes.c_int),
+        ("workspace", ctypes.c_void_p),
+    ]
+
+
+_PROTOTYPES = {
+    # name: (restype, argtypes)
+    "yk_version": (ctypes.c_char_p, []),
+    "yk_status_name": (ctypes.c_char_p, [_i]),
+    "yk_ctx_options_init": (None, [_p]),
+    "yk_ctx_create": (_i, [_p, _p]),
+    "yk_ctx_destroy": (None, [_p]),
+    "yk_ctx_last_error": (ctypes.c_char_p, [_p]),
+    "yk_rms_norm": (_i, [_p, _p, _p, _f, _p, _p]),
+    "yk_fused_add_rms_norm": (_i, [_p, _p, _p, _p, _f, _p]),
+    "yk_rope": (_i, [_p, _p, _p, _p, _p, _i, _p]),
+    "yk_rope_cos_sin": (_i, [_p, _p, _p, _p, _p, _p, _i, _i, _p]),
+    "yk_silu_and_mul": (_i, [_p, _p, _p, _p]),
+    "yk_gelu_and_mul": (_i, [_p, _p, _p, _p]),
+    "yk_gelu_tanh_and_mul": (_i, [_p, _p, _p, _p]),
+    "yk_flash_attention_forward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    "yk_flash_attention_backward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]),
+    "yk_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    "yk_attention_decode_workspace_floats": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i]),
+    "yk_merge_attention_states": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+}
+
+
+class _Functions:
+    """The bound C functions, filled in by load(); ops read them as attributes of `C`. Reading one
+    before the library is loaded loads it (only a missing attribute reaches __getattr__)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") or (name not in _PROTOTYPES and name != "lib"):
+            raise AttributeError(name)
+        load()
+        return object.__getattribute__(self, name)
+
+
+C = _Functions()
+_load_lock = threading.Lock()
+_loaded_path = None
+
+_log = logging.getLogger("yaie_kernels")
+_LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
+
+
+def _on_log(user, level, message):
+    # The library's warnings (an untrusted cache directory, a corrupt entry recompiled) go to the
+    # logging module: it never prints on its own.
+    text = message.decode("utf-8", "replace") if message else ""
+    _log.log(logging.WARNING if level == 1 else logging.INFO, "%s", text)
+
+
+_log_callback = _LOG_FN(_on_log)  # kept alive for the life of the process, as the contexts are
+
+
+def load():
+    """Loads libyk (once) and binds the prototypes. Raises LibraryNotFoundError."""
+    global _loaded_path
+    if _loaded_path is not None:
+        return
+    with _load_lock:
+        if _loaded_path is not None:
+            return
+        lib, path = _open_library()
+        missing = []
+        for name, (restype, argtypes) in _PROTOTYPES.items():
+            try:
+                fn = getattr(lib, name)
+            except AttributeError:
+                missing.append(name)
+                continue
+            fn.restype = restype
+            fn.argtypes = argtypes
+            setattr(C, name, fn)
+        if missing:
+            raise LibraryNotFoundError(f"yaie_kernels: {path} lacks {', '.join(missing)}: a libyk older than these bindings")
+        C.lib = lib
+        _loaded_path = path
+
+
+def library_path():
+    """The path (or loader name) of the libyk in use, loading it if needed."""
+    load()
+    return _loaded_path
+
+
+def library_version():
+    """yk_version() of the libyk in use ("0.1.0")."""
+    load()
+    return C.yk_version().decode()
+
+
+# ---- contexts: one per device, created on first use ----
+
+_contexts = {}  # key: -1 for host memory, else the CUDA ordinal -> yk_ctx* (int)
+_ctx_lock = threading.Lock()
+
+
+def context_for(key):
+    """The shared context for host memory (key -1) or CUDA device `key`. Lookups take no lock;
+    creation takes one, so two threads never create two contexts for one device."""
+    ctx = _contexts.get(key)
+    if ctx is not None:
+        return ctx
+    load()
+    with _ctx_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _create_context(key)
+            _contexts[key] = ctx
+    return ctx
+
+
+def _create_context(key):
+    opts = CtxOptions()
+    C.yk_ctx_options_init(ctypes.byref(opts))
+    if key < 0:
+        opts.device = _YK_DEVICE_CPU  # host tensors: no CUDA driver is touched
+    else:
+        opts.device = _YK_DEVICE_CUDA
+        opts.device_ordinal = key
+    opts.log = ctypes.cast(_log_callback, ctypes.c_void_p)
+    out = ctypes.c_void_p()
+    st = C.yk_ctx_create(ctypes.byref(opts), ctypes.byref(out))
+    if st != 0:
+        msg = (C.yk_ctx_last_error(None) or b"").decode("utf-8", "replace")
+        where = "the CPU" if key < 0 else f"CUDA device {key}"
+        raise _error_class(st)(f"creating the libyk context for {where}: {msg}", _STATUS_NAMES.get(st, str(st)))
+    # Contexts live as long as the process: an engine keeps using them until exit, and destroying
+    # one at interpreter shutdown could race streams still running on it.
+    return out.value
+
+
+def raise_status(status, ctx, op):
+    """Raises the exception for a failed call on ctx, with the library's message for this thread,
+    led by the Python name of the op where the C op is named differently."""
+    msg = (C.yk_ctx_last_error(ctx) or b"").decode("utf-8", "replace")
+    name = _STATUS_NAMES.get(status, f"status {status}")
+    if not msg.startswith(op + ":"):
+        msg = f"{op}: {msg}" if msg else op
+    raise _error_class(status)(f"{msg} [{name}]", name)
