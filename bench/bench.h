@@ -59,6 +59,18 @@ int bench_ops(bench_timer *t, bench_results *r, int quick);
 int bench_attention(bench_timer *t, bench_results *r, int quick);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);
+int bench_attention_sweep(bench_timer *t, bench_results *r);
+
+/* A spec override for the sweeps: fields by name (NULL ends the list) and their values. */
+typedef struct {
+  const char *names[3];
+  int values[3];
+} bench_override;
+void bench_apply_override(void *override, yk_spec *spec);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);
+/* The KV cache manager's host operations a second (no GPU needed); prints its own table. */
+int bench_kv(int quick);
+/* The radix tree's host operations a second (no GPU needed); prints its own table. */
+int bench_radix(int quick);
 
 #endif

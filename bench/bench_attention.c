@@ -82,41 +82,120 @@ static void prefill_and_backward(bench_timer *t, bench_results *r, int quick) {
         }
 }
 
+/* A decode case at 32 q heads, 8 kv heads, head dim 128, with the engine's workspace (an
+ * allocation on the stream would be timed otherwise). */
+static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t batch, int64_t len, yh_rng *rng) {
+  memset(c, 0, sizeof *c);
+  memset(ws, 0, sizeof *ws);
+  c->ctx = ctx, c->decode = 1;
+  const int64_t qd[3] = {batch, 32, 128}, kd[4] = {batch, len, 8, 128};
+  if (yh_tensor_init(&c->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 4, kd, NULL, 1) ||
+      yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 3, qd, NULL, 1))
+    return 1;
+  yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
+  const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, len, 128);
+  if (yh_tensor_init(ws, ctx, YK_F32, 1, &floats, NULL, 1)) return 1;
+  c->params.workspace = &ws->dl;
+  return 0;
+}
+
+static const int64_t decode_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
+
 static void decode(bench_timer *t, bench_results *r) {
-  static const int64_t shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
   yh_rng rng = {22};
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-    const int64_t batch = shapes[i][0], len = shapes[i][1];
+  for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
+    const int64_t batch = decode_shapes[i][0], len = decode_shapes[i][1];
     attention_case c;
-    memset(&c, 0, sizeof c);
-    c.ctx = t->ctx, c.decode = 1;
-    const int64_t qd[3] = {batch, 32, 128}, kd[4] = {batch, len, 8, 128};
+    yh_tensor ws;
     char name[96];
     snprintf(name, sizeof name, "decode B%lld L%lld gqa4 d128", (long long)batch, (long long)len);
-    if (yh_tensor_init(&c.q, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
-        yh_tensor_init(&c.k, t->ctx, YK_BF16, 4, kd, NULL, 1) ||
-        yh_tensor_init(&c.v, t->ctx, YK_BF16, 4, kd, NULL, 1) ||
-        yh_tensor_init(&c.out, t->ctx, YK_BF16, 3, qd, NULL, 1)) {
-      free_case(&c);
-      continue;
+    if (!decode_case(&c, &ws, t->ctx, batch, len, &rng)) {
+      const double ms = bench_median_ms(t, call, &c);
+      const double bytes = 2.0 * batch * len * 8 * 128 * 2;
+      if (ms > 0) {
+        bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+        fprintf(stderr, "  %-44s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+      } else {
+        fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+      }
     }
-    yh_fill_uniform(&c.q, &rng, -1, 1), yh_fill_uniform(&c.k, &rng, -1, 1), yh_fill_uniform(&c.v, &rng, -1, 1);
-    /* an engine passes its workspace; the allocation on the stream would be timed otherwise */
-    const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(t->ctx, batch, 32, 8, 128, len, 0);
-    yh_tensor ws;
-    int have_ws = floats > 0 && yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1) == 0;
-    if (have_ws) c.params.workspace = &ws.dl;
-    const double ms = bench_median_ms(t, call, &c);
-    const double bytes = 2.0 * batch * len * 8 * 128 * 2;
-    if (ms > 0) {
-      bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
-      fprintf(stderr, "  %-44s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
-    } else {
-      fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
-    }
-    if (have_ws) yh_tensor_free(&ws);
+    yh_tensor_free(&ws);
     free_case(&c);
   }
+}
+
+/* One timed configuration of a sweep: the case under the override, as a row named after both. */
+static void sweep_one(bench_timer *t, bench_results *r, attention_case *c, const char *shape, const char *config,
+                      bench_override *o, double work, const char *unit) {
+  t->ctx->spec_override = bench_apply_override;
+  t->ctx->spec_override_user = o;
+  const double ms = bench_median_ms(t, call, c);
+  t->ctx->spec_override = NULL;
+  char name[160];
+  snprintf(name, sizeof name, "sweep.%s %s", shape, config);
+  if (ms <= 0) {
+    fprintf(stderr, "  %-70s invalid: %.80s\n", name, yk_ctx_last_error(t->ctx));
+    return;
+  }
+  const double value = !strcmp(unit, "GB/s") ? work / ms / 1e6 : work / ms / 1e9;
+  bench_add(r, name, ms, !strcmp(unit, "GB/s") ? value : 0, value, unit);
+  fprintf(stderr, "  %-70s %9.4f ms %7.0f %s\n", name, ms, value, unit);
+}
+
+/* yk bench --sweep: decode over split counts and tile shapes, the prefill over its tiles. What
+ * issue 6's tuner automates; here it chooses the defaults. */
+int bench_attention_sweep(bench_timer *t, bench_results *r) {
+  yh_rng rng = {23};
+  for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
+    const int64_t batch = decode_shapes[i][0], len = decode_shapes[i][1];
+    attention_case c;
+    yh_tensor ws;
+    char shape[64], config[96];
+    snprintf(shape, sizeof shape, "decode B%lld L%lld", (long long)batch, (long long)len);
+    const double bytes = 2.0 * batch * len * 8 * 128 * 2;
+    if (!decode_case(&c, &ws, t->ctx, batch, len, &rng)) {
+      static const int splits[] = {0, 8, 16, 24, 33, 48, 66, 128};
+      for (int s = 0; s < 8 && batch == 1; s++) {
+        bench_override none = {{NULL}, {0}};
+        c.params.num_splits = splits[s];
+        snprintf(config, sizeof config, "num_splits=%d", splits[s]);
+        sweep_one(t, r, &c, shape, config, &none, bytes, "GB/s");
+      }
+      c.params.num_splits = 0;
+      static const int warps[] = {4, 8, 16}, stages[] = {2, 3, 4, 6}, block_n[] = {16, 32};
+      for (int w = 0; w < 3; w++)
+        for (int st = 0; st < 4; st++)
+          for (int b = 0; b < 2; b++) {
+            bench_override o = {{"warps", "stages", "block_n"}, {warps[w], stages[st], block_n[b]}};
+            snprintf(config, sizeof config, "warps=%d stages=%d block_n=%d", warps[w], stages[st], block_n[b]);
+            sweep_one(t, r, &c, shape, config, &o, bytes, "GB/s");
+          }
+    }
+    yh_tensor_free(&ws);
+    free_case(&c);
+  }
+  static const int seqs[] = {4096, 16384};
+  for (int si = 0; si < 2; si++)
+    for (int causal = 0; causal <= 1; causal++) {
+      const int64_t seq = seqs[si], batch = 16384 / seq, heads = 16;
+      attention_case c;
+      char shape[64], config[96];
+      snprintf(shape, sizeof shape, "prefill D128 S%lld causal=%d", (long long)seq, causal);
+      if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 0, &rng)) {
+        c.params.causal = causal;
+        const double flops = 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
+        static const int block_n[] = {64, 128, 192}, stages[] = {2, 3}, groups[] = {1, 2};
+        for (int b = 0; b < 3; b++)
+          for (int st = 0; st < 2; st++)
+            for (int g = 0; g < 2; g++) {
+              bench_override o = {{"block_n", "stages", "warpgroups"}, {block_n[b], stages[st], groups[g]}};
+              snprintf(config, sizeof config, "block_n=%d stages=%d warpgroups=%d", block_n[b], stages[st], groups[g]);
+              sweep_one(t, r, &c, shape, config, &o, flops, "TFLOP/s");
+            }
+      }
+      free_case(&c);
+    }
+  return 0;
 }
 
 static double now_ms(void) {

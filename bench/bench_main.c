@@ -36,7 +36,7 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
-  int quick = 0, sweep = 0, attention_only = 0;
+  int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
@@ -47,14 +47,22 @@ int cmd_bench(int argc, char **argv) {
       sweep = 1;
     else if (!strcmp(argv[i], "--attention"))
       attention_only = 1;
+    else if (!strcmp(argv[i], "--kv"))
+      kv_only = 1;
+    else if (!strcmp(argv[i], "--radix"))
+      radix_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
       fprintf(help ? stdout : stderr,
-              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention]\n"
-              "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n");
+              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--kv] [--radix]\n"
+              "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
+              "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
+              "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
       return help ? 0 : 2;
     }
   }
+  if (kv_only) return bench_kv(quick);
+  if (radix_only) return bench_radix(quick);
   yk_ctx *ctx = cli_ctx(YK_DEVICE_AUTO);
   yk_ctx_info info;
   yk_ctx_get_info(ctx, &info);
@@ -82,7 +90,7 @@ int cmd_bench(int argc, char **argv) {
   int failures = attention_only ? 0 : bench_ops(&timer, &results, quick);
   failures += bench_attention(&timer, &results, quick);
   if (!attention_only) failures += bench_jit(ctx, &results, quick);
-  if (sweep) failures += bench_sweep(&timer, &results);
+  if (sweep) failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
 
   printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");
   printf("|%s|%s|%s|%s|\n", "----------------------------------------------------------------", "------------",

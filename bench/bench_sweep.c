@@ -6,14 +6,9 @@
 #include "bench/bench.h"
 #include "runtime/context.h"
 
-typedef struct {
-  const char *names[2];
-  int values[2];
-} override;
-
-static void apply(void *user, yk_spec *spec) {
-  const override *o = user;
-  for (int n = 0; n < 2; n++)
+void bench_apply_override(void *user, yk_spec *spec) {
+  const bench_override *o = user;
+  for (int n = 0; n < 3; n++)
     for (int f = 0; o->names[n] && f < spec->op->field_count; f++)
       if (!strcmp(spec->op->fields[f].name, o->names[n])) spec->v[f] = o->values[n];
 }
@@ -39,8 +34,8 @@ int bench_sweep(bench_timer *t, bench_results *r) {
     double bytes = bench_case_setup(&c, ctx, cases[i].op, cases[i].tokens, cases[i].width, &rng);
     for (int ti = 0; bytes > 0 && ti < 5; ti++)
       for (int ii = 0; ii < (cases[i].sweep_items ? 4 : 1); ii++) {
-        override o = {{"threads", cases[i].sweep_items ? "items" : NULL}, {threads[ti], items[ii]}};
-        ctx->spec_override = apply;
+        bench_override o = {{"threads", cases[i].sweep_items ? "items" : NULL}, {threads[ti], items[ii]}};
+        ctx->spec_override = bench_apply_override;
         ctx->spec_override_user = &o;
         double ms = bench_median_ms(t, bench_case_call, &c);
         ctx->spec_override = NULL;
@@ -58,5 +53,5 @@ int bench_sweep(bench_timer *t, bench_results *r) {
       }
     bench_case_free(&c);
   }
-  return 0;
+  return bench_attention_sweep(t, r);
 }

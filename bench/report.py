@@ -51,11 +51,11 @@ if att:
         print(f"| {name} | {r['ms']:.3f} | {r['value']:.0f} {r['unit']} | {fmt(sync)} | {fmt(fa2)} | {fmt(cud)} | {ratio(fa2)} | {ratio(cud)} |")
 sweep = [r for name, r in rows.items() if name.startswith("sweep.")]
 if sweep:
-    print("\n## Sweep of block shapes (yk bench --sweep): GB/s\n")
-    print("| op, shape, configuration | ms | GB/s |")
+    print("\n## Sweep of block shapes (yk bench --sweep)\n")
+    print("| op, shape, configuration | ms | value |")
     print("|---|---:|---:|")
     for r in sweep:
-        print(f"| {r['name'][6:]} | {r['ms']:.4f} | {r['value']:.0f} |")
+        print(f"| {r['name'][6:]} | {r['ms']:.4f} | {r['value']:.0f} {r['unit']} |")
 print("\n## JIT and dispatch\n")
 print("| measure | yk | peer |")
 print("|---|---:|---:|")
@@ -65,7 +65,7 @@ peer_for = {
     "launch.yk_rms_norm_us": ("triton.launch_host_us (cache hit, steady)", "Triton cached launch"),
 }
 for name, r in rows.items():
-    if r["unit"] == "GB/s" or name.startswith(attention):
+    if r["unit"] == "GB/s" or name.startswith(attention) or name.startswith("sweep."):
         continue
     key = name.split(" ")[0]
     peer = peer_for.get(key)
