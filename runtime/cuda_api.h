@@ -44,6 +44,9 @@
   X(cuMemcpyDtoH, 0, (void *, CUdeviceptr, size_t))                                              \
   X(cuMemcpyDtoD, 0, (CUdeviceptr, CUdeviceptr, size_t))                                         \
   X(cuMemcpyDtoDAsync, 0, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                          \
+  X(cuMemcpyDtoHAsync, 0, (void *, CUdeviceptr, size_t, CUstream))                               \
+  X(cuMemcpyHtoDAsync, 0, (CUdeviceptr, const void *, size_t, CUstream))                         \
+  X(cuMemcpyAsync, 0, (CUdeviceptr, CUdeviceptr, size_t, CUstream))                              \
   X(cuMemsetD8, 0, (CUdeviceptr, unsigned char, size_t))                                         \
   X(cuMemsetD32Async, 0, (CUdeviceptr, unsigned int, size_t, CUstream))                          \
   X(cuStreamCreate, 0, (CUstream *, unsigned int))                                               \

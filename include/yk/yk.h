@@ -10,6 +10,8 @@
 #include "yk/context.h"
 #include "yk/ops.h"
 #include "yk/jit.h"
+#include "yk/pool.h"
+#include "yk/kv.h"
 
 #ifdef __cplusplus
 extern "C" {
