@@ -47,12 +47,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                        long long dk_s, long long dk_h, long long dv_b, long long dv_s, long long dv_h, int seq_q,
                        int seq_k, int group, float scale) {
   const int head = blockIdx.y, batch = blockIdx.z; // a q head (PART_DQ) or a kv head (PART_DKDV)
-  int q_start = 0, k_start = 0, len_q = seq_q, len_k = seq_k;
-  if (RAGGED) {
-    q_start = cu_q[batch], len_q = cu_q[batch + 1] - q_start;
-    k_start = cu_k[batch], len_k = cu_k[batch + 1] - k_start;
-    if (len_q < 0 || len_k < 0 || len_q > seq_q || len_k > seq_k) return;
-  }
+  yk_sequence sq;
+  if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
+  const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k;
   const int shift = len_k - len_q, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const float scale_log2 = scale * YK_LOG2E;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -68,8 +65,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const T *vp = v + batch * v_b + (long long)k_start * v_s + kv_head * v_h;
     T *sQ = reinterpret_cast<T *>(smem_raw), *sDO = sQ + BLOCK_M * YK_ROW, *sK = sDO + BLOCK_M * YK_ROW;
     T *sV = sK + STAGES * BLOCK_N * YK_ROW;
-    const int n_end = CAUSAL ? min(len_k, max(0, row0 + BLOCK_M + shift)) : len_k;
-    const int n_tiles = (n_end + BLOCK_N - 1) / BLOCK_N;
+    const yk_key_tiles keys = yk_keys_of_rows<BLOCK_M, BLOCK_N, CAUSAL>(row0, len_k, shift);
+    const int n_end = keys.n_end, n_tiles = keys.n_tiles;
     auto load_kv = [&](int tile) {
       const int first = tile * BLOCK_N, stage = tile % STAGES;
       yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,

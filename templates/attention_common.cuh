@@ -84,6 +84,43 @@ __device__ __forceinline__ float yk_quad_sum(float v) {
 constexpr float YK_LOG2E = 1.4426950408889634f, YK_LN2 = 0.6931471805599453f;
 
 // ---- the pieces every attention kernel is made of ----
+// Where sequence `batch` lies on the token axes. Dense batches: seq_q queries and seq_k keys at 0.
+// Ragged sides (cu_q / cu_k, offsets in device memory): located by the offsets, with seq_q and
+// seq_k bounding the lengths; false for a sequence out of those bounds, which is skipped, not read.
+struct yk_sequence {
+  int q_start, k_start, len_q, len_k;
+};
+template <bool RAGGED_Q, bool RAGGED_K>
+__device__ __forceinline__ bool yk_locate(yk_sequence &s, const int *cu_q, const int *cu_k, int batch, int seq_q,
+                                          int seq_k) {
+  s = {0, 0, seq_q, seq_k};
+  if (RAGGED_Q) s.q_start = cu_q[batch], s.len_q = cu_q[batch + 1] - s.q_start;
+  if (RAGGED_K) s.k_start = cu_k[batch], s.len_k = cu_k[batch + 1] - s.k_start;
+  return s.len_q >= 0 && s.len_k >= 0 && s.len_q <= seq_q && s.len_k <= seq_k;
+}
+
+// The block of ROWS query rows this block owns, -1 past the sequence's end. Causal grids start with
+// the longest blocks (the bottom of the triangle) so the short ones fill the tail.
+template <int ROWS, bool IS_CAUSAL> __device__ __forceinline__ int yk_query_block(int len_q) {
+  const int m_block = IS_CAUSAL ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+  return m_block < (len_q + ROWS - 1) / ROWS ? m_block : -1;
+}
+
+// The keys query rows [row0, row0 + ROWS) visit (shift = len_k - len_q: query i sees keys
+// j <= i + shift when causal): tiles [0, n_tiles) up to key n_end, of which the first `unmasked`
+// need no mask, every key in them being visible to every row.
+struct yk_key_tiles {
+  int n_end, n_tiles, unmasked;
+};
+template <int ROWS, int TILE, bool IS_CAUSAL>
+__device__ __forceinline__ yk_key_tiles yk_keys_of_rows(int row0, int len_k, int shift) {
+  yk_key_tiles t;
+  t.n_end = IS_CAUSAL ? min(len_k, max(0, row0 + ROWS + shift)) : len_k;
+  t.n_tiles = (t.n_end + TILE - 1) / TILE;
+  t.unmasked = IS_CAUSAL ? max(0, min(len_k, row0 + shift + 1)) / TILE : len_k / TILE;
+  return t;
+}
+
 // Fragment addressing, lane l: an A operand (rows of its M index) reads row l % 16, column half
 // l / 16; a B operand stored as rows of its N index ("k-major", like K in q k^T) row (l % 8) +
 // 8 (l / 16), column half (l / 8) % 2; a B operand stored as rows of its K index (like V in p v,

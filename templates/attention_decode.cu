@@ -37,11 +37,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      int chunk, float scale_log2) {
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
-  int k_start = 0, len_k = seq_k;
-  if (RAGGED) {
-    k_start = cu_k[b], len_k = cu_k[b + 1] - k_start;
-    if (len_k < 0 || len_k > seq_k) return; // out of the bounds the host was given: skipped
-  }
+  yk_sequence sq;
+  if (!yk_locate<false, RAGGED>(sq, nullptr, cu_k, b, 1, seq_k)) return;
+  const int k_start = sq.k_start, len_k = sq.len_k;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
   const int rows = min(16, group - row_block * 16);                 // valid rows of the tile
   const int head0 = kv_head * group + row_block * 16;

@@ -52,19 +52,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                            long long o_s, long long o_h, long long l_b, long long l_s, long long l_h, int seq_q,
                            int seq_k, int group, float scale_log2) {
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
-  int q_start = 0, k_start = 0, len_q = seq_q, len_k = seq_k;
-  if (RAGGED) {
-    q_start = cu_q[batch], len_q = cu_q[batch + 1] - q_start;
-    k_start = cu_k[batch], len_k = cu_k[batch + 1] - k_start;
-    if (len_q < 0 || len_k < 0 || len_q > seq_q || len_k > seq_k) return;
-  }
-  const int m_blocks = (len_q + BLOCK_M - 1) / BLOCK_M;
-  const int m_block = CAUSAL ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
-  if (m_block >= m_blocks) return;
+  yk_sequence sq;
+  if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
+  const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k;
+  const int m_block = yk_query_block<BLOCK_M, CAUSAL>(len_q);
+  if (m_block < 0) return;
   const int row0 = m_block * BLOCK_M, shift = len_k - len_q;
-  const int n_end = CAUSAL ? min(len_k, max(0, row0 + BLOCK_M + shift)) : len_k;
-  const int n_tiles = (n_end + BLOCK_N - 1) / BLOCK_N;
-  const int unmasked = CAUSAL ? max(0, min(len_k, row0 + shift + 1)) / BLOCK_N : len_k / BLOCK_N;
+  const yk_key_tiles keys = yk_keys_of_rows<BLOCK_M, BLOCK_N, CAUSAL>(row0, len_k, shift);
+  const int n_end = keys.n_end, n_tiles = keys.n_tiles, unmasked = keys.unmasked;
 
   const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
   const T *kp = k + batch * k_b + (long long)k_start * k_s + kv_head * k_h;
