@@ -57,6 +57,7 @@ void bench_case_free(bench_case *c);
 
 int bench_ops(bench_timer *t, bench_results *r, int quick);
 int bench_attention(bench_timer *t, bench_results *r, int quick);
+int bench_paged(bench_timer *t, bench_results *r);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);
 int bench_attention_sweep(bench_timer *t, bench_results *r);

@@ -36,7 +36,7 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
-  int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0;
+  int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0, paged_only = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
@@ -51,11 +51,14 @@ int cmd_bench(int argc, char **argv) {
       kv_only = 1;
     else if (!strcmp(argv[i], "--radix"))
       radix_only = 1;
+    else if (!strcmp(argv[i], "--paged"))
+      paged_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
       fprintf(help ? stdout : stderr,
-              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--kv] [--radix]\n"
+              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--kv] [--radix]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
+              "--paged: paged decode and cascade decode only.\n"
               "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
               "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
       return help ? 0 : 2;
@@ -87,9 +90,10 @@ int cmd_bench(int argc, char **argv) {
   if (c.a) ctx->cu.cuMemFree(c.a);
   if (c.b) ctx->cu.cuMemFree(c.b);
 
-  int failures = attention_only ? 0 : bench_ops(&timer, &results, quick);
-  failures += bench_attention(&timer, &results, quick);
-  if (!attention_only) failures += bench_jit(ctx, &results, quick);
+  int failures = attention_only || paged_only ? 0 : bench_ops(&timer, &results, quick);
+  if (!paged_only) failures += bench_attention(&timer, &results, quick);
+  failures += bench_paged(&timer, &results);
+  if (!attention_only && !paged_only) failures += bench_jit(ctx, &results, quick);
   if (sweep) failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
 
   printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");

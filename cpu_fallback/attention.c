@@ -58,7 +58,9 @@ static seq_span sequence(const yk_attention_shape *s, int64_t b, int compact) {
     g.q0 = s->cu_seqlens_q[b], g.len_q = s->cu_seqlens_q[b + 1] - s->cu_seqlens_q[b];
   else
     g.q0 = compact ? b * s->seq_q : 0, g.len_q = s->seq_q;
-  if (s->cu_seqlens_k)
+  if (s->kv_pages)
+    g.k0 = 0, g.len_k = yk_page_map_len(s->kv_pages, b);
+  else if (s->cu_seqlens_k)
     g.k0 = s->cu_seqlens_k[b], g.len_k = s->cu_seqlens_k[b + 1] - s->cu_seqlens_k[b];
   else
     g.k0 = compact ? b * s->seq_k : 0, g.len_k = s->seq_k;
@@ -76,14 +78,23 @@ static int64_t keys_seen(const yk_attention_shape *s, const seq_span *g, int64_t
  * (sequence, head) gets in the task space; shorter sequences skip their extra tiles. */
 static int64_t longest(const yk_attention_shape *s, int keys) {
   const int32_t *cu = keys ? s->cu_seqlens_k : s->cu_seqlens_q;
-  if (!cu) return keys ? s->seq_k : s->seq_q;
   int64_t most = 0;
+  if (keys && s->kv_pages) {
+    for (int64_t b = 0; b < s->batch; b++)
+      if (yk_page_map_len(s->kv_pages, b) > most) most = yk_page_map_len(s->kv_pages, b);
+    return most;
+  }
+  if (!cu) return keys ? s->seq_k : s->seq_q;
   for (int64_t b = 0; b < s->batch; b++)
     if (cu[b + 1] - cu[b] > most) most = cu[b + 1] - cu[b];
   return most;
 }
 
 static inline char *row_at(const yk_attn_operand *o, int64_t elem, int64_t b, int64_t token, int64_t h) {
+  if (o->pages) {
+    const int64_t block = yk_page_map_block(o->pages, b, token / o->pages->page_size);
+    return o->data + elem * (block * o->block_stride + token % o->pages->page_size * o->seq_stride + h * o->head_stride);
+  }
   return o->data + elem * (b * o->batch_stride + token * o->seq_stride + h * o->head_stride);
 }
 

@@ -8,6 +8,27 @@
 
 #include "cpu_fallback/parallel.h"
 
+/* Keys and values in a paged KV cache: the page table in host memory, in vLLM's form (form 1:
+ * indices = block_tables [batch][max_blocks], lens = context_lens) or FlashInfer's (form 2:
+ * sequence b owns indices[indptr[b] .. indptr[b + 1]), lens = kv_last_page_len). Checked by the
+ * caller: every length and block id is in range. */
+typedef struct yk_page_map {
+  int form;
+  int64_t page_size, max_blocks;
+  const int32_t *indices, *indptr, *lens;
+} yk_page_map;
+
+static inline int64_t yk_page_map_len(const yk_page_map *m, int64_t b) {
+  if (m->form == 1) return m->lens[b];
+  const int64_t n = m->indptr[b + 1] - m->indptr[b];
+  return n > 0 ? (n - 1) * m->page_size + m->lens[b] : 0;
+}
+
+/* Block j of sequence b's table. */
+static inline int64_t yk_page_map_block(const yk_page_map *m, int64_t b, int64_t j) {
+  return m->form == 1 ? m->indices[b * m->max_blocks + j] : m->indices[m->indptr[b] + j];
+}
+
 /* The problem, independent of where the tensors live. */
 typedef struct yk_attention_shape {
   int dtype; /* yk_dtype of q, k, v, out (and dout, dq, dk, dv) */
@@ -19,6 +40,7 @@ typedef struct yk_attention_shape {
   int64_t seq_q, seq_k;
   int causal; /* bottom-right: query i of a sequence sees keys j <= i + len_k - len_q */
   float scale;
+  const yk_page_map *kv_pages; /* paged keys: their lengths come from the table (cu_seqlens_k NULL) */
 } yk_attention_shape;
 
 /* Where a tensor's rows are. Token s of sequence b, head h starts at
@@ -29,6 +51,10 @@ typedef struct yk_attention_shape {
 typedef struct yk_attn_operand {
   char *data;
   int64_t batch_stride, seq_stride, head_stride;
+  /* Paged keys or values: token s of sequence b is in block pages(b, s / page_size) at offset
+   * s % page_size: data + elem_size * (block * block_stride + offset * seq_stride + h * head_stride). */
+  const yk_page_map *pages;
+  int64_t block_stride;
 } yk_attn_operand;
 
 /* out (and lse, if wanted) for every query row. Rows that see no key (causal, len_q > len_k) get

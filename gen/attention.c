@@ -5,24 +5,22 @@
 
 #include "runtime/context.h"
 #include "runtime/error.h"
+#include "yk/kv.h"
 
 /* Offsets in memory the host can read are checked here: from 0, never decreasing, within the
  * token axis. Offsets in device memory are read by the kernels only, which skip a sequence whose
  * bounds are out of range rather than read outside the tensors. */
-static yk_status check_offsets(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int64_t batch,
-                               int64_t total, int on_device, const int32_t **out, int64_t *max_len) {
-  yk_view v;
-  yk_status st = yk_view_of(ctx, op, name, t, YK_ACCEPT_INDEX, 1, 1, &v);
+yk_status yk_attention_index_view(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int ndim,
+                                  int on_device, yk_view *v, int *host_readable) {
+  yk_status st = yk_view_of(ctx, op, name, t, YK_ACCEPT_INDEX, ndim, ndim, v);
   if (st) return st;
-  if (v.type != YK_I32) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be int32", op, name);
-  if (v.shape[0] != batch + 1)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s has %lld entries for %lld sequences (want batch + 1)", op,
-                    name, (long long)v.shape[0], (long long)batch);
-  if (v.stride[0] != 1 && v.shape[0] > 1)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be contiguous", op, name);
+  if (v->type != YK_I32) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be int32", op, name);
+  for (int d = ndim - 1, want = 1; d >= 0; want *= (int)v->shape[d], d--)
+    if (v->stride[d] != want && v->shape[d] > 1)
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be contiguous", op, name);
   const DLDeviceType where = t->device.device_type;
-  const int host_readable = where == kDLCPU || where == kDLCUDAHost || where == kDLCUDAManaged;
   const int device_readable = where == kDLCUDA || where == kDLCUDAHost || where == kDLCUDAManaged;
+  *host_readable = where == kDLCPU || where == kDLCUDAHost || where == kDLCUDAManaged;
   if (on_device && !device_readable)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
                     "%s: %s is in pageable host memory; a GPU call needs it in device, "
@@ -31,6 +29,18 @@ static yk_status check_offsets(yk_ctx *ctx, const char *op, const char *name, co
   if (!on_device && where != kDLCPU && where != kDLCUDAHost)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s is in device memory but the tensors are on the host", op,
                     name);
+  return YK_OK;
+}
+
+yk_status yk_attention_check_offsets(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int64_t batch,
+                               int64_t total, int on_device, const int32_t **out, int64_t *max_len) {
+  yk_view v;
+  int host_readable;
+  yk_status st = yk_attention_index_view(ctx, op, name, t, 1, on_device, &v, &host_readable);
+  if (st) return st;
+  if (v.shape[0] != batch + 1)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s has %lld entries for %lld sequences (want batch + 1)", op,
+                    name, (long long)v.shape[0], (long long)batch);
   const int32_t *cu = (const int32_t *)(const void *)v.data;
   if (host_readable) {
     if (cu[0] != 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s[0] is %d, not 0", op, name, cu[0]);
@@ -52,6 +62,28 @@ static yk_status check_offsets(yk_ctx *ctx, const char *op, const char *name, co
                     op, name, name[11]);
   }
   *out = cu;
+  return YK_OK;
+}
+
+yk_status yk_attention_check_heads(yk_ctx *ctx, const char *op, const yk_attention_params *params,
+                                   yk_attention_problem *pr) {
+  yk_attention_shape *s = &pr->shape;
+  if (s->kv_heads == 0 || s->q_heads % s->kv_heads)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %lld kv heads do not divide %lld q heads", op,
+                    (long long)s->kv_heads, (long long)s->q_heads);
+  if (pr->on_device && s->dtype == YK_F32)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the GPU kernels take float16 or bfloat16, not float32", op);
+  if (pr->on_device && (s->head_dim % 16 || s->head_dim > YK_ATTENTION_MAX_HEAD_DIM_GPU || s->head_dim == 0))
+    return yk_error(ctx, YK_ERR_UNSUPPORTED,
+                    "%s: head_dim %lld is not built for the GPU (multiples of 16 up to %d: "
+                    "64, 80, 96, 128, 256, ...)",
+                    op, (long long)s->head_dim, YK_ATTENTION_MAX_HEAD_DIM_GPU);
+  if (!pr->on_device && (s->head_dim == 0 || s->head_dim > 1024))
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: head_dim %lld is outside 1..1024", op, (long long)s->head_dim);
+  /* the kernels keep max(score) * scale as the running maximum, which needs scale > 0 */
+  if (!isfinite(params->scale) || params->scale < 0)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: scale must be finite and positive (0 for 1/sqrt(head_dim))", op);
+  s->scale = params->scale != 0 ? params->scale : 1.f / sqrtf((float)s->head_dim);
   return YK_OK;
 }
 
@@ -86,22 +118,7 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
   if (pr->k.shape[k_dims - 1] != s->head_dim)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: k has head_dim %lld, q has %lld", op,
                     (long long)pr->k.shape[k_dims - 1], (long long)s->head_dim);
-  if (s->kv_heads == 0 || s->q_heads % s->kv_heads)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %lld kv heads do not divide %lld q heads", op,
-                    (long long)s->kv_heads, (long long)s->q_heads);
-  if (pr->on_device && s->dtype == YK_F32)
-    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the GPU kernels take float16 or bfloat16, not float32", op);
-  if (pr->on_device && (s->head_dim % 16 || s->head_dim > YK_ATTENTION_MAX_HEAD_DIM_GPU || s->head_dim == 0))
-    return yk_error(ctx, YK_ERR_UNSUPPORTED,
-                    "%s: head_dim %lld is not built for the GPU (multiples of 16 up to %d: "
-                    "64, 80, 96, 128, 256, ...)",
-                    op, (long long)s->head_dim, YK_ATTENTION_MAX_HEAD_DIM_GPU);
-  if (!pr->on_device && (s->head_dim == 0 || s->head_dim > 1024))
-    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: head_dim %lld is outside 1..1024", op, (long long)s->head_dim);
-  /* the kernels keep max(score) * scale as the running maximum, which needs scale > 0 */
-  if (!isfinite(params->scale) || params->scale < 0)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: scale must be finite and positive (0 for 1/sqrt(head_dim))", op);
-  s->scale = params->scale != 0 ? params->scale : 1.f / sqrtf((float)s->head_dim);
+  if ((st = yk_attention_check_heads(ctx, op, params, pr))) return st;
   s->causal = decode ? 0 : params->causal != 0;
 
   pr->total_q = pr->q.shape[0] * (q_dims == 4 ? pr->q.shape[1] : 1);
@@ -119,7 +136,7 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
     s->batch = params->cu_seqlens_q->shape[0] - 1;
     if (s->batch < 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: cu_seqlens_q is empty", op);
     pr->max_seqlen_q = params->max_seqlen_q;
-    if ((st = check_offsets(ctx, op, "cu_seqlens_q", params->cu_seqlens_q, s->batch, pr->total_q, pr->on_device,
+    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_q", params->cu_seqlens_q, s->batch, pr->total_q, pr->on_device,
                             &pr->cu_q, &pr->max_seqlen_q)))
       return st;
   } else {
@@ -128,7 +145,7 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
   }
   if (pr->ragged_k) {
     pr->max_seqlen_k = params->max_seqlen_k;
-    if ((st = check_offsets(ctx, op, "cu_seqlens_k", params->cu_seqlens_k, s->batch, pr->total_k, pr->on_device,
+    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_k", params->cu_seqlens_k, s->batch, pr->total_k, pr->on_device,
                             &pr->cu_k, &pr->max_seqlen_k)))
       return st;
   } else {
@@ -230,23 +247,41 @@ yk_status yk_attention_check_aligned(yk_ctx *ctx, const char *op, const yk_view 
   return YK_OK;
 }
 
-void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b,
+void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
                        int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user) {
   for (int d = YK_F16; d <= YK_BF16; d++) {
     if (!(req->dtypes & (1u << d))) continue;
     for (int m = 0; m < req->model_count; m++) {
       if (accepts && !accepts(req->models[m]->head_dim)) continue;
-      for (int variant = 0; variant < 4; variant++) {
-        yk_spec s;
-        yk_spec_init(&s, op, (yk_dtype)d);
-        s.v[0] = req->models[m]->head_dim;
-        s.v[flag_a] = variant & 1;
-        s.v[flag_b] = variant >> 1;
-        op->complete(&s);
-        emit(user, &s);
-      }
+      for (int paged = 0; paged <= (paged_field >= 0 ? 2 : 0); paged++)
+        for (int variant = 0; variant < 4; variant++) {
+          yk_spec s;
+          char why[256];
+          yk_spec_init(&s, op, (yk_dtype)d);
+          s.v[0] = req->models[m]->head_dim;
+          s.v[flag_a] = variant & 1;
+          s.v[flag_b] = variant >> 1;
+          if (paged_field >= 0) s.v[paged_field] = paged, s.v[paged_field + 1] = paged ? YK_KV_PAGE_SIZE_DEFAULT : 0;
+          op->complete(&s);
+          if (!op->valid(&s, why, sizeof why)) emit(user, &s);
+        }
     }
   }
+}
+
+const char *const yk_paged_choices[] = {"none", "block_table", "csr", NULL};
+
+void yk_attention_complete_paged(int32_t *paged, int32_t *page_size) {
+  if (*paged == YK_UNSET) *paged = 0;
+  if (*page_size == YK_UNSET) *page_size = *paged ? YK_KV_PAGE_SIZE_DEFAULT : 0;
+}
+
+int yk_attention_paged_invalid(int paged, int page_size, char *why, size_t n) {
+  if ((paged == 0) != (page_size == 0))
+    return snprintf(why, n, "page_size %d: set for paged keys (1..%d) and only for them (paged %d)", page_size,
+                    YK_KV_PAGE_SIZE_MAX, paged),
+           1;
+  return 0;
 }
 
 yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view *const *outs,

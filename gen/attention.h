@@ -4,10 +4,12 @@
 #define YK_GEN_ATTENTION_H
 
 #include "cpu_fallback/attention.h"
+#include "runtime/cuda_api.h"
 #include "runtime/tensor.h"
 #include "yk/ops.h"
 
 #define YK_ATTENTION_MAX_HEAD_DIM_GPU 256
+#define YK_DECODE_MAX_SPLITS 128
 
 typedef struct yk_attention_problem {
   yk_attention_shape shape; /* cu_seqlens here are host pointers, set on the CPU path only */
@@ -23,6 +25,14 @@ typedef struct yk_attention_problem {
 /* Checks q, k, v and params (decode: the one-token layout) and fills the problem. */
 yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, const DLTensor *k, const DLTensor *v,
                              const yk_attention_params *params, int decode, yk_attention_problem *pr);
+
+/* The parts of yk_attention_check paged attention shares: heads and head_dim against where the call
+ * runs, and the scale (pr->shape's dtype, heads, head_dim and pr->on_device set first); a ragged
+ * axis's offsets [batch + 1] (checked where the host can read them, which then also sets *max_len). */
+yk_status yk_attention_check_heads(yk_ctx *ctx, const char *op, const yk_attention_params *params,
+                                   yk_attention_problem *pr);
+yk_status yk_attention_check_offsets(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int64_t batch,
+                                     int64_t total, int on_device, const int32_t **out, int64_t *max_len);
 
 /* A tensor with the shape and dtype of `like` (out, dout, dq like q; dk, dv like k), in the same
  * memory. */
@@ -47,6 +57,9 @@ yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t batch, int64_t heads
                             const float *part_o, const float *part_lse, void *out, int64_t o_b, int64_t o_h, float *lse,
                             int64_t l_b, int64_t l_h, void *stream);
 
+/* Compiles (or finds) the merge yk_merge_partials launches, so that a plan's runs never compile. */
+yk_status yk_merge_partials_prepare(yk_ctx *ctx, int dtype, int64_t head_dim);
+
 /* The Hopper prefill's spec before completion, and the query rows its blocks own
  * (gen/ops/attention_prefill_sm90.c). */
 /* Outputs (views with data NULL are skipped) must not overlap themselves, one another, or an input
@@ -56,12 +69,86 @@ yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view 
                                      const char *const *in_names, int in_count);
 
 /* The warm matrix of an attention op (head_dim its field 0): f16 and bf16, each model's head dim
- * that accepts() allows (NULL: all), and the four combinations of the 0/1 fields flag_a and flag_b. */
-void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b,
+ * that accepts() allows (NULL: all), the four combinations of the 0/1 fields flag_a and flag_b,
+ * each with contiguous keys and paged ones of both table forms at the default page size (fields
+ * paged_field and paged_field + 1; -1: the op has none); combinations the op refuses are left out. */
+void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
                        int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user);
 
-void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged);
+void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
+                                    int page_size);
 int yk_attention_prefill_sm90_rows(const yk_spec *s);
+
+/* ---- paged keys (gen/paged_attention.c) ---- */
+
+/* The spec fields "paged" (0 contiguous, 1 block table, 2 CSR) and "page_size" the attention
+ * kernels share: their names, defaults (contiguous) and rule (page_size set exactly when paged). */
+extern const char *const yk_paged_choices[];
+void yk_attention_complete_paged(int32_t *paged, int32_t *page_size);
+int yk_attention_paged_invalid(int paged, int page_size, char *why, size_t n);
+
+/* The kernels' yk_page_table (templates/attention_common.cuh), passed by value: same layout. */
+typedef struct yk_page_table_args {
+  const int32_t *indices, *indptr, *lens;
+  long long k_block, v_block;
+  int32_t max_blocks, num_blocks;
+} yk_page_table_args;
+_Static_assert(sizeof(yk_page_table_args) == 48, "yk_page_table_args must match the kernels' yk_page_table");
+
+/* An int32 index tensor (offsets, page tables) of ndim dimensions, contiguous, placed where the
+ * call's kernels can read it (on_device: device, pinned or managed memory; else host or pinned).
+ * *host_readable: whether the host may read its values to check them. */
+yk_status yk_attention_index_view(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int ndim,
+                                  int on_device, yk_view *out, int *host_readable);
+
+/* The decode kernel and its split merge, on checked operands (attention_decode.c): a dense or
+ * ragged key batch (table NULL) or paged keys. */
+typedef struct yk_decode_launch {
+  int dtype;
+  int64_t batch, q_heads, kv_heads, head_dim;
+  float scale;
+  yk_attn_operand q, k, v, out, lse;
+  const int32_t *cu_k;             /* ragged keys, device-readable; or NULL */
+  const yk_page_table_args *table; /* paged keys; or NULL */
+  int paged, page_size;
+  int64_t max_seqlen_k; /* contiguous keys: the longest sequence; sizes the split chunks */
+  int splits;
+  float *workspace; /* splits > 1: yk_decode_workspace_floats(...) floats on the device */
+} yk_decode_launch;
+
+/* Splits a decode of this shape takes (num_splits 0: chosen from the batch and length), and the
+ * float32 workspace they need. */
+int yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
+                     int num_splits);
+size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
+
+/* The spec a launch takes, finished (for plans that compile ahead). */
+void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);
+
+yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *launch, void *stream);
+
+/* The workspace of a split decode: params' workspace checked (floats at least), or NULL there and
+ * floats allocated on the stream (*scratch, to free with yk_decode_workspace_release). */
+yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
+                              float **out, CUdeviceptr *scratch);
+yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream);
+
+/* The prefill kernel (attention_prefill.c: the Hopper one where it applies) on checked operands:
+ * contiguous keys (table NULL; ragged with cu_q and cu_k) or paged keys (queries ragged with cu_q
+ * or dense). max_seqlen_q sizes the grid; max_seqlen_k bounds the keys a sequence may have. */
+typedef struct yk_prefill_launch {
+  int dtype;
+  int64_t batch, q_heads, kv_heads, head_dim;
+  int causal;
+  float scale;
+  yk_attn_operand q, k, v, out, lse;
+  const int32_t *cu_q, *cu_k; /* device-readable offsets, or NULL */
+  const yk_page_table_args *table;
+  int paged, page_size;
+  int64_t max_seqlen_q, max_seqlen_k;
+} yk_prefill_launch;
+
+yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *launch, void *stream);
 
 /* Operands for the layouts above. */
 yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *pr, int is_k);

@@ -7,7 +7,8 @@
 
 /* X-macro of every driver entry point used, with the CUDA version whose ABI we ask for through
  * cuGetProcAddress. Plain dlsym of some names returns an old ABI (cuMemAlloc's 32-bit size, for
- * one), so names are resolved at a pinned version instead. Entries marked 0 are required. */
+ * one), so names are resolved at a pinned version instead. Entries marked 0 are required. The
+ * graph calls serve the tests and benchmarks that capture the ops' launches. */
 // clang-format off
 #define YK_CUDA_FUNCTIONS(X)                                                                     \
   X(cuInit, 0, (unsigned int))                                                                   \
@@ -56,7 +57,13 @@
   X(cuEventDestroy, 0, (CUevent))                                                                \
   X(cuEventRecord, 0, (CUevent, CUstream))                                                       \
   X(cuEventSynchronize, 0, (CUevent))                                                            \
-  X(cuEventElapsedTime, 0, (float *, CUevent, CUevent))
+  X(cuEventElapsedTime, 0, (float *, CUevent, CUevent))                                         \
+  X(cuStreamBeginCapture, 1, (CUstream, CUstreamCaptureMode))                                    \
+  X(cuStreamEndCapture, 1, (CUstream, CUgraph *))                                                \
+  X(cuGraphInstantiateWithFlags, 1, (CUgraphExec *, CUgraph, unsigned long long))                \
+  X(cuGraphLaunch, 1, (CUgraphExec, CUstream))                                                   \
+  X(cuGraphExecDestroy, 1, (CUgraphExec))                                                        \
+  X(cuGraphDestroy, 1, (CUgraph))
 // clang-format on
 
 /* Members are named after the driver's functions; cuda.h's macros (cuMemAlloc -> cuMemAlloc_v2)

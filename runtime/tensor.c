@@ -24,7 +24,7 @@ static void shape_text(const int64_t *shape, int ndim, char *buf, size_t size) {
   if (used < size) snprintf(buf + used, size - used, "]");
 }
 
-static int type_of(DLDataType t, int accept) {
+int yk_type_of(DLDataType t, int accept) {
   if (t.lanes != 1) return -1;
   if (accept & YK_ACCEPT_FLOAT) {
     if (t.code == kDLFloat && t.bits == 32) return YK_F32;
@@ -58,7 +58,7 @@ __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const c
                     max_ndim, t->ndim);
   }
   if (!t->shape) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: shape is NULL", op, name);
-  if (type_of(t->dtype, accept) < 0) {
+  if (yk_type_of(t->dtype, accept) < 0) {
     char got[32];
     const char *want = accept == YK_ACCEPT_INDEX ? "int32 or int64" : "float32, float16 or bfloat16";
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: expected dtype %s, got %s", op, name, want,
@@ -76,7 +76,7 @@ __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const c
     numel *= t->shape[i];
   }
   const int last = t->ndim - 1;
-  if (t->ndim > 0 && t->shape[last] > 1 && t->strides && t->strides[last] != 1)
+  if (!(accept & YK_ACCEPT_STRIDED) && t->ndim > 0 && t->shape[last] > 1 && t->strides && t->strides[last] != 1)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
                     "%s: %s: the last dimension must be contiguous (stride 1, got %" PRId64 ")", op, name,
                     t->strides[last]);
@@ -87,7 +87,7 @@ __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const c
 yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int accept, int min_ndim,
                      int max_ndim, yk_view *out) {
   if (__builtin_expect(!t || t->ndim < min_ndim || t->ndim > max_ndim || !t->shape, 0)) goto fail;
-  const int type = type_of(t->dtype, accept);
+  const int type = yk_type_of(t->dtype, accept);
   if (__builtin_expect(type < 0, 0)) goto fail;
   const DLDeviceType device = t->device.device_type;
   if (device == kDLCUDA || device == kDLCUDAManaged)
@@ -106,7 +106,7 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
     numel *= n;
     compact *= n;
   }
-  if (__builtin_expect(bad < 0 || (ndim > 0 && out->shape[ndim - 1] > 1 && out->stride[ndim - 1] != 1) ||
+  if (__builtin_expect(bad < 0 || (!(accept & YK_ACCEPT_STRIDED) && ndim > 0 && out->shape[ndim - 1] > 1 && out->stride[ndim - 1] != 1) ||
                            (!t->data && numel > 0),
                        0))
     goto fail;

@@ -13,7 +13,8 @@
 
 /* Element types a view can have: the float types of yk_dtype, and index types. */
 enum { YK_I32 = 16, YK_I64 = 17 };
-enum { YK_ACCEPT_FLOAT = 1, YK_ACCEPT_INDEX = 2 };
+/* YK_ACCEPT_STRIDED: one value a row (an lse), so the last dimension may be strided too. */
+enum { YK_ACCEPT_FLOAT = 1, YK_ACCEPT_INDEX = 2, YK_ACCEPT_STRIDED = 4 };
 
 typedef struct yk_view {
   char *data; /* data + byte_offset */
@@ -33,6 +34,9 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
                      int max_ndim, yk_view *out);
 
 int64_t yk_view_numel(const yk_view *v);
+
+/* The yk_dtype (or YK_I32, YK_I64) of a DLPack type among those accept allows; -1 for others. */
+int yk_type_of(DLDataType t, int accept);
 
 /* For outputs: refuses a view two of whose elements share an address (a stride of 0, or strides
  * that interleave). Accepts every permuted or padded layout: taken from the smallest stride

@@ -99,6 +99,60 @@ __device__ __forceinline__ bool yk_locate(yk_sequence &s, const int *cu_q, const
   return s.len_q >= 0 && s.len_k >= 0 && s.len_q <= seq_q && s.len_k <= seq_k;
 }
 
+// ---- paged keys ----
+// The page table of a batch, in either form engines keep, and the geometry of the caches; passed
+// by value, zero for contiguous keys. PAGED 1: vLLM's block_tables [batch][max_blocks] with
+// context_lens (lens); PAGED 2: FlashInfer's CSR, sequence b owning indices[indptr[b] ..
+// indptr[b + 1]) with lens = kv_last_page_len. The tables are in device memory, where the host
+// cannot check them, so the kernels do: an entry out of bounds skips its sequence, and a block id
+// outside the cache reads block 0; nothing is read outside the tensors.
+struct yk_page_table {
+  const int *indices, *indptr, *lens;
+  long long k_block, v_block; // elements between consecutive blocks of the K and V caches
+  int max_blocks;             // PAGED 1: entries a row of block_tables; PAGED 2: entries of indices
+  int num_blocks;             // blocks in the caches
+};
+
+// Sequence b's block ids and key count; false for a table entry out of bounds (or above seq_k,
+// the bound the grid was sized for).
+template <int PAGED, int PAGE_SIZE>
+__device__ __forceinline__ bool yk_locate_pages(const yk_page_table &t, int b, int seq_k, const int *&pages,
+                                                int &len_k) {
+  if (PAGED == 1) {
+    pages = t.indices + (long long)b * t.max_blocks;
+    len_k = t.lens[b];
+    return len_k >= 0 && len_k <= seq_k && len_k <= t.max_blocks * PAGE_SIZE;
+  }
+  const int first = t.indptr[b], n = t.indptr[b + 1] - first, last = t.lens[b];
+  pages = t.indices + first;
+  len_k = n > 0 ? (n - 1) * PAGE_SIZE + last : 0;
+  return first >= 0 && n >= 0 && first + n <= t.max_blocks && (n == 0 || (last >= 1 && last <= PAGE_SIZE)) &&
+         len_k <= seq_k;
+}
+
+// yk_locate for kernels whose keys may be paged: the keys' length then comes from the page table.
+template <bool RAGGED_Q, bool RAGGED_K, int PAGED, int PAGE_SIZE>
+__device__ __forceinline__ bool yk_locate_keys(yk_sequence &s, const int *&pages, const int *cu_q, const int *cu_k,
+                                               const yk_page_table &t, int batch, int seq_q, int seq_k) {
+  pages = nullptr;
+  if (!yk_locate<RAGGED_Q, RAGGED_K && PAGED == 0>(s, cu_q, cu_k, batch, seq_q, seq_k)) return false;
+  return PAGED == 0 || yk_locate_pages<PAGED, PAGE_SIZE>(t, batch, seq_k, pages, s.len_k);
+}
+
+// Key (or value) row j of one kv head: contiguous rows (PAGE_SIZE 0: base is the sequence's first
+// row) or rows of pages (base is the cache, row j in block pages[j / PAGE_SIZE]).
+template <int PAGE_SIZE> struct yk_key_rows {
+  const T *base;
+  long long row, block; // elements between rows (within a page), between blocks
+  const int *pages;
+  int num_blocks;
+  __device__ __forceinline__ const T *at(int j) const {
+    if (PAGE_SIZE == 0) return base + (long long)j * row;
+    const int id = __ldg(pages + j / PAGE_SIZE);
+    return base + (long long)((unsigned)id < (unsigned)num_blocks ? id : 0) * block + (long long)(j % PAGE_SIZE) * row;
+  }
+};
+
 // The block of ROWS query rows this block owns, -1 past the sequence's end. Causal grids start with
 // the longest blocks (the bottom of the triangle) so the short ones fill the tail.
 template <int ROWS, bool IS_CAUSAL> __device__ __forceinline__ int yk_query_block(int len_q) {

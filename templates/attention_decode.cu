@@ -11,8 +11,13 @@
 //     writes its normalised partial output and lse in float32, and merge_attention_states combines
 //     them. Without, the block writes the output itself.
 //
+//   - Paged keys (PAGED 1 or 2, attention_common.cuh) are read through the page table, a tile of
+//     BLOCK_N rows gathering from as many pages as it spans; each sequence then cuts its own keys
+//     into num_splits chunks, so one launch serves any lengths up to seq_k (a captured graph
+//     replays with new tables).
+//
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
-// fragments kept in registers; 0 reads them from shared memory each tile).
+// fragments kept in registers; 0 reads them from shared memory each tile), PAGED, PAGE_SIZE.
 
 constexpr int THREADS = WARPS * 32;
 constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
@@ -34,12 +39,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
                      long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
-                     int chunk, float scale_log2) {
+                     int chunk, float scale_log2, yk_page_table pt) {
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
   yk_sequence sq;
-  if (!yk_locate<false, RAGGED>(sq, nullptr, cu_k, b, 1, seq_k)) return;
+  const int *pages;
+  if (!yk_locate_keys<false, RAGGED, PAGED, PAGE_SIZE>(sq, pages, nullptr, cu_k, pt, b, 1, seq_k)) return;
   const int k_start = sq.k_start, len_k = sq.len_k;
+  if (PAGED) chunk = ((len_k + (int)gridDim.z - 1) / (int)gridDim.z + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
   const int rows = min(16, group - row_block * 16);                 // valid rows of the tile
   const int head0 = kv_head * group + row_block * 16;
@@ -49,8 +56,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
   T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
   T *sV = sK + STAGES * BLOCK_N * YK_ROW;
-  const T *kp = k + b * k_b + (long long)k_start * k_s + kv_head * k_h;
-  const T *vp = v + b * v_b + (long long)k_start * v_s + kv_head * v_h;
+  const yk_key_rows<PAGE_SIZE> kr{PAGED ? k + kv_head * k_h : k + b * k_b + (long long)k_start * k_s + kv_head * k_h,
+                                  k_s, pt.k_block, pages, pt.num_blocks};
+  const yk_key_rows<PAGE_SIZE> vr{PAGED ? v + kv_head * v_h : v + b * v_b + (long long)k_start * v_s + kv_head * v_h,
+                                  v_s, pt.v_block, pages, pt.num_blocks};
 
   // Q as A fragments, rows past the group zero: straight from global memory into registers, or
   // into shared memory (after every warp's pipeline) for ldmatrix each tile
@@ -81,9 +90,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   auto load = [&](int i) { // the team's i-th tile into stage i % STAGES
     const int key0 = first + (team + i * TEAMS) * BLOCK_N, stage = i % STAGES;
     yk_load_tile<BLOCK_N, TEAM_THREADS>(sK + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
-                                        [&](int r) { return kp + (long long)(key0 + r) * k_s; });
+                                        [&](int r) { return kr.at(key0 + r); });
     yk_load_tile<BLOCK_N, TEAM_THREADS>(sV + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
-                                        [&](int r) { return vp + (long long)(key0 + r) * v_s; });
+                                        [&](int r) { return vr.at(key0 + r); });
   };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {

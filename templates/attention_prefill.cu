@@ -7,8 +7,12 @@
 // is aligned to the bottom right (query i sees keys j <= i + len_k - len_q); tiles it hides
 // entirely are never loaded. GQA: q head h reads kv head h / group.
 //
+// Paged keys (PAGED 1 or 2: paged prefill, attention_common.cuh) come through the page table; the
+// queries are then ragged (RAGGED) or dense, and each sequence's key count is its table's.
+//
 // Spec constants: T, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS (BLOCK_M / 16), STAGES, CAUSAL, RAGGED,
-// Q_IN_REGS (Q fragments kept in registers; 0 re-reads them from shared memory, for head_dim 256).
+// Q_IN_REGS (Q fragments kept in registers; 0 re-reads them from shared memory, for head_dim 256),
+// PAGED, PAGE_SIZE.
 
 constexpr int THREADS = WARPS * 32;
 constexpr int KSTEPS = HEAD_DIM / 16;
@@ -22,10 +26,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                       float *__restrict__ lse, const int *__restrict__ cu_q, const int *__restrict__ cu_k,
                       long long q_b, long long q_s, long long q_h, long long k_b, long long k_s, long long k_h,
                       long long v_b, long long v_s, long long v_h, long long o_b, long long o_s, long long o_h,
-                      long long l_b, long long l_s, long long l_h, int seq_q, int seq_k, int group, float scale_log2) {
+                      long long l_b, long long l_s, long long l_h, int seq_q, int seq_k, int group, float scale_log2, yk_page_table pt) {
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
   yk_sequence sq;
-  if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
+  const int *pages;
+  if (!yk_locate_keys<RAGGED, RAGGED, PAGED, PAGE_SIZE>(sq, pages, cu_q, cu_k, pt, batch, seq_q, seq_k)) return;
   const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k;
   const int m_block = yk_query_block<BLOCK_M, CAUSAL>(len_q);
   if (m_block < 0) return;
@@ -34,8 +39,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int n_end = keys.n_end, n_tiles = keys.n_tiles, unmasked = keys.unmasked;
 
   const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
-  const T *kp = k + batch * k_b + (long long)k_start * k_s + kv_head * k_h;
-  const T *vp = v + batch * v_b + (long long)k_start * v_s + kv_head * v_h;
+  const yk_key_rows<PAGE_SIZE> kr{PAGED ? k + kv_head * k_h : k + batch * k_b + (long long)k_start * k_s + kv_head * k_h,
+                                  k_s, pt.k_block, pages, pt.num_blocks};
+  const yk_key_rows<PAGE_SIZE> vr{PAGED ? v + kv_head * v_h : v + batch * v_b + (long long)k_start * v_s + kv_head * v_h,
+                                  v_s, pt.v_block, pages, pt.num_blocks};
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T *sQ = reinterpret_cast<T *>(smem_raw);
@@ -46,9 +53,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   auto load_kv = [&](int tile) {
     const int first = tile * BLOCK_N, stage = tile % STAGES;
     yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                   [&](int r) { return kp + (long long)(first + r) * k_s; });
+                                   [&](int r) { return kr.at(first + r); });
     yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                   [&](int r) { return vp + (long long)(first + r) * v_s; });
+                                   [&](int r) { return vr.at(first + r); });
   };
 
   // group 0: Q and the first tile; then one group a tile, empty groups past the end keep the count

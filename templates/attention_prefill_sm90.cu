@@ -9,7 +9,10 @@
 //     accumulator layout is mma.sync's, so packing two column tiles makes an A fragment); V is the
 //     B operand MN-major, straight from its row-major tile.
 //
-// Spec constants: T, HEAD_DIM (a multiple of 64), BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED.
+//   - Paged keys (PAGED 1 or 2) come through the page table, as in attention_prefill.cu.
+//
+// Spec constants: T, HEAD_DIM (a multiple of 64), BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED,
+// PAGED, PAGE_SIZE.
 
 constexpr int BLOCK_M = 64 * WARPGROUPS, THREADS = 128 * WARPGROUPS;
 constexpr int KSTEPS = HEAD_DIM / 16, NSTEPS = BLOCK_N / 16;
@@ -50,10 +53,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                            const int *__restrict__ cu_k, long long q_b, long long q_s, long long q_h, long long k_b,
                            long long k_s, long long k_h, long long v_b, long long v_s, long long v_h, long long o_b,
                            long long o_s, long long o_h, long long l_b, long long l_s, long long l_h, int seq_q,
-                           int seq_k, int group, float scale_log2) {
+                           int seq_k, int group, float scale_log2, yk_page_table pt) {
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
   yk_sequence sq;
-  if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
+  const int *pages;
+  if (!yk_locate_keys<RAGGED, RAGGED, PAGED, PAGE_SIZE>(sq, pages, cu_q, cu_k, pt, batch, seq_q, seq_k)) return;
   const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k;
   const int m_block = yk_query_block<BLOCK_M, CAUSAL>(len_q);
   if (m_block < 0) return;
@@ -62,8 +66,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int n_end = keys.n_end, n_tiles = keys.n_tiles, unmasked = keys.unmasked;
 
   const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
-  const T *kp = k + batch * k_b + (long long)k_start * k_s + kv_head * k_h;
-  const T *vp = v + batch * v_b + (long long)k_start * v_s + kv_head * v_h;
+  const yk_key_rows<PAGE_SIZE> kr{PAGED ? k + kv_head * k_h : k + batch * k_b + (long long)k_start * k_s + kv_head * k_h,
+                                  k_s, pt.k_block, pages, pt.num_blocks};
+  const yk_key_rows<PAGE_SIZE> vr{PAGED ? v + kv_head * v_h : v + batch * v_b + (long long)k_start * v_s + kv_head * v_h,
+                                  v_s, pt.v_block, pages, pt.num_blocks};
 
   // swizzle atoms need 1 KB alignment; the host asks for 1 KB more than the tiles take
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -76,9 +82,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   auto load_kv = [&](int tile) {
     const int first = tile * BLOCK_N, stage = tile % STAGES;
     load_swizzled<BLOCK_N>(sK + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
-                           [&](int r) { return kp + (long long)(first + r) * k_s; });
+                           [&](int r) { return kr.at(first + r); });
     load_swizzled<BLOCK_N>(sV + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
-                           [&](int r) { return vp + (long long)(first + r) * v_s; });
+                           [&](int r) { return vr.at(first + r); });
   };
   load_swizzled<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
 #pragma unroll

@@ -94,7 +94,7 @@ const yk_op_def yk_op_attention_backward = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, -1, NULL, emit, user);
 }
 
 yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,

@@ -12,10 +12,10 @@
 #include "runtime/module.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS };
+enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS, PAGED, PAGE_SIZE };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
-#define MAX_SPLITS 128
+#define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
 
 static void complete(yk_spec *s) {
@@ -28,9 +28,13 @@ static void complete(yk_spec *s) {
   if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
   /* head_dim 256: O alone takes 128 registers a thread; Q's fragments go to shared memory */
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = s->v[HEAD_DIM] <= 128;
+  yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
+  if (yk_attention_paged_invalid(s->v[PAGED], s->v[PAGE_SIZE], why, n)) return 1;
+  if (s->v[PAGED] && s->v[RAGGED])
+    return snprintf(why, n, "ragged keys come from cu_seqlens_k, paged keys from a page table: not both"), 1;
   if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
   if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
   if (s->v[WARPS] % s->v[D_SPLIT] || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
@@ -61,7 +65,7 @@ const yk_op_def yk_op_attention_decode = {
     .summary = "decode attention: one query a sequence, GQA-packed tiles, split-KV merged by lse",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 10,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -72,6 +76,9 @@ const yk_op_def yk_op_attention_decode = {
             {"ragged", "1: key sequences located by cu_seqlens_k", 0, 1, 0, 1, NULL},
             {"split", "1: write float32 partials for the merge", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
+            {"paged", "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,
+             yk_paged_choices},
+            {"page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, 128, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -80,7 +87,7 @@ const yk_op_def yk_op_attention_decode = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, NULL, emit, user);
 }
 
 /* Splits a sequence's keys when the blocks of the batch alone would leave SMs idle: the largest
@@ -88,8 +95,8 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
  * keys. Measured on the H100 at batch 1 x 32768 (8 kv heads, bench --sweep): 16 splits ran at
  * 1928 GB/s, 8 at 1838, 17 at 1613, 24 at 1789, 33 at 1817, 66 at 1526: whole powers of two
  * cut the keys into whole tiles and each extra split costs a pipeline fill and a merge row. */
-static int decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
-                         int num_splits) {
+int yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
+                     int num_splits) {
   if (num_splits) return num_splits;
   const int64_t blocks = batch * kv_heads * ((q_heads / kv_heads + 15) / 16);
   int64_t most = (int64_t)ctx->multiprocessors / (blocks > 0 ? blocks : 1);
@@ -100,7 +107,7 @@ static int decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int6
   return splits;
 }
 
-static size_t workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits) {
+size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits) {
   if (splits <= 1) return 0;
   return (size_t)splits * (size_t)batch * (size_t)q_heads * (size_t)(head_dim + 1);
 }
@@ -110,8 +117,83 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
   if (!ctx || batch <= 0 || q_heads <= 0 || kv_heads <= 0 || q_heads % kv_heads || head_dim <= 0 || max_seqlen_k < 0 ||
       num_splits < 0 || num_splits > MAX_SPLITS)
     return 0;
-  return workspace_floats(batch, q_heads, head_dim,
-                          decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
+  return yk_decode_workspace_floats(batch, q_heads, head_dim,
+                                    yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
+}
+
+yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
+                              float **out, CUdeviceptr *scratch) {
+  *out = NULL, *scratch = 0;
+  if (!floats) return YK_OK;
+  if (given) {
+    yk_view wv;
+    yk_status st = yk_view_of(ctx, op, "workspace", given, YK_ACCEPT_FLOAT, 1, 1, &wv);
+    if (st) return st;
+    if (wv.type != YK_F32 || !wv.on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                      "%s: workspace must be a float32 device vector of at least %zu elements, 16-byte aligned", op,
+                      floats);
+    *out = (float *)(void *)wv.data;
+    return YK_OK;
+  }
+  if (!ctx->cu.cuMemAllocAsync)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
+  yk_status st = yk_cuda_make_current(ctx);
+  if (st) return st;
+  CUresult r = ctx->cu.cuMemAllocAsync(scratch, floats * sizeof(float), (CUstream)stream);
+  if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the split-KV workspace");
+  *out = (float *)(uintptr_t)*scratch;
+  return YK_OK;
+}
+
+yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream) {
+  if (!scratch) return st;
+  CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream); /* stream-ordered: after the kernels */
+  if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the split-KV workspace");
+  return st;
+}
+
+void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
+  yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->dtype);
+  spec->v[HEAD_DIM] = (int32_t)L->head_dim;
+  spec->v[RAGGED] = L->cu_k != NULL;
+  spec->v[SPLIT] = L->splits > 1;
+  spec->v[PAGED] = L->paged;
+  spec->v[PAGE_SIZE] = L->page_size;
+  yk_spec_finish(ctx, spec);
+}
+
+yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
+  yk_spec spec;
+  yk_decode_spec(ctx, L, &spec);
+  yk_kernel *kern;
+  yk_status st = yk_kernel_get(ctx, &spec, &kern);
+  if (st) return st;
+  const int64_t group = L->q_heads / L->kv_heads, row_blocks = (group + 15) / 16;
+  /* paged keys cut each sequence by its own length in the kernel; contiguous ones by the longest */
+  const int64_t chunk = L->splits > 1 ? (L->max_seqlen_k + L->splits - 1) / L->splits : L->max_seqlen_k;
+  /* partials: [splits][batch * q_heads][head_dim] then [splits][batch * q_heads] */
+  float *part_o = L->workspace, *part_lse = NULL;
+  if (L->splits > 1) part_lse = part_o + (size_t)L->splits * (size_t)(L->batch * L->q_heads) * (size_t)L->head_dim;
+  const yk_page_table_args no_table = {0};
+  yk_page_table_args table = L->table ? *L->table : no_table;
+  void *qp = L->q.data, *kp = L->k.data, *vp = L->v.data, *op_ = L->out.data, *lp = L->lse.data, *po = part_o,
+       *pl = part_lse;
+  const void *ck = L->cu_k;
+  long long s[10] = {L->q.batch_stride, L->q.head_stride, L->k.batch_stride, L->k.seq_stride,   L->k.head_stride,
+                     L->v.batch_stride, L->v.seq_stride,  L->v.head_stride,  L->out.batch_stride, L->out.head_stride};
+  long long l_b = L->lse.batch_stride, l_h = L->lse.head_stride;
+  int batch = (int)L->batch, q_heads = (int)L->q_heads, grp = (int)group, rb = (int)row_blocks,
+      seq_k = (int)L->max_seqlen_k, chunk_keys = (int)chunk;
+  float scale_log2 = L->scale * 1.4426950408889634f;
+  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],       &s[1],
+                  &s[2], &s[3], &s[4],  &s[5],    &s[6], &s[7], &s[8],  &s[9],       &l_b,        &l_h,
+                  &batch, &q_heads, &grp, &rb,    &seq_k, &chunk_keys, &scale_log2, &table};
+  st = yk_launch(ctx, kern, (unsigned)(L->kv_heads * row_blocks), (unsigned)batch, (unsigned)L->splits, stream, args);
+  if (st == YK_OK && L->splits > 1)
+    st = yk_merge_partials(ctx, L->dtype, L->batch, L->q_heads, L->head_dim, L->splits, part_o, part_lse, L->out.data,
+                           L->out.batch_stride, L->out.head_stride, (float *)(void *)L->lse.data, l_b, l_h, stream);
+  return st;
 }
 
 yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
@@ -144,67 +226,27 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
-  const int64_t group = pr.shape.q_heads / pr.shape.kv_heads, row_blocks = (group + 15) / 16;
-  const int splits =
-      decode_splits(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k, params->num_splits);
-  const int64_t chunk = splits > 1 ? (pr.max_seqlen_k + splits - 1) / splits : pr.max_seqlen_k;
-
-  yk_spec spec;
-  yk_spec_init(&spec, &yk_op_attention_decode, (yk_dtype)pr.shape.dtype);
-  spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
-  spec.v[RAGGED] = pr.ragged_k;
-  spec.v[SPLIT] = splits > 1;
-  yk_spec_finish(ctx, &spec);
-  yk_kernel *kern;
-  if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
-
-  /* partials: [splits][batch * q_heads][head_dim] then [splits][batch * q_heads] */
-  const size_t floats = workspace_floats(pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim, splits);
-  CUdeviceptr scratch = 0;
-  float *part_o = NULL, *part_lse = NULL;
-  if (floats) {
-    if (params->workspace) {
-      yk_view wv;
-      if ((st = yk_view_of(ctx, op, "workspace", params->workspace, YK_ACCEPT_FLOAT, 1, 1, &wv))) return st;
-      if (wv.type != YK_F32 || !wv.on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
-        return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
-                        "%s: workspace must be a float32 device vector of at least "
-                        "%zu elements, 16-byte aligned",
-                        op, floats);
-      part_o = (float *)(void *)wv.data;
-    } else {
-      if (!ctx->cu.cuMemAllocAsync)
-        return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
-      if ((st = yk_cuda_make_current(ctx))) return st;
-      CUresult r = ctx->cu.cuMemAllocAsync(&scratch, floats * sizeof(float), (CUstream)stream);
-      if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the split-KV workspace");
-      part_o = (float *)(uintptr_t)scratch;
-    }
-    part_lse = part_o + (size_t)splits * (size_t)(pr.shape.batch * pr.shape.q_heads) * (size_t)pr.shape.head_dim;
-  }
-
-  const yk_attn_operand qo = yk_attention_rows(&pr.q, &pr, 0), ko = yk_attention_rows(&pr.k, &pr, 1),
-                        vo = yk_attention_rows(&pr.v, &pr, 1), oo = yk_attention_rows(&ov, &pr, 0);
-  void *qp = qo.data, *kp = ko.data, *vp = vo.data, *op_ = oo.data, *lp = lse_rows.data, *po = part_o, *pl = part_lse;
-  const void *ck = pr.cu_k;
-  long long s[10] = {qo.batch_stride, qo.head_stride, ko.batch_stride, ko.seq_stride,   ko.head_stride,
-                     vo.batch_stride, vo.seq_stride,  vo.head_stride,  oo.batch_stride, oo.head_stride};
-  long long l_b = lse_rows.batch_stride, l_h = lse_rows.head_stride;
-  int batch = (int)pr.shape.batch, q_heads = (int)pr.shape.q_heads, grp = (int)group, rb = (int)row_blocks,
-      seq_k = (int)pr.max_seqlen_k, chunk_keys = (int)chunk;
-  float scale_log2 = pr.shape.scale * 1.4426950408889634f;
-  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],
-                  &s[1], &s[2], &s[3],  &s[4],    &s[5], &s[6], &s[7],  &s[8],       &s[9],
-                  &l_b,  &l_h,  &batch, &q_heads, &grp,  &rb,   &seq_k, &chunk_keys, &scale_log2};
-  st =
-      yk_launch(ctx, kern, (unsigned)(pr.shape.kv_heads * row_blocks), (unsigned)batch, (unsigned)splits, stream, args);
-  if (st == YK_OK && splits > 1)
-    st = yk_merge_partials(ctx, pr.shape.dtype, pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim, splits, part_o,
-                           part_lse, oo.data, oo.batch_stride, oo.head_stride, (float *)(void *)lse_rows.data, l_b, l_h,
-                           stream);
-  if (scratch) { /* stream-ordered: freed after the kernels that use it */
-    CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream);
-    if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the split-KV workspace");
-  }
-  return st;
+  yk_decode_launch L = {
+      .dtype = pr.shape.dtype,
+      .batch = pr.shape.batch,
+      .q_heads = pr.shape.q_heads,
+      .kv_heads = pr.shape.kv_heads,
+      .head_dim = pr.shape.head_dim,
+      .scale = pr.shape.scale,
+      .q = yk_attention_rows(&pr.q, &pr, 0),
+      .k = yk_attention_rows(&pr.k, &pr, 1),
+      .v = yk_attention_rows(&pr.v, &pr, 1),
+      .out = yk_attention_rows(&ov, &pr, 0),
+      .lse = lse_rows,
+      .cu_k = pr.cu_k,
+      .max_seqlen_k = pr.max_seqlen_k,
+      .splits = yk_decode_splits(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k,
+                                 params->num_splits),
+  };
+  CUdeviceptr scratch;
+  st = yk_decode_workspace(ctx, op, params->workspace,
+                           yk_decode_workspace_floats(L.batch, L.q_heads, L.head_dim, L.splits), stream, &L.workspace,
+                           &scratch);
+  if (st) return st;
+  return yk_decode_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
 }

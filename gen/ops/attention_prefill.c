@@ -11,7 +11,7 @@
 #include "runtime/launch.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS };
+enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
 /* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, and YK_PREFILL_KERNEL
@@ -31,6 +31,7 @@ static void complete(yk_spec *s) {
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = d <= 128;
+  yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
 /* Floats a thread holds: O (head_dim / 2), S (block_n / 2), Q fragments (head_dim / 4 if kept). */
@@ -39,6 +40,7 @@ static int held_floats(const yk_spec *s) {
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
+  if (yk_attention_paged_invalid(s->v[PAGED], s->v[PAGE_SIZE], why, n)) return 1;
   if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
   if (s->v[BLOCK_M] != 16 * s->v[WARPS])
     return snprintf(why, n, "block_m %d must be 16 x warps (%d)", s->v[BLOCK_M], s->v[WARPS]), 1;
@@ -61,7 +63,7 @@ const yk_op_def yk_op_attention_prefill = {
     .summary = "flash_attention_forward: tiled online-softmax attention on tensor cores (causal, GQA, ragged)",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 10,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -70,8 +72,11 @@ const yk_op_def yk_op_attention_prefill = {
             {"warps", "warps a block", 1, 16, 0, 1, NULL},
             {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
-            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
+            {"paged", "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,
+             yk_paged_choices},
+            {"page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, 128, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -80,7 +85,7 @@ const yk_op_def yk_op_attention_prefill = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill, CAUSAL, RAGGED, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_prefill, CAUSAL, RAGGED, PAGED, NULL, emit, user);
 }
 
 yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
@@ -110,36 +115,62 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
-  const int wgmma = use_wgmma(ctx, pr.shape.head_dim);
+  const yk_prefill_launch L = {
+      .dtype = pr.shape.dtype,
+      .batch = pr.shape.batch,
+      .q_heads = pr.shape.q_heads,
+      .kv_heads = pr.shape.kv_heads,
+      .head_dim = pr.shape.head_dim,
+      .causal = pr.shape.causal,
+      .scale = pr.shape.scale,
+      .q = yk_attention_rows(&pr.q, &pr, 0),
+      .k = yk_attention_rows(&pr.k, &pr, 1),
+      .v = yk_attention_rows(&pr.v, &pr, 1),
+      .out = yk_attention_rows(&ov, &pr, 0),
+      .lse = lse_rows,
+      .cu_q = pr.cu_q,
+      .cu_k = pr.cu_k,
+      .max_seqlen_q = pr.max_seqlen_q,
+      .max_seqlen_k = pr.max_seqlen_k,
+  };
+  return yk_prefill_run(ctx, &L, stream);
+}
+
+yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) {
+  const int wgmma = use_wgmma(ctx, L->head_dim);
+  const int ragged_q = L->cu_q != NULL;
   yk_spec spec;
   if (wgmma) {
-    yk_attention_prefill_sm90_spec(&spec, pr.shape.dtype, (int)pr.shape.head_dim, pr.shape.causal, pr.ragged_q);
+    yk_attention_prefill_sm90_spec(&spec, L->dtype, (int)L->head_dim, L->causal, ragged_q, L->paged, L->page_size);
   } else {
-    yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)pr.shape.dtype);
-    spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
-    spec.v[CAUSAL] = pr.shape.causal;
-    spec.v[RAGGED] = pr.ragged_q;
+    yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)L->dtype);
+    spec.v[HEAD_DIM] = (int32_t)L->head_dim;
+    spec.v[CAUSAL] = L->causal;
+    spec.v[RAGGED] = ragged_q;
+    spec.v[PAGED] = L->paged;
+    spec.v[PAGE_SIZE] = L->page_size;
   }
   yk_spec_finish(ctx, &spec);
   yk_kernel *kern;
-  if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
+  yk_status st = yk_kernel_get(ctx, &spec, &kern);
+  if (st) return st;
   const int block_m = wgmma ? yk_attention_prefill_sm90_rows(&spec) : spec.v[BLOCK_M];
 
-  const yk_attn_operand qo = yk_attention_rows(&pr.q, &pr, 0), ko = yk_attention_rows(&pr.k, &pr, 1),
-                        vo = yk_attention_rows(&pr.v, &pr, 1), oo = yk_attention_rows(&ov, &pr, 0);
-  void *qp = qo.data, *kp = ko.data, *vp = vo.data, *op_ = oo.data, *lp = lse_rows.data;
-  const void *cq = pr.cu_q, *ck = pr.cu_k;
-  long long strides[15] = {qo.batch_stride,       qo.seq_stride,       qo.head_stride,      ko.batch_stride,
-                           ko.seq_stride,         ko.head_stride,      vo.batch_stride,     vo.seq_stride,
-                           vo.head_stride,        oo.batch_stride,     oo.seq_stride,       oo.head_stride,
-                           lse_rows.batch_stride, lse_rows.seq_stride, lse_rows.head_stride};
-  int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k;
-  int group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
-  float scale_log2 = pr.shape.scale * 1.4426950408889634f;
+  const yk_page_table_args no_table = {0};
+  yk_page_table_args table = L->table ? *L->table : no_table;
+  void *qp = L->q.data, *kp = L->k.data, *vp = L->v.data, *op_ = L->out.data, *lp = L->lse.data;
+  const void *cq = L->cu_q, *ck = L->cu_k;
+  long long strides[15] = {L->q.batch_stride,   L->q.seq_stride,   L->q.head_stride,   L->k.batch_stride,
+                           L->k.seq_stride,     L->k.head_stride,  L->v.batch_stride,  L->v.seq_stride,
+                           L->v.head_stride,    L->out.batch_stride, L->out.seq_stride, L->out.head_stride,
+                           L->lse.batch_stride, L->lse.seq_stride, L->lse.head_stride};
+  int seq_q = (int)L->max_seqlen_q, seq_k = (int)L->max_seqlen_k;
+  int group = (int)(L->q_heads / L->kv_heads);
+  float scale_log2 = L->scale * 1.4426950408889634f;
   void *args[] = {&qp,          &kp,         &vp,         &op_,         &lp,          &cq,          &ck,
                   &strides[0],  &strides[1], &strides[2], &strides[3],  &strides[4],  &strides[5],  &strides[6],
                   &strides[7],  &strides[8], &strides[9], &strides[10], &strides[11], &strides[12], &strides[13],
-                  &strides[14], &seq_q,      &seq_k,      &group,       &scale_log2};
-  const unsigned m_blocks = (unsigned)((pr.max_seqlen_q + block_m - 1) / block_m);
-  return yk_launch(ctx, kern, m_blocks, (unsigned)pr.shape.q_heads, (unsigned)pr.shape.batch, stream, args);
+                  &strides[14], &seq_q,      &seq_k,      &group,       &scale_log2,  &table};
+  const unsigned m_blocks = (unsigned)((L->max_seqlen_q + block_m - 1) / block_m);
+  return yk_launch(ctx, kern, m_blocks, (unsigned)L->q_heads, (unsigned)L->batch, stream, args);
 }

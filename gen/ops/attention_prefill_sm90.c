@@ -9,7 +9,7 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED };
+enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE };
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", NULL};
 
 static void complete(yk_spec *s) {
@@ -18,9 +18,11 @@ static void complete(yk_spec *s) {
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+  yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
+  if (yk_attention_paged_invalid(s->v[PAGED], s->v[PAGE_SIZE], why, n)) return 1;
   if (s->v[HEAD_DIM] % 64 || s->v[BLOCK_N] % 64)
     return snprintf(why, n, "head_dim %d and block_n %d must be multiples of 64 (whole swizzle atoms)", s->v[HEAD_DIM],
                     s->v[BLOCK_N]),
@@ -48,7 +50,7 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 6,
+    .field_count = 8,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
@@ -56,7 +58,10 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
             {"warpgroups", "warpgroups a block, 64 query rows each", 1, 2, 0, 1, NULL},
             {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 3, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
-            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
+            {"paged", "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,
+             yk_paged_choices},
+            {"page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, 128, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -69,14 +74,17 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
 static int dispatched(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, dispatched, emit, user);
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, dispatched, emit, user);
 }
 
-void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged) {
+void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
+                                    int page_size) {
   yk_spec_init(s, &yk_op_attention_prefill_sm90, (yk_dtype)dtype);
   s->v[HEAD_DIM] = head_dim;
   s->v[CAUSAL] = causal;
   s->v[RAGGED] = ragged;
+  s->v[PAGED] = paged;
+  s->v[PAGE_SIZE] = page_size;
 }
 
 int yk_attention_prefill_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }

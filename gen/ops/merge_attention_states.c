@@ -76,17 +76,27 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
   }
 }
 
+static yk_status partials_kernel(yk_ctx *ctx, int dtype, int64_t head_dim, yk_spec *spec, yk_kernel **k) {
+  yk_spec_init(spec, &yk_op_merge_attention_states, (yk_dtype)dtype);
+  spec->v[HEAD_DIM] = (int32_t)head_dim;
+  spec->v[IN_TYPE] = YK_F32;
+  spec->v[STATES] = 0;
+  yk_spec_finish(ctx, spec);
+  return yk_kernel_get(ctx, spec, k);
+}
+
+yk_status yk_merge_partials_prepare(yk_ctx *ctx, int dtype, int64_t head_dim) {
+  yk_spec spec;
+  yk_kernel *k;
+  return partials_kernel(ctx, dtype, head_dim, &spec, &k);
+}
+
 yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t batch, int64_t heads, int64_t head_dim, int splits,
                             const float *part_o, const float *part_lse, void *out, int64_t o_b, int64_t o_h,
                             float *lse, int64_t l_b, int64_t l_h, void *stream) {
   yk_spec spec;
-  yk_spec_init(&spec, &yk_op_merge_attention_states, (yk_dtype)dtype);
-  spec.v[HEAD_DIM] = (int32_t)head_dim;
-  spec.v[IN_TYPE] = YK_F32;
-  spec.v[STATES] = 0;
-  yk_spec_finish(ctx, &spec);
   yk_kernel *k;
-  yk_status st = yk_kernel_get(ctx, &spec, &k);
+  yk_status st = partials_kernel(ctx, dtype, head_dim, &spec, &k);
   if (st) return st;
   const void *a = part_o, *b = NULL, *la = part_lse, *lb = NULL;
   void *o = out, *lo = lse;
@@ -111,9 +121,9 @@ yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTe
       (st = yk_view_same_type(ctx, op, "o_a", &a, "o_b", &b)) || (st = yk_view_same_type(ctx, op, "o_a", &a, "out_o", &o)) ||
       (st = yk_view_same_shape(ctx, op, "o_a", &a, "o_b", &b)) ||
       (st = yk_view_same_shape(ctx, op, "o_a", &a, "out_o", &o)) ||
-      (st = yk_view_of(ctx, op, "lse_a", lse_a, YK_ACCEPT_FLOAT, 2, 2, &la)) ||
-      (st = yk_view_of(ctx, op, "lse_b", lse_b, YK_ACCEPT_FLOAT, 2, 2, &lb)) ||
-      (out_lse && (st = yk_view_of(ctx, op, "out_lse", out_lse, YK_ACCEPT_FLOAT, 2, 2, &lo))))
+      (st = yk_view_of(ctx, op, "lse_a", lse_a, YK_ACCEPT_FLOAT | YK_ACCEPT_STRIDED, 2, 2, &la)) ||
+      (st = yk_view_of(ctx, op, "lse_b", lse_b, YK_ACCEPT_FLOAT | YK_ACCEPT_STRIDED, 2, 2, &lb)) ||
+      (out_lse && (st = yk_view_of(ctx, op, "out_lse", out_lse, YK_ACCEPT_FLOAT | YK_ACCEPT_STRIDED, 2, 2, &lo))))
     return st;
   const yk_view *lses[] = {&la, &lb, out_lse ? &lo : &la};
   static const char *const lse_names[] = {"lse_a", "lse_b", "out_lse"};

@@ -17,6 +17,7 @@
 #include <dlpack/dlpack.h>
 
 #include "yk/context.h"
+#include "yk/kv.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -114,11 +115,97 @@ YK_API size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, i
                                                    int64_t head_dim, int64_t max_seqlen_k, int num_splits);
 
 /* Exact merge of two attentions of the same queries over disjoint key sets:
- * o [tokens, heads, head_dim] (float16, bfloat16 or float32), lse [tokens, heads] float32.
+ * o [tokens, heads, head_dim] (float16, bfloat16 or float32), lse [tokens, heads] float32 (any
+ * strides: a prefill's [heads, tokens] lse passes as its transposed view).
  * out_o may be o_a or o_b; out_lse may be lse_a or lse_b, or NULL. */
 YK_API yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTensor *lse_a,
                                            const DLTensor *o_b, const DLTensor *lse_b, DLTensor *out_o,
                                            DLTensor *out_lse, void *stream);
+
+/* ---- paged attention ----
+ *
+ * Keys and values in a paged KV cache: one layer's K and V caches, as yk_kv_cache_layer gives them
+ * (or an engine's own, any strides with the last dimension contiguous), and a page table saying
+ * which blocks hold each sequence's tokens, in either form engines keep: set one and leave the
+ * other's tensors NULL. Token t of sequence i is in block table_i[t / page_size] at offset
+ * t % page_size. Page tables are int32 and contiguous; on the GPU in device, pinned or managed
+ * memory. Where the host can read them (host, pinned, managed) every entry is checked before
+ * anything runs; in device memory the kernels check them instead: a sequence whose entry is out
+ * of bounds is skipped and a block id outside the cache reads block 0, never past the tensors. */
+typedef struct yk_paged_kv {
+  const DLTensor *k_cache, *v_cache; /* NHD [num_blocks, page_size, kv_heads, head_dim] or
+                                        HND [num_blocks, kv_heads, page_size, head_dim] */
+  yk_kv_layout layout;
+  const DLTensor *block_tables;     /* vLLM: [batch, max_blocks] */
+  const DLTensor *context_lens;     /*   [batch]: tokens of each sequence */
+  const DLTensor *kv_indptr;        /* FlashInfer: [batch + 1], from 0, never decreasing */
+  const DLTensor *kv_indices;       /*   [nnz]: the blocks of sequence i at kv_indptr[i] .. [i + 1] */
+  const DLTensor *kv_last_page_len; /*   [batch]: tokens in the last block, 1..page_size */
+  int max_context_len;              /* decode from tables the host cannot read: the longest sequence
+                                       (vLLM's max_context_len), which sizes the key splits */
+} yk_paged_kv;
+
+/* Decode over pages: one query token a sequence, q, out [batch, q_heads, head_dim], lse
+ * [batch, q_heads] or NULL; params as yk_attention_decode's (scale, num_splits, workspace;
+ * cu_seqlens NULL). GQA-packed tiles and split-KV merged by lse, as the dense decode. */
+YK_API yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
+                                           const yk_attention_params *params, DLTensor *out, DLTensor *lse,
+                                           void *stream);
+
+/* Prefill over pages (chunked prefill, prefix extension): the queries are the last tokens of each
+ * sequence, whose keys (the earlier pages and their own, appended first) are in the table; q, out
+ * [total_q, q_heads, head_dim] with params->cu_seqlens_q (and max_seqlen_q where the host cannot
+ * read it), lse [q_heads, total_q]; or q [batch, seq_q, q_heads, head_dim], lse
+ * [batch, q_heads, seq_q]. params->causal masks bottom-right: query i of a sequence of len_q
+ * queries and len_k keys sees keys j <= i + len_k - len_q. cu_seqlens_k must be NULL. */
+YK_API yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
+                                            const yk_attention_params *params, DLTensor *out, DLTensor *lse,
+                                            void *stream);
+
+/* Paged decode split in two, as FlashInfer has it: planning on the host, once a step, decides the
+ * key splits from the sequences' lengths and compiles what the step will launch; running only
+ * checks tensor shapes and launches, once a layer, so it can be captured in a CUDA graph (no
+ * allocation, no host read of device memory, no synchronisation). Each sequence cuts its own keys
+ * into the planned splits, so a captured run stays correct when later steps change the tables'
+ * contents and the lengths in place (the split count stays what was planned). */
+typedef struct yk_paged_plan yk_paged_plan;
+
+typedef struct yk_paged_plan_shape {
+  DLDataType dtype; /* float16 or bfloat16 */
+  int q_heads, kv_heads, head_dim, page_size;
+  int csr;        /* 1: FlashInfer's table form; 0: vLLM's */
+  float scale;    /* 0: 1 / sqrt(head_dim) */
+  int num_splits; /* 0: chosen from the batch and the longest sequence */
+} yk_paged_plan_shape;
+
+YK_API yk_status yk_paged_plan_create(yk_ctx *ctx, yk_paged_plan **out);
+YK_API void yk_paged_plan_destroy(yk_paged_plan *plan); /* NULL is ignored */
+
+/* Plans a decode of batch sequences with kv_lens[i] tokens (host memory). workspace_floats (may be
+ * NULL) receives the float32 workspace yk_paged_decode_run needs (0: none). */
+YK_API yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *shape, const int32_t *kv_lens,
+                                      int64_t batch, size_t *workspace_floats);
+
+/* Runs the planned decode: q, out, lse as yk_paged_attention_decode's, the batch and shape the
+ * plan's; workspace a float32 device vector of the planned size (NULL when that is 0). */
+YK_API yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_paged_kv *kv, DLTensor *out,
+                                     DLTensor *lse, DLTensor *workspace, void *stream);
+
+/* Cascade decode, for batches that share a prefix: batch requests whose keys are one shared prefix
+ * (the same pages for all) followed by each request's own pages. Attention over the prefix is
+ * computed once for the batch (the requests' queries are the rows of one paged prefill over its
+ * pages, which are read once a q head rather than once a request), over the suffixes by paged
+ * decode, and the two merged by lse: the result is paged decode over prefix + suffix.
+ * q, out [batch, q_heads, head_dim]; lse [batch, q_heads] or NULL. shared: a page table of one
+ * sequence (the prefix); unique: one of batch sequences (the suffixes, empty ones allowed), over
+ * the same caches. params: scale, num_splits (the suffix decode's), and workspace: float32 of at
+ * least yk_cascade_decode_workspace_floats(...) elements in the tensors' memory, or NULL
+ * (allocated for the call). */
+YK_API yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *shared,
+                                             const yk_paged_kv *unique, const yk_attention_params *params,
+                                             DLTensor *out, DLTensor *lse, void *stream);
+YK_API size_t yk_cascade_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                                 int64_t head_dim, int64_t max_suffix_len, int num_splits);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,171 @@
+/* Paged attention on the GPU (yk bench --paged, and part of yk bench): paged decode through the
+ * plan/run split at the dense decode's shapes, page sizes 16 and 1 and both table forms, in GB/s
+ * of K and V read; and issue 5's shared-prefix batch, cascade decode against plain paged decode.
+ * Blocks are handed out in shuffled order, as a cache that has run for a while hands them out. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "runtime/context.h"
+
+enum { Q_HEADS = 32, KV_HEADS = 8, HEAD_DIM = 128 };
+
+typedef struct paged_bench {
+  yk_ctx *ctx;
+  yh_tensor q, out, k_cache, v_cache, table, lens, indptr, indices, last, ws;
+  yk_paged_kv kv;
+  yk_paged_plan *plan;
+  /* cascade */
+  yk_paged_kv shared;
+  yh_tensor shared_table, shared_len;
+  int cascade;
+} paged_bench;
+
+static yk_status run(void *p) {
+  paged_bench *b = p;
+  if (b->cascade) {
+    yk_attention_params params = {.workspace = &b->ws.dl};
+    return yk_cascade_attention_decode(b->ctx, &b->q.dl, &b->shared, &b->kv, &params, &b->out.dl, NULL, NULL);
+  }
+  return yk_paged_decode_run(b->plan, &b->q.dl, &b->kv, &b->out.dl, NULL, b->ws.numel ? &b->ws.dl : NULL, NULL);
+}
+
+static void free_bench(paged_bench *b) {
+  yh_tensor *all[] = {&b->q,       &b->out,     &b->k_cache, &b->v_cache,      &b->table,     &b->lens,
+                      &b->indptr,  &b->indices, &b->last,    &b->ws,           &b->shared_table, &b->shared_len};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) yh_tensor_free(all[i]);
+  yk_paged_plan_destroy(b->plan);
+}
+
+static int index_tensor(yh_tensor *t, yk_ctx *ctx, int ndim, const int64_t *shape, const int32_t *values) {
+  if (yh_tensor_init(t, ctx, YK_I32, ndim, shape, NULL, 1)) return 1;
+  memcpy(t->host, values, (size_t)t->numel * sizeof(int32_t));
+  return yh_upload(t);
+}
+
+/* batch sequences of len tokens each (the first prefix of them shared, in the same blocks), over
+ * a cache of exactly the blocks they need, handed out shuffled. */
+static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_t prefix, int page, int csr,
+                 yh_rng *rng) {
+  memset(b, 0, sizeof *b);
+  b->ctx = ctx;
+  const int64_t per_seq = (len + page - 1) / page, shared = prefix / page;
+  const int64_t blocks = shared + batch * (per_seq - shared);
+  const int64_t qd[3] = {batch, Q_HEADS, HEAD_DIM}, cd[4] = {blocks, page, KV_HEADS, HEAD_DIM};
+  if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
+      yh_tensor_init(&b->k_cache, ctx, YK_BF16, 4, cd, NULL, 1) ||
+      yh_tensor_init(&b->v_cache, ctx, YK_BF16, 4, cd, NULL, 1))
+    return 1;
+  yh_fill_uniform(&b->q, rng, -1, 1);
+  /* the caches' values do not change the time: a constant (bf16 0.5 pairs) instead of a gigabyte
+   * of host random numbers */
+  if (ctx->cu.cuMemsetD32Async(b->k_cache.device, 0x3f003f00u, (size_t)b->k_cache.numel / 2, NULL) ||
+      ctx->cu.cuMemsetD32Async(b->v_cache.device, 0x3f003f00u, (size_t)b->v_cache.numel / 2, NULL))
+    return 1;
+  int32_t *order = malloc((size_t)blocks * sizeof *order), *table = malloc((size_t)(batch * per_seq) * sizeof *table);
+  int32_t *lens = malloc((size_t)batch * sizeof *lens), *indptr = malloc((size_t)(batch + 1) * sizeof *indptr);
+  int32_t *last = malloc((size_t)batch * sizeof *last);
+  if (!order || !table || !lens || !indptr || !last) return free(order), free(table), free(lens), free(indptr), 1;
+  for (int64_t i = 0; i < blocks; i++) order[i] = (int32_t)i;
+  for (int64_t i = blocks - 1; i > 0; i--) {
+    const int64_t j = (int64_t)(yh_next(rng) % (uint64_t)(i + 1));
+    const int32_t t = order[i];
+    order[i] = order[j], order[j] = t;
+  }
+  int64_t next = shared;
+  for (int64_t s = 0; s < batch; s++) {
+    for (int64_t j = 0; j < per_seq; j++) table[s * per_seq + j] = order[j < shared ? j : next++];
+    lens[s] = (int32_t)len, indptr[s] = (int32_t)(s * per_seq), last[s] = (int32_t)(len - (per_seq - 1) * page);
+  }
+  indptr[batch] = (int32_t)(batch * per_seq);
+  const int64_t td[2] = {batch, per_seq}, nnz = batch * per_seq, n1 = batch + 1;
+  int bad;
+  if (csr)
+    bad = index_tensor(&b->indptr, ctx, 1, &n1, indptr) || index_tensor(&b->indices, ctx, 1, &nnz, table) ||
+          index_tensor(&b->last, ctx, 1, &batch, last);
+  else
+    bad = index_tensor(&b->table, ctx, 2, td, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
+  b->kv = (yk_paged_kv){.k_cache = &b->k_cache.dl, .v_cache = &b->v_cache.dl, .layout = YK_KV_NHD,
+                        .max_context_len = (int)len};
+  if (csr)
+    b->kv.kv_indptr = &b->indptr.dl, b->kv.kv_indices = &b->indices.dl, b->kv.kv_last_page_len = &b->last.dl;
+  else
+    b->kv.block_tables = &b->table.dl, b->kv.context_lens = &b->lens.dl;
+  if (!bad && prefix) { /* the cascade's split: the prefix's table, and each suffix past it */
+    const int64_t sd[2] = {1, shared}, one = 1;
+    const int32_t prefix_len = (int32_t)prefix;
+    for (int64_t s = 0; s < batch; s++) {
+      memmove(table + s * (per_seq - shared), table + s * per_seq + shared, (size_t)(per_seq - shared) * sizeof *table);
+      lens[s] = (int32_t)(len - prefix);
+    }
+    const int64_t ud[2] = {batch, per_seq - shared};
+    yh_tensor_free(&b->table), yh_tensor_free(&b->lens);
+    bad = index_tensor(&b->shared_table, ctx, 2, sd, order) || index_tensor(&b->shared_len, ctx, 1, &one, &prefix_len) ||
+          index_tensor(&b->table, ctx, 2, ud, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
+    b->shared = b->kv;
+    b->shared.block_tables = &b->shared_table.dl, b->shared.context_lens = &b->shared_len.dl;
+    b->shared.max_context_len = (int)prefix;
+    b->kv.block_tables = &b->table.dl, b->kv.context_lens = &b->lens.dl, b->kv.max_context_len = (int)(len - prefix);
+    const int64_t floats =
+        (int64_t)yk_cascade_decode_workspace_floats(ctx, batch, Q_HEADS, KV_HEADS, HEAD_DIM, len - prefix, 0);
+    b->cascade = 1;
+    bad = bad || yh_tensor_init(&b->ws, ctx, YK_F32, 1, &floats, NULL, 1);
+  } else if (!bad) {
+    const yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, Q_HEADS, KV_HEADS, HEAD_DIM, page, csr, 0, 0};
+    size_t floats = 0;
+    bad = yk_paged_plan_create(ctx, &b->plan) || yk_paged_decode_plan(b->plan, &shape, lens, batch, &floats);
+    const int64_t n = (int64_t)floats;
+    if (!bad && n) bad = yh_tensor_init(&b->ws, ctx, YK_F32, 1, &n, NULL, 1);
+  }
+  free(order), free(table), free(lens), free(indptr), free(last);
+  return bad;
+}
+
+static double time_case(bench_timer *t, bench_results *r, paged_bench *b, const char *name, double bytes) {
+  const double ms = bench_median_ms(t, run, b);
+  if (ms <= 0) {
+    fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+    return -1;
+  }
+  bench_add(r, name, ms, bytes ? bytes / ms / 1e6 : 0, bytes ? bytes / ms / 1e6 : ms * 1e3, bytes ? "GB/s" : "us");
+  if (bytes)
+    fprintf(stderr, "  %-48s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+  else
+    fprintf(stderr, "  %-48s %9.4f ms\n", name, ms);
+  return ms;
+}
+
+int bench_paged(bench_timer *t, bench_results *r) {
+  yh_rng rng = {31};
+  static const struct {
+    int64_t batch, len;
+    int page, csr;
+  } shapes[] = {{64, 4096, 16, 0}, {64, 4096, 16, 1}, {64, 4096, 1, 0},  {1, 32768, 16, 0},
+                {1, 32768, 1, 0},  {256, 1024, 16, 0}, {256, 1024, 1, 0}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    paged_bench b;
+    char name[96];
+    snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s", (long long)shapes[i].batch,
+             (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table");
+    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, &rng))
+      fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+    else
+      time_case(t, r, &b, name, 2.0 * shapes[i].batch * shapes[i].len * KV_HEADS * HEAD_DIM * 2);
+    free_bench(&b);
+  }
+  /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
+  paged_bench plain, cascade;
+  double plain_ms = -1, cascade_ms = -1;
+  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, &rng))
+    plain_ms = time_case(t, r, &plain, "shared prefix 4096+256 x64: paged decode", 0);
+  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, &rng))
+    cascade_ms = time_case(t, r, &cascade, "shared prefix 4096+256 x64: cascade decode", 0);
+  else
+    fprintf(stderr, "  cascade: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
+  if (plain_ms > 0 && cascade_ms > 0) {
+    bench_add(r, "shared prefix 4096+256 x64: cascade speed-up", 0, 0, plain_ms / cascade_ms, "x");
+    fprintf(stderr, "  cascade decode is %.2fx plain paged decode (target 3x)\n", plain_ms / cascade_ms);
+  }
+  free_bench(&plain), free_bench(&cascade);
+  return 0;
+}

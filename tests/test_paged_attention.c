@@ -1,0 +1,772 @@
+/* Paged attention: decode and prefill over pages, both table forms, both layouts, page sizes 1 to
+ * 128, against dense attention over the same tokens (the CPU path bit for bit, the GPU within the
+ * attention tolerances); the plan/run split and a captured CUDA graph's replay; the paged KV cache
+ * manager's tables; bad input.
+ *
+ * A scenario keeps every sequence's keys twice: dense ([total_k, kv_heads, head_dim], for the
+ * reference call) and scattered over shuffled blocks of a cache whose other rows hold noise. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_fallback/half.h"
+#include "runtime/context.h"
+#include "runtime/module.h"
+#include "tests/support.h"
+
+#define MAX_BATCH 6
+#define CACHE_PAD 16 /* elements after each block: caches with a block stride that is not compact */
+
+typedef struct paged_case {
+  int batch;
+  int32_t lens_k[MAX_BATCH], lens_q[MAX_BATCH]; /* lens_q: prefill queries (the last keys) */
+  int q_heads, kv_heads, head_dim, page_size;
+} paged_case;
+
+typedef struct scenario {
+  paged_case c;
+  int decode, causal, csr;
+  yk_kv_layout layout;
+  int32_t cu_k[MAX_BATCH + 1], cu_q[MAX_BATCH + 1], indptr[MAX_BATCH + 1], last[MAX_BATCH];
+  int64_t total_k, total_q, num_blocks, max_blocks, nnz;
+  int32_t *table;   /* block_tables [batch][max_blocks], unused entries past the cache */
+  int32_t *indices; /* CSR kv_indices: the same blocks */
+  double *q, *k, *v, *k_cache, *v_cache;
+} scenario;
+
+/* Tensors of a scenario in one memory. */
+typedef struct paged_tensors {
+  yh_tensor q, out, lse, k_cache, v_cache, table, lens, indptr, indices, last;
+  yk_paged_kv kv;
+} paged_tensors;
+
+static double *noise(yh_rng *rng, int64_t n) {
+  double *x = malloc((size_t)(n ? n : 1) * sizeof *x);
+  cr_assert_not_null(x);
+  for (int64_t i = 0; i < n; i++) x[i] = (double)((int64_t)(yh_next(rng) % 255) - 127) / 64;
+  return x;
+}
+
+static int64_t cache_index(const scenario *s, int64_t block, int64_t offset, int64_t head, int64_t col) {
+  const int64_t P = s->c.page_size, H = s->c.kv_heads, D = s->c.head_dim;
+  return s->layout == YK_KV_NHD ? ((block * P + offset) * H + head) * D + col
+                                : ((block * H + head) * P + offset) * D + col;
+}
+
+static void place_tokens(scenario *s);
+
+static void make_scenario(scenario *s, const paged_case *c, int decode, int causal, int csr, yk_kv_layout layout,
+                          yh_rng *rng) {
+  memset(s, 0, sizeof *s);
+  s->c = *c, s->decode = decode, s->causal = causal, s->csr = csr, s->layout = layout;
+  const int64_t P = c->page_size, H = c->kv_heads, D = c->head_dim;
+  int64_t blocks = 0;
+  for (int b = 0; b < c->batch; b++) {
+    s->cu_k[b + 1] = s->cu_k[b] + c->lens_k[b];
+    s->cu_q[b + 1] = s->cu_q[b] + (decode ? 1 : c->lens_q[b]);
+    const int64_t n = (c->lens_k[b] + P - 1) / P;
+    s->indptr[b + 1] = s->indptr[b] + (int32_t)n;
+    s->last[b] = n ? (int32_t)(c->lens_k[b] - (n - 1) * P) : 1;
+    if (n > s->max_blocks) s->max_blocks = n;
+    blocks += n;
+  }
+  s->max_blocks += 2; /* rows of block_tables longer than any sequence needs */
+  s->total_k = s->cu_k[c->batch], s->total_q = s->cu_q[c->batch], s->nnz = blocks + 1;
+  s->num_blocks = blocks + 3;
+  /* blocks in shuffled order, so neighbouring pages of a sequence are far apart */
+  int32_t *order = malloc((size_t)s->num_blocks * sizeof *order);
+  for (int64_t i = 0; i < s->num_blocks; i++) order[i] = (int32_t)i;
+  for (int64_t i = s->num_blocks - 1; i > 0; i--) {
+    const int64_t j = (int64_t)(yh_next(rng) % (uint64_t)(i + 1));
+    const int32_t t = order[i];
+    order[i] = order[j], order[j] = t;
+  }
+  s->table = malloc((size_t)(c->batch * s->max_blocks) * sizeof *s->table);
+  s->indices = malloc((size_t)s->nnz * sizeof *s->indices);
+  for (int64_t i = 0; i < c->batch * s->max_blocks; i++) s->table[i] = (int32_t)(s->num_blocks + 7 + i);
+  s->indices[s->nnz - 1] = (int32_t)s->num_blocks + 9; /* an entry no sequence owns */
+  for (int b = 0, next = 0; b < c->batch; b++)
+    for (int32_t j = 0; j < s->indptr[b + 1] - s->indptr[b]; j++, next++)
+      s->table[b * s->max_blocks + j] = s->indices[s->indptr[b] + j] = order[next];
+  free(order);
+
+  s->q = noise(rng, s->total_q * c->q_heads * D);
+  s->k = noise(rng, s->total_k * H * D), s->v = noise(rng, s->total_k * H * D);
+  s->k_cache = noise(rng, s->num_blocks * P * H * D), s->v_cache = noise(rng, s->num_blocks * P * H * D);
+  place_tokens(s);
+}
+
+/* Each sequence's keys and values into its blocks of the cache. */
+static void place_tokens(scenario *s) {
+  const paged_case *c = &s->c;
+  const int64_t P = c->page_size, H = c->kv_heads, D = c->head_dim;
+  for (int b = 0; b < c->batch; b++)
+    for (int64_t t = 0; t < c->lens_k[b]; t++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t d = 0; d < D; d++) {
+          const int64_t at = cache_index(s, s->indices[s->indptr[b] + t / P], t % P, h, d);
+          s->k_cache[at] = s->k[((s->cu_k[b] + t) * H + h) * D + d];
+          s->v_cache[at] = s->v[((s->cu_k[b] + t) * H + h) * D + d];
+        }
+}
+
+static void free_scenario(scenario *s) {
+  free(s->table), free(s->indices), free(s->q), free(s->k), free(s->v), free(s->k_cache), free(s->v_cache);
+}
+
+static void index_tensor(yh_tensor *t, yk_ctx *ctx, int ndim, const int64_t *shape, const int32_t *values,
+                         int on_device) {
+  cr_assert_eq(yh_tensor_init(t, ctx, YK_I32, ndim, shape, NULL, on_device), 0);
+  memcpy(t->host, values, (size_t)t->numel * sizeof(int32_t));
+  cr_assert_eq(yh_upload(t), 0);
+}
+
+static void make_tensors(paged_tensors *t, yk_ctx *ctx, const scenario *s, int dtype, int on_device) {
+  memset(t, 0, sizeof *t);
+  const int64_t B = s->c.batch, QH = s->c.q_heads, H = s->c.kv_heads, D = s->c.head_dim, P = s->c.page_size;
+  const int64_t q_shape[3] = {s->decode ? B : s->total_q, QH, D};
+  cr_assert_eq(yh_tensor_init(&t->q, ctx, dtype, 3, q_shape, NULL, on_device), 0);
+  cr_assert_eq(yh_tensor_init(&t->out, ctx, dtype, 3, q_shape, NULL, on_device), 0);
+  const int64_t lse_shape[2] = {s->decode ? B : QH, s->decode ? QH : s->total_q};
+  cr_assert_eq(yh_tensor_init(&t->lse, ctx, YK_F32, 2, lse_shape, NULL, on_device), 0);
+  yh_from_double(&t->q, s->q);
+  const int64_t nhd[4] = {s->num_blocks, P, H, D}, hnd[4] = {s->num_blocks, H, P, D};
+  const int64_t *shape = s->layout == YK_KV_NHD ? nhd : hnd;
+  const int64_t strides[4] = {P * H * D + CACHE_PAD, shape[2] * D, D, 1};
+  cr_assert_eq(yh_tensor_init(&t->k_cache, ctx, dtype, 4, shape, strides, on_device), 0);
+  cr_assert_eq(yh_tensor_init(&t->v_cache, ctx, dtype, 4, shape, strides, on_device), 0);
+  yh_rng pad = {99};
+  yh_fill_uniform(&t->k_cache, &pad, -1, 1), yh_fill_uniform(&t->v_cache, &pad, -1, 1); /* the gaps too */
+  yh_from_double(&t->k_cache, s->k_cache), yh_from_double(&t->v_cache, s->v_cache);
+  t->kv = (yk_paged_kv){.k_cache = &t->k_cache.dl, .v_cache = &t->v_cache.dl, .layout = s->layout};
+  if (s->csr) {
+    const int64_t n_indptr = B + 1, n_last = B;
+    index_tensor(&t->indptr, ctx, 1, &n_indptr, s->indptr, on_device);
+    index_tensor(&t->indices, ctx, 1, &s->nnz, s->indices, on_device);
+    index_tensor(&t->last, ctx, 1, &n_last, s->last, on_device);
+    t->kv.kv_indptr = &t->indptr.dl, t->kv.kv_indices = &t->indices.dl, t->kv.kv_last_page_len = &t->last.dl;
+  } else {
+    const int64_t table_shape[2] = {B, s->max_blocks};
+    index_tensor(&t->table, ctx, 2, table_shape, s->table, on_device);
+    index_tensor(&t->lens, ctx, 1, &table_shape[0], s->c.lens_k, on_device);
+    t->kv.block_tables = &t->table.dl, t->kv.context_lens = &t->lens.dl;
+  }
+  int32_t longest = 0;
+  for (int b = 0; b < B; b++) longest = s->c.lens_k[b] > longest ? s->c.lens_k[b] : longest;
+  t->kv.max_context_len = longest;
+}
+
+static void free_tensors(paged_tensors *t) {
+  yh_tensor *all[] = {&t->q,     &t->out,  &t->lse,    &t->k_cache, &t->v_cache,
+                      &t->table, &t->lens, &t->indptr, &t->indices, &t->last};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) yh_tensor_free(all[i]);
+}
+
+/* Tensors of the scenario's cu_seqlens_q (prefill) in ctx's memory. */
+static void cu_q_tensor(yh_tensor *t, yk_ctx *ctx, const scenario *s, int on_device) {
+  const int64_t n = s->c.batch + 1;
+  index_tensor(t, ctx, 1, &n, s->cu_q, on_device);
+}
+
+static yk_status run_paged(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_tensor *cu_q, int num_splits) {
+  yk_attention_params p = {.causal = s->causal, .num_splits = num_splits};
+  if (s->decode) return yk_paged_attention_decode(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+  p.cu_seqlens_q = &cu_q->dl;
+  for (int b = 0; b < s->c.batch; b++) p.max_seqlen_q = s->c.lens_q[b] > p.max_seqlen_q ? s->c.lens_q[b] : p.max_seqlen_q;
+  return yk_paged_attention_prefill(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+}
+
+/* The same attention over dense ragged keys on the CPU: out and lse as float64. */
+typedef struct dense_result {
+  double *out, *lse;
+} dense_result;
+
+static dense_result dense_cpu(yk_ctx *cpu, const scenario *s, int dtype) {
+  const int64_t QH = s->c.q_heads, H = s->c.kv_heads, D = s->c.head_dim, B = s->c.batch;
+  yh_tensor q, k, v, out, lse, cu_q, cu_k;
+  const int64_t q_shape[3] = {s->decode ? B : s->total_q, QH, D}, k_shape[3] = {s->total_k, H, D};
+  const int64_t lse_shape[2] = {s->decode ? B : QH, s->decode ? QH : s->total_q}, n_cu = B + 1;
+  cr_assert_eq(yh_tensor_init(&q, cpu, dtype, 3, q_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&out, cpu, dtype, 3, q_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&k, cpu, dtype, 3, k_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&v, cpu, dtype, 3, k_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&lse, cpu, YK_F32, 2, lse_shape, NULL, 0), 0);
+  index_tensor(&cu_q, cpu, 1, &n_cu, s->cu_q, 0);
+  index_tensor(&cu_k, cpu, 1, &n_cu, s->cu_k, 0);
+  yh_from_double(&q, s->q), yh_from_double(&k, s->k), yh_from_double(&v, s->v);
+  yk_attention_params p = {.causal = s->causal, .cu_seqlens_k = &cu_k.dl};
+  yk_status st;
+  if (s->decode) {
+    st = yk_attention_decode(cpu, &q.dl, &k.dl, &v.dl, &p, &out.dl, &lse.dl, NULL);
+  } else {
+    p.cu_seqlens_q = &cu_q.dl;
+    st = yk_flash_attention_forward(cpu, &q.dl, &k.dl, &v.dl, &p, &out.dl, &lse.dl, NULL);
+  }
+  cr_assert_eq(st, YK_OK, "%s", yk_ctx_last_error(cpu));
+  dense_result r = {malloc((size_t)out.numel * sizeof(double)), malloc((size_t)lse.numel * sizeof(double))};
+  yh_to_double(&out, r.out), yh_to_double(&lse, r.lse);
+  yh_tensor *all[] = {&q, &k, &v, &out, &lse, &cu_q, &cu_k};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) yh_tensor_free(all[i]);
+  return r;
+}
+
+static void free_result(dense_result *r) { free(r->out), free(r->lse); }
+
+static double *as_doubles(yh_tensor *t) {
+  double *d = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *d);
+  yh_to_double(t, d);
+  return d;
+}
+
+/* lse: -inf exactly where the reference has it, else within tol. */
+static void check_lse(yh_tensor *lse, const double *want, double tol, const char *label, uint64_t seed) {
+  double *got = as_doubles(lse);
+  for (int64_t i = 0; i < lse->numel; i++) {
+    if (isinf(want[i]) || isinf(got[i]))
+      cr_assert(got[i] == want[i], "%s: lse[%lld] %g, want %g (seed %llu)", label, (long long)i, got[i], want[i],
+                (unsigned long long)seed);
+    else
+      cr_assert(fabs(got[i] - want[i]) <= tol, "%s: lse[%lld] %g, want %g (seed %llu)", label, (long long)i, got[i],
+                want[i], (unsigned long long)seed);
+  }
+  free(got);
+}
+
+static void label_of(char *buf, size_t n, const char *what, const scenario *s, int dtype, int i) {
+  snprintf(buf, n, "%s case %d %s page %d %s %s%s", what, i, ts_type_name(dtype), s->c.page_size,
+           s->layout == YK_KV_NHD ? "NHD" : "HND", s->csr ? "csr" : "block_table", s->causal ? " causal" : "");
+}
+
+static const paged_case decode_cases[] = {
+    {4, {1, 17, 300, 0}, {0}, 8, 2, 128, 16},
+    {3, {129, 1000, 64}, {0}, 4, 4, 64, 1},
+    {2, {5000, 37}, {0}, 32, 8, 128, 16}, /* splits: the long sequence's chunks, the short one's mostly empty */
+    {5, {128, 256, 1, 255, 700}, {0}, 8, 1, 128, 128},
+    {2, {40, 90}, {0}, 6, 2, 80, 7},
+};
+static const paged_case prefill_cases[] = {
+    {3, {300, 17, 64}, {45, 17, 1}, 8, 2, 128, 16},
+    {2, {1000, 129}, {200, 129}, 4, 4, 64, 1},
+    {4, {256, 300, 128, 700}, {256, 1, 100, 64}, 8, 1, 128, 128},
+    {2, {90, 40}, {33, 40}, 6, 2, 80, 7},
+};
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* Every case, layout and form: the paged call against the dense one over the same tokens. On the
+ * CPU both run the same fallback, so they must agree bit for bit. */
+static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed) {
+  yh_rng rng = {seed};
+  const paged_case *cases = decode ? decode_cases : prefill_cases;
+  const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases), gpu = ctx != cpu;
+  for (int i = 0; i < count; i++)
+    for (int variant = 0; variant < 4; variant++)
+      for (int causal = 0; causal <= !decode; causal++) {
+        scenario s;
+        make_scenario(&s, &cases[i], decode, causal, variant & 1, variant & 2 ? YK_KV_HND : YK_KV_NHD, &rng);
+        for (int dtype = gpu ? YK_F16 : YK_F32; dtype <= YK_BF16; dtype++) {
+          paged_tensors t;
+          yh_tensor cu_q;
+          make_tensors(&t, ctx, &s, dtype, gpu);
+          cu_q_tensor(&cu_q, ctx, &s, gpu);
+          void *k_before = yh_snapshot(&t.k_cache);
+          yh_poison(&t.out), yh_poison(&t.lse);
+          cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
+          cr_assert_eq(yh_sync(ctx), 0, "kernel failed");
+          dense_result want = dense_cpu(cpu, &s, dtype);
+          char label[128];
+          label_of(label, sizeof label, decode ? "decode" : "prefill", &s, dtype, i);
+          double *got = as_doubles(&t.out);
+          if (gpu) {
+            const double err = ts_gpu_error(got, want.out, t.out.numel);
+            cr_assert(err < ts_gpu_tolerance(dtype), "%s: error %.3g (seed %llu)", label, err,
+                      (unsigned long long)seed);
+            check_lse(&t.lse, want.lse, 1e-3, label, seed);
+          } else {
+            for (int64_t e = 0; e < t.out.numel; e++)
+              cr_assert(got[e] == want.out[e], "%s: out[%lld] %g, dense %g (seed %llu)", label, (long long)e, got[e],
+                        want.out[e], (unsigned long long)seed);
+            check_lse(&t.lse, want.lse, 0, label, seed);
+          }
+          cr_assert_eq(yh_bytes_changed(&t.k_cache, k_before), 0, "%s: the cache changed", label);
+          free(k_before), free(got), free_result(&want);
+          yh_tensor_free(&cu_q), free_tensors(&t);
+        }
+        free_scenario(&s);
+      }
+}
+
+Test(paged_attention, cpu_decode_matches_dense) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  paged_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_decode"));
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, cpu_prefill_matches_dense) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  paged_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_prefill"));
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, gpu_decode_matches_dense) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yk_ctx *cpu = ts_cpu_ctx();
+  paged_matches_dense(gpu, cpu, 1, ts_seed("paged_attention.gpu_decode"));
+  yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
+}
+
+Test(paged_attention, gpu_prefill_matches_dense) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yk_ctx *cpu = ts_cpu_ctx();
+  paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
+  yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
+}
+
+/* ---- plan / run and CUDA graphs ---- */
+
+/* Tables grown in place: the same device buffers hold the next step's lengths (each sequence
+ * `grow` tokens longer, within the blocks the scenario already filled). */
+static void set_lengths(const scenario *s, paged_tensors *t, int grow) {
+  for (int b = 0; b < s->c.batch; b++) {
+    const int32_t len = s->c.lens_k[b] - 8 + grow, P = s->c.page_size, n = (len + P - 1) / P;
+    if (s->csr) {
+      ((int32_t *)t->last.host)[b] = n ? len - (n - 1) * P : 1;
+      /* the scenario's blocks stay where they are; only the entry counts change */
+      ((int32_t *)t->indptr.host)[b + 1] = ((int32_t *)t->indptr.host)[b] + n;
+      for (int32_t j = 0; j < n; j++)
+        ((int32_t *)t->indices.host)[((int32_t *)t->indptr.host)[b] + j] = s->indices[s->indptr[b] + j];
+    } else {
+      ((int32_t *)t->lens.host)[b] = len;
+    }
+  }
+  yh_tensor *all[] = {&t->last, &t->indptr, &t->indices, &t->lens};
+  for (int i = 0; i < 4; i++)
+    if (all[i]->numel) cr_assert_eq(yh_upload(all[i]), 0);
+}
+
+Test(paged_attention, gpu_plan_run_and_graph_replay) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  cr_assert_not_null(gpu->cu.cuStreamBeginCapture, "the driver has no graph capture");
+  const uint64_t seed = ts_seed("paged_attention.gpu_graph");
+  yh_rng rng = {seed};
+  static const paged_case c = {3, {708, 41, 2008}, {0}, 32, 8, 128, 16};
+  CUstream stream;
+  cr_assert_eq(yk_cuda_make_current(gpu), YK_OK);
+  cr_assert_eq(gpu->cu.cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  for (int csr = 0; csr <= 1; csr++) {
+    scenario s;
+    make_scenario(&s, &c, 1, 0, csr, csr ? YK_KV_HND : YK_KV_NHD, &rng);
+    paged_tensors t, direct;
+    make_tensors(&t, gpu, &s, YK_BF16, 1);
+    make_tensors(&direct, gpu, &s, YK_BF16, 1);
+    set_lengths(&s, &t, 0), set_lengths(&s, &direct, 0);
+
+    yk_paged_plan *plan;
+    cr_assert_eq(yk_paged_plan_create(gpu, &plan), YK_OK);
+    const yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, c.q_heads, c.kv_heads, c.head_dim, c.page_size, csr, 0, 0};
+    int32_t lens[3];
+    for (int b = 0; b < 3; b++) lens[b] = c.lens_k[b] - 8;
+    size_t floats = 0;
+    cr_assert_eq(yk_paged_decode_plan(plan, &shape, lens, 3, &floats), YK_OK, "%s", yk_ctx_last_error(gpu));
+    cr_assert_gt(floats, 0, "a 2008-token sequence in a batch of 3 should be split");
+    yh_tensor ws;
+    const int64_t n_ws = (int64_t)floats;
+    cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &n_ws, NULL, 1), 0);
+
+    /* capture one run, then replay it for two steps of growing tables */
+    CUgraph graph;
+    CUgraphExec exec;
+    yh_poison(&t.out), yh_poison(&t.lse);
+    cr_assert_eq(gpu->cu.cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), CUDA_SUCCESS);
+    const yk_status captured = yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, &t.lse.dl, &ws.dl, stream);
+    cr_assert_eq(gpu->cu.cuStreamEndCapture(stream, &graph), CUDA_SUCCESS);
+    cr_assert_eq(captured, YK_OK, "%s", yk_ctx_last_error(gpu));
+    cr_assert_eq(gpu->cu.cuGraphInstantiateWithFlags(&exec, graph, 0), CUDA_SUCCESS);
+    for (int step = 0; step <= 8; step += 8) {
+      set_lengths(&s, &t, step), set_lengths(&s, &direct, step);
+      yh_poison(&t.out), yh_poison(&t.lse), yh_poison(&direct.out), yh_poison(&direct.lse);
+      cr_assert_eq(gpu->cu.cuGraphLaunch(exec, stream), CUDA_SUCCESS);
+      cr_assert_eq(gpu->cu.cuStreamSynchronize(stream), CUDA_SUCCESS);
+      /* the direct call with the same split count launches the same kernels: the same bits */
+      yk_attention_params p = {.num_splits = 0};
+      cr_assert_eq(yk_paged_attention_decode(gpu, &direct.q.dl, &direct.kv, &p, &direct.out.dl, &direct.lse.dl, NULL),
+                   YK_OK, "%s", yk_ctx_last_error(gpu));
+      cr_assert_eq(yh_sync(gpu), 0);
+      double *a = as_doubles(&t.out), *b = as_doubles(&direct.out);
+      for (int64_t e = 0; e < t.out.numel; e++)
+        cr_assert(a[e] == b[e], "%s step %d: replay out[%lld] %g, direct %g (seed %llu)", csr ? "csr" : "block_table",
+                  step, (long long)e, a[e], b[e], (unsigned long long)seed);
+      free(a), free(b);
+    }
+    /* the run refuses tensors that are not the plan's */
+    yk_paged_plan_shape other = shape;
+    other.kv_heads = 4;
+    cr_assert_eq(yk_paged_decode_plan(plan, &other, lens, 3, NULL), YK_OK);
+    ts_assert_rejected(gpu, yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, &t.lse.dl, &ws.dl, stream),
+                       YK_ERR_INVALID_ARGUMENT, "not the plan's");
+    cr_assert_eq(yk_paged_decode_plan(plan, &shape, lens, 3, NULL), YK_OK);
+    ts_assert_rejected(gpu, yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, &t.lse.dl, NULL, stream),
+                       YK_ERR_INVALID_ARGUMENT, "workspace");
+    gpu->cu.cuGraphExecDestroy(exec), gpu->cu.cuGraphDestroy(graph);
+    yk_paged_plan_destroy(plan);
+    yh_tensor_free(&ws), free_tensors(&t), free_tensors(&direct), free_scenario(&s);
+  }
+  gpu->cu.cuStreamDestroy(stream);
+  yk_ctx_destroy(gpu);
+}
+
+/* ---- the paged KV cache manager's tables ---- */
+
+/* Sequences of a yk_kv_cache (forked, appended, one freed): their K and V written through the
+ * layer tensors, their tables exported in both forms, attention over them against dense. */
+Test(paged_attention, cpu_over_kv_cache_tables) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  const uint64_t seed = ts_seed("paged_attention.kv_cache");
+  yh_rng rng = {seed};
+  yk_kv_cache_config cfg;
+  yk_kv_cache_config_init(&cfg);
+  cfg.layers = 2, cfg.kv_heads = 2, cfg.head_dim = 64, cfg.page_size = 16, cfg.num_blocks = 64;
+  cfg.dtype = (DLDataType){kDLFloat, 16, 1};
+  yk_kv_cache *cache;
+  cr_assert_eq(yk_kv_cache_create(cpu, &cfg, &cache), YK_OK, "%s", yk_ctx_last_error(cpu));
+  int64_t seqs[3], gone;
+  const int64_t lens[3] = {37, 37 + 20, 130};
+  cr_assert_eq(yk_kv_seq_add(cache, &seqs[0]), YK_OK);
+  cr_assert_eq(yk_kv_seq_add(cache, &seqs[2]), YK_OK);
+  cr_assert_eq(yk_kv_seq_add(cache, &gone), YK_OK);
+  cr_assert_eq(yk_kv_seq_append(cache, gone, 50, NULL), YK_OK);
+  cr_assert_eq(yk_kv_seq_append(cache, seqs[0], 37, NULL), YK_OK);
+  cr_assert_eq(yk_kv_seq_fork(cache, seqs[0], &seqs[1]), YK_OK);
+  cr_assert_eq(yk_kv_seq_append(cache, seqs[1], 20, NULL), YK_OK); /* copy-on-write of the shared last block */
+  cr_assert_eq(yk_kv_seq_append(cache, seqs[2], 130, NULL), YK_OK);
+  cr_assert_eq(yk_kv_seq_free(cache, gone), YK_OK);
+  cr_assert_eq(yk_kv_cache_copy_blocks(cache, NULL), YK_OK);
+
+  /* each sequence's tokens: dense copies, and written into layer 1 through its table */
+  DLTensor kl, vl;
+  cr_assert_eq(yk_kv_cache_layer(cache, 1, &kl, &vl), YK_OK);
+  const int64_t D = 64, H = 2, total = lens[0] + lens[1] + lens[2];
+  double *k = noise(&rng, total * H * D), *v = noise(&rng, total * H * D);
+  /* the fork holds its parent's 37 tokens (in shared blocks) before its own 20 */
+  memcpy(k + lens[0] * H * D, k, (size_t)(lens[0] * H * D) * sizeof *k);
+  memcpy(v + lens[0] * H * D, v, (size_t)(lens[0] * H * D) * sizeof *v);
+  for (int i = 0, first = 0; i < 3; first += (int)lens[i], i++) {
+    yk_kv_seq_info info;
+    cr_assert_eq(yk_kv_seq_get_info(cache, seqs[i], &info), YK_OK);
+    cr_assert_eq(info.tokens, lens[i]);
+    for (int64_t tkn = 0; tkn < lens[i]; tkn++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t d = 0; d < D; d++) {
+          const int64_t at = info.table[tkn / 16] * kl.strides[0] + (tkn % 16) * kl.strides[1] + h * kl.strides[2] + d;
+          ((uint16_t *)kl.data)[at] = yk_float_to_f16((float)k[((first + tkn) * H + h) * D + d]);
+          ((uint16_t *)vl.data)[at] = yk_float_to_f16((float)v[((first + tkn) * H + h) * D + d]);
+        }
+  }
+  scenario s = {.c = {3, {37, 57, 130}, {0}, 8, 2, 64, 16}, .decode = 1, .layout = YK_KV_NHD, .k = k, .v = v};
+  for (int b = 0; b < 3; b++) s.cu_k[b + 1] = s.cu_k[b] + s.c.lens_k[b], s.cu_q[b + 1] = b + 1;
+  s.total_k = total, s.total_q = 3;
+  s.q = noise(&rng, 3 * 8 * D);
+  dense_result want = dense_cpu(cpu, &s, YK_F16);
+
+  int64_t max_blocks, total_blocks;
+  cr_assert_eq(yk_kv_cache_table_sizes(cache, seqs, 3, &max_blocks, &total_blocks), YK_OK);
+  int32_t table[3 * 16], context_lens[3], indptr[4], indices[32], last[3];
+  cr_assert_eq(yk_kv_cache_block_tables(cache, seqs, 3, table, max_blocks, context_lens), YK_OK);
+  cr_assert_eq(yk_kv_cache_csr(cache, seqs, 3, indptr, indices, 32, last), YK_OK);
+  paged_tensors t = {0};
+  const int64_t q_shape[3] = {3, 8, D}, lse_shape[2] = {3, 8}, table_shape[2] = {3, max_blocks}, n3 = 3, n4 = 4;
+  cr_assert_eq(yh_tensor_init(&t.q, cpu, YK_F16, 3, q_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&t.out, cpu, YK_F16, 3, q_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&t.lse, cpu, YK_F32, 2, lse_shape, NULL, 0), 0);
+  yh_from_double(&t.q, s.q);
+  index_tensor(&t.table, cpu, 2, table_shape, table, 0);
+  index_tensor(&t.lens, cpu, 1, &n3, context_lens, 0);
+  index_tensor(&t.indptr, cpu, 1, &n4, indptr, 0);
+  index_tensor(&t.indices, cpu, 1, &total_blocks, indices, 0);
+  index_tensor(&t.last, cpu, 1, &n3, last, 0);
+  for (int csr = 0; csr <= 1; csr++) {
+    yk_paged_kv kv = {.k_cache = &kl, .v_cache = &vl, .layout = YK_KV_NHD};
+    if (csr)
+      kv.kv_indptr = &t.indptr.dl, kv.kv_indices = &t.indices.dl, kv.kv_last_page_len = &t.last.dl;
+    else
+      kv.block_tables = &t.table.dl, kv.context_lens = &t.lens.dl;
+    yh_poison(&t.out);
+    yk_attention_params p = {0};
+    cr_assert_eq(yk_paged_attention_decode(cpu, &t.q.dl, &kv, &p, &t.out.dl, &t.lse.dl, NULL), YK_OK, "%s",
+                 yk_ctx_last_error(cpu));
+    double *got = as_doubles(&t.out);
+    for (int64_t e = 0; e < t.out.numel; e++)
+      cr_assert(got[e] == want.out[e], "%s: out[%lld] %g, dense %g (seed %llu)", csr ? "csr" : "block_table",
+                (long long)e, got[e], want.out[e], (unsigned long long)seed);
+    free(got);
+  }
+  /* a freed sequence has no table */
+  const int64_t with_gone[2] = {seqs[0], gone};
+  ts_assert_rejected(cpu, yk_kv_cache_block_tables(cache, with_gone, 2, table, max_blocks, context_lens),
+                     YK_ERR_NOT_FOUND, "");
+  free_result(&want), free(s.q), free(k), free(v), free_tensors(&t);
+  yk_kv_cache_destroy(cache);
+  yk_ctx_destroy(cpu);
+}
+
+/* ---- bad input ---- */
+
+/* Each call is refused with its status and a message naming the problem, and writes nothing. */
+static void expect_rejected(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_tensor *cu_q, yk_status want,
+                            const char *needle) {
+  void *out = yh_snapshot(&t->out), *lse = yh_snapshot(&t->lse);
+  ts_assert_rejected(ctx, run_paged(ctx, s, t, cu_q, 0), want, needle);
+  cr_assert_eq(yh_bytes_changed(&t->out, out), 0, "a rejected call (%s) wrote out", needle);
+  cr_assert_eq(yh_bytes_changed(&t->lse, lse), 0, "a rejected call (%s) wrote lse", needle);
+  free(out), free(lse);
+}
+
+/* Tables the host can read: CPU tensors, or pinned ones beside device caches. */
+static void bad_tables(yk_ctx *ctx, int on_device, uint64_t seed) {
+  yh_rng rng = {seed};
+  static const paged_case c = {3, {40, 17, 64}, {5, 17, 1}, 8, 2, 64, 16};
+  for (int decode = 0; decode <= 1; decode++)
+    for (int csr = 0; csr <= 1; csr++) {
+      scenario s;
+      make_scenario(&s, &c, decode, 1, csr, YK_KV_NHD, &rng);
+      paged_tensors t;
+      yh_tensor cu_q;
+      make_tensors(&t, ctx, &s, YK_F16, on_device);
+      cu_q_tensor(&cu_q, ctx, &s, on_device);
+      yh_poison(&t.out), yh_poison(&t.lse);
+      /* tables in pinned memory, which the host reads and checks */
+      yh_tensor *tables[] = {&t.table, &t.lens, &t.indptr, &t.indices, &t.last};
+      void *pinned[5] = {NULL};
+      for (int i = 0; i < 5; i++)
+        if (on_device && tables[i]->numel) {
+          const size_t bytes = (size_t)tables[i]->numel * sizeof(int32_t);
+          cr_assert_eq(ctx->cu.cuMemAllocHost(&pinned[i], bytes), CUDA_SUCCESS);
+          memcpy(pinned[i], tables[i]->host, bytes);
+          tables[i]->dl.data = pinned[i], tables[i]->dl.device.device_type = kDLCUDAHost;
+        }
+      int32_t *entries = (csr ? t.indices : t.table).dl.data, *lens = (csr ? t.last : t.lens).dl.data;
+      const int32_t saved_entry = entries[1], saved_len = lens[1];
+      entries[1] = (int32_t)s.num_blocks; /* block id out of range */
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "outside the");
+      entries[1] = saved_entry;
+      if (csr) {
+        lens[1] = 17; /* last_page_len past the page size */
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "outside 1..page_size");
+        lens[1] = saved_len;
+        int32_t *indptr = t.indptr.dl.data;
+        const int32_t saved = indptr[2];
+        indptr[2] = indptr[1] - 1;
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "decreases");
+        indptr[2] = saved;
+        indptr[3] = (int32_t)s.nnz + 1;
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "past the");
+        indptr[3] = s.indptr[3];
+      } else {
+        lens[1] = (int32_t)(s.max_blocks * 16 + 1); /* a context longer than its table */
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "outside 0..");
+        lens[1] = -1;
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "outside 0..");
+        lens[1] = saved_len;
+      }
+      /* both forms, neither */
+      yk_paged_kv saved_kv = t.kv;
+      if (csr)
+        t.kv.block_tables = &t.indices.dl, t.kv.context_lens = &t.last.dl;
+      else
+        t.kv.block_tables = NULL, t.kv.context_lens = NULL;
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "one page table");
+      t.kv = saved_kv;
+      /* still accepted once repaired */
+      cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
+      cr_assert_eq(yh_sync(ctx), 0);
+      for (int i = 0; i < 5; i++)
+        if (pinned[i]) {
+          ctx->cu.cuMemFreeHost(pinned[i]);
+          tables[i]->dl.data = (void *)(uintptr_t)tables[i]->device, tables[i]->dl.device.device_type = kDLCUDA;
+        }
+      yh_tensor_free(&cu_q), free_tensors(&t), free_scenario(&s);
+    }
+}
+
+/* Shapes, types and parameters. */
+static void bad_shapes(yk_ctx *ctx, int on_device, uint64_t seed) {
+  yh_rng rng = {seed};
+  static const paged_case c = {2, {40, 17}, {5, 17}, 8, 2, 64, 16};
+  for (int decode = 0; decode <= 1; decode++) {
+    scenario s;
+    make_scenario(&s, &c, decode, 0, 0, YK_KV_NHD, &rng);
+    paged_tensors t;
+    yh_tensor cu_q;
+    make_tensors(&t, ctx, &s, YK_BF16, on_device);
+    cu_q_tensor(&cu_q, ctx, &s, on_device);
+    yh_poison(&t.out), yh_poison(&t.lse);
+    DLTensor q = t.q.dl, k = t.k_cache.dl, lens = t.lens.dl;
+    int64_t shape[4];
+
+    memcpy(shape, q.shape, 3 * sizeof *shape), shape[1] = 7, t.q.dl.shape = shape; /* 2 kv heads do not divide 7 */
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "do not divide");
+    memcpy(shape, q.shape, 3 * sizeof *shape), shape[2] = 32, t.q.dl.shape = shape;
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "head_dim");
+    t.q.dl = q;
+    t.q.dl.dtype = (DLDataType){kDLFloat, 16, 1};
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "");
+    t.q.dl = q;
+    if (decode) {
+      memcpy(shape, q.shape, 3 * sizeof *shape), shape[0] = 1, t.q.dl.shape = shape;
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "batch");
+      t.q.dl = q;
+    }
+    t.kv.layout = (yk_kv_layout)5;
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "layout");
+    t.kv.layout = YK_KV_NHD;
+    memcpy(shape, k.shape, 4 * sizeof *shape), shape[1] = 129, t.k_cache.dl.shape = shape;
+    t.kv.v_cache = &t.k_cache.dl; /* same shape for both */
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_UNSUPPORTED, "page_size");
+    t.k_cache.dl = k, t.kv.v_cache = &t.v_cache.dl;
+    t.lens.dl.dtype = (DLDataType){kDLInt, 64, 1};
+    expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "int32");
+    t.lens.dl = lens;
+    if (decode) { /* cu_seqlens_k with paged keys; decode with cu_seqlens_q; splits; overlaps; no kv */
+      yk_attention_params p = {.cu_seqlens_k = &cu_q.dl};
+      ts_assert_rejected(ctx, yk_paged_attention_decode(ctx, &t.q.dl, &t.kv, &p, &t.out.dl, &t.lse.dl, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "cu_seqlens_k must be NULL");
+      p = (yk_attention_params){.cu_seqlens_q = &cu_q.dl};
+      ts_assert_rejected(ctx, yk_paged_attention_decode(ctx, &t.q.dl, &t.kv, &p, &t.out.dl, &t.lse.dl, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "cu_seqlens_q must be NULL");
+      p = (yk_attention_params){.num_splits = -1};
+      ts_assert_rejected(ctx, yk_paged_attention_decode(ctx, &t.q.dl, &t.kv, &p, &t.out.dl, &t.lse.dl, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "num_splits");
+      /* out overlapping q */
+      p = (yk_attention_params){0};
+      ts_assert_rejected(ctx, yk_paged_attention_decode(ctx, &t.q.dl, &t.kv, &p, &t.q.dl, NULL, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "");
+      ts_assert_rejected(ctx, yk_paged_attention_decode(ctx, &t.q.dl, NULL, &p, &t.out.dl, NULL, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "kv is NULL");
+    }
+    if (on_device) {
+      /* a table in pageable host memory beside device caches */
+      DLTensor host_lens = t.lens.dl;
+      host_lens.data = t.lens.host, host_lens.device = (DLDevice){kDLCPU, 0};
+      t.kv.context_lens = &host_lens;
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "pageable");
+      t.kv.context_lens = &t.lens.dl;
+      if (decode) { /* device tables without a bound on the lengths */
+        t.kv.max_context_len = 0;
+        expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "max_context_len");
+      }
+    }
+    yh_tensor_free(&cu_q), free_tensors(&t), free_scenario(&s);
+  }
+}
+
+Test(paged_attention, bad_input_cpu) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  bad_tables(cpu, 0, ts_seed("paged_attention.bad_cpu"));
+  bad_shapes(cpu, 0, ts_seed("paged_attention.bad_shapes_cpu"));
+  yk_paged_plan *plan;
+  cr_assert_eq(yk_paged_plan_create(cpu, &plan), YK_OK);
+  const yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, 8, 2, 64, 16, 0, 0, 0};
+  const int32_t lens[1] = {5};
+  ts_assert_rejected(cpu, yk_paged_decode_plan(plan, &shape, lens, 1, NULL), YK_ERR_NO_DEVICE, "no CUDA device");
+  yk_paged_plan_destroy(plan);
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, bad_input_gpu) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  bad_tables(gpu, 1, ts_seed("paged_attention.bad_gpu"));
+  bad_shapes(gpu, 1, ts_seed("paged_attention.bad_shapes_gpu"));
+  yk_paged_plan *plan;
+  cr_assert_eq(yk_paged_plan_create(gpu, &plan), YK_OK);
+  yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, 8, 2, 64, 16, 0, 0, 0};
+  const int32_t lens[2] = {5, -1};
+  ts_assert_rejected(gpu, yk_paged_decode_plan(plan, &shape, lens, 2, NULL), YK_ERR_INVALID_ARGUMENT, "negative");
+  shape.page_size = 0;
+  ts_assert_rejected(gpu, yk_paged_decode_plan(plan, &shape, lens, 1, NULL), YK_ERR_UNSUPPORTED, "page_size");
+  shape.page_size = 16, shape.head_dim = 72;
+  ts_assert_rejected(gpu, yk_paged_decode_plan(plan, &shape, lens, 1, NULL), YK_ERR_UNSUPPORTED, "head_dim");
+  yk_paged_plan_destroy(plan);
+  yk_ctx_destroy(gpu);
+}
+
+/* ---- cascade decode ---- */
+
+/* Every sequence of s begins with the same prefix_pages pages (sequence 0's blocks, and its keys). */
+static void share_prefix(scenario *s, int prefix_pages) {
+  const int64_t P = s->c.page_size, row = s->c.kv_heads * s->c.head_dim;
+  for (int b = 1; b < s->c.batch; b++) {
+    for (int j = 0; j < prefix_pages; j++)
+      s->table[b * s->max_blocks + j] = s->indices[s->indptr[b] + j] = s->indices[j];
+    memcpy(s->k + s->cu_k[b] * row, s->k, (size_t)(prefix_pages * P * row) * sizeof *s->k);
+    memcpy(s->v + s->cu_k[b] * row, s->v, (size_t)(prefix_pages * P * row) * sizeof *s->v);
+  }
+  place_tokens(s);
+}
+
+static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed) {
+  yh_rng rng = {seed};
+  const int gpu = ctx->device == YK_DEVICE_CUDA, prefix_pages = 20;
+  static const paged_case c = {5, {320 + 37, 320 + 1, 320, 320 + 200, 320 + 16}, {0}, 8, 2, 128, 16};
+  scenario s;
+  make_scenario(&s, &c, 1, 0, 0, YK_KV_NHD, &rng);
+  share_prefix(&s, prefix_pages);
+  for (int dtype = gpu ? YK_F16 : YK_F32; dtype <= YK_BF16; dtype++) {
+    paged_tensors t;
+    make_tensors(&t, ctx, &s, dtype, gpu);
+    yk_attention_params p = {0};
+    cr_assert_eq(yk_paged_attention_decode(ctx, &t.q.dl, &t.kv, &p, &t.out.dl, &t.lse.dl, NULL), YK_OK, "%s",
+                 yk_ctx_last_error(ctx));
+    double *want = as_doubles(&t.out), *want_lse = as_doubles(&t.lse);
+    /* the prefix as a table of one sequence; the suffixes as tables past it */
+    yh_tensor shared_table, shared_len, unique_table, unique_lens;
+    const int64_t one[2] = {1, prefix_pages}, n1 = 1, rows[2] = {c.batch, s.max_blocks}, nb = c.batch;
+    const int32_t prefix_len = (int32_t)(prefix_pages * c.page_size);
+    int32_t suffix_table[MAX_BATCH * 80], suffix_lens[MAX_BATCH];
+    for (int b = 0; b < c.batch; b++) {
+      suffix_lens[b] = c.lens_k[b] - prefix_len;
+      for (int64_t j = 0; j < s.max_blocks; j++)
+        suffix_table[b * s.max_blocks + j] =
+            j + prefix_pages < s.max_blocks ? s.table[b * s.max_blocks + j + prefix_pages] : 0;
+    }
+    index_tensor(&shared_table, ctx, 2, one, s.table, gpu);
+    index_tensor(&shared_len, ctx, 1, &n1, &prefix_len, gpu);
+    index_tensor(&unique_table, ctx, 2, rows, suffix_table, gpu);
+    index_tensor(&unique_lens, ctx, 1, &nb, suffix_lens, gpu);
+    yk_paged_kv shared = t.kv, unique = t.kv;
+    shared.block_tables = &shared_table.dl, shared.context_lens = &shared_len.dl, shared.max_context_len = prefix_len;
+    unique.block_tables = &unique_table.dl, unique.context_lens = &unique_lens.dl, unique.max_context_len = 200;
+    yh_poison(&t.out), yh_poison(&t.lse);
+    cr_assert_eq(yk_cascade_attention_decode(ctx, &t.q.dl, &shared, &unique, &p, &t.out.dl, &t.lse.dl, NULL), YK_OK,
+                 "%s", yk_ctx_last_error(ctx));
+    cr_assert_eq(yh_sync(ctx), 0);
+    double *got = as_doubles(&t.out);
+    const double err = ts_gpu_error(got, want, t.out.numel), tol = dtype == YK_F32 ? 1e-5 : ts_gpu_tolerance(dtype);
+    cr_assert(err < tol, "cascade %s %s: error %.3g against paged decode (seed %llu)", gpu ? "gpu" : "cpu",
+              ts_type_name(dtype), err, (unsigned long long)seed);
+    check_lse(&t.lse, want_lse, 1e-3, "cascade lse", seed);
+    /* a shared table of more than one sequence is refused */
+    ts_assert_rejected(ctx, yk_cascade_attention_decode(ctx, &t.q.dl, &unique, &unique, &p, &t.out.dl, NULL, NULL),
+                       YK_ERR_INVALID_ARGUMENT, "the prefix is one");
+    free(want), free(want_lse), free(got);
+    yh_tensor_free(&shared_table), yh_tensor_free(&shared_len), yh_tensor_free(&unique_table);
+    yh_tensor_free(&unique_lens), free_tensors(&t);
+  }
+  free_scenario(&s);
+}
+
+Test(paged_attention, cpu_cascade_matches_paged_decode) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade"));
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, gpu_cascade_matches_paged_decode) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  cascade_matches_paged(gpu, ts_seed("paged_attention.gpu_cascade"));
+  yk_ctx_destroy(gpu);
+}
