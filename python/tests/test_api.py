@@ -50,22 +50,27 @@ def test_engine_classes_exist():
     for name in ENGINE_CLASSES:
         assert inspect.isclass(getattr(yk, name)), name
     for method in ("swap_blocks_to_cpu", "swap_blocks_from_cpu"):
-        assert list(inspect.signature(getattr(yk.KVCacheManager, method)).parameters) == ["self", "block_ids"]
+        params = list(inspect.signature(getattr(yk.KVCacheManager, method)).parameters.values())
+        assert [p.name for p in params[:2]] == ["self", "block_ids"]
+        assert all(p.kind == p.KEYWORD_ONLY for p in params[2:]), method
+
+
+def test_kv_cache_manager_takes_the_engines_arguments():
+    """The YAIE engine's kv_cache.py constructs KVCacheManager(num_blocks, block_size, num_heads,
+    head_dim, dtype=float16); the rest (layers, layout, device, pool, ...) is keyword-only."""
+    params = list(inspect.signature(yk.KVCacheManager).parameters.values())
+    positional = [p for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in positional] == ["num_blocks", "block_size", "num_heads", "head_dim", "dtype"]
+    assert positional[-1].default == "float16"
+    assert all(p.kind == p.KEYWORD_ONLY for p in params if p not in positional)
 
 
 @pytest.mark.parametrize("call, names", [
     (lambda: yk.paged_attention_forward(None, None, None, None, None, 0), ["paged attention", "issue 4"]),
-    (lambda: yk.memory_pool_allocate(1 << 20), ["yk_pool_alloc", "issue 4"]),
-    (lambda: yk.memory_pool_free(0), ["yk_pool_free", "issue 4"]),
-    (lambda: yk.KVCacheBlock(), ["KV cache block", "issue 4"]),
-    (lambda: yk.KVCacheManager(num_blocks=16), ["KV cache manager", "issue 4"]),
-    (lambda: yk.KVCacheManager.swap_blocks_to_cpu(None, [1]), ["swapping to a pinned host pool", "issue 4"]),
-    (lambda: yk.KVCacheManager.swap_blocks_from_cpu(None, [1]), ["swapping from a pinned host pool", "issue 4"]),
     (lambda: yk.RadixAttentionBlock(), ["radix prefix tree", "issue 5"]),
     (lambda: yk.RadixAttentionWithPagedKVCache(), ["radix prefix sharing", "issue 5"]),
     (lambda: yk.FlashInferPagedAttention(), ["paged attention", "issue 4"]),
-], ids=["paged_attention_forward", "memory_pool_allocate", "memory_pool_free", "KVCacheBlock", "KVCacheManager",
-        "swap_blocks_to_cpu", "swap_blocks_from_cpu", "RadixAttentionBlock", "RadixAttentionWithPagedKVCache",
+], ids=["paged_attention_forward", "RadixAttentionBlock", "RadixAttentionWithPagedKVCache",
         "FlashInferPagedAttention"])
 def test_ops_not_in_c_yet_raise_naming_them(call, names):
     with pytest.raises(NotImplementedError) as e:
@@ -95,7 +100,8 @@ def test_missing_library_says_where_it_looked(tmp_path):
 
 def test_import_needs_no_library():
     r = _fresh_python("import yaie_kernels as yk\n"
-                      "try:\n    yk.memory_pool_allocate(16)\nexcept NotImplementedError:\n    print('ok')\n",
+                      "try:\n    yk.paged_attention_forward(None, None, None, None, None, 0)\n"
+                      "except NotImplementedError:\n    print('ok')\n",
                       YK_LIBRARY="/nonexistent/libyk.so")
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 

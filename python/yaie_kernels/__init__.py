@@ -21,10 +21,14 @@ from ._attention import (
     flash_attention_forward,
     merge_attention_states,
 )
+from ._dlpack import BufferView
+from ._kv import KVCacheBlock, KVCacheInfo, KVCacheManager, SeqInfo
 from ._lib import (
     DeviceError,
     InvalidArgumentError,
     LibraryNotFoundError,
+    NotFoundError,
+    OutOfMemoryError,
     UnsupportedError,
     YKError,
     library_path,
@@ -43,13 +47,17 @@ from ._ops import (
 )
 from ._pending import (
     FlashInferPagedAttention,
-    KVCacheBlock,
-    KVCacheManager,
     RadixAttentionBlock,
     RadixAttentionWithPagedKVCache,
+    paged_attention_forward,
+)
+from ._pool import (
+    MemoryPool,
+    PoolAllocation,
+    PoolStats,
+    default_memory_pool,
     memory_pool_allocate,
     memory_pool_free,
-    paged_attention_forward,
 )
 
 __version__ = "0.1.0"
@@ -80,6 +88,14 @@ __all__ = [
     "rope",
     "attention_decode",
     "merge_attention_states",
+    # memory: the pool and the paged KV cache
+    "MemoryPool",
+    "PoolStats",
+    "PoolAllocation",
+    "default_memory_pool",
+    "KVCacheInfo",
+    "SeqInfo",
+    "BufferView",
     # the library and its errors
     "library_path",
     "library_version",
@@ -87,5 +103,7 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedError",
     "DeviceError",
+    "OutOfMemoryError",
+    "NotFoundError",
     "LibraryNotFoundError",
 ]

@@ -17,6 +17,8 @@ __all__ = [
     "InvalidArgumentError",
     "UnsupportedError",
     "DeviceError",
+    "OutOfMemoryError",
+    "NotFoundError",
     "library_path",
     "library_version",
 ]
@@ -66,12 +68,22 @@ class DeviceError(YKError, RuntimeError):
     """Every other status: no device, NVRTC or driver failure, out of memory, cache I/O, internal."""
 
 
+class OutOfMemoryError(DeviceError, MemoryError):
+    """YK_ERR_OUT_OF_MEMORY: a pool, the KV cache's blocks or the device ran out. A DeviceError
+    (RuntimeError, as torch's own OutOfMemoryError) and a MemoryError; the call changed nothing."""
+
+
+class NotFoundError(YKError, KeyError):
+    """YK_ERR_NOT_FOUND: an id or name the library does not hold (a freed KV cache sequence)."""
+
+    __str__ = Exception.__str__  # KeyError's would quote the message
+
+
+_ERROR_CLASSES = {1: InvalidArgumentError, 2: UnsupportedError, 6: OutOfMemoryError, 8: NotFoundError}
+
+
 def _error_class(status):
-    if status == 1:
-        return InvalidArgumentError
-    if status == 2:
-        return UnsupportedError
-    return DeviceError
+    return _ERROR_CLASSES.get(status, DeviceError)
 
 
 # ---- finding the library ----
@@ -116,6 +128,7 @@ def _open_library():
 _p = ctypes.c_void_p
 _i = ctypes.c_int
 _f = ctypes.c_float
+_i64 = ctypes.c_int64
 
 
 class CtxOptions(ctypes.Structure):
@@ -166,6 +179,36 @@ _PROTOTYPES = {
     "yk_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
     "yk_attention_decode_workspace_floats": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i]),
     "yk_merge_attention_states": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    # the memory pool (yk/pool.h)
+    "yk_pool_options_init": (None, [_p]),
+    "yk_pool_create": (_i, [_p, _p, _p]),
+    "yk_pool_destroy": (None, [_p]),
+    "yk_pool_alloc": (_i, [_p, ctypes.c_size_t, _p]),
+    "yk_pool_free": (_i, [_p, _p]),
+    "yk_pool_get_stats": (_i, [_p, _p]),
+    # the paged KV cache (yk/kv.h)
+    "yk_kv_cache_config_init": (None, [_p]),
+    "yk_kv_cache_create": (_i, [_p, _p, _p]),
+    "yk_kv_cache_destroy": (None, [_p]),
+    "yk_kv_cache_get_info": (_i, [_p, _p]),
+    "yk_kv_cache_layer": (_i, [_p, _i, _p, _p]),
+    "yk_kv_cache_host_layer": (_i, [_p, _i, _p, _p]),
+    "yk_kv_seq_add": (_i, [_p, _p]),
+    "yk_kv_seq_append": (_i, [_p, _i64, _i64, _p]),
+    "yk_kv_seq_blocks_needed": (_i, [_p, _i64, _i64, _p]),
+    "yk_kv_seq_fork": (_i, [_p, _i64, _p]),
+    "yk_kv_seq_free": (_i, [_p, _i64]),
+    "yk_kv_seq_get_info": (_i, [_p, _i64, _p]),
+    "yk_kv_cache_copy_blocks": (_i, [_p, _p]),
+    "yk_kv_cache_swap_blocks_to_cpu": (_i, [_p, _p, _p, _i64, _p]),
+    "yk_kv_cache_swap_blocks_from_cpu": (_i, [_p, _p, _p, _i64, _p]),
+    "yk_kv_seq_swap_out": (_i, [_p, _i64, _p]),
+    "yk_kv_seq_swap_in": (_i, [_p, _i64, _p]),
+    "yk_kv_cache_event": (_p, [_p]),
+    "yk_kv_cache_sync": (_i, [_p]),
+    "yk_kv_cache_table_sizes": (_i, [_p, _p, _i64, _p, _p]),
+    "yk_kv_cache_block_tables": (_i, [_p, _p, _i64, _p, _i64, _p]),
+    "yk_kv_cache_csr": (_i, [_p, _p, _i64, _p, _p, _i64, _p]),
 }
 
 
