@@ -1,7 +1,13 @@
-/* yk bench --radix: the radix tree's host operations a second on SGLang-sized prefixes: 1000
- * cached requests of 4096 tokens (16 system prompts of 1024 tokens, each request's own 3072
- * after), then matches, inserts, eviction and scheduling over them. No GPU: the tree is host
- * bookkeeping, and its page owner here only counts references. */
+/* yk bench --radix: prefix sharing on the host, no GPU (the tree and the block counts are host
+ * bookkeeping).
+ *  1. The issue's shared-prefix workload through the prefix cache on a KV cache: 64 requests
+ *     sharing a 4096-token prompt, 256 tokens of their own each, page 16: blocks in use and
+ *     prefill tokens with and without sharing, against the target of at most 1.1x the requests'
+ *     own blocks plus one prompt.
+ *  2. A request's calls (start, append, finish) a second on 4k-token prompts, under eviction.
+ *  3. The bare tree's operations a second on SGLang-sized prefixes: 1000 cached requests of 4096
+ *     tokens (16 system prompts of 1024 tokens, each request's own 3072 after), then matches,
+ *     inserts, eviction and scheduling over them, with a page owner that only counts. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +15,7 @@
 
 #include "bench/bench.h"
 #include "kv/radix_tree.h"
+#include "tools/cli.h"
 
 #define REQUESTS 1000
 #define PROMPTS 16
@@ -140,6 +147,176 @@ static int run(int page_size, int quick, const int32_t *cached, const int32_t *f
   return failures;
 }
 
+/* ---- the prefix cache on a KV cache ---- */
+
+#define SHARED_REQUESTS 64
+#define SHARED_TOKENS 4096
+#define OWN_TOKENS 256
+#define PAGE 16
+#define REQUEST_TOKENS (SHARED_TOKENS + OWN_TOKENS)
+#define LLAMA_3_8B_LAYERS 32 /* not in the model presets, which hold what the ops need */
+
+/* Only block counts matter here, so blocks are as small as a cache allows; what they would take
+ * for Llama 3 8B (its kv heads and head dim from the presets, bf16) is computed aside. */
+static yk_kv_cache *small_cache(yk_ctx *ctx, int64_t blocks) {
+  yk_kv_cache_config config;
+  yk_kv_cache_config_init(&config);
+  config.layers = 1, config.kv_heads = 1, config.head_dim = 1, config.page_size = PAGE, config.num_blocks = blocks;
+  yk_kv_cache *cache = NULL;
+  return yk_kv_cache_create(ctx, &config, &cache) == YK_OK ? cache : NULL;
+}
+
+static double llama_3_8b_block_bytes(void) {
+  const yk_model_preset *m = NULL;
+  for (int i = 0; i < yk_model_preset_count() && !m; i++)
+    if (!strcmp(yk_model_preset_get(i)->name, "llama-3-8b")) m = yk_model_preset_get(i);
+  return m ? 2.0 * LLAMA_3_8B_LAYERS * PAGE * m->kv_heads * m->head_dim * 2 : 0;
+}
+
+/* Request r's tokens: the shared prompt, then its own (token ids no other request has). */
+static void request_tokens(int32_t *tokens, const int32_t *shared, int64_t r) {
+  memcpy(tokens, shared, SHARED_TOKENS * sizeof *tokens);
+  for (int i = 0; i < OWN_TOKENS; i++) tokens[SHARED_TOKENS + i] = (int32_t)(200000 + r * OWN_TOKENS + i);
+}
+
+typedef struct workload_result {
+  int64_t blocks_used, prefill_tokens;
+} workload_result;
+
+/* Without sharing: every request's own sequence computes and stores the whole prompt. */
+static yk_status run_unshared(yk_kv_cache *cache, workload_result *out) {
+  int64_t seqs[SHARED_REQUESTS];
+  yk_status st = YK_OK;
+  int r = 0;
+  for (; r < SHARED_REQUESTS && st == YK_OK; r++)
+    if ((st = yk_kv_seq_add(cache, &seqs[r])) == YK_OK) st = yk_kv_seq_append(cache, seqs[r], REQUEST_TOKENS, NULL);
+  yk_kv_cache_info info;
+  yk_kv_cache_get_info(cache, &info);
+  *out = (workload_result){info.num_blocks - info.free_blocks, (int64_t)SHARED_REQUESTS * REQUEST_TOKENS};
+  while (r-- > 0) yk_kv_seq_free(cache, seqs[r]);
+  return st;
+}
+
+/* With sharing: request 0 computes the prompt and caches it while it runs (as SGLang keeps a
+ * batch's shared prefix to one request); the other 63 start from it and compute their own part. */
+static yk_status run_shared(yk_kv_cache *cache, const int32_t *shared, workload_result *out) {
+  yk_prefix_cache *pc;
+  yk_status st = yk_prefix_cache_create(cache, &pc);
+  if (st != YK_OK) return st;
+  static int32_t tokens[REQUEST_TOKENS];
+  int64_t seqs[SHARED_REQUESTS], cached, prefill = 0;
+  int r = 0;
+  for (; r < SHARED_REQUESTS && st == YK_OK; r++) {
+    request_tokens(tokens, shared, r);
+    if ((st = yk_prefix_cache_start(pc, tokens, REQUEST_TOKENS, &seqs[r], &cached)) != YK_OK) break;
+    prefill += REQUEST_TOKENS - cached;
+    st = yk_prefix_cache_append(pc, seqs[r], REQUEST_TOKENS - cached, NULL);
+    if (st == YK_OK && r == 0) st = yk_prefix_cache_insert(pc, seqs[r], tokens, REQUEST_TOKENS);
+  }
+  yk_prefix_cache_stats s;
+  yk_prefix_cache_get_stats(pc, &s);
+  *out = (workload_result){s.total_blocks - s.free_blocks, prefill};
+  while (r-- > 0) {
+    request_tokens(tokens, shared, r);
+    if (st == YK_OK) st = yk_prefix_cache_finish(pc, seqs[r], tokens, REQUEST_TOKENS);
+  }
+  yk_prefix_cache_destroy(pc);
+  return st;
+}
+
+static int shared_prefix_workload(yk_ctx *ctx, const int32_t *shared) {
+  yk_kv_cache *cache = small_cache(ctx, (int64_t)SHARED_REQUESTS * REQUEST_TOKENS / PAGE);
+  if (!cache) return 1;
+  workload_result without, with;
+  yk_status st = run_unshared(cache, &without);
+  if (st == YK_OK) st = run_shared(cache, shared, &with);
+  yk_kv_cache_destroy(cache);
+  if (st != YK_OK) return 1;
+  const double gib = llama_3_8b_block_bytes() / (1024.0 * 1024 * 1024);
+  const int64_t own_blocks = (int64_t)SHARED_REQUESTS * OWN_TOKENS / PAGE, prompt_blocks = SHARED_TOKENS / PAGE;
+  const double target = 1.1 * (double)own_blocks + (double)prompt_blocks;
+  printf("| %-66s | %12s | %12s |\n", "shared prefix: 64 requests, 4096 shared + 256 own tokens, page 16", "no sharing",
+         "prefix cache");
+  printf("|--------------------------------------------------------------------|--------------|--------------|\n");
+  printf("| %-66s | %12lld | %12lld |\n", "KV blocks in use, all 64 running", (long long)without.blocks_used,
+         (long long)with.blocks_used);
+  printf("| %-66s | %12.2f | %12.2f |\n", "  as Llama 3 8B KV (32 layers, 8 kv heads, dim 128, bf16), GiB",
+         (double)without.blocks_used * gib, (double)with.blocks_used * gib);
+  printf("| %-66s | %12lld | %12lld |\n", "prefill tokens computed", (long long)without.prefill_tokens,
+         (long long)with.prefill_tokens);
+  const int met = (double)with.blocks_used <= target;
+  printf("target: blocks with sharing <= 1.1 x %lld own + %lld prompt = %.0f: %s (%lld, %.3fx the own blocks "
+         "plus one prompt); prefill work %.1f%% of unshared\n\n",
+         (long long)own_blocks, (long long)prompt_blocks, target, met ? "met" : "NOT MET", (long long)with.blocks_used,
+         (double)(with.blocks_used - prompt_blocks) / (double)own_blocks,
+         100.0 * (double)with.prefill_tokens / (double)without.prefill_tokens);
+  return !met;
+}
+
+/* A request's calls a second: start (match the 4k prompt, share its 256 blocks, lock), append
+ * its own 256 tokens (16 blocks), finish (cache those 16, unlock, free). The pool holds the
+ * prompt and about 120 requests' own blocks, so once full every append evicts the least recently
+ * used request's. */
+static int lifecycle_rates(yk_ctx *ctx, const int32_t *shared, int quick) {
+  const int64_t pool = SHARED_TOKENS / PAGE + 120 * OWN_TOKENS / PAGE;
+  yk_kv_cache *cache = small_cache(ctx, pool);
+  yk_prefix_cache *pc = NULL;
+  if (!cache || yk_prefix_cache_create(cache, &pc) != YK_OK) {
+    yk_kv_cache_destroy(cache);
+    return 1;
+  }
+  const int rounds = quick ? 1000 : 10000;
+  static int32_t tokens[REQUEST_TOKENS];
+  double spent[3] = {0, 0, 0};
+  int failures = 0;
+  struct timespec t0;
+  for (int r = 0; r < rounds; r++) {
+    request_tokens(tokens, shared, r);
+    int64_t seq, cached = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    failures += yk_prefix_cache_start(pc, tokens, REQUEST_TOKENS, &seq, &cached) != YK_OK;
+    spent[0] += elapsed_s(&t0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    failures += yk_prefix_cache_append(pc, seq, REQUEST_TOKENS - cached, NULL) != YK_OK;
+    spent[1] += elapsed_s(&t0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    failures += yk_prefix_cache_finish(pc, seq, tokens, REQUEST_TOKENS) != YK_OK;
+    spent[2] += elapsed_s(&t0);
+    failures += r > 0 && cached != SHARED_TOKENS;
+  }
+  yk_prefix_cache_stats s;
+  yk_prefix_cache_get_stats(pc, &s);
+  printf("| %-60s | %12s | %10s |\n", "prefix cache requests (host; 4352 tokens, 4096 cached)", "ops/s", "us/op");
+  printf("|--------------------------------------------------------------|--------------|------------|\n");
+  row("start: match 4096, share 256 blocks, lock", PAGE, rounds, spent[0]);
+  row("append 256 tokens, 16 blocks, evicting when full", PAGE, rounds, spent[1]);
+  row("finish: cache 16 blocks, unlock, free", PAGE, rounds, spent[2]);
+  row("a whole request", PAGE, rounds, spent[0] + spent[1] + spent[2]);
+  printf("| %-60s | %12lld | %10lld |\n\n", "  then: blocks evicted, cached", (long long)s.evicted_blocks,
+         (long long)s.cached_blocks);
+  failures += s.evicted_blocks == 0;
+  yk_prefix_cache_destroy(pc);
+  yk_kv_cache_destroy(cache);
+  return failures;
+}
+
+static int prefix_cache_benchmarks(int quick) {
+  yk_ctx *ctx = cli_ctx(YK_DEVICE_CPU);
+  int32_t *shared = malloc(SHARED_TOKENS * sizeof *shared);
+  int failures = !shared;
+  if (shared) {
+    yh_rng rng = {7};
+    for (int i = 0; i < SHARED_TOKENS; i++) shared[i] = (int32_t)(yh_next(&rng) % 128000);
+    if (shared_prefix_workload(ctx, shared))
+      failures++, fprintf(stderr, "yk bench --radix: shared-prefix workload failed or missed its target: %s\n",
+                          yk_ctx_last_error(ctx));
+    failures += lifecycle_rates(ctx, shared, quick);
+  }
+  free(shared);
+  yk_ctx_destroy(ctx);
+  return failures;
+}
+
 int bench_radix(int quick) {
   int32_t *cached = malloc((size_t)REQUESTS * TOKENS * sizeof *cached);
   int32_t *fresh = malloc((size_t)REQUESTS * TOKENS * sizeof *fresh);
@@ -154,9 +331,9 @@ int bench_radix(int quick) {
   /* the same prompts, then tokens no cached request has (so a match stops at the prompt) */
   for (int64_t i = 0; i < (int64_t)REQUESTS * TOKENS; i++)
     if (i % TOKENS >= PROMPT_TOKENS) fresh[i] += 128000;
+  int failures = prefix_cache_benchmarks(quick);
   printf("| %-60s | %12s | %10s |\n", "radix tree (host; 1000 requests of 4096 tokens cached)", "ops/s", "us/op");
   printf("|--------------------------------------------------------------|--------------|------------|\n");
-  int failures = 0;
   const int sizes[2] = {1, 16};
   for (int i = 0; i < 2; i++) failures += run(sizes[i], quick, cached, fresh, pages);
   free(cached), free(fresh), free(pages);

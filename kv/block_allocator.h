@@ -1,6 +1,7 @@
 /* The free list and reference counts of one set of KV blocks (the device blocks, or the host swap
- * blocks). A block is free exactly when no sequence references it and no pending copy holds it.
- * Callers check free_count before taking, so taking never fails. */
+ * blocks). A block is free exactly when nothing references it (a sequence's table, the prefix
+ * cache) and no pending copy holds it. Callers check free_count before taking, so taking never
+ * fails. */
 #ifndef YK_KV_BLOCK_ALLOCATOR_H
 #define YK_KV_BLOCK_ALLOCATOR_H
 
@@ -8,7 +9,7 @@
 
 typedef struct yk_block_allocator {
   int64_t count;
-  int32_t *refs;     /* block tables holding the block */
+  int32_t *refs;     /* block tables and the prefix cache holding the block */
   int32_t *holds;    /* pending copies reading or writing it (they keep it from reuse) */
   int32_t *free_ids; /* a stack; the top is handed out next */
   int64_t free_count;

@@ -1,6 +1,7 @@
 /* The KV cache's insides, shared by its files: kv_cache.c (creation, memory, layer tensors),
  * sequences.c (tables: add, append, fork, free), block_copy.c (copies, copy-on-write flush,
- * event), swap.c (device <-> host), page_tables.c (the dense and CSR exports). */
+ * event), swap.c (device <-> host), page_tables.c (the dense and CSR exports), block_refs.c
+ * (references held outside tables). */
 #ifndef YK_KV_KV_CACHE_H
 #define YK_KV_KV_CACHE_H
 
@@ -71,5 +72,28 @@ static inline yk_kv_block_set yk_kv_host_set(const yk_kv_cache *c) {
 
 /* Records the cache's event on stream after a batch of transfers (nothing on a CPU context). */
 yk_status yk_kv_record_event(yk_kv_cache *cache, const char *op, void *stream);
+
+/* ---- references held outside block tables: the prefix cache's (kv/prefix_*.c) ----
+ * A device block's refs count the tables holding it plus these, so copy-on-write protects a
+ * cached block as it protects one shared with a fork, and the block is free only when no table,
+ * no pending copy and no holder here keeps it. */
+
+/* YK_OK when each of device blocks[0..n) may gain a reference (what yk_kv_blocks_retain checks). */
+yk_status yk_kv_check_shareable(yk_kv_cache *cache, const char *op, const int32_t *blocks, int64_t n);
+
+/* One more reference on each of device blocks[0..n), all or none: each must be in use (a free
+ * block has nothing in it to share) and below 2^31 - 1 references. */
+yk_status yk_kv_blocks_retain(yk_kv_cache *cache, const char *op, const int32_t *blocks, int64_t n);
+
+/* Drops one reference on each of device blocks[0..n). Ids out of range or without a reference
+ * are skipped, not counted down past zero; the return is how many (0 unless the caller is wrong). */
+int64_t yk_kv_blocks_release(yk_kv_cache *cache, const int32_t *blocks, int64_t n);
+
+/* A new sequence of `tokens` tokens whose table is device blocks[0..n_blocks), shared by
+ * reference (each gains one), as a fork shares its parent's: n_blocks must be the blocks that many
+ * tokens fill (tokens may end inside the last; appending there copies it first). Each block must
+ * be in use, none twice. */
+yk_status yk_kv_seq_add_shared(yk_kv_cache *cache, const int32_t *blocks, int64_t n_blocks, int64_t tokens,
+                               int64_t *seq);
 
 #endif

@@ -146,3 +146,14 @@ yk_status yk_radix_get_stats(const yk_radix_tree *tree, yk_radix_stats *out) {
   *out = tree->stats;
   return YK_OK;
 }
+
+int64_t yk_radix_count_pages(const yk_radix_tree *tree, int unlocked_only, int (*counts)(void *user, int32_t page),
+                             void *user, int64_t enough) {
+  int64_t total = 0;
+  for (int32_t x = RADIX_ROOT + 1; x < tree->node_capacity && total < enough; x++) {
+    const radix_node *n = &tree->nodes[x];
+    if (!n->alive || (unlocked_only && n->lock_ref)) continue;
+    for (int64_t i = 0; i < n->len / tree->page_size; i++) total += counts(user, radix_pages(n)[i]) != 0;
+  }
+  return total;
+}

@@ -216,6 +216,16 @@ static yk_status check_tokens(const yk_radix_tree *tree, const char *call, const
   return YK_OK;
 }
 
+/* The page ids on the path from the root to end, which covers tokens [0, matched). */
+static void copy_path_pages(const yk_radix_tree *tree, int32_t end, int64_t matched, int32_t *pages) {
+  const int ps = tree->page_size;
+  for (int32_t x = end; x != RADIX_ROOT; x = tree->nodes[x].parent) {
+    const radix_node *node = &tree->nodes[x];
+    matched -= node->len;
+    memcpy(pages + matched / ps, radix_pages(node), (size_t)(node->len / ps) * sizeof *pages);
+  }
+}
+
 yk_status yk_radix_prefix_length(const yk_radix_tree *tree, const int32_t *tokens, int64_t n, int64_t *matched_tokens) {
   yk_status st = check_tokens(tree, "prefix_length", tokens, n, !matched_tokens);
   if (st != YK_OK) return st;
@@ -242,15 +252,24 @@ yk_status yk_radix_match_prefix(yk_radix_tree *tree, const int32_t *tokens, int6
   }
   tree->clock++;
   touch(tree, end);
-  if (pages) {
-    int64_t offset = w.matched;
-    for (int32_t x = end; x != RADIX_ROOT; x = tree->nodes[x].parent) {
-      const radix_node *node = &tree->nodes[x];
-      offset -= node->len;
-      memcpy(pages + offset / ps, radix_pages(node), (size_t)(node->len / ps) * sizeof *pages);
-    }
-  }
+  if (pages) copy_path_pages(tree, end, w.matched, pages);
   *out = (yk_radix_match){w.matched, handle(tree, end)};
+  return YK_OK;
+}
+
+yk_status yk_radix_peek_prefix(const yk_radix_tree *tree, const int32_t *tokens, int64_t n, int32_t *pages,
+                               int64_t *matched_tokens) {
+  yk_status st = check_tokens(tree, "peek_prefix", tokens, n, !matched_tokens);
+  if (st != YK_OK) return st;
+  const int ps = tree->page_size;
+  const radix_walk w = walk(tree, tokens, n - n % ps);
+  if (pages) {
+    if (w.child != RADIX_NONE) /* the part of a node a match would split off */
+      memcpy(pages + (w.matched - w.partial) / ps, radix_pages(&tree->nodes[w.child]),
+             (size_t)(w.partial / ps) * sizeof *pages);
+    copy_path_pages(tree, w.node, w.matched - w.partial, pages);
+  }
+  *matched_tokens = w.matched;
   return YK_OK;
 }
 

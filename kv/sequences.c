@@ -1,5 +1,6 @@
-/* Sequences and their block tables: add, append (with copy-on-write of a shared last block),
- * fork, free. Each call checks and allocates everything it needs before it changes anything. */
+/* Sequences and their block tables: add, add over shared blocks, append (with copy-on-write of a
+ * shared last block), fork, free. Each call checks and allocates everything it needs before it
+ * changes anything. */
 #include <stdlib.h>
 
 #include "kv/kv_cache.h"
@@ -170,6 +171,45 @@ yk_status yk_kv_seq_fork(yk_kv_cache *c, int64_t parent, int64_t *child) {
   }
   s->block_count = p->block_count;
   s->tokens = p->tokens;
+  return YK_OK;
+}
+
+/* No block twice in one table: a table holds each of its blocks once, and freeing drops one
+ * reference per entry. */
+static yk_status check_distinct(yk_kv_cache *c, const char *op, const int32_t *blocks, int64_t n) {
+  uint8_t *marks = c->device.marks;
+  int64_t i = 0;
+  while (i < n && !marks[blocks[i]]) marks[blocks[i++]] = 1;
+  for (int64_t j = 0; j < i; j++) marks[blocks[j]] = 0;
+  return i == n ? YK_OK
+                : yk_error(c->ctx, YK_ERR_INVALID_ARGUMENT, "%s: block %d appears twice", op, blocks[i]);
+}
+
+yk_status yk_kv_seq_add_shared(yk_kv_cache *c, const int32_t *blocks, int64_t n_blocks, int64_t tokens,
+                               int64_t *seq) {
+  const char *op = "yk_kv_seq_add_shared";
+  if (!c) return YK_ERR_INVALID_ARGUMENT;
+  if (!seq || (n_blocks > 0 && !blocks))
+    return yk_error(c->ctx, YK_ERR_INVALID_ARGUMENT, "%s: seq or blocks is NULL", op);
+  const int64_t page = c->config.page_size;
+  if (tokens < 0 || tokens > INT32_MAX || n_blocks != (tokens + page - 1) / page)
+    return yk_error(c->ctx, YK_ERR_INVALID_ARGUMENT, "%s: %lld tokens do not fill %lld blocks of %lld", op,
+                    (long long)tokens, (long long)n_blocks, (long long)page);
+  yk_status st = yk_kv_check_shareable(c, op, blocks, n_blocks);
+  if (st == YK_OK) st = check_distinct(c, op, blocks, n_blocks);
+  if (st != YK_OK) return st;
+  const int32_t slot = reserve_slot(c);
+  if (slot < 0) return yk_error(c->ctx, YK_ERR_OUT_OF_MEMORY, "%s: out of host memory for sequences", op);
+  yk_kv_seq *s = &c->seqs[slot];
+  if (yk_kv_grow_ids(&s->blocks, &s->block_capacity, n_blocks))
+    return yk_error(c->ctx, YK_ERR_OUT_OF_MEMORY, "%s: out of host memory for the block table", op);
+  *seq = commit_slot(c, slot);
+  for (int64_t i = 0; i < n_blocks; i++) {
+    s->blocks[i] = blocks[i];
+    yk_block_ref(&c->device, blocks[i]);
+  }
+  s->block_count = n_blocks;
+  s->tokens = tokens;
   return YK_OK;
 }
 

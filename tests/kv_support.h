@@ -62,6 +62,20 @@ static inline unsigned char *kv_block_bytes(yk_kv_cache *cache, int host, int32_
   return (unsigned char *)(host ? cache->host_base : cache->device_base) + (size_t)b * cache->block_bytes;
 }
 
+/* Element (block, token offset, head, dim) of layer l's K (kv 0) or V (kv 1) among a CPU cache's
+ * device (host 0) or host (host 1) blocks, found through the layer tensors a kernel reads. */
+static inline uint16_t *kv_element(yk_kv_cache *c, int host, int layer, int kv, int64_t block, int64_t offset, int head,
+                                   int dim) {
+  DLTensor t;
+  if (host)
+    yk_kv_cache_host_layer(c, layer, kv ? NULL : &t, kv ? &t : NULL);
+  else
+    yk_kv_cache_layer(c, layer, kv ? NULL : &t, kv ? &t : NULL);
+  const int nhd = c->config.layout == YK_KV_NHD;
+  return (uint16_t *)t.data + block * t.strides[0] + (nhd ? offset : head) * t.strides[1] +
+         (nhd ? head : offset) * t.strides[2] + dim;
+}
+
 /* Fills every device block of a CPU cache with bytes that differ between blocks and positions. */
 static inline void kv_fill_device(yk_kv_cache *cache, const char *seed_name) {
   yh_rng rng = {ts_seed(seed_name)};

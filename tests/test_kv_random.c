@@ -27,27 +27,13 @@ typedef struct {
   int copies, swaps, refused, early_frees; /* how often each path ran: the run must reach them all */
 } model;
 
-/* Element (block, token offset, head, dim) of layer l's K (kv 0) or V (kv 1), as raw 16 bits. */
-static uint16_t *element(model *m, int host, int layer, int kv, int64_t block, int64_t offset, int head, int dim) {
-  yk_kv_cache *c = m->cache;
-  DLTensor t;
-  if (host)
-    yk_kv_cache_host_layer(c, layer, kv ? NULL : &t, kv ? &t : NULL);
-  else
-    yk_kv_cache_layer(c, layer, kv ? NULL : &t, kv ? &t : NULL);
-  const int nhd = c->config.layout == YK_KV_NHD;
-  const int64_t i =
-      block * t.strides[0] + (nhd ? offset : head) * t.strides[1] + (nhd ? head : offset) * t.strides[2] + dim;
-  return (uint16_t *)t.data + i;
-}
-
 static void for_token(model *m, int host, int64_t block, int64_t offset, uint16_t *write, uint16_t want) {
   const yk_kv_cache_config *k = &m->cache->config;
   for (int l = 0; l < k->layers; l++)
     for (int kv = 0; kv < 2; kv++)
       for (int h = 0; h < k->kv_heads; h++)
         for (int d = 0; d < k->head_dim; d++) {
-          uint16_t *e = element(m, host, l, kv, block, offset, h, d);
+          uint16_t *e = kv_element(m->cache, host, l, kv, block, offset, h, d);
           if (write)
             *e = (uint16_t)(*write + l * 7 + kv * 3 + h + d);
           else

@@ -12,6 +12,7 @@
 #include "yk/jit.h"
 #include "yk/pool.h"
 #include "yk/kv.h"
+#include "yk/radix.h"
 
 #ifdef __cplusplus
 extern "C" {
