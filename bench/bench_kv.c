@@ -1,10 +1,14 @@
 /* yk bench --kv: the KV cache manager's host operations a second, what a scheduler pays every
- * step for every sequence. Runs on a CPU context (the bookkeeping is the same on a GPU one; block
- * bytes are kept tiny so memory plays no part). */
+ * step for every sequence, on a CPU context (the bookkeeping is the same on a GPU one; block bytes
+ * are kept tiny so memory plays no part). Then, where there is a GPU, the bytes that move: swaps
+ * against the bus's own copy rate and append_kv against the device's copy rate, on a Llama 3 8B
+ * cache, timed as bench_timer.c times the ops (CUDA events, medians). */
 #include <stdio.h>
 #include <time.h>
 
 #include "bench/bench.h"
+#include "kv/kv_cache.h"
+#include "runtime/context.h"
 #include "tools/cli.h"
 
 #define SEQS 256
@@ -76,6 +80,185 @@ static yk_status forks(yk_kv_cache *cache, int rounds) {
   return st;
 }
 
+/* ---- on the GPU ---- */
+
+/* Llama 3 8B: 32 layers, 8 kv heads of 128, page 16, bf16: 2 MiB a block. 512 device blocks hold
+ * an 8192-token prefill; as many pinned host blocks take the largest swap. */
+#define GPU_BLOCKS 512
+
+/* A plain copy of the same bytes, timed the same way: the ceiling a swap or a kernel is held to. */
+typedef enum { DEVICE_TO_HOST, HOST_TO_DEVICE, DEVICE_TO_DEVICE } copy_kind;
+typedef struct {
+  yk_ctx *ctx;
+  copy_kind kind;
+  char *device, *host, *device_to; /* device_to: the destination of a device-to-device copy */
+  size_t bytes;
+} plain_copy;
+
+static yk_status plain_copy_call(void *p) {
+  const plain_copy *c = p;
+  const yk_cuda_api *cu = &c->ctx->cu;
+  const CUdeviceptr device = (CUdeviceptr)(uintptr_t)c->device;
+  CUresult r = c->kind == DEVICE_TO_HOST ? cu->cuMemcpyDtoHAsync(c->host, device, c->bytes, NULL)
+               : c->kind == HOST_TO_DEVICE
+                   ? cu->cuMemcpyHtoDAsync(device, c->host, c->bytes, NULL)
+                   : cu->cuMemcpyDtoDAsync((CUdeviceptr)(uintptr_t)c->device_to, device, c->bytes, NULL);
+  return r == CUDA_SUCCESS ? YK_OK : YK_ERR_CUDA;
+}
+
+typedef struct {
+  yk_kv_cache *cache;
+  const int32_t *src, *dst;
+  int64_t n;
+  int to_cpu;
+} swap_case;
+
+static yk_status swap_call(void *p) {
+  const swap_case *s = p;
+  return s->to_cpu ? yk_kv_cache_swap_blocks_to_cpu(s->cache, s->src, s->dst, s->n, NULL)
+                   : yk_kv_cache_swap_blocks_from_cpu(s->cache, s->src, s->dst, s->n, NULL);
+}
+
+static void gpu_row(const char *what, double ms, double bytes, double ceiling_gbps) {
+  const double gbps = ms > 0 ? bytes / ms / 1e6 : 0;
+  printf("| %-62s | %9.4f | %8.1f | %7.0f%% |\n", what, ms, gbps, ceiling_gbps > 0 ? 100 * gbps / ceiling_gbps : 0);
+}
+
+/* GB/s of the swaps, batches of 1, 16 and 256 blocks, consecutive ids (one transfer) and
+ * scattered ones (i * 37 and i * 53 modulo the blocks: no two adjacent, a transfer a block),
+ * against one copy of the same bytes between the same device and pinned host memory. */
+static int swap_rows(bench_timer *t, yk_kv_cache *cache, int quick) {
+  static int32_t in_order[GPU_BLOCKS], device_spread[GPU_BLOCKS], host_spread[GPU_BLOCKS];
+  for (int i = 0; i < GPU_BLOCKS; i++)
+    in_order[i] = i, device_spread[i] = (i * 37) % GPU_BLOCKS, host_spread[i] = (i * 53) % GPU_BLOCKS;
+  static const int batches[] = {1, 16, 256};
+  int failures = 0;
+  for (int b = 0; b < (quick ? 2 : 3); b++)
+    for (int to_cpu = 1; to_cpu >= 0; to_cpu--) {
+      const int64_t n = batches[b];
+      const double bytes = (double)n * (double)cache->block_bytes;
+      plain_copy bus = {
+          cache->ctx,   to_cpu ? DEVICE_TO_HOST : HOST_TO_DEVICE, cache->device_base, cache->host_base, NULL,
+          (size_t)bytes};
+      const double bus_ms = bench_median_ms(t, plain_copy_call, &bus), bus_gbps = bus_ms > 0 ? bytes / bus_ms / 1e6 : 0;
+      char what[96];
+      snprintf(what, sizeof what, "bus: one copy %s, %lld blocks", to_cpu ? "device -> host" : "host -> device",
+               (long long)n);
+      gpu_row(what, bus_ms, bytes, bus_gbps);
+      for (int scattered = 0; scattered <= 1; scattered++) {
+        const int32_t *device_ids = scattered ? device_spread : in_order,
+                      *host_ids = scattered ? host_spread : in_order;
+        swap_case s = {cache, to_cpu ? device_ids : host_ids, to_cpu ? host_ids : device_ids, n, to_cpu};
+        const double ms = bench_median_ms(t, swap_call, &s);
+        snprintf(what, sizeof what, "swap_blocks_%s_cpu %lld blocks, %s ids", to_cpu ? "to" : "from", (long long)n,
+                 scattered ? "scattered" : "consecutive");
+        if (ms <= 0 || bus_ms <= 0) {
+          fprintf(stderr, "bench %s failed: %s\n", what, yk_ctx_last_error(cache->ctx));
+          failures++;
+          continue;
+        }
+        gpu_row(what, ms, bytes, bus_gbps);
+      }
+    }
+  return failures;
+}
+
+typedef struct {
+  yk_ctx *ctx;
+  yh_tensor k, v, slots, positions, table;
+  DLTensor kc, vc;
+  int rope;
+} append_case;
+
+static yk_status append_call(void *p) {
+  append_case *a = p;
+  const yk_append_kv_index index = {.slot_mapping = &a->slots.dl};
+  const yk_append_kv_rope rope = {&a->positions.dl, &a->table.dl, YK_ROPE_NEOX};
+  return yk_append_kv(a->ctx, &a->k.dl, &a->v.dl, &a->kc, &a->vc, YK_KV_NHD, &index, a->rope ? &rope : NULL, NULL);
+}
+
+/* A decode step (64 tokens, each in its own block) and a prefill chunk (8192 tokens filling the
+ * blocks in order) of layer 0; bytes: K and V read once and written once. */
+static int append_rows(bench_timer *t, yk_kv_cache *cache, double copy_gbps) {
+  static const struct {
+    const char *name;
+    int64_t tokens;
+    int scattered, rope;
+  } cases[] = {
+      {"append_kv decode 64 tokens (Llama 3 8B layer, NHD page 16)", 64, 1, 0},
+      {"append_kv prefill 8192 tokens", 8192, 0, 0},
+      {"append_kv prefill 8192 tokens, NeoX RoPE of k fused", 8192, 0, 1},
+  };
+  yh_rng rng = {11};
+  int failures = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    append_case a = {.ctx = cache->ctx, .rope = cases[i].rope};
+    const int64_t n = cases[i].tokens, kv[3] = {n, 8, 128}, table[2] = {32768, 128};
+    yk_status st = yk_kv_cache_layer(cache, 0, &a.kc, &a.vc);
+    if (st || yh_tensor_init(&a.k, a.ctx, YK_BF16, 3, kv, NULL, 1) ||
+        yh_tensor_init(&a.v, a.ctx, YK_BF16, 3, kv, NULL, 1) ||
+        yh_tensor_init(&a.slots, a.ctx, YK_I64, 1, &n, NULL, 1) ||
+        yh_tensor_init(&a.positions, a.ctx, YK_I64, 1, &n, NULL, 1) ||
+        yh_tensor_init(&a.table, a.ctx, YK_BF16, 2, table, NULL, 1)) {
+      fprintf(stderr, "bench %s: cannot allocate its tensors\n", cases[i].name);
+      failures++;
+      continue;
+    }
+    yh_fill_uniform(&a.k, &rng, -2, 2), yh_fill_uniform(&a.v, &rng, -2, 2), yh_fill_uniform(&a.table, &rng, -1, 1);
+    yh_fill_integers(&a.positions, &rng, 0, 32768);
+    for (int64_t s = 0; s < n; s++) /* decode: block s * 37 at some offset; prefill: slot s */
+      ((int64_t *)a.slots.host)[s] = cases[i].scattered ? (s * 37 % GPU_BLOCKS) * PAGE + s % PAGE : s;
+    yh_upload(&a.slots);
+    const double ms = bench_median_ms(t, append_call, &a), bytes = 4.0 * (double)(n * 8 * 128) * 2;
+    if (ms <= 0) {
+      fprintf(stderr, "bench %s failed: %s\n", cases[i].name, yk_ctx_last_error(a.ctx));
+      failures++;
+    } else {
+      gpu_row(cases[i].name, ms, bytes, copy_gbps);
+    }
+    yh_tensor_free(&a.k), yh_tensor_free(&a.v), yh_tensor_free(&a.slots), yh_tensor_free(&a.positions);
+    yh_tensor_free(&a.table);
+  }
+  return failures;
+}
+
+static int bench_kv_gpu(int quick) {
+  yk_ctx *ctx = cli_ctx(YK_DEVICE_AUTO);
+  if (ctx->device != YK_DEVICE_CUDA) {
+    printf("\nGPU rows skipped: %s\n", ctx->device_note);
+    yk_ctx_destroy(ctx);
+    return 0;
+  }
+  yk_kv_cache_config config;
+  yk_kv_cache_config_init(&config);
+  config.layers = 32, config.kv_heads = 8, config.head_dim = 128, config.page_size = PAGE;
+  config.num_blocks = GPU_BLOCKS, config.host_blocks = GPU_BLOCKS;
+  yk_kv_cache *cache = NULL;
+  bench_timer timer;
+  int failures = 0;
+  if (yk_kv_cache_create(ctx, &config, &cache) != YK_OK || bench_timer_init(&timer, ctx)) {
+    cli_fail("bench --kv", "GPU cache or timer: %s", yk_ctx_last_error(ctx));
+    yk_kv_cache_destroy(cache);
+    yk_ctx_destroy(ctx);
+    return 1;
+  }
+  printf("\n| %-62s | %9s | %8s | %8s |\n", "KV bytes on the GPU (Llama 3 8B cache: 2 MiB a block, bf16)", "median ms",
+         "GB/s", "of bus");
+  printf("|----------------------------------------------------------------|-----------|----------|----------|\n");
+  failures += swap_rows(&timer, cache, quick);
+  const size_t half = (size_t)GPU_BLOCKS / 2 * cache->block_bytes;
+  plain_copy device = {ctx, DEVICE_TO_DEVICE, cache->device_base, NULL, cache->device_base + half, half};
+  const double copy_ms = bench_median_ms(&timer, plain_copy_call, &device);
+  const double copy_gbps = copy_ms > 0 ? 2.0 * (double)half / copy_ms / 1e6 : 0;
+  printf("| %-62s | %9s | %8s | %8s |\n", "", "", "", "of copy");
+  gpu_row("device copy, 512 MiB (read + write)", copy_ms, 2.0 * (double)half, copy_gbps);
+  failures += append_rows(&timer, cache, copy_gbps);
+  bench_timer_free(&timer);
+  yk_kv_cache_destroy(cache);
+  yk_ctx_destroy(ctx);
+  return failures;
+}
+
 int bench_kv(int quick) {
   yk_ctx *ctx = cli_ctx(YK_DEVICE_CPU);
   yk_kv_cache_config config;
@@ -94,5 +277,5 @@ int bench_kv(int quick) {
   if (st != YK_OK) cli_fail("bench --kv", "%s", yk_ctx_last_error(ctx));
   yk_kv_cache_destroy(cache);
   yk_ctx_destroy(ctx);
-  return st != YK_OK;
+  return (st != YK_OK) + bench_kv_gpu(quick);
 }

@@ -123,7 +123,8 @@ YK_API yk_status yk_kv_seq_blocks_needed(yk_kv_cache *cache, int64_t seq, int64_
 YK_API yk_status yk_kv_seq_fork(yk_kv_cache *cache, int64_t parent, int64_t *child);
 
 /* Releases the sequence's blocks (device or host, wherever it is); a block returns to the free
- * list when no sequence and no pending copy holds it. The id becomes invalid. */
+ * list when no sequence, no pending copy and no prefix cache (include/yk/radix.h) holds it. The
+ * id becomes invalid. */
 YK_API yk_status yk_kv_seq_free(yk_kv_cache *cache, int64_t seq);
 
 typedef struct yk_kv_seq_info {
@@ -139,9 +140,9 @@ YK_API yk_status yk_kv_seq_get_info(yk_kv_cache *cache, int64_t seq, yk_kv_seq_i
 /* ---- copy-on-write copies ---- */
 
 /* Performs every recorded copy-on-write copy, whole blocks (K and V of every layer), and clears
- * the list. CUDA: cuMemcpyDtoDAsync per run of consecutive blocks, asynchronous on stream (a
- * CUstream; NULL: the legacy default stream), then the cache's event is recorded on it. CPU:
- * memcpy, complete on return. Call it before writing the new tokens (see the order above). */
+ * the list. CUDA: yk_copy_blocks kernels (one launch for up to a few hundred copies), asynchronous
+ * on stream (a CUstream; NULL: the legacy default stream), then the cache's event is recorded on
+ * it. CPU: memcpy, complete on return. Call it before writing the new tokens (see the order above). */
 YK_API yk_status yk_kv_cache_copy_blocks(yk_kv_cache *cache, void *stream);
 
 /* ---- swapping between device blocks and host blocks ----
@@ -199,6 +200,63 @@ YK_API yk_status yk_kv_cache_block_tables(yk_kv_cache *cache, const int64_t *seq
  * fails when the total blocks exceed it. */
 YK_API yk_status yk_kv_cache_csr(yk_kv_cache *cache, const int64_t *seqs, int64_t num_seqs, int32_t *kv_indptr,
                                  int32_t *kv_indices, int64_t capacity, int32_t *kv_last_page_len);
+
+/* ---- kernels on the cache ----
+ *
+ * Ops over cache tensors: yk_kv_cache_layer's (block stride larger than a page: only strides
+ * are used) or an engine's own, of any strides with the last dimension contiguous. Like every op
+ * (include/yk/ops.h) they run on the GPU when the tensors are in CUDA memory, on the CPU fallback
+ * when they are in host memory, and on failure have written nothing and launched nothing. */
+
+/* Where yk_append_kv writes each new token: set one of the two forms and leave the other's
+ * members NULL. Slots must be distinct (two tokens into one slot race on the GPU). */
+typedef struct yk_append_kv_index {
+  /* vLLM's form (reshape_and_cache): int32 or int64 [tokens]; token t goes to block
+   * slot / page_size at offset slot % page_size (yk_kv_seq_append's slots). A negative slot skips
+   * the token: batch padding. */
+  const DLTensor *slot_mapping;
+  /* FlashInfer's form (append_paged_kv_cache), all int32: token t is at position positions[t] of
+   * sequence b = batch_indices[t], whose blocks are kv_indices[kv_indptr[b] .. kv_indptr[b + 1])
+   * (yk_kv_cache_csr's arrays); it goes to that list's block positions[t] / page_size, at offset
+   * positions[t] % page_size. kv_indptr: [batch + 1]; a negative position skips the token. */
+  const DLTensor *batch_indices, *positions, *kv_indptr, *kv_indices;
+} yk_append_kv_index;
+
+/* RoPE applied to k on its way into the cache (k itself is not modified), with yk_rope's
+ * arithmetic: the cache receives exactly the bits yk_rope on k then a plain append would write. */
+typedef struct yk_append_kv_rope {
+  const DLTensor *positions;     /* int32 or int64 [tokens], each in [0, max_position) */
+  const DLTensor *cos_sin_cache; /* [max_position, rotary_dim], as yk_rope: float32 or k's dtype */
+  int style; /* a yk_rope_style: YK_ROPE_NEOX or YK_ROPE_GPTJ (yk/ops.h, which includes this header) */
+} yk_append_kv_rope;
+
+/* Writes the new tokens' K and V into their pages: k_cache[block, offset] = k[t] (rotated when
+ * rope is set) and v_cache likewise, for every token t the index places.
+ * k, v: [tokens, kv_heads, head_dim], the cache's dtype (float16 or bfloat16; float32 too).
+ * k_cache, v_cache: one layer, NHD [num_blocks, page_size, kv_heads, head_dim] or HND
+ *   [num_blocks, kv_heads, page_size, head_dim] as layout says.
+ * rope: NULL for none.
+ * Index values in host memory are checked before anything is written: a slot or block outside
+ * the cache, a sequence or page outside the CSR table, a rope position out of range fail the
+ * call. Values in device memory cannot be read before the kernel runs: there a token whose slot
+ * or page lies outside the cache (or the CSR table) is skipped, not written; a rope position out
+ * of range writes that token's k unrotated (as yk_rope leaves it). */
+YK_API yk_status yk_append_kv(yk_ctx *ctx, const DLTensor *k, const DLTensor *v, DLTensor *k_cache, DLTensor *v_cache,
+                              yk_kv_layout layout, const yk_append_kv_index *index, const yk_append_kv_rope *rope,
+                              void *stream);
+
+/* vLLM's copy_blocks(key_caches, value_caches, block_mapping): in each of num_caches tensors,
+ * block block_mapping[2 * i] is copied over block block_mapping[2 * i + 1], for i < num_pairs.
+ * caches: [num_blocks, ...] tensors of one shape, dtype and strides (every layer's K and V, say),
+ * each block a contiguous run (dimensions after the first compact); the block stride is free.
+ * block_mapping: host memory, (source, destination) pairs of int32 block ids, all checked
+ * against num_blocks. On the GPU the pairs travel by value in the kernels' parameters (a few
+ * hundred a launch): no upload, no staging buffer, and the call can be captured in a CUDA graph.
+ * The pairs are copied concurrently: no block may be both a source and a destination, nor a
+ * destination twice (not checked). yk_kv_cache_copy_blocks performs its copy-on-write copies
+ * through this op. */
+YK_API yk_status yk_copy_blocks(yk_ctx *ctx, DLTensor *const *caches, int num_caches, const int32_t *block_mapping,
+                                int64_t num_pairs, void *stream);
 
 #ifdef __cplusplus
 }
