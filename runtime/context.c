@@ -6,6 +6,8 @@
 
 #include "runtime/error.h"
 #include "runtime/module.h"
+#include "tune/tune_context.h"
+#include "tune/tune_table.h"
 #include "yk/yk.h"
 
 void yk_ctx_options_init(yk_ctx_options *options) {
@@ -139,6 +141,7 @@ yk_status yk_ctx_create(const yk_ctx_options *user_options, yk_ctx **out) {
   if (yk_kernel_cache_init(&ctx->cache)) goto fail_cache;
   if (yk_thread_pool_init(&ctx->pool, options.cpu_threads)) goto fail_pool;
   yk_disk_cache_init(ctx, &ctx->cache.disk, &options);
+  yk_tune_attach(ctx);
   *out = ctx;
   return YK_OK;
 
@@ -158,6 +161,7 @@ void yk_ctx_destroy(yk_ctx *ctx) {
   if (ctx->device == YK_DEVICE_CUDA) yk_cuda_make_current(ctx);
   yk_kernel_cache_destroy(&ctx->cache, ctx);
   yk_thread_pool_destroy(&ctx->pool);
+  yk_tune_table_free(ctx->tune);
   if (ctx->cu_context) ctx->cu.cuDevicePrimaryCtxRelease(ctx->cu_device);
   yk_cuda_api_close(&ctx->cu);
   yk_nvrtc_api_close(&ctx->nvrtc);

@@ -12,6 +12,7 @@
 #include "yk/context.h"
 
 typedef struct yk_error_slot yk_error_slot;
+typedef struct yk_tune_table yk_tune_table;
 
 struct yk_ctx {
   yk_device_kind device; /* YK_DEVICE_CPU or YK_DEVICE_CUDA: where ops run */
@@ -53,6 +54,10 @@ struct yk_ctx {
    * times configurations through the ops themselves. NULL in normal use. */
   void (*spec_override)(void *user, yk_spec *spec);
   void *spec_override_user;
+
+  /* This GPU's tuned configurations (tune/tune_table.h), read from the tuning database at
+   * creation and never changed after; NULL when there are none. */
+  yk_tune_table *tune;
 };
 
 #endif

@@ -15,6 +15,7 @@ static const struct {
     {"gen", cmd_gen, "print the CUDA source (or key) the generator makes for a spec"},
     {"demo", cmd_demo, "run one decoder step's ops through the cache and check them"},
     {"bench", cmd_bench, "time every op and the JIT on the GPU; write a results table"},
+    {"tune", cmd_tune, "sweep configurations on the GPU into the tuning database; import, export, csv"},
 };
 
 static int usage(FILE *to) {
@@ -22,7 +23,7 @@ static int usage(FILE *to) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(to, "  %-6s %s\n", commands[i].name, commands[i].help);
   fprintf(to, "\nenvironment: YK_DEVICE=cpu|cuda|auto, YK_CACHE_DIR, YK_CACHE_PATH, YK_CACHE=memory,\n"
-              "             YK_NVRTC_PATH, YK_NUM_THREADS\n");
+              "             YK_NVRTC_PATH, YK_NUM_THREADS, YK_TUNE_DB\n");
   return to == stdout ? 0 : 2;
 }
 

@@ -160,7 +160,7 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   spec->v[SPLIT] = L->splits > 1;
   spec->v[PAGED] = L->paged;
   spec->v[PAGE_SIZE] = L->page_size;
-  yk_spec_finish(ctx, spec);
+  yk_spec_finish_shaped(ctx, spec, L->paged ? 0 : L->batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {

@@ -150,7 +150,7 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
     spec.v[PAGED] = L->paged;
     spec.v[PAGE_SIZE] = L->page_size;
   }
-  yk_spec_finish(ctx, &spec);
+  yk_spec_finish_shaped(ctx, &spec, L->batch * L->max_seqlen_q);
   yk_kernel *kern;
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;

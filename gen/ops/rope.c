@@ -179,7 +179,7 @@ static yk_status run(yk_ctx *ctx, const char *op, DLTensor *q, DLTensor *k, cons
   int table_vec = yk_vec_width(table_bits, cv->elem_bytes) * (style == YK_ROPE_GPTJ ? 2 : 1);
   if (yk_vec_width(table_bits, 1) < 16 && table_vec < vec) vec = table_vec;
   spec.v[VEC] = vec;
-  yk_spec_finish(ctx, &spec);
+  yk_spec_finish_shaped(ctx, &spec, tokens);
   if (spec.v[STYLE] == GPTJ && spec.v[VEC] < 2)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: gptj style needs q, k and the tables aligned to whole pairs", op);
   yk_kernel *kern;
