@@ -33,7 +33,7 @@ yk_status yk_attention_index_view(yk_ctx *ctx, const char *op, const char *name,
 }
 
 yk_status yk_attention_check_offsets(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int64_t batch,
-                               int64_t total, int on_device, const int32_t **out, int64_t *max_len) {
+                                     int64_t total, int on_device, const int32_t **out, int64_t *max_len) {
   yk_view v;
   int host_readable;
   yk_status st = yk_attention_index_view(ctx, op, name, t, 1, on_device, &v, &host_readable);
@@ -136,8 +136,8 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
     s->batch = params->cu_seqlens_q->shape[0] - 1;
     if (s->batch < 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: cu_seqlens_q is empty", op);
     pr->max_seqlen_q = params->max_seqlen_q;
-    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_q", params->cu_seqlens_q, s->batch, pr->total_q, pr->on_device,
-                            &pr->cu_q, &pr->max_seqlen_q)))
+    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_q", params->cu_seqlens_q, s->batch, pr->total_q,
+                                         pr->on_device, &pr->cu_q, &pr->max_seqlen_q)))
       return st;
   } else {
     s->seq_q = decode ? 1 : pr->q.shape[1];
@@ -145,8 +145,8 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
   }
   if (pr->ragged_k) {
     pr->max_seqlen_k = params->max_seqlen_k;
-    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_k", params->cu_seqlens_k, s->batch, pr->total_k, pr->on_device,
-                            &pr->cu_k, &pr->max_seqlen_k)))
+    if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_k", params->cu_seqlens_k, s->batch, pr->total_k,
+                                         pr->on_device, &pr->cu_k, &pr->max_seqlen_k)))
       return st;
   } else {
     s->seq_k = pr->k.shape[1];
@@ -206,6 +206,22 @@ yk_status yk_attention_check_lse(yk_ctx *ctx, const char *op, const DLTensor *ls
   if (out->on_device != pr->on_device)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: lse is not in the same memory as q", op);
   return YK_OK;
+}
+
+yk_attention_operands yk_attention_operands_of(const yk_attention_problem *pr, yk_attn_operand k, yk_attn_operand v,
+                                               const yk_view *out, const yk_view *lse) {
+  const yk_attention_shape *s = &pr->shape;
+  return (yk_attention_operands){.dtype = s->dtype,
+                                 .batch = s->batch,
+                                 .q_heads = s->q_heads,
+                                 .kv_heads = s->kv_heads,
+                                 .head_dim = s->head_dim,
+                                 .scale = s->scale,
+                                 .q = yk_attention_rows(&pr->q, pr, 0),
+                                 .k = k,
+                                 .v = v,
+                                 .out = yk_attention_rows(out, pr, 0),
+                                 .lse = yk_attention_lse_rows(lse, pr)};
 }
 
 yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *pr, int is_k) {

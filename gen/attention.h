@@ -85,6 +85,13 @@ int yk_attention_prefill_sm90_rows(const yk_spec *s);
  * kernels share: their names, defaults (contiguous) and rule (page_size set exactly when paged). */
 extern const char *const yk_paged_choices[];
 void yk_attention_complete_paged(int32_t *paged, int32_t *page_size);
+/* Their entries in an op's field list, in this order (the op's enum names them PAGED, PAGE_SIZE). */
+#define YK_PAGED_FIELDS                                                                                                \
+  {"paged",         "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,      \
+   yk_paged_choices},                                                                                                  \
+  {                                                                                                                    \
+    "page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, YK_KV_PAGE_SIZE_MAX, 0, 1, NULL           \
+  }
 int yk_attention_paged_invalid(int paged, int page_size, char *why, size_t n);
 
 /* The kernels' yk_page_table (templates/attention_common.cuh), passed by value: same layout. */
@@ -101,17 +108,28 @@ _Static_assert(sizeof(yk_page_table_args) == 48, "yk_page_table_args must match 
 yk_status yk_attention_index_view(yk_ctx *ctx, const char *op, const char *name, const DLTensor *t, int ndim,
                                   int on_device, yk_view *out, int *host_readable);
 
-/* The decode kernel and its split merge, on checked operands (attention_decode.c): a dense or
- * ragged key batch (table NULL) or paged keys. */
-typedef struct yk_decode_launch {
+/* What every attention launch takes from a checked problem: its shape and rows. */
+typedef struct yk_attention_operands {
   int dtype;
   int64_t batch, q_heads, kv_heads, head_dim;
   float scale;
   yk_attn_operand q, k, v, out, lse;
+} yk_attention_operands;
+
+/* pr's shape, q, out (like q) and lse (views with data NULL: none) rows, with k and v as given:
+ * pr's own, or a paged cache's. */
+yk_attention_operands yk_attention_operands_of(const yk_attention_problem *pr, yk_attn_operand k, yk_attn_operand v,
+                                               const yk_view *out, const yk_view *lse);
+
+/* The decode kernel and its split merge, on checked operands (attention_decode.c): a dense or
+ * ragged key batch (table NULL) or paged keys. */
+typedef struct yk_decode_launch {
+  yk_attention_operands a;
   const int32_t *cu_k;             /* ragged keys, device-readable; or NULL */
   const yk_page_table_args *table; /* paged keys; or NULL */
   int paged, page_size;
-  int64_t max_seqlen_k; /* contiguous keys: the longest sequence; sizes the split chunks */
+  int64_t max_seqlen_k; /* a bound on every sequence's keys (one above it is skipped); INT32_MAX for
+                           paged keys, which their table bounds */
   int splits;
   float *workspace; /* splits > 1: yk_decode_workspace_floats(...) floats on the device */
 } yk_decode_launch;
@@ -137,11 +155,8 @@ yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_statu
  * contiguous keys (table NULL; ragged with cu_q and cu_k) or paged keys (queries ragged with cu_q
  * or dense). max_seqlen_q sizes the grid; max_seqlen_k bounds the keys a sequence may have. */
 typedef struct yk_prefill_launch {
-  int dtype;
-  int64_t batch, q_heads, kv_heads, head_dim;
+  yk_attention_operands a;
   int causal;
-  float scale;
-  yk_attn_operand q, k, v, out, lse;
   const int32_t *cu_q, *cu_k; /* device-readable offsets, or NULL */
   const yk_page_table_args *table;
   int paged, page_size;

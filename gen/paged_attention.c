@@ -181,23 +181,6 @@ static yk_status check_queries(yk_ctx *ctx, const char *op, const DLTensor *q, c
   return yk_attention_check_heads(ctx, op, params, pr);
 }
 
-/* Rows of the caches start on 16-byte boundaries, as the kernels copy them (yk_attention_check_aligned
- * for the caches: a page's rows step by seq_stride and head_stride, blocks by block_stride). */
-static yk_status check_caches_aligned(yk_ctx *ctx, const char *op, const paged_keys *pk) {
-  const yk_attn_operand *rows[] = {&pk->k_rows, &pk->v_rows};
-  for (int i = 0; i < 2; i++) {
-    const uint64_t bits =
-        (uint64_t)(uintptr_t)rows[i]->data |
-        (uint64_t)(rows[i]->seq_stride | rows[i]->head_stride | rows[i]->block_stride) * (uint64_t)pk->k.elem_bytes;
-    if (bits & 15)
-      return yk_error(ctx, YK_ERR_UNSUPPORTED,
-                      "%s: rows of the %s must start on 16-byte boundaries (the base address and every stride a "
-                      "multiple of 8 elements)",
-                      op, i ? "v_cache" : "k_cache");
-  }
-  return YK_OK;
-}
-
 /* Everything a paged call reads, checked; out (like q) and lse (or NULL) too. */
 static yk_status check_paged(yk_ctx *ctx, const char *op, const DLTensor *q, const yk_paged_kv *kv,
                              const yk_attention_params *params, int decode, const DLTensor *out, const DLTensor *lse,
@@ -238,9 +221,9 @@ static yk_status check_paged(yk_ctx *ctx, const char *op, const DLTensor *q, con
   static const char *const out_names[] = {"out", "lse"}, *const in_names[] = {"q", "k_cache", "v_cache"};
   if ((st = yk_attention_check_outputs(ctx, op, outs, out_names, 2, ins, in_names, 3))) return st;
   if (!pr->on_device) return YK_OK;
-  const yk_view *rows[] = {&pr->q, ov};
-  static const char *const names[] = {"q", "out"};
-  if ((st = yk_attention_check_aligned(ctx, op, rows, names, 2)) || (st = check_caches_aligned(ctx, op, pk))) return st;
+  const yk_view *rows[] = {&pr->q, ov, &pk->k, &pk->v}; /* a cache's dims are its block, page and head strides */
+  static const char *const names[] = {"q", "out", "k_cache", "v_cache"};
+  if ((st = yk_attention_check_aligned(ctx, op, rows, names, 4))) return st;
   if (pk->batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pk->batch);
   return YK_OK;
@@ -256,17 +239,7 @@ static void cpu_forward(yk_ctx *ctx, const yk_attention_problem *pr, const paged
 static yk_decode_launch decode_launch(const yk_attention_problem *pr, const paged_keys *pk, const yk_view *ov,
                                       const yk_view *lv, int splits) {
   return (yk_decode_launch){
-      .dtype = pr->shape.dtype,
-      .batch = pr->shape.batch,
-      .q_heads = pr->shape.q_heads,
-      .kv_heads = pr->shape.kv_heads,
-      .head_dim = pr->shape.head_dim,
-      .scale = pr->shape.scale,
-      .q = yk_attention_rows(&pr->q, pr, 0),
-      .k = pk->k_rows,
-      .v = pk->v_rows,
-      .out = yk_attention_rows(ov, pr, 0),
-      .lse = yk_attention_lse_rows(lv, pr),
+      .a = yk_attention_operands_of(pr, pk->k_rows, pk->v_rows, ov, lv),
       .table = &pk->table,
       .paged = pk->form,
       .page_size = (int)pk->page_size,
@@ -308,8 +281,8 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
                     yk_decode_splits(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.max_len, params->num_splits));
   CUdeviceptr scratch;
   st = yk_decode_workspace(ctx, op, params->workspace,
-                           yk_decode_workspace_floats(L.batch, L.q_heads, L.head_dim, L.splits), stream, &L.workspace,
-                           &scratch);
+                           yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
+                           &L.workspace, &scratch);
   if (st) return st;
   return yk_decode_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
 }
@@ -329,18 +302,8 @@ yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_pa
     return YK_OK;
   }
   const yk_prefill_launch L = {
-      .dtype = pr.shape.dtype,
-      .batch = pr.shape.batch,
-      .q_heads = pr.shape.q_heads,
-      .kv_heads = pr.shape.kv_heads,
-      .head_dim = pr.shape.head_dim,
+      .a = yk_attention_operands_of(&pr, pk.k_rows, pk.v_rows, &ov, &lv),
       .causal = pr.shape.causal,
-      .scale = pr.shape.scale,
-      .q = yk_attention_rows(&pr.q, &pr, 0),
-      .k = pk.k_rows,
-      .v = pk.v_rows,
-      .out = yk_attention_rows(&ov, &pr, 0),
-      .lse = yk_attention_lse_rows(&lv, &pr),
       .cu_q = pr.cu_q,
       .table = &pk.table,
       .paged = pk.form,
@@ -411,8 +374,7 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   }
   const int splits = yk_decode_splits(ctx, batch, shape->q_heads, shape->kv_heads, longest, shape->num_splits);
   /* compile now, so that running never does */
-  yk_decode_launch L = {.dtype = dtype,
-                        .head_dim = shape->head_dim,
+  yk_decode_launch L = {.a = {.dtype = dtype, .head_dim = shape->head_dim},
                         .paged = shape->csr ? 2 : 1,
                         .page_size = shape->page_size,
                         .splits = splits};
@@ -540,19 +502,17 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
       (st = check_splits(ctx, op, params->num_splits)))
     return st;
   if (!shared) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared is NULL", op);
-  if (shared->k_cache != unique->k_cache && shared->k_cache && unique->k_cache &&
-      shared->k_cache->data != unique->k_cache->data)
+  if ((st = check_caches(ctx, op, shared, &prefix))) return st;
+  if (prefix.k.data != pk.k.data || prefix.v.data != pk.v.data)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared and unique must page the same caches", op);
-  if ((st = check_caches(ctx, op, shared, &prefix)) || (st = check_table(ctx, op, shared, pr.on_device, &prefix)))
-    return st;
+  if ((st = check_table(ctx, op, shared, pr.on_device, &prefix))) return st;
   if (prefix.batch != 1)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared has %lld sequences; the prefix is one", op,
                     (long long)prefix.batch);
   if (pk.batch == 0) return YK_OK;
   const int64_t B = pk.batch, H = pr.shape.q_heads, D = pr.shape.head_dim;
-  const int splits = pr.on_device ? yk_decode_splits(ctx, B, H, pk.kv_heads, pk.max_len ? pk.max_len : 1,
-                                                     params->num_splits)
-                                  : 1;
+  const int splits =
+      pr.on_device ? yk_decode_splits(ctx, B, H, pk.kv_heads, pk.max_len ? pk.max_len : 1, params->num_splits) : 1;
   const int64_t C = cascade_chunks(ctx, shared, &prefix, H, B, pr.on_device);
   const cascade_layout l = cascade_scratch(B, H, D, yk_decode_workspace_floats(B, H, D, splits));
 

@@ -9,10 +9,11 @@
 
 /* Completes the spec an op built from its tensors (sizes, dtype, the vector width their alignment
  * allows) for a launch of problem_size: rows, tokens, batch x sequence, as the op's tuning records
- * count it (0: none to tune on). A sweep's override first, if one is set; then this GPU's tuned
- * values (tune/tune_table.h) for the fields both left unset, nearest bucket to problem_size; then
- * the op's defaults. Untuned, this is one untaken branch; tuned, a hash lookup and no lock. */
-static inline void yk_spec_finish_shaped(yk_ctx *ctx, yk_spec *spec, int64_t problem_size) {
+ * count it (0: none to tune on, as for the ops no sweep covers). A sweep's override first, if one
+ * is set; then this GPU's tuned values (tune/tune_table.h) for the fields both left unset, nearest
+ * bucket to problem_size; then the op's defaults. Untuned, this is one untaken branch; tuned, a
+ * hash lookup and no lock. */
+static inline void yk_spec_finish(yk_ctx *ctx, yk_spec *spec, int64_t problem_size) {
   const yk_tune_entry *tuned = ctx->tune ? yk_tune_table_lookup(ctx->tune, spec, problem_size) : NULL;
   if (ctx->spec_override) {
     ctx->spec_override(ctx->spec_override_user, spec);
@@ -21,9 +22,6 @@ static inline void yk_spec_finish_shaped(yk_ctx *ctx, yk_spec *spec, int64_t pro
   if (tuned) yk_tune_entry_apply(tuned, spec);
   spec->op->complete(spec);
 }
-
-/* For launches with no problem size to tune on. */
-static inline void yk_spec_finish(yk_ctx *ctx, yk_spec *spec) { yk_spec_finish_shaped(ctx, spec, 0); }
 
 /* The kernel for a complete spec on the context's device, loading it on first use. */
 static inline yk_status yk_kernel_get(yk_ctx *ctx, const yk_spec *spec, yk_kernel **out) {

@@ -2,7 +2,7 @@
 // on the way when ROPE is set (k itself is read only). Bandwidth-bound: every access is a VEC
 // vector (16 bytes where the tensors' alignment allows), K and V copied as raw words so the cache
 // receives the exact bits; rotated dimensions go through float with yk_rope's arithmetic
-// (templates/rope.cu), so a fused append writes what yk_rope then a plain append would.
+// (templates/rope_rotate.cuh, which rope.cu uses too), so a fused append writes what yk_rope then a plain append would.
 //
 // Destination of token t: INDEX_SLOTS*: slot = slots[t], block slot / page_size, offset
 // slot % page_size (vLLM); INDEX_CSR: position positions[t] of sequence batch_indices[t], block
@@ -19,8 +19,6 @@ constexpr int CHUNKS = HEAD_DIM / VEC;        // vectors a head
 constexpr int HALF = ROT_DIM / 2;
 constexpr int ROT_CHUNKS = ROPE == ROPE_NEOX ? HALF / VEC : ROT_DIM / VEC; // rotated work items a head
 constexpr int TAIL_CHUNKS = (HEAD_DIM - ROT_DIM) / VEC;                    // dimensions past ROT_DIM
-// Pairs in a GPT-J chunk; positive for every spec, as in rope.cu (both branches are compiled).
-constexpr int PAIRS = VEC >= 2 ? VEC / 2 : 1;
 
 // Passed by value; the same members in the same order as in gen/ops/append_kv.c, all 8 bytes.
 struct append_kv_params {
@@ -69,38 +67,6 @@ __device__ __forceinline__ void copy_heads(T *to, long long to_head, const T *fr
   }
 }
 
-// Rotated item `chunk` of one head, rope.cu's arithmetic: NEOX pairs (i, i + HALF), a vector from
-// each half; GPTJ pairs (2i, 2i + 1) within one vector.
-__device__ __forceinline__ void rotate_chunk(T *to, const T *from, const C *cos, const C *sin, int chunk) {
-  if constexpr (ROPE == ROPE_NEOX) {
-    float a[VEC], b[VEC], c[VEC], s[VEC];
-    yk_load<T, VEC>(from + chunk * VEC, a);
-    yk_load<T, VEC>(from + HALF + chunk * VEC, b);
-    yk_load<C, VEC>(cos + chunk * VEC, c);
-    yk_load<C, VEC>(sin + chunk * VEC, s);
-    float ra[VEC], rb[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      ra[j] = a[j] * c[j] - b[j] * s[j];
-      rb[j] = b[j] * c[j] + a[j] * s[j];
-    }
-    yk_store<T, VEC>(to + chunk * VEC, ra);
-    yk_store<T, VEC>(to + HALF + chunk * VEC, rb);
-  } else {
-    float e[VEC], c[PAIRS], s[PAIRS];
-    yk_load<T, VEC>(from + chunk * VEC, e);
-    yk_load<C, PAIRS>(cos + chunk * PAIRS, c);
-    yk_load<C, PAIRS>(sin + chunk * PAIRS, s);
-#pragma unroll
-    for (int j = 0; j < PAIRS; ++j) {
-      const float a = e[2 * j], b = e[2 * j + 1];
-      e[2 * j] = a * c[j] - b * s[j];
-      e[2 * j + 1] = b * c[j] + a * s[j];
-    }
-    yk_store<T, VEC>(to + chunk * VEC, e);
-  }
-}
-
 // The rotated dimensions of every head, then the ones past ROT_DIM unchanged.
 __device__ __forceinline__ void rotate_heads(T *to, long long to_head, const T *from, long long from_head, int heads,
                                              const C *cos, const C *sin) {
@@ -110,7 +76,7 @@ __device__ __forceinline__ void rotate_heads(T *to, long long to_head, const T *
     T *h = to + head * to_head;
     const T *g = from + head * from_head;
     if (item < ROT_CHUNKS)
-      rotate_chunk(h, g, cos, sin, item);
+      yk_rope_rotate<ROPE == ROPE_NEOX, HALF, VEC>(h, g, cos, sin, item);
     else
       copy_vector(h + ROT_DIM + (item - ROT_CHUNKS) * VEC, g + ROT_DIM + (item - ROT_CHUNKS) * VEC);
   }

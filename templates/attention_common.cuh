@@ -153,6 +153,17 @@ template <int PAGE_SIZE> struct yk_key_rows {
   }
 };
 
+// The key (or value) rows of kv head kv_head of sequence `batch`: contiguous from the sequence's
+// first key (k_start on its token axis), or through its pages (base is then the whole cache).
+template <int PAGE_SIZE>
+__device__ __forceinline__ yk_key_rows<PAGE_SIZE> yk_rows_of(const T *base, long long b_stride, long long s_stride,
+                                                             long long h_stride, long long block_stride, int batch,
+                                                             int k_start, int kv_head, const int *pages,
+                                                             int num_blocks) {
+  const T *first = PAGE_SIZE ? base : base + batch * b_stride + (long long)k_start * s_stride;
+  return {first + kv_head * h_stride, s_stride, block_stride, pages, num_blocks};
+}
+
 // The block of ROWS query rows this block owns, -1 past the sequence's end. Causal grids start with
 // the longest blocks (the bottom of the triangle) so the short ones fill the tail.
 template <int ROWS, bool IS_CAUSAL> __device__ __forceinline__ int yk_query_block(int len_q) {

@@ -11,10 +11,11 @@
 //     writes its normalised partial output and lse in float32, and merge_attention_states combines
 //     them. Without, the block writes the output itself.
 //
+//   - Each sequence cuts its own keys into gridDim.z chunks of whole tiles, so a ragged batch
+//     spreads every sequence over all splits, and one launch serves any lengths (a captured graph
+//     of paged decode replays with new tables).
 //   - Paged keys (PAGED 1 or 2, attention_common.cuh) are read through the page table, a tile of
-//     BLOCK_N rows gathering from as many pages as it spans; each sequence then cuts its own keys
-//     into num_splits chunks, so one launch serves any lengths up to seq_k (a captured graph
-//     replays with new tables).
+//     BLOCK_N rows gathering from as many pages as it spans.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), PAGED, PAGE_SIZE.
@@ -39,14 +40,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
                      long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
-                     int chunk, float scale_log2, yk_page_table pt) {
+                     float scale_log2, yk_page_table pt) {
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
   yk_sequence sq;
   const int *pages;
   if (!yk_locate_keys<false, RAGGED, PAGED, PAGE_SIZE>(sq, pages, nullptr, cu_k, pt, b, 1, seq_k)) return;
   const int k_start = sq.k_start, len_k = sq.len_k;
-  if (PAGED) chunk = ((len_k + (int)gridDim.z - 1) / (int)gridDim.z + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
+  const int chunk = ((len_k + (int)gridDim.z - 1) / (int)gridDim.z + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
   const int rows = min(16, group - row_block * 16);                 // valid rows of the tile
   const int head0 = kv_head * group + row_block * 16;
@@ -56,10 +57,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
   T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
   T *sV = sK + STAGES * BLOCK_N * YK_ROW;
-  const yk_key_rows<PAGE_SIZE> kr{PAGED ? k + kv_head * k_h : k + b * k_b + (long long)k_start * k_s + kv_head * k_h,
-                                  k_s, pt.k_block, pages, pt.num_blocks};
-  const yk_key_rows<PAGE_SIZE> vr{PAGED ? v + kv_head * v_h : v + b * v_b + (long long)k_start * v_s + kv_head * v_h,
-                                  v_s, pt.v_block, pages, pt.num_blocks};
+  const auto kr = yk_rows_of<PAGE_SIZE>(k, k_b, k_s, k_h, pt.k_block, b, k_start, kv_head, pages, pt.num_blocks);
+  const auto vr = yk_rows_of<PAGE_SIZE>(v, v_b, v_s, v_h, pt.v_block, b, k_start, kv_head, pages, pt.num_blocks);
 
   // Q as A fragments, rows past the group zero: straight from global memory into registers, or
   // into shared memory (after every warp's pipeline) for ldmatrix each tile

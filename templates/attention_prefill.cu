@@ -39,10 +39,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int n_end = keys.n_end, n_tiles = keys.n_tiles, unmasked = keys.unmasked;
 
   const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
-  const yk_key_rows<PAGE_SIZE> kr{PAGED ? k + kv_head * k_h : k + batch * k_b + (long long)k_start * k_s + kv_head * k_h,
-                                  k_s, pt.k_block, pages, pt.num_blocks};
-  const yk_key_rows<PAGE_SIZE> vr{PAGED ? v + kv_head * v_h : v + batch * v_b + (long long)k_start * v_s + kv_head * v_h,
-                                  v_s, pt.v_block, pages, pt.num_blocks};
+  const auto kr = yk_rows_of<PAGE_SIZE>(k, k_b, k_s, k_h, pt.k_block, batch, k_start, kv_head, pages, pt.num_blocks);
+  const auto vr = yk_rows_of<PAGE_SIZE>(v, v_b, v_s, v_h, pt.v_block, batch, k_start, kv_head, pages, pt.num_blocks);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T *sQ = reinterpret_cast<T *>(smem_raw);

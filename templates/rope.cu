@@ -7,14 +7,12 @@
 // leaves its token as it is rather than read outside the cache.
 //
 // A work item is one head's chunk of VEC elements (GPTJ) or of VEC pairs (NEOX, one vector from
-// each half). Spec constants: T, HEAD_DIM, ROT_DIM, STYLE, VEC, THREADS, CACHE_TYPE, POS_TYPE.
+// each half), rotated by rope_rotate.cuh. Spec constants: T, HEAD_DIM, ROT_DIM, STYLE, VEC, THREADS,
+// CACHE_TYPE, POS_TYPE.
 
 typedef yk_type_of<CACHE_TYPE>::type C;
 constexpr int HALF = ROT_DIM / 2;
 constexpr int CHUNKS = STYLE == STYLE_NEOX ? HALF / VEC : ROT_DIM / VEC;
-// Pairs in a GPT-J chunk. Outside a template both branches below are compiled whatever STYLE is,
-// so a NEOX spec with VEC = 1 must still give the GPT-J branch a positive array size.
-constexpr int PAIRS = VEC >= 2 ? VEC / 2 : 1;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     rope(T *q, T *k, const C *__restrict__ cos_table, const C *__restrict__ sin_table, const void *__restrict__ positions,
@@ -33,32 +31,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int head = w / CHUNKS, chunk = w % CHUNKS;
     T *h = head < q_heads ? q + seq_id * q_b + in_seq * q_s + head * q_h
                           : k + seq_id * k_b + in_seq * k_s + (head - q_heads) * k_h;
-    if constexpr (STYLE == STYLE_NEOX) {
-      float a[VEC], b[VEC], c[VEC], s[VEC];
-      yk_load<T, VEC>(h + chunk * VEC, a);
-      yk_load<T, VEC>(h + HALF + chunk * VEC, b);
-      yk_load<C, VEC>(cos + chunk * VEC, c);
-      yk_load<C, VEC>(sin + chunk * VEC, s);
-      float ra[VEC], rb[VEC];
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) {
-        ra[j] = a[j] * c[j] - b[j] * s[j];
-        rb[j] = b[j] * c[j] + a[j] * s[j];
-      }
-      yk_store<T, VEC>(h + chunk * VEC, ra);
-      yk_store<T, VEC>(h + HALF + chunk * VEC, rb);
-    } else {
-      float e[VEC], c[PAIRS], s[PAIRS];
-      yk_load<T, VEC>(h + chunk * VEC, e);
-      yk_load<C, PAIRS>(cos + chunk * PAIRS, c);
-      yk_load<C, PAIRS>(sin + chunk * PAIRS, s);
-#pragma unroll
-      for (int j = 0; j < PAIRS; ++j) {
-        const float a = e[2 * j], b = e[2 * j + 1];
-        e[2 * j] = a * c[j] - b * s[j];
-        e[2 * j + 1] = b * c[j] + a * s[j];
-      }
-      yk_store<T, VEC>(h + chunk * VEC, e);
-    }
+    yk_rope_rotate<STYLE == STYLE_NEOX, HALF, VEC>(h, h, cos, sin, chunk);
   }
 }

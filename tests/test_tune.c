@@ -289,12 +289,12 @@ Test(tune_table, the_runtime_applies_this_gpus_winner_only) {
   yk_ctx *ctx = ts_cpu_ctx();
   ctx->tune = three_buckets(ctx, &gpu_a);
   yk_spec spec = rms_norm_key(4096);
-  yk_spec_finish_shaped(ctx, &spec, 4000);
+  yk_spec_finish(ctx, &spec, 4000);
   cr_assert_eq(spec.v[THREADS], 512, "tuned threads at 4000 rows, got %d", spec.v[THREADS]);
   cr_assert_eq(spec.v[ROW_IN_REGS], 1);
 
   yk_spec untuned = rms_norm_key(4096), expected = rms_norm_key(4096);
-  yk_spec_finish(ctx, &untuned); /* no problem size */
+  yk_spec_finish(ctx, &untuned, 0); /* no problem size */
   expected.op->complete(&expected);
   cr_assert(!memcmp(&untuned, &expected, sizeof untuned), "no size: the op's default");
   yk_tune_table_free(ctx->tune);
@@ -304,7 +304,7 @@ Test(tune_table, the_runtime_applies_this_gpus_winner_only) {
   ctx->tune = three_buckets(ctx, &gpu_c);
   cr_assert_eq(ctx->tune->keys, 0);
   yk_spec other = rms_norm_key(4096);
-  yk_spec_finish_shaped(ctx, &other, 4096);
+  yk_spec_finish(ctx, &other, 4096);
   cr_assert(!memcmp(&other, &expected, sizeof other), "another GPU's records must not apply");
   yk_tune_table_free(ctx->tune);
   ctx->tune = NULL;
@@ -327,13 +327,13 @@ Test(tune_table, an_override_wins_and_invalid_mixtures_fall_back) {
   put(ctx, &db, def), put(ctx, &db, tuned);
   cr_assert_eq(yk_tune_table_build(ctx, &db, &gpu_a, &ctx->tune), YK_OK);
   yk_spec spec = rms_norm_key(40960);
-  yk_spec_finish_shaped(ctx, &spec, 64);
+  yk_spec_finish(ctx, &spec, 64);
   cr_assert_eq(spec.v[THREADS], 512);
   cr_assert_eq(spec.v[ROW_IN_REGS], 1);
 
   ctx->spec_override = force_1024_threads;
   spec = rms_norm_key(40960);
-  yk_spec_finish_shaped(ctx, &spec, 64);
+  yk_spec_finish(ctx, &spec, 64);
   /* the tuned row_in_regs=1 would break the op's rules beside the override's 1024 threads: the
    * op's own completion decides instead */
   cr_assert_eq(spec.v[THREADS], 1024);
@@ -386,7 +386,7 @@ static double ns_since(const struct timespec *t0, int n) {
   return ((double)(t1.tv_sec - t0->tv_sec) * 1e9 + (double)(t1.tv_nsec - t0->tv_nsec)) / n;
 }
 
-/* yk_spec_finish_shaped's cost with a table and without, over sizes that land in every bucket. */
+/* yk_spec_finish's cost with a table and without, over sizes that land in every bucket. */
 Test(tune_table, lookup_costs_nanoseconds) {
   yk_ctx *ctx = ts_cpu_ctx();
   yk_tune_table *table = three_buckets(ctx, &gpu_a);
@@ -400,13 +400,13 @@ Test(tune_table, lookup_costs_nanoseconds) {
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n; i++) {
       yk_spec spec = key;
-      yk_spec_finish_shaped(ctx, &spec, 1 + (i & 8191));
+      yk_spec_finish(ctx, &spec, 1 + (i & 8191));
       sum += spec.v[THREADS];
     }
     ns[tuned] = ns_since(&t0, n);
   }
   ctx->tune = NULL;
-  fprintf(stderr, "yk_spec_finish_shaped: %.1f ns untuned, %.1f ns tuned: the lookup adds %.1f ns [%lld]\n", ns[0],
+  fprintf(stderr, "yk_spec_finish: %.1f ns untuned, %.1f ns tuned: the lookup adds %.1f ns [%lld]\n", ns[0],
           ns[1], ns[1] - ns[0], (long long)sum);
   cr_assert_lt(ns[1], 2000.0, "a lookup must stay far below a launch's microseconds");
   yk_tune_table_free(table);
@@ -521,7 +521,7 @@ Test(tune_sweep, rms_norm_on_one_shape_end_to_end) {
   cr_assert_eq(yk_tune_key_parse(best->spec, &key, why, sizeof why), 0, "%s", why);
   tuned = key;
   ctx->tune = t;
-  yk_spec_finish_shaped(ctx, &tuned, 2048);
+  yk_spec_finish(ctx, &tuned, 2048);
   ctx->tune = NULL;
   char config[128];
   yk_tune_config_format(&tuned, &key, config, sizeof config);

@@ -55,7 +55,7 @@ struct yk_tune_case {
   yk_tune_buffer buf[YK_TUNE_BUFFERS];
   int buffers, sets;
   /* what define sets */
-  int64_t size;   /* the problem size the op passes to yk_spec_finish_shaped */
+  int64_t size;   /* the problem size the op passes to yk_spec_finish */
   char shape[64]; /* "T4096 H4096" */
   double bytes, flops;
   int activation; /* act_and_mul: yk_activation */

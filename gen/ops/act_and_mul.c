@@ -106,7 +106,7 @@ static yk_status run(yk_ctx *ctx, const char *op, int activation, const DLTensor
   spec.v[VEC] = yk_vec_width((uint64_t)(uintptr_t)xv.data | (uint64_t)(uintptr_t)ov.data | (uint64_t)d * es |
                                  (uint64_t)xs * es | (uint64_t)os * es,
                              xv.elem_bytes);
-  yk_spec_finish_shaped(ctx, &spec, rows);
+  yk_spec_finish(ctx, &spec, rows);
   yk_kernel *k;
   if ((st = yk_kernel_get(ctx, &spec, &k))) return st;
   const uint64_t vectors = (uint64_t)rows * (uint64_t)(d / spec.v[VEC]);

@@ -62,10 +62,13 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
 
+static const char *const includes[] = {"rope_rotate.cuh", NULL}; /* the rotation rope and append_kv share */
+
 const yk_op_def yk_op_append_kv = {
     .name = "append_kv",
     .summary = "new tokens' K and V into their pages of a paged KV cache (vLLM slots or FlashInfer CSR), "
                "RoPE of k fused",
+    .includes = includes,
     .dtypes = 1u << YK_F32 | 1u << YK_F16 | 1u << YK_BF16,
     .field_count = 8,
     .fields =
@@ -368,7 +371,7 @@ static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void
     spec.v[POS_TYPE] = c->rope_positions.type == YK_I64;
   }
   spec.v[VEC] = vector_width(c, &spec);
-  yk_spec_finish(ctx, &spec);
+  yk_spec_finish(ctx, &spec, 0);
   if (spec.v[ROPE] == GPTJ && spec.v[VEC] < 2)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: gptj rope needs k, the caches and the table aligned to whole pairs",
                     op);

@@ -154,7 +154,7 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
     spec.v[PART] = part;
     spec.v[CAUSAL] = pr.shape.causal;
     spec.v[RAGGED] = pr.ragged_q;
-    yk_spec_finish(ctx, &spec);
+    yk_spec_finish(ctx, &spec, 0);
     yk_kernel *kern;
     if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
     const int64_t rows_a_block = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];

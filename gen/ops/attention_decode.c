@@ -76,9 +76,7 @@ const yk_op_def yk_op_attention_decode = {
             {"ragged", "1: key sequences located by cu_seqlens_k", 0, 1, 0, 1, NULL},
             {"split", "1: write float32 partials for the merge", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
-            {"paged", "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,
-             yk_paged_choices},
-            {"page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, 128, 0, 1, NULL},
+            YK_PAGED_FIELDS,
         },
     .complete = complete,
     .valid = valid,
@@ -154,13 +152,13 @@ yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_statu
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
-  yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->dtype);
-  spec->v[HEAD_DIM] = (int32_t)L->head_dim;
+  yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
+  spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;
   spec->v[SPLIT] = L->splits > 1;
   spec->v[PAGED] = L->paged;
   spec->v[PAGE_SIZE] = L->page_size;
-  yk_spec_finish_shaped(ctx, spec, L->paged ? 0 : L->batch * L->max_seqlen_k); /* paged: each sequence its own */
+  yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
@@ -169,30 +167,31 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   yk_kernel *kern;
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;
-  const int64_t group = L->q_heads / L->kv_heads, row_blocks = (group + 15) / 16;
-  /* paged keys cut each sequence by its own length in the kernel; contiguous ones by the longest */
-  const int64_t chunk = L->splits > 1 ? (L->max_seqlen_k + L->splits - 1) / L->splits : L->max_seqlen_k;
+  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = (group + 15) / 16;
   /* partials: [splits][batch * q_heads][head_dim] then [splits][batch * q_heads] */
   float *part_o = L->workspace, *part_lse = NULL;
-  if (L->splits > 1) part_lse = part_o + (size_t)L->splits * (size_t)(L->batch * L->q_heads) * (size_t)L->head_dim;
+  if (L->splits > 1)
+    part_lse = part_o + (size_t)L->splits * (size_t)(L->a.batch * L->a.q_heads) * (size_t)L->a.head_dim;
   const yk_page_table_args no_table = {0};
   yk_page_table_args table = L->table ? *L->table : no_table;
-  void *qp = L->q.data, *kp = L->k.data, *vp = L->v.data, *op_ = L->out.data, *lp = L->lse.data, *po = part_o,
+  void *qp = L->a.q.data, *kp = L->a.k.data, *vp = L->a.v.data, *op_ = L->a.out.data, *lp = L->a.lse.data, *po = part_o,
        *pl = part_lse;
   const void *ck = L->cu_k;
-  long long s[10] = {L->q.batch_stride, L->q.head_stride, L->k.batch_stride, L->k.seq_stride,   L->k.head_stride,
-                     L->v.batch_stride, L->v.seq_stride,  L->v.head_stride,  L->out.batch_stride, L->out.head_stride};
-  long long l_b = L->lse.batch_stride, l_h = L->lse.head_stride;
-  int batch = (int)L->batch, q_heads = (int)L->q_heads, grp = (int)group, rb = (int)row_blocks,
-      seq_k = (int)L->max_seqlen_k, chunk_keys = (int)chunk;
-  float scale_log2 = L->scale * 1.4426950408889634f;
-  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],       &s[1],
-                  &s[2], &s[3], &s[4],  &s[5],    &s[6], &s[7], &s[8],  &s[9],       &l_b,        &l_h,
-                  &batch, &q_heads, &grp, &rb,    &seq_k, &chunk_keys, &scale_log2, &table};
-  st = yk_launch(ctx, kern, (unsigned)(L->kv_heads * row_blocks), (unsigned)batch, (unsigned)L->splits, stream, args);
+  long long s[10] = {L->a.q.batch_stride,   L->a.q.head_stride,  L->a.k.batch_stride, L->a.k.seq_stride,
+                     L->a.k.head_stride,    L->a.v.batch_stride, L->a.v.seq_stride,   L->a.v.head_stride,
+                     L->a.out.batch_stride, L->a.out.head_stride};
+  long long l_b = L->a.lse.batch_stride, l_h = L->a.lse.head_stride;
+  int batch = (int)L->a.batch, q_heads = (int)L->a.q_heads, grp = (int)group, rb = (int)row_blocks,
+      seq_k = (int)L->max_seqlen_k;
+  float scale_log2 = L->a.scale * 1.4426950408889634f;
+  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],
+                  &s[1], &s[2], &s[3],  &s[4],    &s[5], &s[6], &s[7],  &s[8],       &s[9],
+                  &l_b,  &l_h,  &batch, &q_heads, &grp,  &rb,   &seq_k, &scale_log2, &table};
+  st = yk_launch(ctx, kern, (unsigned)(L->a.kv_heads * row_blocks), (unsigned)batch, (unsigned)L->splits, stream, args);
   if (st == YK_OK && L->splits > 1)
-    st = yk_merge_partials(ctx, L->dtype, L->batch, L->q_heads, L->head_dim, L->splits, part_o, part_lse, L->out.data,
-                           L->out.batch_stride, L->out.head_stride, (float *)(void *)L->lse.data, l_b, l_h, stream);
+    st = yk_merge_partials(ctx, L->a.dtype, L->a.batch, L->a.q_heads, L->a.head_dim, L->splits, part_o, part_lse,
+                           L->a.out.data, L->a.out.batch_stride, L->a.out.head_stride, (float *)(void *)L->a.lse.data,
+                           l_b, l_h, stream);
   return st;
 }
 
@@ -227,17 +226,7 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
   yk_decode_launch L = {
-      .dtype = pr.shape.dtype,
-      .batch = pr.shape.batch,
-      .q_heads = pr.shape.q_heads,
-      .kv_heads = pr.shape.kv_heads,
-      .head_dim = pr.shape.head_dim,
-      .scale = pr.shape.scale,
-      .q = yk_attention_rows(&pr.q, &pr, 0),
-      .k = yk_attention_rows(&pr.k, &pr, 1),
-      .v = yk_attention_rows(&pr.v, &pr, 1),
-      .out = yk_attention_rows(&ov, &pr, 0),
-      .lse = lse_rows,
+      .a = yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
       .cu_k = pr.cu_k,
       .max_seqlen_k = pr.max_seqlen_k,
       .splits = yk_decode_splits(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k,
@@ -245,8 +234,8 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
   };
   CUdeviceptr scratch;
   st = yk_decode_workspace(ctx, op, params->workspace,
-                           yk_decode_workspace_floats(L.batch, L.q_heads, L.head_dim, L.splits), stream, &L.workspace,
-                           &scratch);
+                           yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
+                           &L.workspace, &scratch);
   if (st) return st;
   return yk_decode_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
 }

@@ -74,9 +74,7 @@ const yk_op_def yk_op_attention_prefill = {
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
-            {"paged", "keys from a paged KV cache: 0 contiguous, 1 vLLM block table, 2 FlashInfer CSR", 0, 2, 0, 1,
-             yk_paged_choices},
-            {"page_size", "tokens a page of the paged cache (0: contiguous keys)", 0, 128, 0, 1, NULL},
+            YK_PAGED_FIELDS,
         },
     .complete = complete,
     .valid = valid,
@@ -116,18 +114,8 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
   const yk_prefill_launch L = {
-      .dtype = pr.shape.dtype,
-      .batch = pr.shape.batch,
-      .q_heads = pr.shape.q_heads,
-      .kv_heads = pr.shape.kv_heads,
-      .head_dim = pr.shape.head_dim,
+      .a = yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
       .causal = pr.shape.causal,
-      .scale = pr.shape.scale,
-      .q = yk_attention_rows(&pr.q, &pr, 0),
-      .k = yk_attention_rows(&pr.k, &pr, 1),
-      .v = yk_attention_rows(&pr.v, &pr, 1),
-      .out = yk_attention_rows(&ov, &pr, 0),
-      .lse = lse_rows,
       .cu_q = pr.cu_q,
       .cu_k = pr.cu_k,
       .max_seqlen_q = pr.max_seqlen_q,
@@ -137,20 +125,20 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
 }
 
 yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) {
-  const int wgmma = use_wgmma(ctx, L->head_dim);
+  const int wgmma = use_wgmma(ctx, L->a.head_dim);
   const int ragged_q = L->cu_q != NULL;
   yk_spec spec;
   if (wgmma) {
-    yk_attention_prefill_sm90_spec(&spec, L->dtype, (int)L->head_dim, L->causal, ragged_q, L->paged, L->page_size);
+    yk_attention_prefill_sm90_spec(&spec, L->a.dtype, (int)L->a.head_dim, L->causal, ragged_q, L->paged, L->page_size);
   } else {
-    yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)L->dtype);
-    spec.v[HEAD_DIM] = (int32_t)L->head_dim;
+    yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)L->a.dtype);
+    spec.v[HEAD_DIM] = (int32_t)L->a.head_dim;
     spec.v[CAUSAL] = L->causal;
     spec.v[RAGGED] = ragged_q;
     spec.v[PAGED] = L->paged;
     spec.v[PAGE_SIZE] = L->page_size;
   }
-  yk_spec_finish_shaped(ctx, &spec, L->batch * L->max_seqlen_q);
+  yk_spec_finish(ctx, &spec, L->a.batch * L->max_seqlen_q);
   yk_kernel *kern;
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;
@@ -158,19 +146,19 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
 
   const yk_page_table_args no_table = {0};
   yk_page_table_args table = L->table ? *L->table : no_table;
-  void *qp = L->q.data, *kp = L->k.data, *vp = L->v.data, *op_ = L->out.data, *lp = L->lse.data;
+  void *qp = L->a.q.data, *kp = L->a.k.data, *vp = L->a.v.data, *op_ = L->a.out.data, *lp = L->a.lse.data;
   const void *cq = L->cu_q, *ck = L->cu_k;
-  long long strides[15] = {L->q.batch_stride,   L->q.seq_stride,   L->q.head_stride,   L->k.batch_stride,
-                           L->k.seq_stride,     L->k.head_stride,  L->v.batch_stride,  L->v.seq_stride,
-                           L->v.head_stride,    L->out.batch_stride, L->out.seq_stride, L->out.head_stride,
-                           L->lse.batch_stride, L->lse.seq_stride, L->lse.head_stride};
+  long long strides[15] = {L->a.q.batch_stride,   L->a.q.seq_stride,     L->a.q.head_stride,  L->a.k.batch_stride,
+                           L->a.k.seq_stride,     L->a.k.head_stride,    L->a.v.batch_stride, L->a.v.seq_stride,
+                           L->a.v.head_stride,    L->a.out.batch_stride, L->a.out.seq_stride, L->a.out.head_stride,
+                           L->a.lse.batch_stride, L->a.lse.seq_stride,   L->a.lse.head_stride};
   int seq_q = (int)L->max_seqlen_q, seq_k = (int)L->max_seqlen_k;
-  int group = (int)(L->q_heads / L->kv_heads);
-  float scale_log2 = L->scale * 1.4426950408889634f;
+  int group = (int)(L->a.q_heads / L->a.kv_heads);
+  float scale_log2 = L->a.scale * 1.4426950408889634f;
   void *args[] = {&qp,          &kp,         &vp,         &op_,         &lp,          &cq,          &ck,
                   &strides[0],  &strides[1], &strides[2], &strides[3],  &strides[4],  &strides[5],  &strides[6],
                   &strides[7],  &strides[8], &strides[9], &strides[10], &strides[11], &strides[12], &strides[13],
                   &strides[14], &seq_q,      &seq_k,      &group,       &scale_log2,  &table};
   const unsigned m_blocks = (unsigned)((L->max_seqlen_q + block_m - 1) / block_m);
-  return yk_launch(ctx, kern, m_blocks, (unsigned)L->q_heads, (unsigned)L->batch, stream, args);
+  return yk_launch(ctx, kern, m_blocks, (unsigned)L->a.q_heads, (unsigned)L->a.batch, stream, args);
 }

@@ -161,7 +161,7 @@ static yk_status run_gpu(yk_ctx *ctx, const char *op, const copy_call *c, DLTens
   yk_spec spec;
   yk_spec_init(&spec, &yk_op_copy_blocks, (yk_dtype)c->first.type);
   spec.v[VEC] = yk_vec_width(c->address_bits | (uint64_t)c->stride_bytes | (uint64_t)c->block_bytes, es);
-  yk_spec_finish(ctx, &spec);
+  yk_spec_finish(ctx, &spec, 0);
   yk_kernel *kern;
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;

@@ -81,7 +81,7 @@ static yk_status partials_kernel(yk_ctx *ctx, int dtype, int64_t head_dim, yk_sp
   spec->v[HEAD_DIM] = (int32_t)head_dim;
   spec->v[IN_TYPE] = YK_F32;
   spec->v[STATES] = 0;
-  yk_spec_finish(ctx, spec);
+  yk_spec_finish(ctx, spec, 0);
   return yk_kernel_get(ctx, spec, k);
 }
 
@@ -155,7 +155,7 @@ yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTe
   uint64_t bits = (uint64_t)(uintptr_t)a.data | (uint64_t)(uintptr_t)b.data | (uint64_t)(uintptr_t)o.data;
   for (int i = 0; i < 2; i++) bits |= (uint64_t)(a.stride[i] | b.stride[i] | o.stride[i]) * es;
   spec.v[VEC] = yk_vec_width(bits | (uint64_t)dim * es, a.elem_bytes);
-  yk_spec_finish(ctx, &spec);
+  yk_spec_finish(ctx, &spec, 0);
   yk_kernel *k;
   if ((st = yk_kernel_get(ctx, &spec, &k))) return st;
   void *pa = a.data, *pb = b.data, *pla = la.data, *plb = lb.data, *po = o.data, *plo = out_lse ? lo.data : NULL;

@@ -135,7 +135,7 @@ static yk_status run(yk_ctx *ctx, const char *op, const DLTensor *x, DLTensor *r
                   (uint64_t)hidden * es | (uint64_t)xs * es | (uint64_t)os * es;
   if (residual) bits |= (uint64_t)(uintptr_t)rv.data | (uint64_t)rs * es;
   spec.v[VEC] = yk_vec_width(bits, xv.elem_bytes);
-  yk_spec_finish_shaped(ctx, &spec, rows);
+  yk_spec_finish(ctx, &spec, rows);
   yk_kernel *k;
   if ((st = yk_kernel_get(ctx, &spec, &k))) return st;
   void *xp = xv.data, *rp = residual ? rv.data : NULL, *wp = wv.data, *op_ = ov.data;

@@ -47,9 +47,12 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
 
+static const char *const includes[] = {"rope_rotate.cuh", NULL}; /* the rotation rope and append_kv share */
+
 const yk_op_def yk_op_rope = {
     .name = "rope",
     .summary = "rotary position embedding of q and k in place, NeoX or GPT-J style, from vLLM's cos_sin_cache",
+    .includes = includes,
     .dtypes = 1u << YK_F32 | 1u << YK_F16 | 1u << YK_BF16,
     .field_count = 7,
     .fields =
@@ -179,7 +182,7 @@ static yk_status run(yk_ctx *ctx, const char *op, DLTensor *q, DLTensor *k, cons
   int table_vec = yk_vec_width(table_bits, cv->elem_bytes) * (style == YK_ROPE_GPTJ ? 2 : 1);
   if (yk_vec_width(table_bits, 1) < 16 && table_vec < vec) vec = table_vec;
   spec.v[VEC] = vec;
-  yk_spec_finish_shaped(ctx, &spec, tokens);
+  yk_spec_finish(ctx, &spec, tokens);
   if (spec.v[STYLE] == GPTJ && spec.v[VEC] < 2)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: gptj style needs q, k and the tables aligned to whole pairs", op);
   yk_kernel *kern;
