@@ -61,6 +61,7 @@ yk_status yk_prefix_cache_get_stats(const yk_prefix_cache *pc, yk_prefix_cache_s
       .requested_tokens = pc->requested_tokens,
       .hit_tokens = pc->hit_tokens,
       .evicted_blocks = pc->evicted_blocks,
+      .duplicate_blocks = pc->duplicate_blocks,
   };
   return YK_OK;
 }

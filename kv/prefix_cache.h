@@ -26,7 +26,8 @@ struct yk_prefix_cache {
   int32_t *pages; /* the matched blocks, between the tree and the new sequence */
   int64_t page_capacity;
   int64_t requested_tokens, hit_tokens, evicted_blocks;
-  int64_t bad_releases; /* releases of blocks the tree did not hold: a bug, reported by validate */
+  int64_t duplicate_blocks; /* table entries switched from a sequence's own copy to the tree's block */
+  int64_t bad_releases;     /* releases of blocks the tree did not hold: a bug, reported by validate */
 };
 
 /* The slot of a live sequence (its index in cache->seqs). */

@@ -6,7 +6,14 @@
  * reference count must equal what the model counts by hand (tables + cached pages) and its holds
  * the pending copies; free + referenced = total on both sides; the tree holds exactly the model's
  * pages, locked exactly where running requests matched; and every token of every sequence and of
- * every cached page reads back the KV of its own prefix. Page sizes 1, 16 and 5. */
+ * every cached page reads back the KV of its own prefix. Page sizes 1, 16 and 5.
+ *
+ * Concurrent duplicates: half the requests start on the tokens of a live sequence that
+ * has cached none or only part of them, so both compute the same pages; whichever inserts
+ * second must find its table switched to the tree's blocks for them (the model switches its
+ * expected table and counts the switch against duplicate_blocks), its copies free unless a fork
+ * or a pending copy still holds them, and a running request's table must equal the tree's blocks
+ * along its locked path (until a swap gives it new blocks, and again after its next insert). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +30,7 @@
 typedef struct mseq {
   int live, request, swapped; /* request: started through the prefix cache, so it holds a lock */
   int64_t id, tokens, locked; /* locked: the tokens its locked path covers */
+  int64_t synced;             /* a request's table holds the tree's blocks for tokens[0..synced) */
   int32_t tok[MAX_TOKENS];
   uint16_t hash[MAX_TOKENS];
   int32_t blocks[MAX_TOKENS]; /* its table as the model expects it */
@@ -50,6 +58,8 @@ typedef struct model {
   uint64_t seed;
   int step;
   int64_t evicted, refused, copied, hits, duplicates, swaps, early_frees;
+  int64_t twins, early_inserts, shared_duplicates; /* concurrent starts; inserts while copies pend; switched
+                                                     copies a fork still held */
 } model;
 
 #define AT "step %d (seed %llu): "
@@ -134,12 +144,28 @@ static void sync_evictions(model *m, int64_t evicted_before, int may_evict) {
   m->evicted += gone;
 }
 
-/* Caches s's pages for tok[0..n) as the tree must: pages already there keep their block. */
+/* How many live sequences' tables (s's among them) hold block b. */
+static int64_t tables_holding(const model *m, int32_t b) {
+  int64_t n = 0;
+  for (int i = 0; i < SEQS; i++) {
+    const mseq *s = &m->seqs[i];
+    if (!s->live || s->swapped) continue;
+    for (int64_t k = 0; k < (s->tokens + m->ps - 1) / m->ps; k++) n += s->blocks[k] == b;
+  }
+  return n;
+}
+
+/* Caches s's pages for tok[0..n) as the tree must: pages already there keep their block, and s's
+ * table switches to it where s held its own copy. */
 static void model_insert(model *m, mseq *s, int64_t n) {
   for (int64_t k = 1; k * m->ps <= n; k++) {
     const int64_t e = find_entry(m, s->tok, k * m->ps);
     if (e >= 0) {
-      m->duplicates += m->cached[e].block != s->blocks[k - 1];
+      if (m->cached[e].block != s->blocks[k - 1]) {
+        m->duplicates++;
+        m->shared_duplicates += tables_holding(m, s->blocks[k - 1]) > 1;
+        s->blocks[k - 1] = m->cached[e].block;
+      }
       continue;
     }
     cr_assert_lt(m->cached_count, MAX_ENTRIES, AT "more cached pages than blocks", WHERE);
@@ -149,6 +175,7 @@ static void model_insert(model *m, mseq *s, int64_t n) {
     x->block = s->blocks[k - 1];
   }
   if (s->request && n - n % m->ps > s->locked) s->locked = n - n % m->ps;
+  if (s->request && n - n % m->ps > s->synced) s->synced = n - n % m->ps;
 }
 
 /* ---- the checks ---- */
@@ -188,6 +215,14 @@ static void check_all(model *m) {
     for (int64_t t = 0; t < s->tokens; t++)
       cr_assert_eq(ps_token(m->cache, s->swapped, s->blocks[t / m->ps], t % m->ps, s->hash[t], 0), 0,
                    AT "sequence %d token %lld reads another prefix's KV", WHERE, i, (long long)t);
+    if (!s->request) continue;
+    cr_assert_leq(s->synced, s->locked, AT "the model's request %d", WHERE, i);
+    for (int64_t k = 1; k * m->ps <= s->synced; k++) {
+      const int64_t e = find_entry(m, s->tok, k * m->ps);
+      cr_assert(e >= 0 && m->cached[e].block == s->blocks[k - 1],
+                AT "request %d page %lld: block %d, not the tree's block on its locked path", WHERE, i,
+                (long long)k - 1, s->blocks[k - 1]);
+    }
   }
   for (int64_t e = 0; e < m->cached_count; e++) {
     const entry *x = &m->cached[e];
@@ -208,6 +243,8 @@ static void check_all(model *m) {
   cr_assert_eq(st.locked_blocks, locked, AT "locked pages", WHERE);
   cr_assert_eq(st.requests, requests);
   cr_assert_eq(st.free_blocks, m->cache->device.free_count);
+  cr_assert_eq(st.duplicate_blocks, m->duplicates, AT "%lld duplicates switched, the model %lld", WHERE,
+               (long long)st.duplicate_blocks, (long long)m->duplicates);
   cr_assert_eq(yk_prefix_cache_validate(m->pc), YK_OK, AT "%s", WHERE, yk_ctx_last_error(m->ctx));
 }
 
@@ -233,6 +270,7 @@ static void draw_tokens(model *m, mseq *s, int64_t from, int64_t n) {
 }
 
 static void reserve(model *m);
+static void insert(model *m, int i);
 
 /* Ends sequence i one way or another, as a scheduler might mid-step. */
 static void drop(model *m, int i) {
@@ -279,7 +317,7 @@ static void append(model *m, int i, int64_t n) {
     m->copies[2 * m->copy_count++ + 1] = info.table[had - 1];
     m->copied++;
   }
-  memcpy(s->blocks, info.table, (size_t)info.blocks * sizeof *s->blocks);
+  if (info.blocks) memcpy(s->blocks, info.table, (size_t)info.blocks * sizeof *s->blocks); /* no table: NULL */
   s->tokens += n; /* counted now; the KV of the new tokens is written below, after the copies */
   /* Sometimes another sequence goes, or blocks are reserved, before the copies are done: the
    * copies' holds must keep both ends. */
@@ -293,6 +331,14 @@ static void append(model *m, int i, int64_t n) {
     reserve(m);
     check_references(m);
   }
+  /* or another sequence caches its pages, switching its copies (a pending copy's source among
+   * them, possibly) to the tree's blocks */
+  const int early = pick(m, 1, -1, -1);
+  if (m->copy_count && early >= 0 && early != i && below(m, 3) == 0) {
+    insert(m, early);
+    m->early_inserts++;
+    check_references(m);
+  }
   cr_assert_eq(yk_kv_cache_copy_blocks(m->cache, NULL), YK_OK);
   m->copy_count = 0;
   uint64_t h = 0; /* s->hash keeps 16 bits of each: the chain is rebuilt from the tokens */
@@ -303,10 +349,34 @@ static void append(model *m, int i, int64_t n) {
   }
 }
 
+/* A live sequence on the device with at least a page of tokens the tree does not hold, or -1:
+ * a request starting on its tokens computes those pages a second time. */
+static int pick_twin(model *m) {
+  int found[SEQS], n = 0;
+  int32_t blocks[MAX_TOKENS];
+  for (int i = 0; i < SEQS; i++) {
+    const mseq *s = &m->seqs[i];
+    if (s->live && s->tokens >= m->ps && model_match(m, s->tok, s->tokens, blocks) < s->tokens - s->tokens % m->ps)
+      found[n++] = i;
+  }
+  return n ? found[below(m, n)] : -1;
+}
+
 static void start(model *m, int i) {
   mseq *s = &m->seqs[i];
-  const int64_t prompt = below(m, m->max_tokens - m->ps + 1);
-  draw_tokens(m, s, 0, prompt);
+  int64_t prompt = below(m, m->max_tokens - m->ps + 1);
+  const int twin = below(m, 2) == 0 ? pick_twin(m) : -1;
+  if (twin >= 0) {
+    /* the same tokens as a running sequence, up to where it is or past it */
+    const mseq *t = &m->seqs[twin];
+    const int64_t same = m->ps + below(m, t->tokens - m->ps + 1);
+    if (prompt < same) prompt = same;
+    memcpy(s->tok, t->tok, (size_t)same * sizeof *s->tok);
+    draw_tokens(m, s, same, prompt - same);
+    m->twins++;
+  } else {
+    draw_tokens(m, s, 0, prompt);
+  }
   int32_t blocks[MAX_TOKENS];
   const int64_t want = model_match(m, s->tok, prompt, blocks);
   const int64_t hits_before = ps_stats(m->pc).hit_tokens;
@@ -315,7 +385,7 @@ static void start(model *m, int i) {
                yk_ctx_last_error(m->ctx));
   cr_assert_eq(cached, want, AT "matched %lld tokens, the model %lld", WHERE, (long long)cached, (long long)want);
   cr_assert_eq(ps_stats(m->pc).hit_tokens - hits_before, want);
-  s->live = 1, s->request = 1, s->swapped = 0, s->tokens = cached, s->locked = cached;
+  s->live = 1, s->request = 1, s->swapped = 0, s->tokens = cached, s->locked = cached, s->synced = cached;
   memcpy(s->blocks, blocks, (size_t)(cached / m->ps) * sizeof *blocks);
   ps_prefix_hashes(s->tok, cached, s->hash);
   m->hits += cached > 0;
@@ -337,7 +407,7 @@ static void fork_seq(model *m, int parent, int child) {
   cr_assert_eq(yk_kv_seq_fork(m->cache, p->id, &c->id), YK_OK);
   const int64_t id = c->id;
   *c = *p;
-  c->id = id, c->request = 0, c->locked = 0;
+  c->id = id, c->request = 0, c->locked = 0, c->synced = 0;
 }
 
 /* n: usually all its tokens, sometimes fewer, sometimes none. */
@@ -346,11 +416,18 @@ static int64_t tokens_to_cache(model *m, const mseq *s) {
   return r == 0 ? 0 : r == 1 ? below(m, s->tokens + 1) : s->tokens;
 }
 
+/* Any live sequence: a swapped-out one caches nothing, and refuses a page or more with nothing
+ * changed (check_all after the step says so). */
 static void insert(model *m, int i) {
   mseq *s = &m->seqs[i];
   const int64_t n = tokens_to_cache(m, s);
-  cr_assert_eq(yk_prefix_cache_insert(m->pc, s->id, s->tok, n), YK_OK, AT "%s", WHERE, yk_ctx_last_error(m->ctx));
-  model_insert(m, s, n);
+  const yk_status st = yk_prefix_cache_insert(m->pc, s->id, s->tok, n);
+  if (s->swapped && n >= m->ps) {
+    ts_assert_rejected(m->ctx, st, YK_ERR_INVALID_ARGUMENT, "swapped out");
+    return;
+  }
+  cr_assert_eq(st, YK_OK, AT "%s", WHERE, yk_ctx_last_error(m->ctx));
+  if (!s->swapped) model_insert(m, s, n);
 }
 
 static void finish(model *m, int i) {
@@ -402,8 +479,9 @@ static void swap(model *m, int i) {
   for (int64_t b = 0; b < blocks; b++)
     cr_assert(to_host ? !m->host_refs[info.table[b]] : !m->refs[info.table[b]] && !m->holds[info.table[b]],
               AT "swap took a block in use", WHERE);
-  memcpy(s->blocks, info.table, (size_t)blocks * sizeof *s->blocks);
+  if (blocks) memcpy(s->blocks, info.table, (size_t)blocks * sizeof *s->blocks);
   s->swapped = to_host;
+  s->synced = 0; /* new blocks: its own, until its next insert switches them back */
   m->swaps++;
 }
 
@@ -418,7 +496,7 @@ static void share_partly(model *m, int i) {
   cr_assert_eq(model_match(m, x->tok, x->len, blocks), x->len);
   cr_assert_eq(yk_kv_seq_add_shared(m->cache, blocks, x->len / m->ps, tokens, &s->id), YK_OK, AT "%s", WHERE,
                yk_ctx_last_error(m->ctx));
-  s->live = 1, s->request = 0, s->swapped = 0, s->tokens = tokens, s->locked = 0;
+  s->live = 1, s->request = 0, s->swapped = 0, s->tokens = tokens, s->locked = 0, s->synced = 0;
   memcpy(s->tok, x->tok, (size_t)x->len * sizeof *x->tok);
   memcpy(s->blocks, blocks, (size_t)(x->len / m->ps) * sizeof *blocks);
   ps_prefix_hashes(s->tok, tokens, s->hash);
@@ -459,11 +537,11 @@ static void random_run(int page_size, int steps) {
     int i, j;
     if (op < 18 && (i = pick(m, 0, -1, -1)) >= 0)
       start(m, i);
-    else if (op < 40 && (i = pick(m, 1, 0, -1)) >= 0)
+    else if (op < 38 && (i = pick(m, 1, 0, -1)) >= 0)
       decode(m, i);
-    else if (op < 46 && (i = pick(m, 1, 0, -1)) >= 0 && (j = pick(m, 0, -1, -1)) >= 0)
+    else if (op < 44 && (i = pick(m, 1, 0, -1)) >= 0 && (j = pick(m, 0, -1, -1)) >= 0)
       fork_seq(m, i, j);
-    else if (op < 52 && (i = pick(m, 1, 0, -1)) >= 0)
+    else if (op < 52 && (i = pick(m, 1, -1, -1)) >= 0)
       insert(m, i);
     else if (op < 68 && (i = pick(m, 1, -1, -1)) >= 0)
       finish(m, i);
@@ -479,13 +557,17 @@ static void random_run(int page_size, int steps) {
       order(m);
     check_all(m);
   }
-  cr_log_info("%s: %lld evicted, %lld refused, %lld copies, %lld hits, %lld duplicates, %lld swaps, %lld early frees",
+  cr_log_info("%s: %lld evicted, %lld refused, %lld copies, %lld hits, %lld duplicates (%lld a fork held), %lld "
+              "twins, %lld swaps, %lld early frees, %lld early inserts",
               name, (long long)m->evicted, (long long)m->refused, (long long)m->copied, (long long)m->hits,
-              (long long)m->duplicates, (long long)m->swaps, (long long)m->early_frees);
-  cr_assert(m->evicted >= 50 && m->refused >= 20 && m->hits >= 50 && m->duplicates >= 5 && m->swaps >= 20,
+              (long long)m->duplicates, (long long)m->shared_duplicates, (long long)m->twins, (long long)m->swaps,
+              (long long)m->early_frees, (long long)m->early_inserts);
+  cr_assert(m->evicted >= 50 && m->refused >= 20 && m->hits >= 50 && m->swaps >= 20,
             "the run missed a path (seed %llu)", (unsigned long long)m->seed);
-  cr_assert(page_size == 1 || (m->copied >= 20 && m->early_frees >= 3), "no copy-on-write (seed %llu)",
-            (unsigned long long)m->seed);
+  cr_assert(m->twins >= 100 && m->duplicates >= 50 && m->shared_duplicates >= 1,
+            "too few concurrent duplicates (seed %llu)", (unsigned long long)m->seed);
+  cr_assert(page_size == 1 || (m->copied >= 20 && m->early_frees >= 3 && m->early_inserts >= 3),
+            "no copy-on-write (seed %llu)", (unsigned long long)m->seed);
   for (int k = 0; k < SEQS; k++)
     if (m->seqs[k].live) drop(m, k);
   check_all(m);

@@ -20,7 +20,7 @@ typedef struct owner {
   int32_t request_refs[MAX_PAGES];
   int32_t released[MAX_PAGES]; /* the order pages were released in (hand-written cases) */
   int64_t released_count, retain_calls, release_calls;
-  int refuse;   /* retain answers YK_ERR_OUT_OF_MEMORY */
+  int refuse;   /* retain answers YK_ERR_OUT_OF_MEMORY; 2: after a yk_ call of its own failed */
   model *model; /* checks each release against the model (random run) */
 } owner;
 
@@ -28,6 +28,7 @@ static void model_released(model *m, const int32_t *pages, int64_t count);
 
 static yk_status fake_retain(void *user, const int32_t *pages, int64_t count) {
   owner *o = user;
+  if (o->refuse == 2) cr_assert_eq(yk_radix_get_stats(NULL, NULL), YK_ERR_INVALID_ARGUMENT);
   if (o->refuse) return YK_ERR_OUT_OF_MEMORY;
   o->retain_calls++;
   for (int64_t i = 0; i < count; i++) {
@@ -218,12 +219,27 @@ Test(radix_tree, insert_of_cached_prefix_returns_duplicates) {
   cr_assert_eq(stats_of(tree).nodes, 3);
   /* the owner refusing: the insert fails and changes nothing */
   const int32_t u[4] = {1, 2, 9, 9}, u_pages[2] = {0, 30};
+  /* The message: the owner's own when it left one, else the insert's, whatever an earlier failed
+   * call left; a retain that succeeds leaves that earlier message alone. */
   o.refuse = 1;
+  cr_assert_eq(yk_radix_insert(NULL, u, 4, u_pages, NULL, &ins), YK_ERR_INVALID_ARGUMENT, "an earlier message");
   cr_assert_eq(yk_radix_insert(tree, u, 4, u_pages, NULL, &ins), YK_ERR_OUT_OF_MEMORY);
-  cr_assert(strstr(yk_ctx_last_error(NULL), "refused"));
+  cr_assert_str_eq(yk_ctx_last_error(NULL), "radix insert: the page owner refused 1 pages");
+  o.refuse = 2;
+  cr_assert_eq(yk_radix_insert(tree, u, 4, u_pages, NULL, &ins), YK_ERR_OUT_OF_MEMORY);
+  cr_assert_str_eq(yk_ctx_last_error(NULL), "radix get_stats: tree is NULL", "the owner's message, passed on");
   o.refuse = 0;
   cr_assert_eq(stats_of(tree).cached_pages, 4);
   cr_assert_eq(o.tree_refs[30], 0);
+  cr_assert_eq(yk_radix_insert(NULL, u, 4, u_pages, NULL, &ins), YK_ERR_INVALID_ARGUMENT);
+  char before[256];
+  snprintf(before, sizeof before, "%s", yk_ctx_last_error(NULL));
+  cr_assert_eq(yk_radix_insert(tree, u, 4, u_pages, NULL, &ins), YK_OK);
+  cr_assert_eq(ins.inserted_tokens, 2, "page 30 retained");
+  cr_assert_eq(o.tree_refs[30], 1);
+  cr_assert_str_eq(yk_ctx_last_error(NULL), before, "the last failed call's message is still there");
+  cr_assert_eq(yk_radix_insert(tree, t, 8, third, NULL, &ins), YK_OK, "nothing new: the owner not called");
+  cr_assert_str_eq(yk_ctx_last_error(NULL), before);
   destroy_tree(tree, &o);
 }
 

@@ -89,16 +89,30 @@ YK_API yk_status yk_prefix_cache_append(yk_prefix_cache *pc, int64_t seq, int64_
 YK_API yk_status yk_prefix_cache_reserve(yk_prefix_cache *pc, int64_t free_blocks);
 
 /* Caches the blocks of seq holding tokens[0..n) (whole pages; n at most the sequence's tokens,
- * which the caller says are these) and keeps the request running, its lock moved to the end of
- * what is cached: a long prefill's pages become shareable before it finishes (SGLang's
- * cache_unfinished_req). Where another request cached the same tokens first, the tree keeps its
- * blocks and seq keeps its own. Works on any sequence on the device, a fork of a request too. */
+ * which the caller says are these, their KV written) and keeps the request running, its lock
+ * moved to the end of what is cached: a long prefill's pages become shareable before it finishes
+ * (SGLang's cache_unfinished_req).
+ * Duplicates. Where the tree already held some of these pages in other blocks (another request
+ * with the same prefix cached them first, both having run at once), seq's table entries for them
+ * switch to the tree's blocks, as SGLang does, and seq's own copies are released: each loses the
+ * table's reference, so it becomes free unless a fork still holds it (it stays that fork's) or a
+ * pending copy-on-write copy reads or writes it (it becomes free after yk_kv_cache_copy_blocks).
+ * Only whole pages up to n switch, never the partly filled last block, so the slots later appends
+ * hand out are unaffected; slots an earlier append handed out inside a switched page must not be
+ * written any more (their tokens' KV is the tree's block's). yk_prefix_cache_stats counts the
+ * switches in duplicate_blocks.
+ * Works on any sequence on the device, a fork of a request too (its table switches the same way;
+ * a fork holds no lock, its references keep the blocks it uses). A swapped-out sequence holds
+ * host blocks, which neither the tree nor a switch can take: with n of a page or more the call
+ * fails (YK_ERR_INVALID_ARGUMENT) and changes nothing; swap it in first (its table then has new
+ * device blocks, and an insert switches even its matched prefix back to the tree's). */
 YK_API yk_status yk_prefix_cache_insert(yk_prefix_cache *pc, int64_t seq, const int32_t *tokens, int64_t n);
 
 /* yk_prefix_cache_insert, then the request's lock is released and seq freed: the tree keeps its
- * references on cached blocks, seq's other blocks become free. n = 0 (tokens may be NULL) caches
- * nothing, for a request dropped before its prefill; it also frees a swapped-out sequence, which
- * can cache nothing (its blocks are host blocks). */
+ * references on cached blocks, seq's other blocks become free (its copies of pages the tree held
+ * already are counted in duplicate_blocks). n = 0 (tokens may be NULL) caches nothing, for a
+ * request dropped before its prefill; it also frees a swapped-out sequence, which can cache
+ * nothing (its blocks are host blocks). */
 YK_API yk_status yk_prefix_cache_finish(yk_prefix_cache *pc, int64_t seq, const int32_t *tokens, int64_t n);
 
 /* The scheduling helper (SGLang's longest-prefix-match policy): order[0..count) gets the indices
@@ -120,6 +134,11 @@ typedef struct yk_prefix_cache_stats {
   int64_t requested_tokens;          /* since creation: tokens passed to yk_prefix_cache_start */
   int64_t hit_tokens;                /* of them, found cached (no prefill needed) */
   int64_t evicted_blocks;            /* since creation: cached blocks evicted */
+  /* Since creation: table entries of sequences inserted or finished that held their own copy of a
+   * page the tree already cached in another block (a request that ran at the same time as the one
+   * that cached it): each switched to the tree's block, its copy's reference released. A copy a
+   * fork shares counts once per table that drops it, and becomes free with the last. */
+  int64_t duplicate_blocks;
 } yk_prefix_cache_stats;
 
 YK_API yk_status yk_prefix_cache_get_stats(const yk_prefix_cache *pc, yk_prefix_cache_stats *out);
@@ -136,7 +155,10 @@ typedef struct yk_radix_tree yk_radix_tree;
  * calls and must not call back into the same tree. */
 typedef struct yk_radix_page_owner {
   /* The tree now holds one reference to each of pages[0..count). A status other than YK_OK
-   * refuses: the insert that asked fails with that status and holds none of them. */
+   * refuses: the insert that asked fails with that status and holds none of them. When the
+   * refusal leaves a message on the tree's ctx (the prefix cache's owner does; so does a yk_
+   * call on that ctx failing inside the callback), the insert passes it on unchanged; else it
+   * says the owner refused. */
   yk_status (*retain)(void *user, const int32_t *pages, int64_t count);
   /* The tree drops its reference to each of pages[0..count) (eviction, destroy). */
   void (*release)(void *user, const int32_t *pages, int64_t count);
