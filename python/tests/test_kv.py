@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import yaie_kernels as yk
+from conftest import randn
 
 BS, HEADS, DIM, LAYERS = 4, 2, 8, 3
 
@@ -321,9 +322,76 @@ def test_cache_in_a_pool_and_views_keep_it_alive():
             yk.KVCacheManager(8, BS, HEADS, DIM, pool=pool, device="cuda:0")
 
 
-def test_explicit_block_copies_are_not_in_libyk(cache):
-    with pytest.raises(NotImplementedError, match="no copy between blocks of the caller's choosing"):
-        cache.copy_blocks([0], [1])
+def test_explicit_block_copies(cache, rng):
+    """copy_blocks(src, dst): whole blocks, every layer's K and V, byte for byte; nothing else
+    changes, and a recorded copy-on-write copy stays recorded for copy_blocks()."""
+    s = cache.add_sequence()
+    cache.append(s, 6)  # blocks 0, 1 (half full)
+    child = cache.fork(s)
+    cache.append(child, 1)  # its private copy of the shared half-full block: recorded
+    for a in (a for pair in arrays(cache) for a in pair):
+        a[...] = rng.standard_normal(a.shape)
+    before = [np.copy(a) for pair in arrays(cache) for a in pair]
+    info = cache.info()
+    assert info.pending_copies == 1
+    cache.copy_blocks([4, 7], [6, 3])
+    assert cache.info() == info
+    for b, a in zip(before, (a for pair in arrays(cache) for a in pair)):
+        np.testing.assert_array_equal(a[[6, 3]], b[[4, 7]])
+        np.testing.assert_array_equal(a[[0, 1, 2, 4, 5, 7]], b[[0, 1, 2, 4, 5, 7]])
+    cache.copy_blocks({5: 4})  # a mapping, as the swap methods take
+    for b, a in zip(before, (a for pair in arrays(cache) for a in pair)):
+        np.testing.assert_array_equal(a[4], b[5])
+    cache.copy_blocks()
+    assert cache.info().pending_copies == 0
+    pt, ct = cache.seq_info(s).block_table, cache.seq_info(child).block_table
+    for a in (a for pair in arrays(cache) for a in pair):
+        np.testing.assert_array_equal(a[ct[1]], a[pt[1]])
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (([0, 1], [2, 2]), ValueError, "destination block 2 appears twice"),
+    (([0, 1], [1, 2]), ValueError, "block 1 is both a source and a destination"),
+    (([0, 1], [2]), ValueError, "2 source blocks but 1 destinations"),
+    (([0], None), ValueError, "give dst_block_ids"),
+    (([0], [8]), yk.InvalidArgumentError, "KVCacheManager.copy_blocks: copy_blocks: pair 0: destination block 8 is "
+                                          "not in 0..7"),
+    (([-1], [3]), yk.InvalidArgumentError, "pair 0: source block -1 is not in 0..7"),
+    (([1 << 33], [3]), ValueError, "src_block_ids holds 8589934592, outside int32"),
+], ids=["dst_twice", "src_is_dst", "lengths", "no_dst", "range", "negative", "int32"])
+def test_explicit_block_copies_bad_input(cache, args, error, message):
+    k = np.from_dlpack(cache.layer(0)[0])
+    k[...] = 1
+    with pytest.raises(error) as e:
+        cache.copy_blocks(*args)
+    assert message in str(e.value)
+    assert (k == 1).all()
+
+
+def test_vllm_copy_blocks_over_caller_tensors(rng):
+    """yk.copy_blocks(key_caches, value_caches, block_mapping): vLLM's call over per-layer tensors
+    (here strided: every other block of a larger array), the mapping as pairs or a dict."""
+    keys = [randn(rng, (12, BS, HEADS, DIM), np.float16)[::2] for _ in range(3)]
+    values = [randn(rng, (12, BS, HEADS, DIM), np.float16)[::2] for _ in range(3)]
+    before = [np.copy(a) for a in keys + values]
+    assert yk.copy_blocks(keys, values, np.array([[0, 5], [3, 1]], np.int64)) is None
+    for b, a in zip(before, keys + values):
+        np.testing.assert_array_equal(a[[5, 1]], b[[0, 3]])
+        np.testing.assert_array_equal(a[[0, 2, 3, 4]], b[[0, 2, 3, 4]])
+    yk.copy_blocks(keys, values, {2: [4, 0]})  # vLLM's older {src: [dst, ...]}
+    for b, a in zip(before, keys + values):
+        np.testing.assert_array_equal(a[[4, 0]], b[[2, 2]])
+    yk.copy_blocks(keys, values, [])  # nothing to copy
+    with pytest.raises(yk.InvalidArgumentError, match=r"copy_blocks: caches\[3\] has other strides than caches\[0\]"):
+        yk.copy_blocks(keys, [np.ascontiguousarray(v) for v in values], [[0, 1]])
+    with pytest.raises(ValueError, match=r"must be \(source, destination\) pairs \[n, 2\], got shape \(3,\)"):
+        yk.copy_blocks(keys, values, [0, 1, 2])
+    with pytest.raises(ValueError, match="key_caches and value_caches are empty"):
+        yk.copy_blocks([], [], [[0, 1]])
+    frozen = np.copy(keys[0])
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match=r"copy_blocks: key_caches\[0\] is read-only"):
+        yk.copy_blocks([frozen], [], [[0, 1]])
 
 
 def test_sequence_ids_from_numpy(cache):

@@ -138,6 +138,113 @@ def test_flash_infer_decode_equals_sdpa(gen, device, dtype):
     assert lse.shape == (3, 8) and lse.dtype == torch.float32
 
 
+# ---- paged attention ----
+
+
+def paged_setup(device, dtype, layout, page, lens, heads=8, kv_heads=2, dim=64):
+    """Random caches and distinct random blocks for each sequence: (q, k_cache, v_cache,
+    block_tables, context_lens, csr), tables int32 on device."""
+    counts = [-(-n // page) for n in lens]
+    num_blocks = sum(counts) + 4
+    shape = (num_blocks, page, kv_heads, dim) if layout == "NHD" else (num_blocks, kv_heads, page, dim)
+    k_cache = torch.randn(shape, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    perm = torch.randperm(num_blocks)[:sum(counts)].int()
+    bt = torch.zeros(len(lens), max(counts), dtype=torch.int32)
+    for i, b in enumerate(perm.split(counts)):
+        bt[i, :len(b)] = b
+    cl = torch.tensor(lens, dtype=torch.int32)
+    indptr = torch.tensor([0] + counts, dtype=torch.int32).cumsum(0).int()
+    last = torch.tensor([(n - 1) % page + 1 for n in lens], dtype=torch.int32)
+    q = torch.randn(len(lens), heads, dim, device=device, dtype=dtype)
+    csr = tuple(t.to(device) for t in (indptr, perm, last))
+    return q, k_cache, v_cache, bt.to(device), cl.to(device), csr
+
+
+def gathered_sdpa(q, k_cache, v_cache, bt, lens, page, layout):
+    """SDPA of each sequence's query over its tokens gathered from the pages: [batch, heads, dim]."""
+    outs = []
+    for i, n in enumerate(lens):
+        t = torch.arange(n, device=q.device)
+        b, o = bt[i].long()[t // page], t % page
+        k = k_cache[b, o] if layout == "NHD" else k_cache[b, :, o]  # [n, kv_heads, dim]
+        v = v_cache[b, o] if layout == "NHD" else v_cache[b, :, o]
+        outs.append(sdpa(q[i].float()[:, None], k.float().transpose(0, 1), v.float().transpose(0, 1), False)[:, 0])
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("device, dtype", CASES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("page", [1, 16])
+def test_paged_attention_forward_equals_sdpa(gen, device, dtype, layout, page):
+    lens = [37, 1, 64, 100]
+    q, k_cache, v_cache, bt, cl, csr = paged_setup(device, dtype, layout, page, lens)
+    out = yk.paged_attention_forward(q, k_cache, v_cache, bt, cl, max(lens), layout=layout)
+    assert isinstance(out, torch.Tensor) and out.shape == q.shape and out.dtype == dtype and out.device == q.device
+    want = gathered_sdpa(q, k_cache, v_cache, bt, lens, page, layout)
+    close(out, want, dtype)
+    # FlashInfer's form over the same pages: plan on the host, run
+    att = yk.FlashInferPagedAttention(8, 2, 64, page, layout=layout, dtype=dtype)
+    att.plan(*csr)
+    close(att.run(q, (k_cache, v_cache)), want, dtype)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_flash_infer_paged_run_replays_in_a_cuda_graph(gen):
+    """plan() once, run() captured: replays follow new queries and tables rewritten in place."""
+    lens = [300, 17, 1024]
+    q, k_cache, v_cache, bt, cl, csr = paged_setup("cuda", torch.bfloat16, "NHD", 16, lens)
+    att = yk.FlashInferPagedAttention(8, 2, 64, 16, dtype=torch.bfloat16)
+    att.plan(*csr)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        att.run(q, (k_cache, v_cache))  # warm
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = att.run(q, (k_cache, v_cache))
+    q.copy_(torch.randn_like(q))
+    csr[1].copy_(csr[1].flip(0))  # the same lengths, other blocks
+    graph.replay()
+    torch.cuda.synchronize()
+    table = torch.zeros_like(bt)
+    counts = (csr[0][1:] - csr[0][:-1]).tolist()
+    for i, b in enumerate(csr[1].split(counts)):
+        table[i, :len(b)] = b
+    close(out, gathered_sdpa(q, k_cache, v_cache, table, lens, 16, "NHD"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("device, dtype", CASES)
+def test_copy_blocks_over_torch_caches(gen, device, dtype):
+    keys = [torch.randn(8, 16, 2, 64, device=device, dtype=dtype) for _ in range(2)]
+    values = [torch.randn_like(k) for k in keys]
+    before = [t.clone() for t in keys + values]
+    yk.copy_blocks(keys, values, torch.tensor([[0, 5], [3, 1]], device=device))  # vLLM's int64 pairs
+    for b, a in zip(before, keys + values):
+        assert torch.equal(a[5], b[0]) and torch.equal(a[1], b[3]) and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("device, dtype", CASES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_append_kv_over_torch_caches(gen, device, dtype, layout):
+    """vLLM's int64 slot_mapping, a padding slot skipped; the caches' version counters bumped."""
+    shape = (6, 16, 2, 64) if layout == "NHD" else (6, 2, 16, 64)
+    kc, vc = torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype)
+    k, v = torch.randn(3, 2, 64, device=device, dtype=dtype), torch.randn(3, 2, 64, device=device, dtype=dtype)
+    slots = torch.tensor([40, -1, 3], device=device)
+    want_k, want_v = kc.clone(), vc.clone()
+    for t in (0, 2):
+        b, o = divmod(int(slots[t]), 16)
+        if layout == "NHD":
+            want_k[b, o], want_v[b, o] = k[t], v[t]
+        else:
+            want_k[b, :, o], want_v[b, :, o] = k[t], v[t]
+    version = kc._version
+    yk.append_kv(k, v, kc, vc, slots, layout=layout)
+    assert torch.equal(kc, want_k) and torch.equal(vc, want_v) and kc._version > version
+
+
 # ---- one decode step of a Llama-shaped layer ----
 
 

@@ -7,12 +7,12 @@
 torch tensors (CUDA or CPU), numpy arrays and other DLPack arrays are passed without copies;
 outputs are new tensors of the caller's type. GPU calls run on torch's current stream. Errors
 from libyk raise ValueError (bad input) or RuntimeError (device, compile), with its message.
-Names whose C op has not landed raise NotImplementedError naming it.
 
 libyk is found on first use: $YK_LIBRARY, else ../build/libyk.so beside this package's source,
 else ctypes.util.find_library('yk'), else libyk.so on the loader's path.
 """
 
+from ._append import append_kv
 from ._attention import (
     FlashInferAttention,
     attention_decode,
@@ -21,6 +21,7 @@ from ._attention import (
     flash_attention_forward,
     merge_attention_states,
 )
+from ._copy import copy_blocks
 from ._dlpack import BufferView
 from ._kv import KVCacheBlock, KVCacheInfo, KVCacheManager, SeqInfo
 from ._lib import (
@@ -45,12 +46,7 @@ from ._ops import (
     rope,
     silu_and_mul,
 )
-from ._pending import (
-    FlashInferPagedAttention,
-    RadixAttentionBlock,
-    RadixAttentionWithPagedKVCache,
-    paged_attention_forward,
-)
+from ._paged import FlashInferPagedAttention, paged_attention_forward
 from ._pool import (
     MemoryPool,
     PoolAllocation,
@@ -59,6 +55,8 @@ from ._pool import (
     memory_pool_allocate,
     memory_pool_free,
 )
+from ._prefix_cache import PrefixCacheStats, RadixAttentionWithPagedKVCache
+from ._radix import RadixAttentionBlock, RadixInsert, RadixMatch, RadixNodeHandle, RadixPageOwner, RadixStats
 
 __version__ = "0.1.0"
 
@@ -88,6 +86,8 @@ __all__ = [
     "rope",
     "attention_decode",
     "merge_attention_states",
+    "copy_blocks",
+    "append_kv",
     # memory: the pool and the paged KV cache
     "MemoryPool",
     "PoolStats",
@@ -96,6 +96,13 @@ __all__ = [
     "KVCacheInfo",
     "SeqInfo",
     "BufferView",
+    # prefix sharing: the radix tree alone and on the KV cache
+    "RadixPageOwner",
+    "RadixMatch",
+    "RadixInsert",
+    "RadixNodeHandle",
+    "RadixStats",
+    "PrefixCacheStats",
     # the library and its errors
     "library_path",
     "library_version",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._dlpack import BufferView
+from ._host import _address, _np
 from ._lib import C, context_for, raise_status
 from ._pool import Closable, Handle, device_key, device_name, nonnegative
 from ._tensor import DLTensor, _DLDataType
@@ -80,24 +81,14 @@ class SeqInfo(NamedTuple):
     block_table: Any
 
 
-def _np():
-    try:
-        import numpy
-    except ImportError as e:  # pragma: no cover - numpy is in every engine's environment
-        raise ImportError("yaie_kernels: the KV cache's tables and slots are numpy arrays; install numpy") from e
-    return numpy
-
-
-_char_view = ctypes.c_char.from_buffer
-
-
-def _address(a):
-    """The data address of a C-contiguous numpy array. Through the buffer protocol for writable
-    ones: 2-3x faster than __array_interface__ or .ctypes.data, which build objects a call."""
-    try:
-        return ctypes.addressof(_char_view(a))
-    except (TypeError, ValueError, BufferError):  # read-only or empty
-        return a.__array_interface__["data"][0]
+def slots_out(np, n, out, op):
+    """The int64 array append-like calls write the new tokens' slots into: out, checked, or a new one."""
+    if out is None:
+        return np.empty(max(n, 0), np.int64)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.int64 and out.ndim == 1 and out.shape[0] == n
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{op}: out must be a writable C-contiguous numpy int64 array of {n} entries")
+    return out
 
 
 def _c_int(value, op, name):
@@ -139,7 +130,8 @@ class KVCacheManager(Closable):
     Errors: OutOfMemoryError (a MemoryError) when blocks run out, with the cache unchanged;
     NotFoundError (a KeyError) for a freed or unknown sequence id; InvalidArgumentError (a
     ValueError) for the rest; each carries libyk's message. close() frees the blocks once no view
-    of them remains (synchronise the streams that copy or swap first)."""
+    of them and no RadixAttentionWithPagedKVCache on the cache remains (synchronise the streams
+    that copy or swap first)."""
 
     def __init__(self, num_blocks, block_size, num_heads, head_dim, dtype="float16", *, num_layers=1, layout="NHD",
                  device=None, device_bytes=None, host_blocks=0, pool=None):
@@ -233,14 +225,8 @@ class KVCacheManager(Closable):
         recorded for copy_blocks()). Returns the new tokens' slot ids (block * block_size +
         offset) as numpy int64, written into out (1-D C-contiguous int64 of num_tokens) if given.
         OutOfMemoryError when the free blocks do not suffice; nothing changes then."""
-        np = _np()
         n = int(num_tokens)
-        if out is None:
-            out = np.empty(max(n, 0), np.int64)
-        elif not (isinstance(out, np.ndarray) and out.dtype == np.int64 and out.ndim == 1 and out.shape[0] == n
-                  and out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"KVCacheManager.append: out must be a writable C-contiguous numpy int64 array of "
-                             f"{n} entries")
+        out = slots_out(_np(), n, out, "KVCacheManager.append")
         self._check(C.yk_kv_seq_append(self._c("append"), seq, n, _address(out)), "append")
         return out
 
@@ -284,17 +270,34 @@ class KVCacheManager(Closable):
     # ---- copies and swaps ----
 
     def copy_blocks(self, src_block_ids=None, dst_block_ids=None, *, stream=None):
-        """Performs the copy-on-write copies append recorded, whole blocks, and clears the list;
-        call it before writing the step's new tokens. On CUDA asynchronous on stream (see
-        swap_out), then the cache's event is recorded; on the CPU complete on return.
+        """With no block ids: performs the copy-on-write copies append recorded, whole blocks, and
+        clears the list; call it before writing the step's new tokens. On CUDA asynchronous on
+        stream (see swap_out), then the cache's event is recorded; on the CPU complete on return.
 
-        Copies between blocks of the caller's choosing (src_block_ids -> dst_block_ids) raise
-        NotImplementedError: libyk copies only the blocks it recorded."""
-        if src_block_ids is not None or dst_block_ids is not None:
-            raise NotImplementedError("KVCacheManager.copy_blocks: libyk has no copy between blocks of the caller's "
-                                      "choosing; it performs the copy-on-write copies append() recorded (call "
-                                      "copy_blocks() with no block ids)")
-        self._check(C.yk_kv_cache_copy_blocks(self._c("copy_blocks"), self._stream(stream)), "copy_blocks")
+        With block ids: copies device block src_block_ids[i] over dst_block_ids[i] (or a mapping
+        {src: dst} as src_block_ids), whole blocks, every layer's K and V (yk_copy_blocks, as
+        vLLM's copy_blocks). The pairs run concurrently, so a block may not be both a source and
+        a destination, nor a destination twice (ValueError). Raw copies: no reference count or
+        table changes, the recorded copy-on-write copies are left for copy_blocks(); on CUDA on
+        stream, without the cache's event (order readers on that stream)."""
+        op = "copy_blocks"
+        if src_block_ids is None:
+            if dst_block_ids is not None:
+                raise ValueError("KVCacheManager.copy_blocks: dst_block_ids without src_block_ids")
+            self._check(C.yk_kv_cache_copy_blocks(self._c(op), self._stream(stream)), op)
+            return
+        from ._copy import block_pairs, copy_pairs  # _copy builds on this module
+
+        name = f"KVCacheManager.{op}"
+        if dst_block_ids is None and not hasattr(src_block_ids, "keys"):
+            raise ValueError(f"{name}: give dst_block_ids, or a mapping {{src: dst}} as src_block_ids")
+        pairs = block_pairs(src_block_ids, name, dst_block_ids)
+        self._c(op)
+        k = self.layer(0)[0]
+        # every block as one row (block b = [layer 0 K][layer 0 V][layer 1 K] ...): one copy a pair
+        row = self.block_bytes // self.elem_bytes
+        blocks = (k.data_ptr, k.device[0], k.device[1], k._code[0], k._code[1], (self.num_blocks, row), (row, 1), None)
+        copy_pairs(self._ctx, self._stream(stream), [blocks], pairs, name)
 
     def swap_out(self, seq, *, stream=None):
         """Moves seq to host blocks (its table follows; its device blocks are released, those

@@ -1,8 +1,8 @@
 """libyk through ctypes: finding and loading it, the prototypes, the per-device contexts, and
 turning a failed status into a Python exception.
 
-The library is loaded on first use, not at import, so `import yaie_kernels` works (and the names
-of ops that have not landed in C still raise their NotImplementedError) on a machine without it.
+The library is loaded on first use, not at import, so `import yaie_kernels` works on a machine
+without it (the first call then raises LibraryNotFoundError).
 """
 
 import ctypes
@@ -159,6 +159,12 @@ class AttentionParams(ctypes.Structure):
     ]
 
 
+class RadixNode(ctypes.Structure):
+    """yk_radix_node (include/yk/radix.h): passed by value to lock and unlock."""
+
+    _fields_ = [("index", ctypes.c_uint32), ("generation", ctypes.c_uint32)]
+
+
 _PROTOTYPES = {
     # name: (restype, argtypes)
     "yk_version": (ctypes.c_char_p, []),
@@ -209,6 +215,36 @@ _PROTOTYPES = {
     "yk_kv_cache_table_sizes": (_i, [_p, _p, _i64, _p, _p]),
     "yk_kv_cache_block_tables": (_i, [_p, _p, _i64, _p, _i64, _p]),
     "yk_kv_cache_csr": (_i, [_p, _p, _i64, _p, _p, _i64, _p]),
+    "yk_copy_blocks": (_i, [_p, _p, _i, _p, _i64, _p]),
+    "yk_append_kv": (_i, [_p, _p, _p, _p, _p, _i, _p, _p, _p]),
+    # paged attention (yk/ops.h)
+    "yk_paged_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p]),
+    "yk_paged_attention_prefill": (_i, [_p, _p, _p, _p, _p, _p, _p]),
+    "yk_paged_plan_create": (_i, [_p, _p]),
+    "yk_paged_plan_destroy": (None, [_p]),
+    "yk_paged_decode_plan": (_i, [_p, _p, _p, _i64, _p]),
+    "yk_paged_decode_run": (_i, [_p, _p, _p, _p, _p, _p, _p]),
+    "yk_cascade_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    # the radix tree and the prefix cache (yk/radix.h)
+    "yk_radix_create": (_i, [_p, _i, _p, _p]),
+    "yk_radix_destroy": (None, [_p]),
+    "yk_radix_match_prefix": (_i, [_p, _p, _i64, _p, _i64, _p]),
+    "yk_radix_prefix_length": (_i, [_p, _p, _i64, _p]),
+    "yk_radix_insert": (_i, [_p, _p, _i64, _p, _p, _p]),
+    "yk_radix_lock": (_i, [_p, RadixNode]),
+    "yk_radix_unlock": (_i, [_p, RadixNode]),
+    "yk_radix_evict": (_i, [_p, _i64, _p]),
+    "yk_radix_get_stats": (_i, [_p, _p]),
+    "yk_radix_order_by_prefix": (_i, [_p, _p, _p, _i64, _p, _p]),
+    "yk_prefix_cache_create": (_i, [_p, _p]),
+    "yk_prefix_cache_destroy": (None, [_p]),
+    "yk_prefix_cache_start": (_i, [_p, _p, _i64, _p, _p]),
+    "yk_prefix_cache_append": (_i, [_p, _i64, _i64, _p]),
+    "yk_prefix_cache_reserve": (_i, [_p, _i64]),
+    "yk_prefix_cache_insert": (_i, [_p, _i64, _p, _i64]),
+    "yk_prefix_cache_finish": (_i, [_p, _i64, _p, _i64]),
+    "yk_prefix_cache_order_by_prefix": (_i, [_p, _p, _p, _i64, _p, _p]),
+    "yk_prefix_cache_get_stats": (_i, [_p, _p]),
 }
 
 
