@@ -42,4 +42,11 @@ static inline yk_status yk_kernel_get(yk_ctx *ctx, const yk_spec *spec, yk_kerne
 yk_status yk_launch(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, unsigned grid_z, void *stream,
                     void **args);
 
+/* yk_launch for a kernel that begins with yk_wait_previous_grid() (prelude.cuh): on sm_90 it is
+ * launched programmatically, so it is scheduled while the kernel before it on the stream finishes
+ * (when that one calls yk_allow_next_grid) instead of after, hiding a launch's latency: the merge
+ * after split-KV decode. Elsewhere a plain launch. */
+yk_status yk_launch_early(yk_ctx *ctx, const yk_kernel *k, unsigned grid_x, unsigned grid_y, unsigned grid_z,
+                          void *stream, void **args);
+
 #endif

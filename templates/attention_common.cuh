@@ -60,7 +60,8 @@ template <int N> __device__ __forceinline__ void yk_cp_async_wait() { asm volati
 constexpr int YK_ROW = HEAD_DIM + 8;
 
 // Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory with THREADS threads, 16
-// bytes each; row r comes from src(r), or is zero-filled when r >= valid.
+// bytes each; row r comes from src(r), or is zero-filled when r >= valid. ROWS * HEAD_DIM / 8 is a
+// multiple of 32, so the threads of a warp make the same number of calls to src.
 template <int ROWS, int THREADS, class RowAddress>
 __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAddress src) {
   constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
@@ -68,7 +69,9 @@ __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAdd
   for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
     const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
     const bool ok = r < valid;
-    yk_cp_async16(smem + r * YK_ROW + c, ok ? src(r) + c : src(0), ok ? 16 : 0);
+    // src is called by every thread of a warp together (it may shuffle), for row 0 past the end
+    const T *row = src(ok ? r : 0);
+    yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
   }
 }
 
@@ -148,8 +151,15 @@ template <int PAGE_SIZE> struct yk_key_rows {
   int num_blocks;
   __device__ __forceinline__ const T *at(int j) const {
     if (PAGE_SIZE == 0) return base + (long long)j * row;
-    const int id = __ldg(pages + j / PAGE_SIZE);
-    return base + (long long)((unsigned)id < (unsigned)num_blocks ? id : 0) * block + (long long)(j % PAGE_SIZE) * row;
+    return in_page(page(j), j);
+  }
+  // Paged: the block holding row j (block 0 for an id outside the cache), and row j within block id.
+  __device__ __forceinline__ int page(int j) const {
+    const int id = __ldg(pages + j / (PAGE_SIZE ? PAGE_SIZE : 1));
+    return (unsigned)id < (unsigned)num_blocks ? id : 0;
+  }
+  __device__ __forceinline__ const T *in_page(int id, int j) const {
+    return base + (long long)id * block + (long long)(j % (PAGE_SIZE ? PAGE_SIZE : 1)) * row;
   }
 };
 

@@ -41,6 +41,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
                      long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
                      float scale_log2, yk_page_table pt) {
+  if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
   yk_sequence sq;
@@ -86,18 +87,46 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // this team's tiles: team, team + TEAMS, ... of the block's range
   const int tiles = last > first ? (last - first + BLOCK_N - 1) / BLOCK_N : 0;
   const int mine = tiles > team ? (tiles - team + TEAMS - 1) / TEAMS : 0;
-  auto load = [&](int i) { // the team's i-th tile into stage i % STAGES
-    const int key0 = first + (team + i * TEAMS) * BLOCK_N, stage = i % STAGES;
-    yk_load_tile<BLOCK_N, TEAM_THREADS>(sK + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
-                                        [&](int r) { return kr.at(key0 + r); });
-    yk_load_tile<BLOCK_N, TEAM_THREADS>(sV + stage * BLOCK_N * YK_ROW, last - key0, team_tid,
-                                        [&](int r) { return vr.at(key0 + r); });
+  auto key0_of = [&](int i) { return first + (team + i * TEAMS) * BLOCK_N; }; // the team's i-th tile
+
+  // Paged keys: lane l of each warp holds the block of row l (+ 32 k in ids[k]) of the next tile
+  // the team loads, read from the page table an iteration ahead, so that no cp.async waits on a
+  // table read (at batch 1, with one block an SM, that wait cost a fifth of the time).
+  constexpr int ID_REGS = PAGED ? (BLOCK_N + 31) / 32 : 1;
+  int ids[ID_REGS];
+  auto fetch_ids = [&](int i) {
+    const int key0 = key0_of(i);
+#pragma unroll
+    for (int k = 0; k < ID_REGS; ++k) {
+      const int r = 32 * k + lane;
+      ids[k] = PAGED && i < mine && r < BLOCK_N && key0 + r < last ? kr.page(key0 + r) : 0;
+    }
+  };
+  auto row_id = [&](int r) { // every lane of the warp calls it together
+    int id = 0;
+#pragma unroll
+    for (int k = 0; k < ID_REGS; ++k) {
+      const int v = __shfl_sync(0xffffffffu, ids[k], r % 32);
+      if (r / 32 == k) id = v;
+    }
+    return id;
+  };
+  auto load = [&](int i) { // the team's i-th tile into stage i % STAGES (paged: with ids of tile i)
+    const int key0 = key0_of(i), stage = i % STAGES;
+    yk_load_tile<BLOCK_N, TEAM_THREADS>(sK + stage * BLOCK_N * YK_ROW, last - key0, team_tid, [&](int r) {
+      return PAGED ? kr.in_page(row_id(r), key0 + r) : kr.at(key0 + r);
+    });
+    yk_load_tile<BLOCK_N, TEAM_THREADS>(sV + stage * BLOCK_N * YK_ROW, last - key0, team_tid, [&](int r) {
+      return PAGED ? vr.in_page(row_id(r), key0 + r) : vr.at(key0 + r);
+    });
   };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
+    fetch_ids(s);
     if (s < mine) load(s);
     yk_cp_async_commit();
   }
+  fetch_ids(STAGES - 1);
 
   float o[O_TILES][4];
   yk_zero(o);
@@ -105,6 +134,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   for (int i = 0; i < mine; ++i) {
     if (i + STAGES - 1 < mine) load(i + STAGES - 1);
+    if (PAGED) fetch_ids(i + STAGES); // used by the next iteration's load
     yk_cp_async_commit();
     yk_cp_async_wait<STAGES - 1>();
     team_sync(team);

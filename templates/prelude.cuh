@@ -96,10 +96,33 @@ template <class T, int N> __device__ __forceinline__ void yk_store(T *p, const f
   }
 }
 
+// ---- programmatic dependent launch (sm_90) ----
+// A kernel launched with programmatic stream serialization may start while the kernel before it
+// on the stream is still running: it waits here for that kernel's completion and memory. Without
+// such a launch (or before sm_90) there is nothing to wait for.
+__device__ __forceinline__ void yk_wait_previous_grid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Lets the next kernel on the stream, launched programmatically, be scheduled now (it still waits
+// for this grid's completion in yk_wait_previous_grid).
+__device__ __forceinline__ void yk_allow_next_grid() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 // ---- reductions ----
 __device__ __forceinline__ float yk_warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float yk_warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
