@@ -57,6 +57,9 @@ void bench_case_free(bench_case *c);
 
 int bench_ops(bench_timer *t, bench_results *r, int quick);
 int bench_attention(bench_timer *t, bench_results *r, int quick);
+void bench_decode(bench_timer *t, bench_results *r); /* dense decode only, both KV layouts */
+/* The prefill rows only; with sweep, the Hopper prefill's configurations too (yk bench --prefill). */
+void bench_prefill(bench_timer *t, bench_results *r, int sweep);
 int bench_paged(bench_timer *t, bench_results *r);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);
@@ -64,8 +67,8 @@ int bench_attention_sweep(bench_timer *t, bench_results *r);
 
 /* A spec override for the sweeps: fields by name (NULL ends the list) and their values. */
 typedef struct {
-  const char *names[3];
-  int values[3];
+  const char *names[4];
+  int values[4];
 } bench_override;
 void bench_apply_override(void *override, yk_spec *spec);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);

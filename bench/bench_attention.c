@@ -47,9 +47,9 @@ static int dense(attention_case *c, yk_ctx *ctx, int64_t batch, int64_t seq, int
   return 0;
 }
 
-static void prefill_and_backward(bench_timer *t, bench_results *r, int quick) {
+static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, int with_backward) {
   yh_rng rng = {21};
-  for (int backward = 0; backward <= 1; backward++)
+  for (int backward = 0; backward <= with_backward; backward++)
     for (int d = 64; d <= 128; d *= 2)
       for (int seq = 1024; seq <= 16384; seq *= 4)
         for (int causal = 0; causal <= 1; causal++) {
@@ -83,14 +83,19 @@ static void prefill_and_backward(bench_timer *t, bench_results *r, int quick) {
 }
 
 /* A decode case at 32 q heads, 8 kv heads, head dim 128, with the engine's workspace (an
- * allocation on the stream would be timed otherwise). */
-static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t batch, int64_t len, yh_rng *rng) {
+ * allocation on the stream would be timed otherwise). K and V are [batch, len, 8, 128] views:
+ * token-major (NHD, as a KV cache is written token by token), or head-major (HND: the memory of
+ * [batch, 8, len, 128], the peers' contiguous SDPA layout). */
+static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t batch, int64_t len, int head_major,
+                       yh_rng *rng) {
   memset(c, 0, sizeof *c);
   memset(ws, 0, sizeof *ws);
   c->ctx = ctx, c->decode = 1;
   const int64_t qd[3] = {batch, 32, 128}, kd[4] = {batch, len, 8, 128};
-  if (yh_tensor_init(&c->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 4, kd, NULL, 1) ||
-      yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 3, qd, NULL, 1))
+  const int64_t hnd[4] = {len * 8 * 128, 128, len * 128, 1};
+  const int64_t *ks = head_major ? hnd : NULL;
+  if (yh_tensor_init(&c->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 4, kd, ks, 1) ||
+      yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, ks, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 3, qd, NULL, 1))
     return 1;
   yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
   const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, len, 128);
@@ -101,27 +106,29 @@ static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t ba
 
 static const int64_t decode_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
 
-static void decode(bench_timer *t, bench_results *r) {
+void bench_decode(bench_timer *t, bench_results *r) {
   yh_rng rng = {22};
-  for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
-    const int64_t batch = decode_shapes[i][0], len = decode_shapes[i][1];
-    attention_case c;
-    yh_tensor ws;
-    char name[96];
-    snprintf(name, sizeof name, "decode B%lld L%lld gqa4 d128", (long long)batch, (long long)len);
-    if (!decode_case(&c, &ws, t->ctx, batch, len, &rng)) {
-      const double ms = bench_median_ms(t, call, &c);
-      const double bytes = 2.0 * batch * len * 8 * 128 * 2;
-      if (ms > 0) {
-        bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
-        fprintf(stderr, "  %-44s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
-      } else {
-        fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+  for (int head_major = 0; head_major < 2; head_major++)
+    for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
+      const int64_t batch = decode_shapes[i][0], len = decode_shapes[i][1];
+      attention_case c;
+      yh_tensor ws;
+      char name[96];
+      snprintf(name, sizeof name, "decode B%lld L%lld gqa4 d128%s", (long long)batch, (long long)len,
+               head_major ? " hnd" : "");
+      if (!decode_case(&c, &ws, t->ctx, batch, len, head_major, &rng)) {
+        const double ms = bench_median_ms(t, call, &c);
+        const double bytes = 2.0 * batch * len * 8 * 128 * 2;
+        if (ms > 0) {
+          bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+          fprintf(stderr, "  %-44s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+        } else {
+          fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+        }
       }
+      yh_tensor_free(&ws);
+      free_case(&c);
     }
-    yh_tensor_free(&ws);
-    free_case(&c);
-  }
 }
 
 /* One timed configuration of a sweep: the case under the override, as a row named after both. */
@@ -142,6 +149,38 @@ static void sweep_one(bench_timer *t, bench_results *r, attention_case *c, const
   fprintf(stderr, "  %-70s %9.4f ms %7.0f %s\n", name, ms, value, unit);
 }
 
+/* The Hopper prefill's tiles and loops: block_n, stages, warpgroups and pipeline (the plain loop,
+ * FlashAttention-3's producer warpgroup, and that with the consumers' MMAs in turn). Configurations
+ * a rule refuses print as invalid. */
+static void prefill_sweep(bench_timer *t, bench_results *r) {
+  yh_rng rng = {23};
+  static const int seqs[] = {4096, 16384};
+  for (int si = 0; si < 2; si++)
+    for (int causal = 0; causal <= 1; causal++) {
+      const int64_t seq = seqs[si], batch = 16384 / seq, heads = 16;
+      attention_case c;
+      char shape[64], config[96];
+      snprintf(shape, sizeof shape, "prefill D128 S%lld causal=%d", (long long)seq, causal);
+      if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 0, &rng)) {
+        c.params.causal = causal;
+        const double flops = 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
+        static const int block_n[] = {64, 128}, stages[] = {2, 3}, groups[] = {1, 2};
+        for (int p = 0; p <= 2; p++)
+          for (int b = 0; b < 2; b++)
+            for (int st = 0; st < 2; st++)
+              for (int g = 0; g < 2; g++) {
+                if (p == 2 && groups[g] == 1) continue; /* pipeline 2 takes turns between two warpgroups */
+                bench_override o = {{"block_n", "stages", "warpgroups", "pipeline"},
+                                    {block_n[b], stages[st], groups[g], p}};
+                snprintf(config, sizeof config, "block_n=%d stages=%d warpgroups=%d pipeline=%d", block_n[b],
+                         stages[st], groups[g], p);
+                sweep_one(t, r, &c, shape, config, &o, flops, "TFLOP/s");
+              }
+      }
+      free_case(&c);
+    }
+}
+
 /* yk bench --sweep: decode over split counts and tile shapes, the prefill over its tiles. What
  * issue 6's tuner automates; here it chooses the defaults. */
 int bench_attention_sweep(bench_timer *t, bench_results *r) {
@@ -153,7 +192,7 @@ int bench_attention_sweep(bench_timer *t, bench_results *r) {
     char shape[64], config[96];
     snprintf(shape, sizeof shape, "decode B%lld L%lld", (long long)batch, (long long)len);
     const double bytes = 2.0 * batch * len * 8 * 128 * 2;
-    if (!decode_case(&c, &ws, t->ctx, batch, len, &rng)) {
+    if (!decode_case(&c, &ws, t->ctx, batch, len, 0, &rng)) {
       static const int splits[] = {0, 8, 16, 24, 33, 48, 66, 128};
       for (int s = 0; s < 8 && batch == 1; s++) {
         bench_override none = {{NULL}, {0}};
@@ -174,27 +213,7 @@ int bench_attention_sweep(bench_timer *t, bench_results *r) {
     yh_tensor_free(&ws);
     free_case(&c);
   }
-  static const int seqs[] = {4096, 16384};
-  for (int si = 0; si < 2; si++)
-    for (int causal = 0; causal <= 1; causal++) {
-      const int64_t seq = seqs[si], batch = 16384 / seq, heads = 16;
-      attention_case c;
-      char shape[64], config[96];
-      snprintf(shape, sizeof shape, "prefill D128 S%lld causal=%d", (long long)seq, causal);
-      if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 0, &rng)) {
-        c.params.causal = causal;
-        const double flops = 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
-        static const int block_n[] = {64, 128, 192}, stages[] = {2, 3}, groups[] = {1, 2};
-        for (int b = 0; b < 3; b++)
-          for (int st = 0; st < 2; st++)
-            for (int g = 0; g < 2; g++) {
-              bench_override o = {{"block_n", "stages", "warpgroups"}, {block_n[b], stages[st], groups[g]}};
-              snprintf(config, sizeof config, "block_n=%d stages=%d warpgroups=%d", block_n[b], stages[st], groups[g]);
-              sweep_one(t, r, &c, shape, config, &o, flops, "TFLOP/s");
-            }
-      }
-      free_case(&c);
-    }
+  prefill_sweep(t, r);
   return 0;
 }
 
@@ -236,8 +255,13 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
 }
 
 int bench_attention(bench_timer *t, bench_results *r, int quick) {
-  prefill_and_backward(t, r, quick);
-  decode(t, r);
+  prefill_and_backward(t, r, quick, 1);
+  bench_decode(t, r);
   cold_compiles(t->ctx, r);
   return 0;
+}
+
+void bench_prefill(bench_timer *t, bench_results *r, int sweep) {
+  prefill_and_backward(t, r, 1, 0);
+  if (sweep) prefill_sweep(t, r);
 }

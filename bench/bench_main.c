@@ -36,7 +36,8 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
-  int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0, paged_only = 0;
+  int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0, paged_only = 0, decode_only = 0,
+      prefill_only = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
@@ -53,12 +54,19 @@ int cmd_bench(int argc, char **argv) {
       radix_only = 1;
     else if (!strcmp(argv[i], "--paged"))
       paged_only = 1;
+    else if (!strcmp(argv[i], "--decode"))
+      decode_only = 1;
+    else if (!strcmp(argv[i], "--prefill"))
+      prefill_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
       fprintf(help ? stdout : stderr,
-              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--kv] [--radix]\n"
+              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
+              "                [--kv] [--radix]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
               "--paged: paged decode and cascade decode only.\n"
+              "--decode: dense decode (both KV layouts), then paged and cascade decode.\n"
+              "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
               "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
               "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
       return help ? 0 : 2;
@@ -90,11 +98,17 @@ int cmd_bench(int argc, char **argv) {
   if (c.a) ctx->cu.cuMemFree(c.a);
   if (c.b) ctx->cu.cuMemFree(c.b);
 
-  int failures = attention_only || paged_only ? 0 : bench_ops(&timer, &results, quick);
-  if (!paged_only) failures += bench_attention(&timer, &results, quick);
-  failures += bench_paged(&timer, &results);
-  if (!attention_only && !paged_only) failures += bench_jit(ctx, &results, quick);
-  if (sweep) failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
+  int failures = 0;
+  if (prefill_only) {
+    bench_prefill(&timer, &results, sweep);
+  } else {
+    failures += attention_only || paged_only || decode_only ? 0 : bench_ops(&timer, &results, quick);
+    if (decode_only) bench_decode(&timer, &results);
+    else if (!paged_only) failures += bench_attention(&timer, &results, quick);
+    failures += bench_paged(&timer, &results);
+    if (!attention_only && !paged_only && !decode_only) failures += bench_jit(ctx, &results, quick);
+    if (sweep) failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
+  }
 
   printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");
   printf("|%s|%s|%s|%s|\n", "----------------------------------------------------------------", "------------",

@@ -46,12 +46,13 @@ static int index_tensor(yh_tensor *t, yk_ctx *ctx, int ndim, const int64_t *shap
 /* batch sequences of len tokens each (the first prefix of them shared, in the same blocks), over
  * a cache of exactly the blocks they need, handed out shuffled. */
 static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_t prefix, int page, int csr,
-                 yh_rng *rng) {
+                 int hnd, yh_rng *rng) {
   memset(b, 0, sizeof *b);
   b->ctx = ctx;
   const int64_t per_seq = (len + page - 1) / page, shared = prefix / page;
   const int64_t blocks = shared + batch * (per_seq - shared);
-  const int64_t qd[3] = {batch, Q_HEADS, HEAD_DIM}, cd[4] = {blocks, page, KV_HEADS, HEAD_DIM};
+  const int64_t qd[3] = {batch, Q_HEADS, HEAD_DIM}, nhd[4] = {blocks, page, KV_HEADS, HEAD_DIM},
+                hnd_shape[4] = {blocks, KV_HEADS, page, HEAD_DIM}, *cd = hnd ? hnd_shape : nhd;
   if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
       yh_tensor_init(&b->k_cache, ctx, YK_BF16, 4, cd, NULL, 1) ||
       yh_tensor_init(&b->v_cache, ctx, YK_BF16, 4, cd, NULL, 1))
@@ -85,7 +86,7 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
           index_tensor(&b->last, ctx, 1, &batch, last);
   else
     bad = index_tensor(&b->table, ctx, 2, td, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
-  b->kv = (yk_paged_kv){.k_cache = &b->k_cache.dl, .v_cache = &b->v_cache.dl, .layout = YK_KV_NHD,
+  b->kv = (yk_paged_kv){.k_cache = &b->k_cache.dl, .v_cache = &b->v_cache.dl, .layout = hnd ? YK_KV_HND : YK_KV_NHD,
                         .max_context_len = (int)len};
   if (csr)
     b->kv.kv_indptr = &b->indptr.dl, b->kv.kv_indices = &b->indices.dl, b->kv.kv_last_page_len = &b->last.dl;
@@ -139,15 +140,16 @@ int bench_paged(bench_timer *t, bench_results *r) {
   yh_rng rng = {31};
   static const struct {
     int64_t batch, len;
-    int page, csr;
-  } shapes[] = {{64, 4096, 16, 0}, {64, 4096, 16, 1}, {64, 4096, 1, 0},  {1, 32768, 16, 0},
-                {1, 32768, 1, 0},  {256, 1024, 16, 0}, {256, 1024, 1, 0}};
+    int page, csr, hnd;
+  } shapes[] = {{64, 4096, 16, 0, 0}, {64, 4096, 16, 1, 0}, {64, 4096, 1, 0, 0},   {64, 4096, 16, 0, 1},
+                {1, 32768, 16, 0, 0}, {1, 32768, 1, 0, 0},  {1, 32768, 16, 0, 1},  {256, 1024, 16, 0, 0},
+                {256, 1024, 1, 0, 0}, {256, 1024, 16, 0, 1}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     paged_bench b;
     char name[96];
-    snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s", (long long)shapes[i].batch,
-             (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table");
-    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, &rng))
+    snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s%s", (long long)shapes[i].batch,
+             (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table", shapes[i].hnd ? " hnd" : "");
+    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, shapes[i].hnd, &rng))
       fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
     else
       time_case(t, r, &b, name, 2.0 * shapes[i].batch * shapes[i].len * KV_HEADS * HEAD_DIM * 2);
@@ -156,9 +158,9 @@ int bench_paged(bench_timer *t, bench_results *r) {
   /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
   paged_bench plain, cascade;
   double plain_ms = -1, cascade_ms = -1;
-  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, &rng))
+  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, 0, &rng))
     plain_ms = time_case(t, r, &plain, "shared prefix 4096+256 x64: paged decode", 0);
-  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, &rng))
+  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, 0, &rng))
     cascade_ms = time_case(t, r, &cascade, "shared prefix 4096+256 x64: cascade decode", 0);
   else
     fprintf(stderr, "  cascade: cannot set up: %s\n", yk_ctx_last_error(t->ctx));

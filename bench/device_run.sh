@@ -5,7 +5,10 @@
 # (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
 # again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
 # bindings' tests with torch on the GPU and their per-call overhead). The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [python] [peers]   (default: tests bench python peers)
+#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [python] [profile] [peers]
+#   (default: tests bench python peers; decode: yk bench --decode alone; prefill: yk bench --prefill
+#   --sweep, the Hopper prefill's configurations, prefill.log; profile: ncu over the decode kernels,
+#   ncu.log)
 set -u
 B=${BUNDLE:-.devbundle}
 OUT=${OUT:-/tmp/yk-out}
@@ -34,11 +37,26 @@ if [[ $parts == *bench* ]]; then
   YK_PREFILL_KERNEL=mma_sync "$B/bin/yk" bench --attention --json "$OUT/yk_bench_mma_sync.json" >> "$OUT/bench.log" 2>&1 || status=1
   grep -v "^|" "$OUT/bench.log"
 fi
+if [[ $parts == *decode* ]]; then # decode only: dense (both layouts), paged, cascade
+  "$B/bin/yk" bench --decode --json "$OUT/yk_bench_decode.json" > "$OUT/decode.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/decode.log"
+fi
+if [[ $parts == *prefill* ]]; then # the prefill rows, then every Hopper prefill configuration
+  "$B/bin/yk" bench --prefill --sweep --json "$OUT/yk_bench_prefill.json" > "$OUT/prefill.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/prefill.log"
+fi
 if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test binaries' libraries
   export YK_LIBRARY=$PWD/$B/lib/libyk.so
   PYTHONPATH=python python3 -m pytest -q -p no:cacheprovider python/tests > "$OUT/python.log" 2>&1 || status=1
   PYTHONUNBUFFERED=1 timeout 120 python3 python/bench_overhead.py >> "$OUT/python.log" 2>&1 || status=1
   tail -25 "$OUT/python.log"
+fi
+if [[ $parts == *profile* ]]; then # Nsight Compute over the decode kernels, where ncu is installed
+  export YK_LIBRARY=$PWD/$B/lib/libyk.so
+  PYTHONPATH=${YK_PYTHONPATH:-python} timeout 300 ncu --clock-control none --kernel-name regex:'attention_decode|merge' \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    python3 bench/profile_decode.py > "$OUT/ncu.log" 2>&1 || echo "ncu failed or timed out"
+  grep -E "attention_decode|merge|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per|Block Limit|decode B" "$OUT/ncu.log" | head -150
 fi
 if [[ $parts == *peers* ]]; then
   PYTHONUNBUFFERED=1 timeout 420 python3 "$B/peers.py" > "$OUT/peers.log" 2>&1 || echo "peers.py failed or timed out"

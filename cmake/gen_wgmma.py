@@ -29,6 +29,14 @@ template <int TILES> __device__ __forceinline__ void yk_wgmma_hold(float (&d)[TI
 #pragma unroll
     for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(d[i][e])::"memory");
 }
+// The same for the A fragments of register-sourced MMAs (yk_wgmma<N>::rs): held after the wait that
+// retires their MMA, nothing may reuse their registers while it still reads them.
+template <int TILES> __device__ __forceinline__ void yk_wgmma_hold(unsigned (&a)[TILES][4]) {
+#pragma unroll
+  for (int i = 0; i < TILES; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+}
 // Shared memory written by ordinary stores (cp.async included) becomes visible to the MMA unit.
 __device__ __forceinline__ void yk_fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 

@@ -276,12 +276,14 @@ __device__ __forceinline__ void yk_mask_scores(float (&s)[TILES][4], int key0, i
     }
 }
 
-// The online softmax step of rows g (elements 0, 1) and g + 8 (2, 3): turns scores into
-// probabilities against the running maximum (base 2, scale folded in), rescales o and the
-// per-thread sums. Rows that have seen no key keep maximum -inf and contribute nothing.
-template <int S_TILES, int O_TILES>
-__device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&o)[O_TILES][4], float (&m_row)[2],
-                                                float (&l_row)[2], float scale_log2) {
+// The online softmax of rows g (elements 0, 1) and g + 8 (2, 3), without touching O: turns scores
+// into probabilities against the running maximum (base 2, scale folded in), updates the per-thread
+// sums, and returns each row's factor for O. Rows that have seen no key keep maximum -inf and
+// contribute nothing. (The Hopper prefill's pipelines rescale O later, once the MMA still
+// accumulating into it has retired.)
+template <int S_TILES>
+__device__ __forceinline__ void yk_softmax_scores(float (&s)[S_TILES][4], float (&m_row)[2], float (&l_row)[2],
+                                                  float (&alpha)[2], float scale_log2) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = -INFINITY;
@@ -289,7 +291,7 @@ __device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&
     for (int nt = 0; nt < S_TILES; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
     const float m_new = fmaxf(m_row[r], yk_quad_max(mx) * scale_log2);
     const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    const float alpha = exp2f(m_row[r] - m_use);
+    alpha[r] = exp2f(m_row[r] - m_use);
     float sum = 0.f;
 #pragma unroll
     for (int nt = 0; nt < S_TILES; ++nt) {
@@ -297,11 +299,25 @@ __device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&
       s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] * scale_log2 - m_use);
       sum += s[nt][2 * r] + s[nt][2 * r + 1];
     }
-    l_row[r] = l_row[r] * alpha + sum;
+    l_row[r] = l_row[r] * alpha[r] + sum;
     m_row[r] = m_new;
-#pragma unroll
-    for (int i = 0; i < O_TILES; ++i) o[i][2 * r] *= alpha, o[i][2 * r + 1] *= alpha;
   }
+}
+
+template <int O_TILES> __device__ __forceinline__ void yk_rescale(float (&o)[O_TILES][4], const float (&alpha)[2]) {
+#pragma unroll
+  for (int i = 0; i < O_TILES; ++i)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) o[i][2 * r] *= alpha[r], o[i][2 * r + 1] *= alpha[r];
+}
+
+// One whole online softmax step: the probabilities, then O rescaled.
+template <int S_TILES, int O_TILES>
+__device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&o)[O_TILES][4], float (&m_row)[2],
+                                                float (&l_row)[2], float scale_log2) {
+  float alpha[2];
+  yk_softmax_scores(s, m_row, l_row, alpha, scale_log2);
+  yk_rescale(o, alpha);
 }
 
 // Finishes row r (0: g, 1: g + 8): writes o / l to row_out (NULL: not this block's row) and returns

@@ -8,33 +8,78 @@
 //   - S comes from shared memory (Q and K K-major); P goes back as register A fragments (the
 //     accumulator layout is mma.sync's, so packing two column tiles makes an A fragment); V is the
 //     B operand MN-major, straight from its row-major tile.
-//
 //   - Paged keys (PAGED 1 or 2) come through the page table, as in attention_prefill.cu.
 //
+// PIPELINE 0: every thread loads with cp.async; each tile issues S, waits, runs the softmax, issues
+// O += P V, waits, with two block-wide barriers a tile. Nothing overlaps.
+// PIPELINE 1 (FlashAttention-3's structure, its loads on cp.async rather than TMA):
+//   - one more warpgroup, the producer, copies K and V tiles; each stage of K and of V has a "full"
+//     mbarrier (the producer's copies landed: cp.async.mbarrier.arrive) and an "empty" one (every
+//     consumer warp's MMAs reading it retired), so no block-wide barrier remains in the loop and a
+//     consumer warpgroup never waits for the other one's arithmetic;
+//   - the consumers (the first WARPGROUPS warpgroups) overlap inside the warpgroup: tile j issues
+//     S_j = Q K_j^T and O += P_{j-1} V_{j-1} together, waits for S_j alone (wgmma.wait_group 1),
+//     runs the softmax of S_j while P_{j-1} V_{j-1} still runs, then waits for that (wait_group 0)
+//     and only then rescales O and overwrites P, the two things the running MMA reads.
+//   - setmaxnreg moves registers from the producer (PRODUCER_REGS) to the consumers.
+// PIPELINE 2: PIPELINE 1 with the two consumer warpgroups taking turns to issue their MMAs (named
+// barriers, FlashAttention-3's scheduler barrier), so one warpgroup's softmax runs under the other's
+// MMAs.
+//
 // Spec constants: T, HEAD_DIM (a multiple of 64), BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED,
-// PAGED, PAGE_SIZE.
+// PAGED, PAGE_SIZE, PIPELINE.
 
-constexpr int BLOCK_M = 64 * WARPGROUPS, THREADS = 128 * WARPGROUPS;
+constexpr int BLOCK_M = 64 * WARPGROUPS, CONSUMERS = 128 * WARPGROUPS;
+constexpr int THREADS = CONSUMERS + (PIPELINE > 0 ? 128 : 0); // pipelines 1, 2: the producer warpgroup last
 constexpr int KSTEPS = HEAD_DIM / 16, NSTEPS = BLOCK_N / 16;
 static_assert(HEAD_DIM % 64 == 0 && BLOCK_N % 64 == 0, "whole 128-byte swizzle atoms");
+static_assert(PIPELINE != 2 || WARPGROUPS == 2, "pipeline 2 alternates two consumer warpgroups");
+// With two consumer warpgroups a block has 384 threads, 168 registers each at launch: the producer
+// gives back all but 40 and the consumers take them (128 x 40 + 256 x 232 = 384 x 168). With one,
+// a 256-thread block has 255 registers a thread from the start.
+constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
 
 // Element offset of (r, c) in a swizzled ROWS x HEAD_DIM tile; c a multiple of 8.
 template <int ROWS> __device__ __forceinline__ int swizzled(int r, int c) {
   return (c / 64) * ROWS * 64 + (r / 8) * 512 + (r % 8) * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8);
 }
 
-template <int ROWS, class RowAddress>
-__device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAddress src) {
-  constexpr int CHUNKS = HEAD_DIM / 8, TOTAL = ROWS * CHUNKS;
+// Rows [row0, row0 + COUNT) of a swizzled ROWS-row tile, by NTHREADS threads (tid in [0, NTHREADS)),
+// 16 bytes a cp.async: row r from src(r), zeros for r >= valid (src(0) must be a real row).
+template <int ROWS, int COUNT, int NTHREADS, class RowAddress>
+__device__ __forceinline__ void load_rows(T *tile, int row0, int valid, int tid, RowAddress src) {
+  constexpr int CHUNKS = HEAD_DIM / 8, TOTAL = COUNT * CHUNKS;
 #pragma unroll
-  for (int k = 0; k < (TOTAL + THREADS - 1) / THREADS; ++k) {
-    const int i = tid + k * THREADS;
-    if (TOTAL % THREADS == 0 || i < TOTAL) {
-      const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+  for (int k = 0; k < (TOTAL + NTHREADS - 1) / NTHREADS; ++k) {
+    const int i = tid + k * NTHREADS;
+    if (TOTAL % NTHREADS == 0 || i < TOTAL) {
+      const int r = row0 + i / CHUNKS, c = (i % CHUNKS) * 8;
       const bool ok = r < valid;
       yk_cp_async16(tile + swizzled<ROWS>(r, c), ok ? src(r) + c : src(0), ok ? 16 : 0);
     }
   }
+}
+
+// The producer's copy of one BLOCK_N-row K or V tile (pipelines 1, 2), lean on registers (the
+// producer keeps PRODUCER_REGS): thread p of 128 moves 16-byte chunk p % CHUNKS of rows
+// p / CHUNKS + ROW_STEP i, whose swizzled places lie ROW_STEP / 8 atoms apart from one base.
+template <class Rows>
+__device__ __forceinline__ void produce_tile(T *tile, int first, int valid, int p, const Rows &rows) {
+  constexpr int CHUNKS = HEAD_DIM / 8, ROW_STEP = 128 / CHUNKS;
+  static_assert(128 % CHUNKS == 0 && ROW_STEP % 8 == 0 && BLOCK_N % ROW_STEP == 0, "whole atoms a step");
+  const int r0 = p / CHUNKS, c = (p % CHUNKS) * 8;
+  T *dst = tile + swizzled<BLOCK_N>(r0, c);
+#pragma unroll 4
+  for (int i = 0; i < BLOCK_N / ROW_STEP; ++i) {
+    const int r = r0 + i * ROW_STEP;
+    const bool ok = r < valid;
+    yk_cp_async16(dst + i * (ROW_STEP / 8) * 512, rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+  }
+}
+
+template <int ROWS, class RowAddress>
+__device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAddress src) {
+  load_rows<ROWS, ROWS, CONSUMERS>(tile, 0, valid, tid, src);
 }
 
 // Matrix descriptor: start address, leading and stride byte offsets (16-byte units), 128B swizzle.
@@ -46,6 +91,47 @@ __device__ __forceinline__ unsigned long long descriptor(const T *start, unsigne
          (1ull << 62);
 }
 __host__ __device__ constexpr unsigned long long moved(int elements) { return (unsigned long long)(elements * 2 / 16); }
+
+// ---- pipelines 1 and 2: mbarriers (shared::cta, default .release / .acquire at CTA scope) ----
+__device__ __forceinline__ void mbar_init(unsigned long long *bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(yk_smem_address(bar)), "r"(count) : "memory");
+}
+// Returns once the phase of parity `parity` has completed (acquire: what the arrivals ordered before
+// them is visible after).
+__device__ __forceinline__ void mbar_wait(unsigned long long *bar, unsigned parity) {
+  const unsigned address = yk_smem_address(bar);
+  unsigned done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+                 : "=r"(done)
+                 : "r"(address), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long *bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}" ::"r"(yk_smem_address(bar))
+               : "memory");
+}
+// One arrival on bar once every cp.async this thread issued so far has landed (.noinc: the arrival
+// counts against the barrier's expected count, which includes it).
+__device__ __forceinline__ void mbar_arrive_on_copies(unsigned long long *bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(yk_smem_address(bar)) : "memory");
+}
+template <int ID, int COUNT> __device__ __forceinline__ void named_sync() {
+  asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
+}
+template <int ID, int COUNT> __device__ __forceinline__ void named_arrive() {
+  asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
+}
+template <int REGS> __device__ __forceinline__ void registers_down() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(REGS));
+}
+template <int REGS> __device__ __forceinline__ void registers_up() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGS));
+}
+// Named barriers (0 is __syncthreads): 1 + w, warpgroup w's Q is in shared memory; 3 + w, warpgroup
+// w may issue its MMAs (pipeline 2).
+constexpr int BAR_Q = 1, BAR_TURN = 3;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     attention_prefill_sm90(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v,
@@ -77,19 +163,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   T *sV = sK + STAGES * BLOCK_N * HEAD_DIM;
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  auto load_kv = [&](int tile) {
-    const int first = tile * BLOCK_N, stage = tile % STAGES;
-    load_swizzled<BLOCK_N>(sK + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
-                           [&](int r) { return kr.at(first + r); });
-    load_swizzled<BLOCK_N>(sV + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
-                           [&](int r) { return vr.at(first + r); });
-  };
-  load_swizzled<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < n_tiles) load_kv(s);
-    yk_cp_async_commit();
-  }
 
   float o[HEAD_DIM / 8][4];
   yk_zero(o);
@@ -97,41 +170,198 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int my_row = row0 + wg * 64 + warp * 16 + g; // rows my_row and my_row + 8
   const T *q_rows = sQ + wg * 64 * 64;                // this warpgroup's 64 rows: whole atoms
 
-  for (int j = 0; j < n_tiles; ++j) {
-    if (j + STAGES - 1 < n_tiles) load_kv(j + STAGES - 1);
-    yk_cp_async_commit();
-    yk_cp_async_wait<STAGES - 1>();
+  if constexpr (PIPELINE == 0) {
+    auto load_kv = [&](int tile) {
+      const int first = tile * BLOCK_N, stage = tile % STAGES;
+      load_swizzled<BLOCK_N>(sK + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
+                             [&](int r) { return kr.at(first + r); });
+      load_swizzled<BLOCK_N>(sV + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
+                             [&](int r) { return vr.at(first + r); });
+    };
+    load_swizzled<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+      if (s < n_tiles) load_kv(s);
+      yk_cp_async_commit();
+    }
+
+    for (int j = 0; j < n_tiles; ++j) {
+      if (j + STAGES - 1 < n_tiles) load_kv(j + STAGES - 1);
+      yk_cp_async_commit();
+      yk_cp_async_wait<STAGES - 1>();
+      yk_fence_async_smem();
+      __syncthreads();
+      const T *k_tile = sK + (j % STAGES) * BLOCK_N * HEAD_DIM, *v_tile = sV + (j % STAGES) * BLOCK_N * HEAD_DIM;
+
+      float s[BLOCK_N / 8][4];
+      const unsigned long long q_desc = descriptor(q_rows, 16), k_desc = descriptor(k_tile, 16);
+      yk_wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < KSTEPS; ++ks) // k step: 16 columns, 32 bytes into a 128-byte row
+        yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
+                              k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
+      yk_wgmma_commit();
+      yk_wgmma_wait<0>();
+      yk_wgmma_hold(s);
+
+      if (j >= unmasked) yk_mask_scores(s, j * BLOCK_N, len_k, CAUSAL, my_row, shift, t4);
+      yk_softmax_step(s, o, m_row, l_row, scale_log2);
+
+      unsigned p[NSTEPS][4];
+#pragma unroll
+      for (int kt = 0; kt < NSTEPS; ++kt) yk_p_fragment(p[kt], s, kt);
+      const unsigned long long v_desc = descriptor(v_tile, BLOCK_N * 128);
+      yk_wgmma_fence();
+      yk_wgmma_hold(o);
+#pragma unroll
+      for (int kt = 0; kt < NSTEPS; ++kt) // 16 keys: two 8-row atoms; column blocks BLOCK_N rows apart
+        yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
+      yk_wgmma_commit();
+      yk_wgmma_wait<0>();
+      yk_wgmma_hold(o);
+      __syncthreads(); // every warpgroup is done with this stage before it is loaded again
+    }
+  } else {
+    // Stage s of K (V): full_k[s] (full_v[s]) completes a phase when the producer's 128 threads'
+    // copies of a tile have landed; empty_k[s] (empty_v[s]) when all 4 x WARPGROUPS consumer warps
+    // have retired the MMAs that read it. Tile t uses stage t % STAGES for the (t / STAGES)-th time,
+    // so it waits for phase t / STAGES of full, and the producer, before overwriting the stage with
+    // tile t, for phase t / STAGES - 1 of empty (the release of tile t - STAGES).
+    unsigned long long *full_k = reinterpret_cast<unsigned long long *>(sV + STAGES * BLOCK_N * HEAD_DIM);
+    unsigned long long *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) {
+        mbar_init(full_k + s, 128), mbar_init(full_v + s, 128);
+        mbar_init(empty_k + s, 4 * WARPGROUPS), mbar_init(empty_v + s, 4 * WARPGROUPS);
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads(); // the only block-wide barrier: the mbarriers exist before anyone uses them
+
+    if (wg == WARPGROUPS) { // ---- the producer ----
+      if constexpr (WARPGROUPS > 1) registers_down<PRODUCER_REGS>();
+      const int p = tid - CONSUMERS;
+#pragma unroll 1
+      for (int t = 0; t < n_tiles; ++t) {
+        const int stage = t % STAGES, first = t * BLOCK_N;
+        const unsigned use = (unsigned)(t / STAGES);
+        if (use > 0) mbar_wait(empty_k + stage, (use - 1) & 1);
+        produce_tile(sK + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, kr);
+        mbar_arrive_on_copies(full_k + stage);
+        if (use > 0) mbar_wait(empty_v + stage, (use - 1) & 1);
+        produce_tile(sV + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, vr);
+        mbar_arrive_on_copies(full_v + stage);
+      }
+      asm volatile("cp.async.wait_all;" ::: "memory"); // no copy outlives its thread
+      return;
+    }
+
+    // ---- the consumers: warpgroup wg, query rows [64 wg, 64 wg + 64) of the block ----
+    if constexpr (WARPGROUPS > 1) registers_up<CONSUMER_REGS>();
+    const int wt = tid % 128;
+    load_rows<BLOCK_M, 64, 128>(sQ, wg * 64, len_q - row0, wt, [&](int r) { return qp + (long long)r * q_s; });
+    yk_cp_async_commit(); // wait_group waits for committed groups only
+    yk_cp_async_wait<0>();
     yk_fence_async_smem();
-    __syncthreads();
-    const T *k_tile = sK + (j % STAGES) * BLOCK_N * HEAD_DIM, *v_tile = sV + (j % STAGES) * BLOCK_N * HEAD_DIM;
+    if (wg == 0) named_sync<BAR_Q, 128>();
+    else named_sync<BAR_Q + 1, 128>();
 
+    // Turns (pipeline 2): issue point i of warpgroup 0 follows point i - 1 of warpgroup 1, point i of
+    // warpgroup 1 follows point i of warpgroup 0. Each warpgroup has the same n_tiles + 1 points
+    // (S_0; S_j with P_{j-1} V_{j-1}; the last P V), so every arrival below meets its sync: warpgroup
+    // 0's first turn is its own arrival, and warpgroup 1 does not hand on its last one.
+    auto my_turn = [&]() {
+      if constexpr (PIPELINE == 2) {
+        if (wg == 0) named_sync<BAR_TURN, 256>();
+        else named_sync<BAR_TURN + 1, 256>();
+      }
+    };
+    auto end_turn = [&](bool last) {
+      if constexpr (PIPELINE == 2) {
+        if (wg == 0) named_arrive<BAR_TURN + 1, 256>();
+        else if (!last) named_arrive<BAR_TURN, 256>();
+      }
+    };
+    if constexpr (PIPELINE == 2)
+      if (wg == 0 && n_tiles > 0) named_arrive<BAR_TURN, 256>();
+
+    auto wait_full = [&](unsigned long long *full, int t) {
+      mbar_wait(full + t % STAGES, (unsigned)(t / STAGES) & 1);
+    };
+    auto release = [&](unsigned long long *empty, int t) { // after this warp's wait retired its reads
+      if (lane == 0) mbar_arrive(empty + t % STAGES);
+    };
+
+    const unsigned long long q_desc = descriptor(q_rows, 16);
     float s[BLOCK_N / 8][4];
-    const unsigned long long q_desc = descriptor(q_rows, 16), k_desc = descriptor(k_tile, 16);
-    yk_wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < KSTEPS; ++ks) // k step: 16 columns, 32 bytes into a 128-byte row
-      yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
-                            k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
-    yk_wgmma_commit();
-    yk_wgmma_wait<0>();
-    yk_wgmma_hold(s);
-
-    if (j >= unmasked) yk_mask_scores(s, j * BLOCK_N, len_k, CAUSAL, my_row, shift, t4);
-    yk_softmax_step(s, o, m_row, l_row, scale_log2);
-
     unsigned p[NSTEPS][4];
+    auto issue_s = [&](int t) { // S = Q K_t^T
+      const unsigned long long k_desc = descriptor(sK + (t % STAGES) * BLOCK_N * HEAD_DIM, 16);
 #pragma unroll
-    for (int kt = 0; kt < NSTEPS; ++kt) yk_p_fragment(p[kt], s, kt);
-    const unsigned long long v_desc = descriptor(v_tile, BLOCK_N * 128);
-    yk_wgmma_fence();
-    yk_wgmma_hold(o);
+      for (int ks = 0; ks < KSTEPS; ++ks)
+        yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
+                              k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
+      yk_wgmma_commit();
+    };
+    auto issue_pv = [&](int t) { // O += P V_t
+      const unsigned long long v_desc = descriptor(sV + (t % STAGES) * BLOCK_N * HEAD_DIM, BLOCK_N * 128);
 #pragma unroll
-    for (int kt = 0; kt < NSTEPS; ++kt) // 16 keys: two 8-row atoms; column blocks BLOCK_N rows apart
-      yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
-    yk_wgmma_commit();
-    yk_wgmma_wait<0>();
-    yk_wgmma_hold(o);
-    __syncthreads(); // every warpgroup is done with this stage before it is loaded again
+      for (int kt = 0; kt < NSTEPS; ++kt) yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
+      yk_wgmma_commit();
+    };
+    float alpha[2];
+
+    if (n_tiles > 0) {
+      wait_full(full_k, 0);
+      yk_fence_async_smem();
+      my_turn();
+      yk_wgmma_fence();
+      issue_s(0);
+      end_turn(false);
+      yk_wgmma_wait<0>();
+      yk_wgmma_hold(s);
+      release(empty_k, 0);
+      if (0 >= unmasked) yk_mask_scores(s, 0, len_k, CAUSAL, my_row, shift, t4);
+      yk_softmax_scores(s, m_row, l_row, alpha, scale_log2); // O is still zero: no rescale
+#pragma unroll
+      for (int kt = 0; kt < NSTEPS; ++kt) yk_p_fragment(p[kt], s, kt);
+
+#pragma unroll 1
+      for (int j = 1; j < n_tiles; ++j) {
+        wait_full(full_k, j);
+        wait_full(full_v, j - 1);
+        yk_fence_async_smem();
+        my_turn();
+        yk_wgmma_fence(); // orders the writes of s, p and o above before the MMAs read them
+        issue_s(j);       // group 1
+        issue_pv(j - 1);  // group 2
+        end_turn(false);
+        yk_wgmma_wait<1>(); // group 1 (S_j) complete; group 2 may run on
+        yk_wgmma_hold(s);
+        release(empty_k, j);
+        if (j >= unmasked) yk_mask_scores(s, j * BLOCK_N, len_k, CAUSAL, my_row, shift, t4);
+        yk_softmax_scores(s, m_row, l_row, alpha, scale_log2); // touches neither o nor p
+        yk_wgmma_wait<0>(); // group 2 (P_{j-1} V_{j-1}) complete: o and p are ours again
+        yk_wgmma_hold(o);
+        yk_wgmma_hold(p);
+        release(empty_v, j - 1);
+        yk_rescale(o, alpha);
+#pragma unroll
+        for (int kt = 0; kt < NSTEPS; ++kt) yk_p_fragment(p[kt], s, kt);
+      }
+
+      wait_full(full_v, n_tiles - 1);
+      yk_fence_async_smem();
+      my_turn();
+      yk_wgmma_fence();
+      issue_pv(n_tiles - 1);
+      end_turn(true);
+      yk_wgmma_wait<0>();
+      yk_wgmma_hold(o);
+      yk_wgmma_hold(p);
+      // the last V stage needs no release: the producer loads nothing more
+    }
   }
 
 #pragma unroll

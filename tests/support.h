@@ -11,6 +11,10 @@ yk_ctx *ts_cpu_ctx(void);
 /* A CUDA context with a private on-disk cache, or NULL when there is no device. */
 yk_ctx *ts_gpu_ctx(void);
 const char *ts_no_gpu_reason(void);
+/* ts_gpu_ctx whose spec override sets fields of one op, as a tuning sweep does: config is
+ * "field=value,..." of op (ts_gpu_ctx_forcing("attention_prefill_sm90", "pipeline=2,warpgroups=2")
+ * runs that loop wherever the Hopper prefill runs; elsewhere nothing changes). NULL without a device. */
+yk_ctx *ts_gpu_ctx_forcing(const char *op, const char *config);
 
 /* GPU tests call this first: with no device the test is reported as skipped, not passed. */
 #define TS_REQUIRE_GPU(ctx)                                                                                            \

@@ -255,6 +255,8 @@ static const attn_case forward_cases[] = {
     {3, 4, 1, 128, 64, 64},
     {1, 2, 2, 256, 17, 130},
     {2, 4, 2, 128, 9, 40, .pad = 8},
+    {1, 4, 2, 128, 300, 777}, /* many key tiles: each pipeline stage is reused, its barriers' phases wrap */
+    {2, 2, 1, 128, 520, 520, .pad = 8},
     {2, 8, 8, 64, 24, 24, .pad = 3, .scale = 0.3f, .cpu_only = 1},
     {1, 2, 1, 7, 5, 9, .cpu_only = 1},
     {1, 1, 1, 1024, 6, 70, .cpu_only = 1},
@@ -940,7 +942,9 @@ static attn_ref cpu_result(attn_tensors *h, const attn_data *a) {
   return r;
 }
 
-/* Both prefill kernels where the device has two (sm_90: wgmma, and mma.sync forced). */
+enum { PREFILL_KERNELS = 5 };
+
+/* Every prefill kernel the device has (sm_90: wgmma in each of its loops, and mma.sync forced). */
 Test(attention, gpu_forward_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
@@ -948,25 +952,34 @@ Test(attention, gpu_forward_matches_cpu) {
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_PREFILL_KERNEL");
   cr_assert_not_null(mma);
+  /* the Hopper prefill's other loops, as a tuning sweep would force them */
+  static const char *const loops[3] = {"pipeline=1,warpgroups=1", "pipeline=1,warpgroups=2", "pipeline=2,warpgroups=2"};
+  yk_ctx *gpus[PREFILL_KERNELS] = {gpu, mma};
+  for (int i = 0; i < 3; i++) {
+    gpus[2 + i] = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
+    cr_assert_not_null(gpus[2 + i]);
+  }
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_forward");
   yh_rng rng = {seed};
-  yk_ctx *gpus[2] = {gpu, mma};
-  static const char *const labels[2] = {"gpu forward (default kernel)", "gpu forward (mma.sync)"};
+  static const char *const labels[PREFILL_KERNELS] = {
+      "gpu forward (default kernel)", "gpu forward (mma.sync)", "gpu forward (sm90 pipeline 1, 1 warpgroup)",
+      "gpu forward (sm90 pipeline 1, 2 warpgroups)", "gpu forward (sm90 pipeline 2)"};
   for (int i = 0; i < FORWARD_CASES; i++)
     for (int causal = 0; causal <= 1; causal++) {
       if (forward_cases[i].cpu_only) continue;
       attn_data a;
       make_data(&a, forward_cases[i], causal, 0, &rng);
       for (int dtype = YK_F16; dtype <= YK_BF16; dtype++)
-        for (int kernel = 0; kernel < 2; kernel++) {
+        for (int kernel = 0; kernel < PREFILL_KERNELS; kernel++) {
           attn_tensors h, d;
           cpu_and_gpu(cpu, gpus[kernel], &a, dtype, 0, &h, &d);
           attn_ref want = cpu_result(&h, &a);
           yh_poison(&d.out), yh_poison(&d.lse);
           void *gaps = yh_snapshot(&d.out);
-          cr_assert_eq(forward(gpus[kernel], &a, &d, 1), YK_OK, "%s", yk_ctx_last_error(gpus[kernel]));
-          cr_assert_eq(yh_sync(gpus[kernel]), 0, "kernel failed");
+          cr_assert_eq(forward(gpus[kernel], &a, &d, 1), YK_OK, "%s: %s", labels[kernel],
+                       yk_ctx_last_error(gpus[kernel]));
+          cr_assert_eq(yh_sync(gpus[kernel]), 0, "%s: kernel failed", labels[kernel]);
           cr_assert_eq(yh_gap_bytes_changed(&d.out, gaps), 0, "%s wrote between rows of out", labels[kernel]);
           free(gaps);
           /* want is already in dtype: rounding it again changes nothing */
@@ -976,7 +989,8 @@ Test(attention, gpu_forward_matches_cpu) {
         }
       free_data(&a);
     }
-  yk_ctx_destroy(cpu), yk_ctx_destroy(mma), yk_ctx_destroy(gpu);
+  for (int i = 0; i < PREFILL_KERNELS; i++) yk_ctx_destroy(gpus[i]);
+  yk_ctx_destroy(cpu);
 }
 
 static const int32_t lens_gbw_q[] = {5, 70, 1, 128}, lens_gbw_k[] = {40, 33, 1, 128};

@@ -321,7 +321,16 @@ Test(paged_attention, gpu_prefill_matches_dense) {
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
   paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
-  yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
+  yk_ctx_destroy(gpu);
+  /* the Hopper prefill's producer-warpgroup loops read pages too */
+  static const char *const loops[2] = {"pipeline=1,warpgroups=1", "pipeline=2,warpgroups=2"};
+  for (int i = 0; i < 2; i++) {
+    gpu = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
+    cr_assert_not_null(gpu);
+    paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
+    yk_ctx_destroy(gpu);
+  }
+  yk_ctx_destroy(cpu);
 }
 
 /* ---- plan / run and CUDA graphs ---- */

@@ -1,7 +1,8 @@
 /* attention_prefill_sm90: the prefill kernel on Hopper's warpgroup MMAs (sm_90a). Spec, launch
  * shape and warm matrix; flash_attention_forward (gen/ops/attention_prefill.c) launches it on an
  * sm_90 device for head dims 64 and 128. (At 256 the 128 registers of O a thread spilled;
- * attention_prefill takes that size.)
+ * attention_prefill takes that size.) The field "pipeline" picks the loop: 0 the plain one, 1 and 2
+ * FlashAttention-3's producer warpgroup and intra-warpgroup overlap (see the template's header).
  * Template: templates/attention_prefill_sm90.cu (+ attention_common.cuh, wgmma.cuh).
  * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
@@ -9,7 +10,7 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE };
+enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE, PIPELINE };
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", NULL};
 
 static void complete(yk_spec *s) {
@@ -19,6 +20,18 @@ static void complete(yk_spec *s) {
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
+  /* The producer-warpgroup loops beat the plain one at every D128 shape of yk bench --prefill
+   * --sweep on an H200 (bench/NOTES.md): 2 warpgroups taking turns by 1.15-1.24x, 1 by 1.5x. */
+  if (s->v[PIPELINE] == YK_UNSET) s->v[PIPELINE] = s->v[WARPGROUPS] == 2 ? 2 : 1;
+}
+
+/* Registers a consumer thread may use: pipeline 0 has no producer; pipelines 1 and 2 add a producer
+ * warpgroup, and with two consumer warpgroups the 384-thread block moves registers from the producer
+ * to the consumers with setmaxnreg (CONSUMER_REGS in the template). */
+static int consumer_registers(const yk_spec *s) {
+  if (s->v[PIPELINE] == 0 || s->v[WARPGROUPS] == 1)
+    return yk_register_budget(128 * (s->v[WARPGROUPS] + (s->v[PIPELINE] > 0)));
+  return 232;
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
@@ -27,19 +40,36 @@ static int valid(const yk_spec *s, char *why, size_t n) {
     return snprintf(why, n, "head_dim %d and block_n %d must be multiples of 64 (whole swizzle atoms)", s->v[HEAD_DIM],
                     s->v[BLOCK_N]),
            1;
+  /* S = Q K^T is one MMA block_n wide: cmake/gen_wgmma.py makes the widths 64, 128 and 256 */
+  if (s->v[BLOCK_N] != 64 && s->v[BLOCK_N] != 128 && s->v[BLOCK_N] != 256)
+    return snprintf(why, n, "block_n %d is not a wgmma width this build has (64, 128, 256)", s->v[BLOCK_N]), 1;
+  if (s->v[PIPELINE] == 2 && s->v[WARPGROUPS] != 2)
+    return snprintf(why, n, "pipeline 2 alternates two consumer warpgroups: warpgroups must be 2, not %d",
+                    s->v[WARPGROUPS]),
+           1;
+  /* A consumer thread holds O, S and P at once in every pipeline: pipelines 1 and 2 run the softmax
+   * of S_j while P_{j-1} V_{j-1} accumulates into O, and make P_j only once that MMA has retired, so
+   * one S tile and one P are live, as in pipeline 0. */
   const int held = s->v[HEAD_DIM] / 2 + s->v[BLOCK_N] / 2 + s->v[BLOCK_N] / 4; /* O, S, P */
-  if (!yk_fits_registers(held, 128 * s->v[WARPGROUPS]))
-    return snprintf(why, n, "head_dim %d with block_n %d holds %d values a thread, more than fit in registers",
-                    s->v[HEAD_DIM], s->v[BLOCK_N], held),
+  if (held + YK_REGISTER_OVERHEAD > consumer_registers(s))
+    return snprintf(why, n,
+                    "head_dim %d with block_n %d holds %d values a thread, more than fit in the %d registers of a "
+                    "consumer thread",
+                    s->v[HEAD_DIM], s->v[BLOCK_N], held, consumer_registers(s)),
            1;
   return 0;
 }
 
-static unsigned block_threads(const yk_spec *s) { return 128u * (unsigned)s->v[WARPGROUPS]; }
+/* The consumer warpgroups, and in pipelines 1 and 2 the producer warpgroup after them. */
+static unsigned block_threads(const yk_spec *s) {
+  return 128u * (unsigned)(s->v[WARPGROUPS] + (s->v[PIPELINE] > 0));
+}
 
-/* Q, then K and V STAGES deep, all head_dim wide, plus 1 KB to align the swizzle atoms. */
+/* Q, then K and V STAGES deep, all head_dim wide, plus 1 KB to align the swizzle atoms; pipelines 1
+ * and 2 add four mbarriers a stage (full and empty, K and V) of 8 bytes. */
 static unsigned smem_bytes(const yk_spec *s) {
-  return (unsigned)((64 * s->v[WARPGROUPS] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * s->v[HEAD_DIM] * 2 + 1024);
+  return (unsigned)((64 * s->v[WARPGROUPS] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * s->v[HEAD_DIM] * 2 + 1024 +
+                    (s->v[PIPELINE] > 0 ? 4 * 8 * s->v[STAGES] : 0));
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
@@ -50,16 +80,21 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 9,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
-            {"block_n", "keys a tile (a multiple of 64)", 64, 256, 0, 1, NULL},
-            {"warpgroups", "warpgroups a block, 64 query rows each", 1, 2, 0, 1, NULL},
+            {"block_n", "keys a tile: 64, 128 or 256 (the wgmma widths)", 64, 256, 0, 1, NULL},
+            {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 2, 0, 1,
+             NULL},
             {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 3, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
+            {"pipeline",
+             "0: all threads load, S then softmax then PV, two block barriers a tile; 1: a producer warpgroup "
+             "and mbarriers, softmax of S_j under P_{j-1} V_{j-1}; 2: 1 with the two warpgroups' MMAs in turn",
+             0, 2, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
