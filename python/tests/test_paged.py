@@ -307,7 +307,7 @@ def test_flash_infer_paged_bad_input(small):
 
 def test_gpu_plan_needs_a_device():
     """A plan for the GPU on a machine without one: libyk's NO_DEVICE status, a RuntimeError."""
-    att = yk.FlashInferPagedAttention(4, 2, 8, 5, device="cuda:0")
+    att = yk.FlashInferPagedAttention(4, 2, 64, 5, device="cuda:0")  # a head dim the GPU has
     try:
         att.plan(np.array([0, 1], np.int32), np.array([0], np.int32), np.array([1], np.int32))
     except yk.DeviceError as e:
