@@ -109,3 +109,35 @@ Test(ctx, status_names_and_version) {
   cr_assert_eq(yk_ctx_get_info(NULL, NULL), YK_ERR_INVALID_ARGUMENT);
   yk_ctx_destroy(NULL);
 }
+
+Test(ctx, struct_sizes_for_bindings) {
+  cr_assert_eq(yk_struct_size("yk_attention_params"), sizeof(yk_attention_params));
+  cr_assert_eq(yk_struct_size("yk_prefix_cache_stats"), sizeof(yk_prefix_cache_stats));
+  cr_assert_eq(yk_struct_size("yk_radix_node"), sizeof(yk_radix_node));
+  cr_assert_eq(yk_struct_size("yk_status"), 0, "an enum is not a struct");
+  cr_assert_eq(yk_struct_size("no_such_struct"), 0);
+  cr_assert_eq(yk_struct_size(NULL), 0);
+  /* every struct a public header defines is in the table: a new one cannot be forgotten */
+  static const char *const headers[] = {"context.h", "jit.h", "kv.h", "ops.h", "pool.h", "radix.h", "status.h"};
+  int structs = 0;
+  for (size_t h = 0; h < sizeof headers / sizeof headers[0]; h++) {
+    char path[512], line[512], name[128];
+    snprintf(path, sizeof path, "%s/%s", YK_PUBLIC_HEADERS, headers[h]);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    int in_struct = 0;
+    while (fgets(line, sizeof line, f)) {
+      if (!strncmp(line, "typedef struct", 14)) in_struct = 1;
+      if (!strncmp(line, "typedef enum", 12)) in_struct = 0;
+      if (sscanf(line, "} %127[a-z_0-9];", name) == 1 && !strncmp(name, "yk_", 3)) {
+        if (in_struct) {
+          cr_assert_neq(yk_struct_size(name), 0, "%s (%s) is missing from runtime/struct_sizes.c", name, headers[h]);
+          structs++;
+        }
+        in_struct = 0;
+      }
+    }
+    fclose(f);
+  }
+  cr_assert_geq(structs, 25, "found %d structs in the public headers", structs);
+}

@@ -18,6 +18,10 @@
 extern "C" {
 #endif
 YK_API const char *yk_version(void); /* "0.1.0" */
+/* sizeof the public struct named name ("yk_attention_params"); 0 for a name this library does not
+ * have, or NULL. Bindings that copy the layouts by hand (ctypes) check their copies against the
+ * library they loaded, so a struct that grew is an error at load rather than memory overwritten. */
+YK_API size_t yk_struct_size(const char *name);
 #ifdef __cplusplus
 }
 #endif

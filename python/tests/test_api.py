@@ -151,3 +151,45 @@ def test_one_context_shared_by_threads(rng, monkeypatch):
     for (x, w), y in zip(inputs, results):
         np.testing.assert_allclose(y, rms_norm_ref(x, w), atol=1e-5)
     assert created == [-1]
+
+
+def test_every_copied_struct_is_checked_against_the_library():
+    """Each ctypes copy of a yk_ struct is registered, and the loaded libyk agrees on its size."""
+    import ctypes
+    import importlib
+    import pkgutil
+
+    from yaie_kernels import _lib
+
+    _lib.load()
+    registered = {cls for cls, _ in _lib._LAYOUTS}
+    dlpack_structs = {"_Legacy", "_Versioned", "_DLDevice", "_DLDataType", "DLTensor"}  # DLPack's, not ours
+    for info in pkgutil.iter_modules(yk.__path__):
+        module = importlib.import_module(f"yaie_kernels.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, ctypes.Structure) and obj.__module__ == module.__name__
+                    and obj.__name__ not in dlpack_structs):
+                assert obj in registered, f"{module.__name__}.{obj.__name__} copies a C struct without @c_struct"
+    assert len(registered) >= 17
+    for cls, name in _lib._LAYOUTS:
+        assert ctypes.sizeof(cls) == _lib.C.yk_struct_size(name.encode()), name
+
+
+def test_a_struct_that_differs_from_the_library_is_refused():
+    import ctypes
+
+    from yaie_kernels import _lib
+
+    _lib.load()
+
+    class Short(ctypes.Structure):  # yk_prefix_cache_stats before duplicate_blocks: one field short
+        _fields_ = [(f"f{i}", ctypes.c_int64) for i in range(11)]
+
+    with pytest.raises(yk.LibraryNotFoundError, match=r"yk_prefix_cache_stats: 88 bytes here, 96 in libyk"):
+        _lib.check_layouts([(Short, "yk_prefix_cache_stats")])
+    with pytest.raises(yk.LibraryNotFoundError, match="yk_no_such_struct: not in libyk"):
+        _lib.check_layouts([(Short, "yk_no_such_struct")])
+    # registering once the library is loaded checks at once
+    with pytest.raises(yk.LibraryNotFoundError, match="yk_radix_node"):
+        _lib.c_struct("yk_radix_node")(Short)
+    assert all(cls is not Short for cls, _ in _lib._LAYOUTS)

@@ -5,7 +5,7 @@ paged attention (which reads them)."""
 
 import ctypes
 
-from ._lib import C, raise_status
+from ._lib import C, c_struct, raise_status
 from ._ops import _style
 from ._paged import _layout
 from ._tensor import adapter, describe, pack, place, scratch, written
@@ -13,6 +13,7 @@ from ._tensor import adapter, describe, pack, place, scratch, written
 __all__ = ["append_kv"]
 
 
+@c_struct("yk_append_kv_index")
 class _Index(ctypes.Structure):
     """yk_append_kv_index (include/yk/kv.h): slot_mapping, or the four CSR members."""
 
@@ -20,6 +21,7 @@ class _Index(ctypes.Structure):
                 ("kv_indptr", ctypes.c_void_p), ("kv_indices", ctypes.c_void_p)]
 
 
+@c_struct("yk_append_kv_rope")
 class _Rope(ctypes.Structure):
     """yk_append_kv_rope."""
 

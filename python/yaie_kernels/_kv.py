@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from ._dlpack import BufferView
 from ._host import _address, _np
-from ._lib import C, context_for, raise_status
+from ._lib import C, c_struct, context_for, raise_status
 from ._pool import Closable, Handle, device_key, device_name, nonnegative
 from ._tensor import DLTensor, _DLDataType
 
@@ -30,6 +30,7 @@ _DTYPES = {"float16": (2, 16), "half": (2, 16), "fp16": (2, 16), "bfloat16": (4,
 _LAYOUTS = {"NHD": 0, "HND": 1}
 
 
+@c_struct("yk_kv_cache_config")
 class _Config(ctypes.Structure):
     _fields_ = [("layers", ctypes.c_int), ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int),
                 ("page_size", ctypes.c_int), ("dtype", _DLDataType), ("layout", ctypes.c_int),
@@ -37,6 +38,7 @@ class _Config(ctypes.Structure):
                 ("pool", ctypes.c_void_p)]
 
 
+@c_struct("yk_kv_cache_info")
 class _Info(ctypes.Structure):
     _fields_ = [("layers", ctypes.c_int), ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int),
                 ("page_size", ctypes.c_int), ("elem_bytes", ctypes.c_int), ("layout", ctypes.c_int),
@@ -45,6 +47,7 @@ class _Info(ctypes.Structure):
                 ("pending_copies", ctypes.c_int64), ("on_device", ctypes.c_int)]
 
 
+@c_struct("yk_kv_seq_info")
 class _SeqInfo(ctypes.Structure):
     _fields_ = [("tokens", ctypes.c_int64), ("blocks", ctypes.c_int64), ("swapped_out", ctypes.c_int),
                 ("table", ctypes.POINTER(ctypes.c_int32))]

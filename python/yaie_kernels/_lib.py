@@ -131,6 +131,40 @@ _f = ctypes.c_float
 _i64 = ctypes.c_int64
 
 
+# ---- struct layouts: each ctypes copy of a public C struct, checked against the library's sizeof ----
+
+_LAYOUTS = []  # (ctypes class, C type name)
+_loaded_path = None  # the libyk in use, once loaded and checked
+
+
+def c_struct(name):
+    """Class decorator: cls copies the C struct `name`; load() (or this, if already loaded) checks
+    that libyk's sizeof(name) equals ctypes.sizeof(cls), so a struct that grew in C fails at load
+    instead of the library writing past a Python buffer."""
+
+    def register(cls):
+        if _loaded_path is not None:
+            check_layouts([(cls, name)])
+        _LAYOUTS.append((cls, name))
+        return cls
+
+    return register
+
+
+def check_layouts(layouts, path=None):
+    """Raises LibraryNotFoundError naming every struct whose copy differs from the library's."""
+    wrong = []
+    for cls, name in layouts:
+        size = C.yk_struct_size(name.encode())
+        if size != ctypes.sizeof(cls):
+            wrong.append(f"{name}: {ctypes.sizeof(cls)} bytes here, {size} in libyk" if size else f"{name}: not in libyk")
+    if wrong:
+        raise LibraryNotFoundError(
+            f"yaie_kernels: {path or _loaded_path} does not match these bindings' struct layouts ({'; '.join(wrong)})"
+        )
+
+
+@c_struct("yk_ctx_options")
 class CtxOptions(ctypes.Structure):
     _fields_ = [
         ("device", ctypes.c_int),
@@ -144,6 +178,7 @@ class CtxOptions(ctypes.Structure):
     ]
 
 
+@c_struct("yk_attention_params")
 class AttentionParams(ctypes.Structure):
     """yk_attention_params (include/yk/ops.h)."""
 
@@ -159,6 +194,7 @@ class AttentionParams(ctypes.Structure):
     ]
 
 
+@c_struct("yk_radix_node")
 class RadixNode(ctypes.Structure):
     """yk_radix_node (include/yk/radix.h): passed by value to lock and unlock."""
 
@@ -168,6 +204,7 @@ class RadixNode(ctypes.Structure):
 _PROTOTYPES = {
     # name: (restype, argtypes)
     "yk_version": (ctypes.c_char_p, []),
+    "yk_struct_size": (ctypes.c_size_t, [ctypes.c_char_p]),
     "yk_status_name": (ctypes.c_char_p, [_i]),
     "yk_ctx_options_init": (None, [_p]),
     "yk_ctx_create": (_i, [_p, _p]),
@@ -261,7 +298,6 @@ class _Functions:
 
 C = _Functions()
 _load_lock = threading.Lock()
-_loaded_path = None
 
 _log = logging.getLogger("yaie_kernels")
 _LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p)
@@ -299,6 +335,7 @@ def load():
         if missing:
             raise LibraryNotFoundError(f"yaie_kernels: {path} lacks {', '.join(missing)}: a libyk older than these bindings")
         C.lib = lib
+        check_layouts(_LAYOUTS, path)  # before anyone may use it: nothing runs on wrong layouts
         _loaded_path = path
 
 

@@ -14,13 +14,14 @@ import operator
 from ._attention import _scale
 from ._host import _address, _np, int_array
 from ._kv import _LAYOUTS, _c_int, _dtype_code
-from ._lib import HOST_DEVICE_TYPES, AttentionParams, C, context_for, raise_status
+from ._lib import C, HOST_DEVICE_TYPES, AttentionParams, c_struct, context_for, raise_status
 from ._pool import Handle, device_key, device_name
 from ._tensor import _DLDataType, adapter, describe, pack, place, scratch, written
 
 __all__ = ["paged_attention_forward", "FlashInferPagedAttention"]
 
 
+@c_struct("yk_paged_kv")
 class PagedKV(ctypes.Structure):
     """yk_paged_kv (include/yk/ops.h): the caches and one of the two page-table forms."""
 
@@ -30,6 +31,7 @@ class PagedKV(ctypes.Structure):
                 ("max_context_len", ctypes.c_int)]
 
 
+@c_struct("yk_paged_plan_shape")
 class _PlanShape(ctypes.Structure):
     """yk_paged_plan_shape."""
 

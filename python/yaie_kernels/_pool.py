@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from ._dlpack import BufferView
-from ._lib import DL_CPU, DL_CUDA, C, InvalidArgumentError, YKError, context_for, raise_status
+from ._lib import C, DL_CPU, DL_CUDA, InvalidArgumentError, YKError, c_struct, context_for, raise_status
 
 __all__ = ["MemoryPool", "PoolStats", "PoolAllocation", "default_memory_pool", "memory_pool_allocate",
            "memory_pool_free"]
@@ -134,10 +134,12 @@ def nonnegative(value, op, name):
 # ---- the pool ----
 
 
+@c_struct("yk_pool_options")
 class _Options(ctypes.Structure):
     _fields_ = [("bytes", ctypes.c_size_t), ("free_fraction", ctypes.c_double)]
 
 
+@c_struct("yk_pool_stats")
 class _Stats(ctypes.Structure):
     _fields_ = [("total_bytes", ctypes.c_size_t), ("used_bytes", ctypes.c_size_t), ("free_bytes", ctypes.c_size_t),
                 ("high_water_bytes", ctypes.c_size_t), ("largest_free_bytes", ctypes.c_size_t),

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from ._host import _address, _np
 from ._kv import KVCacheManager, slots_out
-from ._lib import C, raise_status
+from ._lib import C, c_struct, raise_status
 from ._pool import Closable, Handle, nonnegative
 from ._radix import order_requests, tokens_array
 
 __all__ = ["RadixAttentionWithPagedKVCache", "PrefixCacheStats"]
 
 
+@c_struct("yk_prefix_cache_stats")
 class _Stats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in (
         "cached_tokens", "cached_blocks", "evictable_blocks", "locked_blocks", "nodes", "free_blocks", "total_blocks",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._host import _address, _np, int_array
-from ._lib import C, RadixNode, context_for, raise_status
+from ._lib import C, RadixNode, c_struct, context_for, raise_status
 from ._pool import Closable, Handle, nonnegative
 
 __all__ = ["RadixAttentionBlock", "RadixPageOwner", "RadixMatch", "RadixInsert", "RadixStats", "RadixNodeHandle"]
@@ -28,21 +28,25 @@ _RELEASE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int
 _INVALID_ARGUMENT, _OUT_OF_MEMORY = 1, 6
 
 
+@c_struct("yk_radix_page_owner")
 class _PageOwner(ctypes.Structure):
     """yk_radix_page_owner."""
 
     _fields_ = [("retain", ctypes.c_void_p), ("release", ctypes.c_void_p), ("user", ctypes.c_void_p)]
 
 
+@c_struct("yk_radix_match")
 class _Match(ctypes.Structure):
     _fields_ = [("matched_tokens", ctypes.c_int64), ("node", RadixNode)]
 
 
+@c_struct("yk_radix_insert_result")
 class _InsertResult(ctypes.Structure):
     _fields_ = [("cached_tokens", ctypes.c_int64), ("inserted_tokens", ctypes.c_int64),
                 ("duplicate_count", ctypes.c_int64)]
 
 
+@c_struct("yk_radix_stats")
 class _Stats(ctypes.Structure):
     _fields_ = [("cached_tokens", ctypes.c_int64), ("cached_pages", ctypes.c_int64),
                 ("evictable_pages", ctypes.c_int64), ("locked_pages", ctypes.c_int64), ("nodes", ctypes.c_int64)]
