@@ -226,6 +226,19 @@ def test_cascade_equals_paged_decode_over_prefix_plus_suffix(rng, page, form):
     np.testing.assert_allclose(out, plain, atol=2e-5)
     np.testing.assert_allclose(lse, want_lse, atol=1e-4)
     np.testing.assert_allclose(lse, plain_lse, atol=1e-4)
+    # the engine's own workspace, sized once: the same result, nothing allocated by the call
+    floats = att.cascade_workspace_floats(batch, max(suffix_lens))
+    assert floats >= 0
+    workspace = np.full(max(floats, 1), np.nan, np.float32)
+    np.testing.assert_array_equal(att.cascade_decode(q, (k, v), shared, unique, workspace=workspace), out)
+
+
+def test_cascade_workspace_bad_input(rng):
+    att = yk.FlashInferPagedAttention(8, 2, 16, 4)
+    with pytest.raises(ValueError, match="batch is -1"):
+        att.cascade_workspace_floats(-1, 10)
+    with pytest.raises(ValueError, match="max_suffix_len is -3"):
+        att.cascade_workspace_floats(2, -3)
 
 
 # ---- bad input ----

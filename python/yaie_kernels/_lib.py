@@ -262,6 +262,7 @@ _PROTOTYPES = {
     "yk_paged_decode_plan": (_i, [_p, _p, _p, _i64, _p]),
     "yk_paged_decode_run": (_i, [_p, _p, _p, _p, _p, _p, _p]),
     "yk_cascade_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    "yk_cascade_decode_workspace_floats": (ctypes.c_size_t, [_p, _i64, _i64, _i64, _i64, _i64, _i]),
     # the radix tree and the prefix cache (yk/radix.h)
     "yk_radix_create": (_i, [_p, _i, _p, _p]),
     "yk_radix_destroy": (None, [_p]),

@@ -391,14 +391,26 @@ class FlashInferPagedAttention:
             raise_status(st, ctx, op)
         return _finish(op, out, out_given, lse, lse_given, want_lse)
 
+    def cascade_workspace_floats(self, batch, max_suffix_len):
+        """Float32 elements of the workspace cascade_decode(workspace=) needs for batch requests
+        whose suffixes are at most max_suffix_len tokens, on this object's device (0: none). Size
+        it once for the largest batch an engine runs, so no call allocates."""
+        op = "FlashInferPagedAttention.cascade_workspace_floats"
+        batch, max_suffix_len = _length(batch, op, "batch"), _length(max_suffix_len, op, "max_suffix_len")
+        ctx = context_for(-1 if self._key is None else self._key)
+        return int(C.yk_cascade_decode_workspace_floats(ctx, batch, self.num_qo_heads, self.num_kv_heads,
+                                                         self.head_dim, max_suffix_len, self.num_splits))
+
     def cascade_decode(self, q, paged_kv_cache, shared_kv, unique_kv, *, prefix_len=0, max_suffix_len=0, out=None,
-                       lse=None, return_lse=False):
+                       lse=None, return_lse=False, workspace=None):
         """Cascade decode (see the class): q [batch, q_heads, head_dim]; returns out like q, and
         (out, lse) with lse= or return_lse=True. For tables in device memory, which the host
         cannot measure: prefix_len, exactly the prefix's tokens (with a dense shared table the GPU
         cuts the prefix into chunks by it, so it must not overstate), and max_suffix_len, a bound
         on the suffixes (it sizes their key splits); 0 for unknown. Unused where the host reads the
-        tables. The GPU's scratch is allocated on the stream for the call."""
+        tables. workspace: float32, at least cascade_workspace_floats(batch, max_suffix_len)
+        elements in q's memory; without it the GPU's scratch is allocated on the stream for the
+        call."""
         op = "FlashInferPagedAttention.cascade_decode"
         ad = adapter(q, op, "q")
         qd = ad.describe(q, op, "q")
@@ -417,6 +429,8 @@ class FlashInferPagedAttention:
         ukv, slot = _paged_kv(buf, base, slot, pk, pv, self._layout, unique_names, unique,
                               _length(max_suffix_len, op, "max_suffix_len"))
         params = self._params()  # held here: C reads it through its address
+        if workspace is not None:
+            params.workspace = pack(buf, base, slot + 1, describe(workspace, op, "workspace"))
         st = C.yk_cascade_attention_decode(ctx, pack(buf, base, 0, qd), ctypes.addressof(skv), ctypes.addressof(ukv),
                                            ctypes.addressof(params), pack(buf, base, 1, od),
                                            pack(buf, base, slot, ld) if ld else None, stream)
