@@ -517,11 +517,13 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   const cascade_layout l = cascade_scratch(B, H, D, yk_decode_workspace_floats(B, H, D, splits));
 
   /* the scratch: the caller's, or one allocation for the call */
-  float *base = NULL;
+  float *base = NULL, *allocated = NULL;
   CUdeviceptr scratch = 0;
   if (pr.on_device) {
     if ((st = yk_decode_workspace(ctx, op, params->workspace, l.total, stream, &base, &scratch))) return st;
-  } else if (!(base = malloc(l.total * sizeof(float)))) {
+  } else if (params->workspace) {
+    if ((st = yk_workspace_check(ctx, op, params->workspace, l.total, 0, &base))) return st;
+  } else if (!(base = allocated = malloc(l.total * sizeof(float)))) {
     return yk_error(ctx, YK_ERR_OUT_OF_MEMORY, "%s: out of host memory for %zu floats of scratch", op, l.total);
   }
   const DLDataType f32 = {kDLFloat, 32, 1}, i32 = {kDLInt, 32, 1};
@@ -566,6 +568,6 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   if (st == YK_OK) st = yk_paged_attention_decode(ctx, q, unique, &suffix_params, &o_unique, &lse_unique, stream);
   if (st == YK_OK) st = yk_merge_attention_states(ctx, &o_first, &lse_first, &o_unique, &lse_unique, out, lse, stream);
   if (pr.on_device) return yk_decode_workspace_release(ctx, scratch, st, stream);
-  free(base);
+  free(allocated);
   return st;
 }

@@ -757,6 +757,29 @@ static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed) {
     cr_assert(err < tol, "cascade %s %s: error %.3g against paged decode (seed %llu)", gpu ? "gpu" : "cpu",
               ts_type_name(dtype), err, (unsigned long long)seed);
     check_lse(&t.lse, want_lse, 1e-3, "cascade lse", seed);
+    /* the caller's workspace, in the tensors' memory: the same bytes, nothing allocated; one
+     * element short is refused with nothing written */
+    const int64_t floats = (int64_t)yk_cascade_decode_workspace_floats(ctx, c.batch, 8, 2, 128, 200, 0);
+    cr_assert_gt(floats, 0);
+    yh_tensor ws, ws_short;
+    const int64_t short_floats = floats - 1;
+    cr_assert_eq(yh_tensor_init(&ws, ctx, YK_F32, 1, &floats, NULL, gpu), 0);
+    cr_assert_eq(yh_tensor_init(&ws_short, ctx, YK_F32, 1, &short_floats, NULL, gpu), 0);
+    yh_poison(&ws);
+    void *first = yh_snapshot(&t.out);
+    yh_poison(&t.out);
+    yk_attention_params with_ws = p;
+    yk_status st;
+    with_ws.workspace = &ws.dl;
+    st = yk_cascade_attention_decode(ctx, &t.q.dl, &shared, &unique, &with_ws, &t.out.dl, &t.lse.dl, NULL);
+    cr_assert_eq(st, YK_OK, "%s", yk_ctx_last_error(ctx));
+    cr_assert_eq(yh_sync(ctx), 0);
+    cr_assert_eq(yh_bytes_changed(&t.out, first), 0, "cascade with the caller's workspace differs");
+    with_ws.workspace = &ws_short.dl;
+    st = yk_cascade_attention_decode(ctx, &t.q.dl, &shared, &unique, &with_ws, &t.out.dl, NULL, NULL);
+    ts_assert_rejected(ctx, st, YK_ERR_INVALID_ARGUMENT, "workspace must be a float32");
+    cr_assert_eq(yh_bytes_changed(&t.out, first), 0, "a refused call wrote out");
+    free(first), yh_tensor_free(&ws), yh_tensor_free(&ws_short);
     /* a shared table of more than one sequence is refused */
     ts_assert_rejected(ctx, yk_cascade_attention_decode(ctx, &t.q.dl, &unique, &unique, &p, &t.out.dl, NULL, NULL),
                        YK_ERR_INVALID_ARGUMENT, "the prefix is one");

@@ -119,21 +119,24 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
                                     yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
 }
 
+yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, int on_device,
+                             float **out) {
+  yk_view wv;
+  yk_status st = yk_view_of(ctx, op, "workspace", given, YK_ACCEPT_FLOAT, 1, 1, &wv);
+  if (st) return st;
+  if (wv.type != YK_F32 || wv.on_device != on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: workspace must be a float32 %s vector of at least %zu elements, 16-byte aligned", op,
+                    on_device ? "device" : "host", floats);
+  *out = (float *)(void *)wv.data;
+  return YK_OK;
+}
+
 yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
                               float **out, CUdeviceptr *scratch) {
   *out = NULL, *scratch = 0;
   if (!floats) return YK_OK;
-  if (given) {
-    yk_view wv;
-    yk_status st = yk_view_of(ctx, op, "workspace", given, YK_ACCEPT_FLOAT, 1, 1, &wv);
-    if (st) return st;
-    if (wv.type != YK_F32 || !wv.on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
-      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
-                      "%s: workspace must be a float32 device vector of at least %zu elements, 16-byte aligned", op,
-                      floats);
-    *out = (float *)(void *)wv.data;
-    return YK_OK;
-  }
+  if (given) return yk_workspace_check(ctx, op, given, floats, 1, out);
   if (!ctx->cu.cuMemAllocAsync)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
   yk_status st = yk_cuda_make_current(ctx);
