@@ -296,20 +296,12 @@ static int64_t duplicates_on_path(const yk_radix_tree *tree, int32_t end, int64_
 }
 
 /* The owner's retain. Its message on a refusal is the precise one (the prefix cache's names the
- * block and why), so it is passed on; a generic one is written only when the owner left none. To
- * tell the two apart the thread's message is hidden for the call, not cleared: its first byte is
- * zeroed and put back unless the owner wrote a new message, so a retain that succeeds leaves the
- * message of the last failed call in place (include/yk/context.h) and allocates nothing. A
- * non-empty yk_ctx_last_error is the thread's own message buffer (runtime/error.c), so writing
- * that byte is safe; an empty one is not touched. */
+ * block and why), so it is passed on; a generic one is written only when the owner left none on
+ * the tree's ctx, which yk_error_mark tells without touching the message. */
 static yk_status retain_new_pages(yk_radix_tree *tree, const int32_t *pages, int64_t count) {
-  char *message = (char *)yk_ctx_last_error(tree->ctx);
-  const char first = message[0];
-  if (first) message[0] = '\0';
+  const unsigned long mark = yk_error_mark(tree->ctx);
   const yk_status st = tree->owner.retain(tree->owner.user, pages, count);
-  const int owner_wrote = yk_ctx_last_error(tree->ctx)[0] != '\0';
-  if (first && !message[0]) message[0] = first;
-  if (st != YK_OK && !owner_wrote)
+  if (st != YK_OK && yk_error_mark(tree->ctx) == mark)
     return yk_error(tree->ctx, st, "radix insert: the page owner refused %lld pages", (long long)count);
   return st;
 }

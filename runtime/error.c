@@ -10,10 +10,12 @@
  * message another thread is about to read. Slots live until the context does. */
 struct yk_error_slot {
   yk_error_slot *next;
+  unsigned long failures; /* messages written to this slot */
   char message[YK_MESSAGE_MAX];
 };
 
 static _Thread_local char create_error[YK_MESSAGE_MAX];
+static _Thread_local unsigned long create_failures; /* messages written to create_error */
 
 int yk_errors_init(yk_ctx *ctx) {
   if (pthread_mutex_init(&ctx->error_lock, NULL)) return 1;
@@ -53,6 +55,8 @@ static yk_error_slot *thread_slot(yk_ctx *ctx) {
 yk_status yk_error(yk_ctx *ctx, yk_status status, const char *fmt, ...) {
   yk_error_slot *slot = ctx ? thread_slot(ctx) : NULL;
   char *buf = slot ? slot->message : create_error;
+  if (slot) slot->failures++;
+  else create_failures++;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(buf, YK_MESSAGE_MAX, fmt, ap);
@@ -61,6 +65,7 @@ yk_status yk_error(yk_ctx *ctx, yk_status status, const char *fmt, ...) {
 }
 
 yk_status yk_error_no_ctx(yk_status status, const char *fmt, ...) {
+  create_failures++;
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(create_error, sizeof create_error, fmt, ap);
@@ -74,6 +79,12 @@ const char *yk_ctx_last_error(const yk_ctx *ctx) {
   /* A thread whose slot could not be allocated wrote its message to create_error instead. */
   if (!slot) return create_error[0] ? create_error : "";
   return slot->message;
+}
+
+unsigned long yk_error_mark(const yk_ctx *ctx) {
+  if (!ctx) return create_failures;
+  const yk_error_slot *slot = pthread_getspecific(ctx->error_key);
+  return slot ? slot->failures : 0; /* a thread's first failure on ctx makes its slot: 0 -> 1 */
 }
 
 void yk_warn(yk_ctx *ctx, const char *fmt, ...) {

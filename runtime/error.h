@@ -9,6 +9,10 @@
 
 __attribute__((format(printf, 3, 4))) yk_status yk_error(yk_ctx *ctx, yk_status status, const char *fmt, ...);
 
+/* How many messages this thread has had set on ctx so far (ctx NULL: without a context): two
+ * readings differ exactly when a call between them set the message yk_ctx_last_error(ctx) reads. */
+unsigned long yk_error_mark(const yk_ctx *ctx);
+
 /* Sets the message for a failure with no context (yk_ctx_create). */
 __attribute__((format(printf, 2, 3))) yk_status yk_error_no_ctx(yk_status status, const char *fmt, ...);
 

@@ -106,7 +106,8 @@ yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t batch, int64_t heads
   void *args[] = {&a, &a_t, &a_h, &b, &zero, &zero, &la, &la_t, &la_h, &lb, &zero, &zero,
                   &o, &ot, &oh, &lo, &lt, &lh, &tokens, &h, &states};
   const unsigned rows_per_block = (unsigned)spec.v[THREADS] / 32;
-  return yk_launch_early(ctx, k, (unsigned)((batch * heads + rows_per_block - 1) / rows_per_block), 1, 1, stream, args);
+  const unsigned blocks = (unsigned)((batch * heads + rows_per_block - 1) / rows_per_block);
+  return yk_launch_early(ctx, k, blocks, 1, 1, stream, args);
 }
 
 yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTensor *lse_a, const DLTensor *o_b,
@@ -166,6 +167,6 @@ yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTe
   void *args[] = {&pa, &s[0], &s[1], &pb, &s[2], &s[3], &pla, &s[4], &s[5], &plb, &s[6], &s[7],
                   &po, &s[8], &s[9], &plo, &lo_t, &lo_h, &t, &h, &states};
   const uint64_t rows_per_block = (uint64_t)spec.v[THREADS] / 32;
-  return yk_launch_early(ctx, k, (unsigned)(((uint64_t)tokens * heads + rows_per_block - 1) / rows_per_block), 1, 1, stream,
-                   args);
+  const unsigned blocks = (unsigned)(((uint64_t)tokens * heads + rows_per_block - 1) / rows_per_block);
+  return yk_launch_early(ctx, k, blocks, 1, 1, stream, args);
 }
