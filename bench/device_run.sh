@@ -5,10 +5,11 @@
 # (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
 # again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
 # bindings' tests with torch on the GPU and their per-call overhead). The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [python] [profile] [peers]
+#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [tune] [python] [profile] [peers]
 #   (default: tests bench python peers; decode: yk bench --decode alone; prefill: yk bench --prefill
-#   --sweep, the Hopper prefill's configurations, prefill.log; profile: ncu over the decode kernels,
-#   ncu.log)
+#   --sweep, the Hopper prefill's configurations, prefill.log; tune: yk tune over every op at Llama 3
+#   8B's shapes and the peers on those shapes, tune.jsonl, tune.csv, tune.md; profile: ncu over the
+#   decode kernels, ncu.log)
 set -u
 B=${BUNDLE:-.devbundle}
 OUT=${OUT:-/tmp/yk-out}
@@ -57,6 +58,12 @@ if [[ $parts == *profile* ]]; then # Nsight Compute over the decode kernels, whe
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
     python3 bench/profile_decode.py > "$OUT/ncu.log" 2>&1 || echo "ncu failed or timed out"
   grep -E "attention_decode|merge|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per|Block Limit|decode B" "$OUT/ncu.log" | head -150
+fi
+if [[ $parts == *tune* ]]; then # every op swept at Llama 3 8B's shapes, then the peers on the same shapes
+  "$B/bin/yk" tune --op all --model llama-3-8b --db "$OUT/tune.jsonl" --csv "$OUT/tune.csv" -j 16 > "$OUT/tune.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/tune.log" | tail -12
+  PYTHONUNBUFFERED=1 timeout 300 python3 bench/peers_tune.py "$OUT/tune.csv" > "$OUT/peers_tune.log" 2>&1 || echo "peers_tune.py failed or timed out"
+  python3 bench/report_tune.py "$OUT/tune.csv" "$OUT/peers_tune.json" > "$OUT/tune.md" && tail -3 "$OUT/tune.md"
 fi
 if [[ $parts == *peers* ]]; then
   PYTHONUNBUFFERED=1 timeout 420 python3 "$B/peers.py" > "$OUT/peers.log" 2>&1 || echo "peers.py failed or timed out"
