@@ -67,8 +67,8 @@ int bench_attention_sweep(bench_timer *t, bench_results *r);
 
 /* A spec override for the sweeps: fields by name (NULL ends the list) and their values. */
 typedef struct {
-  const char *names[4];
-  int values[4];
+  const char *names[5];
+  int values[5];
 } bench_override;
 void bench_apply_override(void *override, yk_spec *spec);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);

@@ -8,7 +8,7 @@
 
 void bench_apply_override(void *user, yk_spec *spec) {
   const bench_override *o = user;
-  for (int n = 0; n < 4; n++)
+  for (int n = 0; n < 5; n++)
     for (int f = 0; o->names[n] && f < spec->op->field_count; f++)
       if (!strcmp(spec->op->fields[f].name, o->names[n])) spec->v[f] = o->values[n];
 }

@@ -60,8 +60,6 @@ yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t batch, int64_t heads
 /* Compiles (or finds) the merge yk_merge_partials launches, so that a plan's runs never compile. */
 yk_status yk_merge_partials_prepare(yk_ctx *ctx, int dtype, int64_t head_dim);
 
-/* The Hopper prefill's spec before completion, and the query rows its blocks own
- * (gen/ops/attention_prefill_sm90.c). */
 /* Outputs (views with data NULL are skipped) must not overlap themselves, one another, or an input
  * the call reads. */
 yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view *const *outs,
@@ -75,9 +73,15 @@ yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view 
 void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
                        int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user);
 
+/* The Hopper prefill's spec before completion, and the query rows its blocks own
+ * (gen/ops/attention_prefill_sm90.c). */
 void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
                                     int page_size);
 int yk_attention_prefill_sm90_rows(const yk_spec *s);
+/* Rows of the K and V boxes a complete spec loads by TMA (its block_n), 0 where it loads by cp.async;
+ * and the same spec loading by cp.async, for keys a tensor map cannot describe. */
+int yk_attention_prefill_sm90_tma_rows(const yk_spec *s);
+void yk_attention_prefill_sm90_without_tma(yk_spec *s);
 
 /* ---- paged keys (gen/paged_attention.c) ---- */
 
@@ -165,6 +169,8 @@ typedef struct yk_prefill_launch {
   const yk_page_table_args *table;
   int paged, page_size;
   int64_t max_seqlen_q, max_seqlen_k;
+  int64_t k_rows; /* contiguous keys: rows on k's and v's token axis (a sequence's, or every ragged
+                     sequence's); 0 for paged keys */
 } yk_prefill_launch;
 
 yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *launch, void *stream);

@@ -63,7 +63,11 @@
   X(cuGraphInstantiateWithFlags, 1, (CUgraphExec *, CUgraph, unsigned long long))                \
   X(cuGraphLaunch, 1, (CUgraphExec, CUstream))                                                   \
   X(cuGraphExecDestroy, 1, (CUgraphExec))                                                        \
-  X(cuGraphDestroy, 1, (CUgraph))
+  X(cuGraphDestroy, 1, (CUgraph))                                                                \
+  X(cuTensorMapEncodeTiled, 1,                                                                   \
+    (CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, \
+     const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,            \
+     CUtensorMapL2promotion, CUtensorMapFloatOOBfill))
 // clang-format on
 
 /* Members are named after the driver's functions; cuda.h's macros (cuMemAlloc -> cuMemAlloc_v2)

@@ -25,15 +25,22 @@
 // PIPELINE 2: PIPELINE 1 with the two consumer warpgroups taking turns to issue their MMAs (named
 // barriers, FlashAttention-3's scheduler barrier), so one warpgroup's softmax runs under the other's
 // MMAs.
+// TMA 1 (pipelines 1 and 2, contiguous keys): one thread of the producer loads each whole K or V tile
+// with cp.async.bulk.tensor through the host's tensor maps (k_map, v_map; their 128-byte swizzle is
+// the layout above), completing the stage's full barrier by its byte count; the other producer warps
+// exit. A tile the sequence ends inside is copied by the producer's first warp with cp.async, which
+// zero-fills the rows past the end (the map would read the next sequence's). Only such a tile, written
+// through the generic proxy, needs the consumers' proxy fence.
 //
 // Spec constants: T, HEAD_DIM (a multiple of 64), BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED,
-// PAGED, PAGE_SIZE, PIPELINE.
+// PAGED, PAGE_SIZE, PIPELINE, TMA.
 
 constexpr int BLOCK_M = 64 * WARPGROUPS, CONSUMERS = 128 * WARPGROUPS;
 constexpr int THREADS = CONSUMERS + (PIPELINE > 0 ? 128 : 0); // pipelines 1, 2: the producer warpgroup last
 constexpr int KSTEPS = HEAD_DIM / 16, NSTEPS = BLOCK_N / 16;
 static_assert(HEAD_DIM % 64 == 0 && BLOCK_N % 64 == 0, "whole 128-byte swizzle atoms");
 static_assert(PIPELINE != 2 || WARPGROUPS == 2, "pipeline 2 alternates two consumer warpgroups");
+static_assert(!TMA || (PIPELINE > 0 && PAGED == 0), "TMA loads are the producer's, of contiguous keys");
 // With two consumer warpgroups a block has 384 threads, 168 registers each at launch: the producer
 // gives back all but 40 and the consumers take them (128 x 40 + 256 x 232 = 384 x 168). With one,
 // a 256-thread block has 255 registers a thread from the start.
@@ -74,6 +81,19 @@ __device__ __forceinline__ void produce_tile(T *tile, int first, int valid, int 
     const int r = r0 + i * ROW_STEP;
     const bool ok = r < valid;
     yk_cp_async16(dst + i * (ROW_STEP / 8) * 512, rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+  }
+}
+
+// The tile a sequence ends inside, by one warp (TMA 1): rows from `valid` on are zero-filled, as a
+// bulk tensor copy would not do. Not unrolled: the producer keeps few registers.
+template <class Rows>
+__device__ __forceinline__ void copy_tile_by_warp(T *tile, int first, int valid, int lane, const Rows &rows) {
+  constexpr int CHUNKS = HEAD_DIM / 8;
+#pragma unroll 1
+  for (int i = lane; i < BLOCK_N * CHUNKS; i += 32) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const bool ok = r < valid;
+    yk_cp_async16(tile + swizzled<BLOCK_N>(r, c), rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
   }
 }
 
@@ -123,6 +143,35 @@ template <int ID, int COUNT> __device__ __forceinline__ void named_sync() {
 template <int ID, int COUNT> __device__ __forceinline__ void named_arrive() {
   asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
 }
+// ---- TMA (TMA 1) ----
+// A CUtensorMap's 128 bytes, passed by value as a __grid_constant__ parameter: the bulk copies read
+// it where it lies in parameter memory.
+struct __align__(64) yk_tensor_map {
+  unsigned long long opaque[16];
+};
+// The phase of bar now also waits for `bytes` more bytes of bulk copies (and takes this thread's
+// arrival: the full barriers count one arrival a tile under TMA).
+__device__ __forceinline__ void mbar_arrive_expecting(unsigned long long *bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(yk_smem_address(bar)), "r"(bytes)
+               : "memory");
+}
+// Rows [row, row + BLOCK_N) of one head (and batch entry) through map: HEAD_DIM / 64 boxes of 64
+// columns, each a BLOCK_N-row column block of the swizzled tile; their bytes complete on bar.
+__device__ __forceinline__ void tma_tile(T *tile, const yk_tensor_map &map, unsigned long long *bar, int row, int head,
+                                         int batch) {
+#pragma unroll
+  for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+                 "%4, %5}], [%6];" ::"r"(yk_smem_address(tile + cb * BLOCK_N * 64)),
+                 "l"(reinterpret_cast<unsigned long long>(&map)), "r"(cb * 64), "r"(row), "r"(head), "r"(batch),
+                 "r"(yk_smem_address(bar))
+                 : "memory");
+}
+// An arrival on bar once this thread's cp.async copies so far have landed, counted on top of the
+// barrier's expected arrivals (no .noinc): the pending count rises now and falls when they land.
+__device__ __forceinline__ void mbar_arrive_on_copies_extra(unsigned long long *bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" ::"r"(yk_smem_address(bar)) : "memory");
+}
 template <int REGS> __device__ __forceinline__ void registers_down() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(REGS));
 }
@@ -139,7 +188,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                            const int *__restrict__ cu_k, long long q_b, long long q_s, long long q_h, long long k_b,
                            long long k_s, long long k_h, long long v_b, long long v_s, long long v_h, long long o_b,
                            long long o_s, long long o_h, long long l_b, long long l_s, long long l_h, int seq_q,
-                           int seq_k, int group, float scale_log2, yk_page_table pt) {
+                           int seq_k, int group, float scale_log2, yk_page_table pt,
+                           const __grid_constant__ yk_tensor_map k_map, const __grid_constant__ yk_tensor_map v_map) {
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
   yk_sequence sq;
   const int *pages;
@@ -232,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
-        mbar_init(full_k + s, 128), mbar_init(full_v + s, 128);
+        mbar_init(full_k + s, TMA ? 1 : 128), mbar_init(full_v + s, TMA ? 1 : 128);
         mbar_init(empty_k + s, 4 * WARPGROUPS), mbar_init(empty_v + s, 4 * WARPGROUPS);
       }
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -241,6 +291,36 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
     if (wg == WARPGROUPS) { // ---- the producer ----
       if constexpr (WARPGROUPS > 1) registers_down<PRODUCER_REGS>();
+      if constexpr (TMA) {
+        if (warp != 0) return;
+        // whole tiles: lane 0 arms the full barrier with the tile's bytes and issues the copies; the
+        // tile the sequence ends inside: the warp's cp.async, each lane's copies an arrival on top of
+        // lane 0's, which comes once every lane has raised the pending count (__syncwarp)
+        auto put = [&](T *tile, const yk_tensor_map &map, const auto &rows, unsigned long long *full, int first) {
+          if (first + BLOCK_N <= n_end) {
+            if (lane == 0) {
+              mbar_arrive_expecting(full, BLOCK_N * HEAD_DIM * (unsigned)sizeof(T));
+              tma_tile(tile, map, full, k_start + first, kv_head, RAGGED ? 0 : batch);
+            }
+          } else {
+            copy_tile_by_warp(tile, first, n_end - first, lane, rows);
+            mbar_arrive_on_copies_extra(full);
+            __syncwarp();
+            if (lane == 0) mbar_arrive(full);
+          }
+        };
+#pragma unroll 1
+        for (int t = 0; t < n_tiles; ++t) {
+          const int stage = t % STAGES, first = t * BLOCK_N;
+          const unsigned use = (unsigned)(t / STAGES);
+          if (use > 0) mbar_wait(empty_k + stage, (use - 1) & 1);
+          put(sK + stage * BLOCK_N * HEAD_DIM, k_map, kr, full_k + stage, first);
+          if (use > 0) mbar_wait(empty_v + stage, (use - 1) & 1);
+          put(sV + stage * BLOCK_N * HEAD_DIM, v_map, vr, full_v + stage, first);
+        }
+        asm volatile("cp.async.wait_all;" ::: "memory");
+        return;
+      }
       const int p = tid - CONSUMERS;
 #pragma unroll 1
       for (int t = 0; t < n_tiles; ++t) {
@@ -289,6 +369,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     auto wait_full = [&](unsigned long long *full, int t) {
       mbar_wait(full + t % STAGES, (unsigned)(t / STAGES) & 1);
     };
+    auto fence_copied = [&](int t) { // tile t came through the generic proxy (cp.async): hand it over
+      if (!TMA || (t + 1) * BLOCK_N > n_end) yk_fence_async_smem();
+    };
     auto release = [&](unsigned long long *empty, int t) { // after this warp's wait retired its reads
       if (lane == 0) mbar_arrive(empty + t % STAGES);
     };
@@ -314,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
     if (n_tiles > 0) {
       wait_full(full_k, 0);
-      yk_fence_async_smem();
+      fence_copied(0);
       my_turn();
       yk_wgmma_fence();
       issue_s(0);
@@ -331,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       for (int j = 1; j < n_tiles; ++j) {
         wait_full(full_k, j);
         wait_full(full_v, j - 1);
-        yk_fence_async_smem();
+        fence_copied(j); // tile j - 1 is whole: only the last tile can end early
         my_turn();
         yk_wgmma_fence(); // orders the writes of s, p and o above before the MMAs read them
         issue_s(j);       // group 1
@@ -352,7 +435,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       }
 
       wait_full(full_v, n_tiles - 1);
-      yk_fence_async_smem();
+      fence_copied(n_tiles - 1);
       my_turn();
       yk_wgmma_fence();
       issue_pv(n_tiles - 1);

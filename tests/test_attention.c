@@ -942,7 +942,7 @@ static attn_ref cpu_result(attn_tensors *h, const attn_data *a) {
   return r;
 }
 
-enum { PREFILL_KERNELS = 5 };
+enum { PREFILL_KERNELS = 6 };
 
 /* Every prefill kernel the device has (sm_90: wgmma in each of its loops, and mma.sync forced). */
 Test(attention, gpu_forward_matches_cpu) {
@@ -952,19 +952,23 @@ Test(attention, gpu_forward_matches_cpu) {
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_PREFILL_KERNEL");
   cr_assert_not_null(mma);
-  /* the Hopper prefill's other loops, as a tuning sweep would force them */
-  static const char *const loops[3] = {"pipeline=1,warpgroups=1", "pipeline=1,warpgroups=2", "pipeline=2,warpgroups=2"};
+  /* the Hopper prefill's other loops, as a tuning sweep would force them (TMA loads unless tma=0) */
+  static const char *const loops[4] = {"pipeline=1,warpgroups=1", "pipeline=2,warpgroups=2",
+                                       "pipeline=1,warpgroups=2,tma=0", "pipeline=2,warpgroups=2,tma=0"};
   yk_ctx *gpus[PREFILL_KERNELS] = {gpu, mma};
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     gpus[2 + i] = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
     cr_assert_not_null(gpus[2 + i]);
   }
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_forward");
   yh_rng rng = {seed};
-  static const char *const labels[PREFILL_KERNELS] = {
-      "gpu forward (default kernel)", "gpu forward (mma.sync)", "gpu forward (sm90 pipeline 1, 1 warpgroup)",
-      "gpu forward (sm90 pipeline 1, 2 warpgroups)", "gpu forward (sm90 pipeline 2)"};
+  static const char *const labels[PREFILL_KERNELS] = {"gpu forward (default kernel)",
+                                                      "gpu forward (mma.sync)",
+                                                      "gpu forward (sm90 pipeline 1, 1 warpgroup)",
+                                                      "gpu forward (sm90 pipeline 2)",
+                                                      "gpu forward (sm90 pipeline 1, cp.async producer)",
+                                                      "gpu forward (sm90 pipeline 2, cp.async producer)"};
   for (int i = 0; i < FORWARD_CASES; i++)
     for (int causal = 0; causal <= 1; causal++) {
       if (forward_cases[i].cpu_only) continue;

@@ -29,6 +29,7 @@ static const struct {
     {"attention_prefill_sm90", "warpgroups", {1, 2}, 2},
     {"attention_prefill_sm90", "stages", {2, 3}, 2},
     {"attention_prefill_sm90", "pipeline", {0, 1, 2}, 3},
+    {"attention_prefill_sm90", "tma", {0, 1}, 2},
     {"attention_decode", "block_n", {16, 32, 64}, 3},
     {"attention_decode", "warps", {4, 8, 16}, 3},
     {"attention_decode", "stages", {2, 3, 4, 6}, 4},

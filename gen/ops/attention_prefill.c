@@ -2,6 +2,7 @@
  * the public call. Template: templates/attention_prefill.cu (+ attention_common.cuh).
  * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cpu_fallback/attention.h"
 #include "gen/attention.h"
@@ -9,13 +10,14 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
+#include "runtime/tensor_map.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
 /* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, and YK_PREFILL_KERNEL
- * not asking for mma.sync. Both kernels take the same arguments. */
+ * not asking for mma.sync. Both kernels take the same arguments; the Hopper one two tensor maps more. */
 static int use_wgmma(const yk_ctx *ctx, int64_t head_dim) {
   return ctx->target_arch_specific[0] && (head_dim == 64 || head_dim == 128) && !ctx->prefill_mma_sync;
 }
@@ -120,8 +122,18 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
       .cu_k = pr.cu_k,
       .max_seqlen_q = pr.max_seqlen_q,
       .max_seqlen_k = pr.max_seqlen_k,
+      .k_rows = pr.ragged_k ? pr.total_k : pr.max_seqlen_k,
   };
   return yk_prefill_run(ctx, &L, stream);
+}
+
+/* K or V as the Hopper prefill's TMA reads it: [batch][rows][heads][head_dim], one sequence a batch
+ * entry, or every ragged sequence on one token axis (their offsets place a sequence's rows). */
+static int tensor_map(const yk_ctx *ctx, CUtensorMap *map, const yk_prefill_launch *L, const yk_attn_operand *x,
+                      int box_rows) {
+  if (L->paged || L->k_rows <= 0) return 1;
+  return yk_tensor_map_rows(ctx, map, L->a.dtype, x->data, L->a.head_dim, L->k_rows, L->a.kv_heads,
+                            L->cu_k ? 1 : L->a.batch, x->seq_stride, x->head_stride, x->batch_stride, box_rows);
 }
 
 yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) {
@@ -139,6 +151,11 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
     spec.v[PAGE_SIZE] = L->page_size;
   }
   yk_spec_finish(ctx, &spec, L->a.batch * L->max_seqlen_q);
+  CUtensorMap maps[2]; /* the Hopper prefill's K and V, where it loads them by TMA */
+  memset(maps, 0, sizeof maps);
+  const int box_rows = wgmma ? yk_attention_prefill_sm90_tma_rows(&spec) : 0;
+  if (box_rows && (tensor_map(ctx, &maps[0], L, &L->a.k, box_rows) || tensor_map(ctx, &maps[1], L, &L->a.v, box_rows)))
+    yk_attention_prefill_sm90_without_tma(&spec);
   yk_kernel *kern;
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;
@@ -155,10 +172,13 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
   int seq_q = (int)L->max_seqlen_q, seq_k = (int)L->max_seqlen_k;
   int group = (int)(L->a.q_heads / L->a.kv_heads);
   float scale_log2 = L->a.scale * 1.4426950408889634f;
-  void *args[] = {&qp,          &kp,         &vp,         &op_,         &lp,          &cq,          &ck,
-                  &strides[0],  &strides[1], &strides[2], &strides[3],  &strides[4],  &strides[5],  &strides[6],
-                  &strides[7],  &strides[8], &strides[9], &strides[10], &strides[11], &strides[12], &strides[13],
-                  &strides[14], &seq_q,      &seq_k,      &group,       &scale_log2,  &table};
+  /* the Hopper kernel's parameters; the mma.sync kernel takes all but the two maps (the driver reads
+   * as many as the kernel has) */
+  void *args[] = {&qp,          &kp,          &vp,          &op_,         &lp,         &cq,
+                  &ck,          &strides[0],  &strides[1],  &strides[2],  &strides[3], &strides[4],
+                  &strides[5],  &strides[6],  &strides[7],  &strides[8],  &strides[9], &strides[10],
+                  &strides[11], &strides[12], &strides[13], &strides[14], &seq_q,      &seq_k,
+                  &group,       &scale_log2,  &table,       &maps[0],     &maps[1]};
   const unsigned m_blocks = (unsigned)((L->max_seqlen_q + block_m - 1) / block_m);
   return yk_launch(ctx, kern, m_blocks, (unsigned)L->a.q_heads, (unsigned)L->a.batch, stream, args);
 }

@@ -10,7 +10,7 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE, PIPELINE };
+enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE, PIPELINE, TMA };
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", NULL};
 
 static void complete(yk_spec *s) {
@@ -21,8 +21,12 @@ static void complete(yk_spec *s) {
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
   /* The producer-warpgroup loops beat the plain one at every D128 shape of yk bench --prefill
-   * --sweep on an H200 (bench/NOTES.md): 2 warpgroups taking turns by 1.15-1.24x, 1 by 1.5x. */
-  if (s->v[PIPELINE] == YK_UNSET) s->v[PIPELINE] = s->v[WARPGROUPS] == 2 ? 2 : 1;
+   * --sweep on an H200 (bench/NOTES.md), by 1.15-1.5x. With TMA loads the consumers taking turns
+   * (pipeline 2) lost to pipeline 1 at all four shapes (by 3-12%); with cp.async they were even. */
+  if (s->v[PIPELINE] == YK_UNSET) s->v[PIPELINE] = 1;
+  /* The producer's whole K and V tiles by TMA where it can (paged keys are gathered row by row):
+   * 1.13-1.30x cp.async with 2 warpgroups at those shapes */
+  if (s->v[TMA] == YK_UNSET) s->v[TMA] = s->v[PIPELINE] > 0 && !s->v[PAGED];
 }
 
 /* Registers a consumer thread may use: pipeline 0 has no producer; pipelines 1 and 2 add a producer
@@ -47,6 +51,8 @@ static int valid(const yk_spec *s, char *why, size_t n) {
     return snprintf(why, n, "pipeline 2 alternates two consumer warpgroups: warpgroups must be 2, not %d",
                     s->v[WARPGROUPS]),
            1;
+  if (s->v[TMA] && (s->v[PIPELINE] == 0 || s->v[PAGED]))
+    return snprintf(why, n, "tma 1 takes a producer warpgroup (pipeline 1 or 2) and contiguous keys (paged 0)"), 1;
   /* A consumer thread holds O, S and P at once in every pipeline: pipelines 1 and 2 run the softmax
    * of S_j while P_{j-1} V_{j-1} accumulates into O, and make P_j only once that MMA has retired, so
    * one S tile and one P are live, as in pipeline 0. */
@@ -80,7 +86,7 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 9,
+    .field_count = 10,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
@@ -95,6 +101,10 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
              "0: all threads load, S then softmax then PV, two block barriers a tile; 1: a producer warpgroup "
              "and mbarriers, softmax of S_j under P_{j-1} V_{j-1}; 2: 1 with the two warpgroups' MMAs in turn",
              0, 2, 0, 1, NULL},
+            {"tma",
+             "1: the producer loads whole K and V tiles with the tensor memory accelerator (a tile the sequence "
+             "ends inside, by cp.async); 0: every tile by cp.async",
+             0, 1, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -121,3 +131,7 @@ void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int cau
 }
 
 int yk_attention_prefill_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
+
+int yk_attention_prefill_sm90_tma_rows(const yk_spec *s) { return s->v[TMA] ? s->v[BLOCK_N] : 0; }
+
+void yk_attention_prefill_sm90_without_tma(yk_spec *s) { s->v[TMA] = 0; }
