@@ -84,15 +84,44 @@ template <class T, int N> __device__ __forceinline__ void yk_load(const T *p, fl
   }
 }
 
-// Stores N floats as T, rounded to nearest even.
+// One store of a piece's 32-bit words. 16 bytes by st.global.v4: written as a uint4, NVVM split
+// such a store into four 4-byte ones where the address came from 64-bit index arithmetic
+// (act_and_mul, merge_attention_states).
+__device__ __forceinline__ void yk_put_words(unsigned *p, const unsigned (&w)[1]) { *p = w[0]; }
+__device__ __forceinline__ void yk_put_words(uint2 *p, const unsigned (&w)[2]) {
+  uint2 v;
+  v.x = w[0], v.y = w[1];
+  *p = v;
+}
+__device__ __forceinline__ void yk_put_words(uint4 *p, const unsigned (&w)[4]) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+               : "memory");
+}
+
+// Stores N floats as T, rounded to nearest even, one store a piece of 4 to 16 bytes: 16-bit
+// elements packed two a word (through a union of words and elements, ptxas stored them 4 bytes at a
+// time, st.global.v2.u16).
 template <class T, int N> __device__ __forceinline__ void yk_store(T *p, const float (&in)[N]) {
   typedef yk_piece<T, N> P;
 #pragma unroll
   for (int k = 0; k < P::COUNT; ++k) {
-    typename P::U u;
+    const float *f = in + k * P::ELEMS;
+    if constexpr (P::BYTES >= 4) {
+      unsigned w[P::BYTES / 4];
 #pragma unroll
-    for (int j = 0; j < P::ELEMS; ++j) u.v[j] = yk_from_float<T>(in[k * P::ELEMS + j]);
-    reinterpret_cast<typename yk_word<P::BYTES>::type *>(p)[k] = u.word;
+      for (int i = 0; i < P::BYTES / 4; ++i) {
+        if constexpr (sizeof(T) == 2)
+          w[i] = (unsigned)yk_from_float<T>(f[2 * i]).bits | (unsigned)yk_from_float<T>(f[2 * i + 1]).bits << 16;
+        else
+          w[i] = __float_as_uint(f[i]);
+      }
+      yk_put_words(reinterpret_cast<typename yk_word<P::BYTES>::type *>(p) + k, w);
+    } else {
+      typename P::U u;
+#pragma unroll
+      for (int j = 0; j < P::ELEMS; ++j) u.v[j] = yk_from_float<T>(f[j]);
+      reinterpret_cast<typename yk_word<P::BYTES>::type *>(p)[k] = u.word;
+    }
   }
 }
 
