@@ -104,6 +104,18 @@ Test(copy_blocks, cpu_bad_inputs_write_nothing) {
   REJECT(yk_copy_blocks(ctx, list, 2, NULL, 2, NULL), "block_mapping is NULL");
   REJECT(yk_copy_blocks(ctx, list, 2, bad_src, 1, NULL), "pair 0: source block 8 is not in 0..7");
   REJECT(yk_copy_blocks(ctx, list, 2, bad_dst, 2, NULL), "pair 1: destination block -1 is not in 0..7");
+  /* the pairs run concurrently: each destination once, and no block both read and written */
+  const int32_t twice[6] = {0, 4, 1, 5, 2, 4}, read_after[4] = {0, 4, 4, 5}, read_before[4] = {4, 5, 0, 4},
+                self[2] = {3, 3};
+  REJECT(yk_copy_blocks(ctx, list, 2, twice, 3, NULL), "destination block 4 appears twice (pairs 0 and 2)");
+  REJECT(yk_copy_blocks(ctx, list, 2, read_after, 2, NULL),
+         "block 4 is both a source (pair 1) and a destination (pair 0)");
+  REJECT(yk_copy_blocks(ctx, list, 2, read_before, 2, NULL),
+         "block 4 is both a source (pair 0) and a destination (pair 1)");
+  REJECT(yk_copy_blocks(ctx, list, 2, self, 1, NULL), "block 3 is both a source (pair 0) and a destination (pair 0)");
+  int32_t many[600]; /* past the check's stack keys */
+  for (int i = 0; i < 300; i++) many[2 * i] = i % 4, many[2 * i + 1] = 4 + i % 4;
+  REJECT(yk_copy_blocks(ctx, list, 2, many, 300, NULL), "destination block 4 appears twice (pairs 0 and 4)");
   t.dtype.code = kDLBfloat;
   REJECT(yk_copy_blocks(ctx, mixed, 2, good, 2, NULL), "caches[1] is bfloat16 but caches[0] is float16");
   t = caches[1].dl, memcpy(shape, caches[1].shape, sizeof shape), shape[0] = 7, t.shape = shape;

@@ -2,7 +2,9 @@
  * passed by value: spec, warm matrix, argument checks, public call (include/yk/kv.h).
  * Template: templates/copy_blocks.cu. CPU: cpu_fallback/copy_blocks.c.
  * Tests: tests/test_copy_blocks.c. */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu_fallback/copy_blocks.h"
@@ -128,14 +130,53 @@ static yk_status check_caches(yk_ctx *ctx, const char *op, DLTensor *const *cach
   return YK_OK;
 }
 
+static int ascending(const void *a, const void *b) {
+  const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* The pairs run concurrently, so a destination written twice, or a block read by one copy and
+ * written by another (or by its own), would race: refused. Every id as (block, role, pair) sorted
+ * puts a block's uses side by side; pair counts are small, so the keys fit on the stack but for
+ * batches past ON_STACK. */
+static yk_status check_independent(yk_ctx *ctx, const char *op, const int32_t *mapping, int64_t n) {
+  enum { ON_STACK = 256 };
+  uint64_t stack[2 * ON_STACK], *keys = n <= ON_STACK ? stack : malloc((size_t)(2 * n) * sizeof *keys);
+  if (!keys) return yk_error(ctx, YK_ERR_OUT_OF_MEMORY, "%s: no memory to check %lld pairs", op, (long long)n);
+  for (int64_t i = 0; i < 2 * n; i++) /* block (31 bits: checked non-negative), role (1: destination), pair */
+    keys[i] = (uint64_t)mapping[i] << 33 | (uint64_t)(i % 2) << 32 | (uint64_t)(i / 2);
+  qsort(keys, (size_t)(2 * n), sizeof *keys, ascending);
+  yk_status st = YK_OK;
+  for (int64_t i = 1; i < 2 * n && st == YK_OK; i++) {
+    /* a block's sources come before its destinations: the last source meets the first destination */
+    const uint64_t a = keys[i - 1], b = keys[i];
+    if (a >> 33 != b >> 33 || !(b >> 32 & 1)) continue;
+    const int block = (int)(b >> 33);
+    const long long pa = (long long)(a & 0xffffffffu), pb = (long long)(b & 0xffffffffu);
+    if (a >> 32 & 1)
+      st = yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: destination block %d appears twice (pairs %lld and %lld); the copies run concurrently", op,
+                    block, pa, pb);
+    else
+      st = yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: block %d is both a source (pair %lld) and a destination (pair %lld); the copies run "
+                    "concurrently (copy in two calls)",
+                    op, block, pa, pb);
+  }
+  if (keys != stack) free(keys);
+  return st;
+}
+
 static yk_status check_pairs(yk_ctx *ctx, const char *op, const int32_t *mapping, int64_t n, int64_t num_blocks) {
   if (n < 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_pairs %lld is negative", op, (long long)n);
+  if (n > INT32_MAX)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_pairs %lld is above 2^31 - 1", op, (long long)n);
   if (n > 0 && !mapping) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: block_mapping is NULL", op);
   for (int64_t i = 0; i < 2 * n; i++)
     if (mapping[i] < 0 || mapping[i] >= num_blocks)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: pair %lld: %s block %d is not in 0..%lld", op,
                       (long long)(i / 2), i % 2 ? "destination" : "source", mapping[i], (long long)num_blocks - 1);
-  return YK_OK;
+  return check_independent(ctx, op, mapping, n);
 }
 
 /* Caches in groups of at most `group`, so that their bases fit a launch or a stack array. */

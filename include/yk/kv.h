@@ -253,8 +253,8 @@ YK_API yk_status yk_append_kv(yk_ctx *ctx, const DLTensor *k, const DLTensor *v,
  * against num_blocks. On the GPU the pairs travel by value in the kernels' parameters (a few
  * hundred a launch): no upload, no staging buffer, and the call can be captured in a CUDA graph.
  * The pairs are copied concurrently: no block may be both a source and a destination, nor a
- * destination twice (not checked). yk_kv_cache_copy_blocks performs its copy-on-write copies
- * through this op. */
+ * destination twice (refused, YK_ERR_INVALID_ARGUMENT). yk_kv_cache_copy_blocks performs its
+ * copy-on-write copies through this op. */
 YK_API yk_status yk_copy_blocks(yk_ctx *ctx, DLTensor *const *caches, int num_caches, const int32_t *block_mapping,
                                 int64_t num_pairs, void *stream);
 

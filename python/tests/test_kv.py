@@ -350,8 +350,8 @@ def test_explicit_block_copies(cache, rng):
 
 
 @pytest.mark.parametrize("args, error, message", [
-    (([0, 1], [2, 2]), ValueError, "destination block 2 appears twice"),
-    (([0, 1], [1, 2]), ValueError, "block 1 is both a source and a destination"),
+    (([0, 1], [2, 2]), yk.InvalidArgumentError, "destination block 2 appears twice (pairs 0 and 1)"),
+    (([0, 1], [1, 2]), yk.InvalidArgumentError, "block 1 is both a source (pair 1) and a destination (pair 0)"),
     (([0, 1], [2]), ValueError, "2 source blocks but 1 destinations"),
     (([0], None), ValueError, "give dst_block_ids"),
     (([0], [8]), yk.InvalidArgumentError, "KVCacheManager.copy_blocks: copy_blocks: pair 0: destination block 8 is "

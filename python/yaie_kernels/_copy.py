@@ -14,10 +14,8 @@ __all__ = ["copy_blocks"]
 def block_pairs(block_mapping, op, dst=None):
     """The copies as a C-contiguous int32 [n, 2] array of (source, destination) pairs, from a
     mapping {src: dst} (or vLLM's older {src: [dst, ...]}), [n, 2] pairs (a list, numpy array or
-    tensor, on any device), or sources with their destinations in dst.
-
-    yk_copy_blocks runs the pairs concurrently and does not check that they are independent, so
-    that is checked here: a race on the GPU would otherwise corrupt blocks silently."""
+    tensor, on any device), or sources with their destinations in dst. yk_copy_blocks checks that
+    the pairs are independent (they run concurrently)."""
     np = _np()
     if hasattr(block_mapping, "keys"):
         if dst is not None:
@@ -35,17 +33,7 @@ def block_pairs(block_mapping, op, dst=None):
             a = a.reshape(0, 2)
         if a.ndim != 2 or a.shape[1] != 2:
             raise ValueError(f"{op}: block_mapping must be (source, destination) pairs [n, 2], got shape {a.shape}")
-    a = np.ascontiguousarray(a, np.int32)
-    destinations = a[:, 1]
-    seen, counts = np.unique(destinations, return_counts=True)
-    if (counts > 1).any():
-        raise ValueError(f"{op}: destination block {int(seen[counts > 1][0])} appears twice; the copies run "
-                         "concurrently")
-    both = np.intersect1d(a[:, 0], destinations)
-    if both.size:
-        raise ValueError(f"{op}: block {int(both[0])} is both a source and a destination; the copies run "
-                         "concurrently (copy in two calls)")
-    return a
+    return np.ascontiguousarray(a, np.int32)
 
 
 def copy_pairs(ctx, stream, descs, pairs, op):
