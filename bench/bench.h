@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "bench/harness.h"
+#include "tune/tune_key.h"
 
 typedef struct bench_timer {
   yk_ctx *ctx;
@@ -65,12 +66,10 @@ int bench_paged(bench_timer *t, bench_results *r);
 int bench_sweep(bench_timer *t, bench_results *r);
 int bench_attention_sweep(bench_timer *t, bench_results *r);
 
-/* A spec override for the sweeps: fields by name (NULL ends the list) and their values. */
-typedef struct {
-  const char *names[5];
-  int values[5];
-} bench_override;
-void bench_apply_override(void *override, yk_spec *spec);
+/* Pins config ("field=value,...", see tune/tune_key.h) on op's launches in ctx until
+ * bench_unpin; 0 on success, else prints why. */
+int bench_pin(yk_ctx *ctx, yk_tune_pin *pin, const char *op, const char *config);
+void bench_unpin(yk_ctx *ctx);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);
 /* The KV cache manager's host operations a second (no GPU needed); prints its own table. */
 int bench_kv(int quick);

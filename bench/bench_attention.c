@@ -132,14 +132,16 @@ void bench_decode(bench_timer *t, bench_results *r) {
 }
 
 /* One timed configuration of a sweep: the case under the override, as a row named after both. */
-static void sweep_one(bench_timer *t, bench_results *r, attention_case *c, const char *shape, const char *config,
-                      bench_override *o, double work, const char *unit) {
-  t->ctx->spec_override = bench_apply_override;
-  t->ctx->spec_override_user = o;
+static void sweep_one(bench_timer *t, bench_results *r, attention_case *c, const char *shape, const char *kernel,
+                      const char *config, double work, const char *unit) {
+  yk_tune_pin pin;
+  if (kernel && bench_pin(t->ctx, &pin, kernel, config)) return;
   const double ms = bench_median_ms(t, call, c);
-  t->ctx->spec_override = NULL;
+  bench_unpin(t->ctx);
   char name[160];
   snprintf(name, sizeof name, "sweep.%s %s", shape, config);
+  for (char *p = name; *p; p++) /* the rows' names as before: fields apart by spaces */
+    if (*p == ',') *p = ' ';
   if (ms <= 0) {
     fprintf(stderr, "  %-70s invalid: %.80s\n", name, yk_ctx_last_error(t->ctx));
     return;
@@ -172,11 +174,9 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
               for (int st = 0; st < 2; st++)
                 for (int g = 0; g < 2; g++) {
                   if (p == 2 && groups[g] == 1) continue; /* pipeline 2 takes turns between two warpgroups */
-                  bench_override o = {{"block_n", "stages", "warpgroups", "pipeline", "tma"},
-                                      {block_n[b], stages[st], groups[g], p, tma}};
-                  snprintf(config, sizeof config, "block_n=%d stages=%d warpgroups=%d pipeline=%d tma=%d", block_n[b],
+                  snprintf(config, sizeof config, "block_n=%d,stages=%d,warpgroups=%d,pipeline=%d,tma=%d", block_n[b],
                            stages[st], groups[g], p, tma);
-                  sweep_one(t, r, &c, shape, config, &o, flops, "TFLOP/s");
+                  sweep_one(t, r, &c, shape, "attention_prefill_sm90", config, flops, "TFLOP/s");
                 }
       }
       free_case(&c);
@@ -197,19 +197,17 @@ int bench_attention_sweep(bench_timer *t, bench_results *r) {
     if (!decode_case(&c, &ws, t->ctx, batch, len, 0, &rng)) {
       static const int splits[] = {0, 8, 16, 24, 33, 48, 66, 128};
       for (int s = 0; s < 8 && batch == 1; s++) {
-        bench_override none = {{NULL}, {0}};
-        c.params.num_splits = splits[s];
+        c.params.num_splits = splits[s]; /* a parameter of the call, not a spec field */
         snprintf(config, sizeof config, "num_splits=%d", splits[s]);
-        sweep_one(t, r, &c, shape, config, &none, bytes, "GB/s");
+        sweep_one(t, r, &c, shape, NULL, config, bytes, "GB/s");
       }
       c.params.num_splits = 0;
       static const int warps[] = {4, 8, 16}, stages[] = {2, 3, 4, 6}, block_n[] = {16, 32};
       for (int w = 0; w < 3; w++)
         for (int st = 0; st < 4; st++)
           for (int b = 0; b < 2; b++) {
-            bench_override o = {{"warps", "stages", "block_n"}, {warps[w], stages[st], block_n[b]}};
-            snprintf(config, sizeof config, "warps=%d stages=%d block_n=%d", warps[w], stages[st], block_n[b]);
-            sweep_one(t, r, &c, shape, config, &o, bytes, "GB/s");
+            snprintf(config, sizeof config, "warps=%d,stages=%d,block_n=%d", warps[w], stages[st], block_n[b]);
+            sweep_one(t, r, &c, shape, "attention_decode", config, bytes, "GB/s");
           }
     }
     yh_tensor_free(&ws);

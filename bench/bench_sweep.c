@@ -6,25 +6,30 @@
 #include "bench/bench.h"
 #include "runtime/context.h"
 
-void bench_apply_override(void *user, yk_spec *spec) {
-  const bench_override *o = user;
-  for (int n = 0; n < 5; n++)
-    for (int f = 0; o->names[n] && f < spec->op->field_count; f++)
-      if (!strcmp(spec->op->fields[f].name, o->names[n])) spec->v[f] = o->values[n];
+int bench_pin(yk_ctx *ctx, yk_tune_pin *pin, const char *op, const char *config) {
+  char why[256];
+  if (yk_tune_pin_parse(pin, op, config, why, sizeof why)) {
+    fprintf(stderr, "  %s %s: %s\n", op, config, why);
+    return 1;
+  }
+  ctx->spec_override = yk_tune_pin_apply, ctx->spec_override_user = pin;
+  return 0;
 }
+
+void bench_unpin(yk_ctx *ctx) { ctx->spec_override = NULL, ctx->spec_override_user = NULL; }
 
 int bench_sweep(bench_timer *t, bench_results *r) {
   static const struct {
-    const char *name;
+    const char *name, *kernel; /* the row, and the op whose launches the sweep pins */
     bench_op op;
     int64_t tokens, width;
     int sweep_items;
   } cases[] = {
-      {"rmsnorm T16384 H4096", RMS_NORM, 16384, 4096, 0},
-      {"rmsnorm T2048 H8192", RMS_NORM, 2048, 8192, 0},
-      {"fused_add_rmsnorm T16384 H4096", FUSED_ADD_RMS_NORM, 16384, 4096, 0},
-      {"silu_and_mul T4096 I14336", SILU_AND_MUL, 4096, 14336, 1},
-      {"rope T16384 q32 k8 d128", ROPE, 16384, 128, 0},
+      {"rmsnorm T16384 H4096", "rms_norm", RMS_NORM, 16384, 4096, 0},
+      {"rmsnorm T2048 H8192", "rms_norm", RMS_NORM, 2048, 8192, 0},
+      {"fused_add_rmsnorm T16384 H4096", "rms_norm", FUSED_ADD_RMS_NORM, 16384, 4096, 0},
+      {"silu_and_mul T4096 I14336", "act_and_mul", SILU_AND_MUL, 4096, 14336, 1},
+      {"rope T16384 q32 k8 d128", "rope", ROPE, 16384, 128, 0},
   };
   static const int threads[] = {64, 128, 256, 512, 1024}, items[] = {1, 2, 4, 8};
   yk_ctx *ctx = t->ctx;
@@ -34,16 +39,18 @@ int bench_sweep(bench_timer *t, bench_results *r) {
     double bytes = bench_case_setup(&c, ctx, cases[i].op, cases[i].tokens, cases[i].width, &rng);
     for (int ti = 0; bytes > 0 && ti < 5; ti++)
       for (int ii = 0; ii < (cases[i].sweep_items ? 4 : 1); ii++) {
-        bench_override o = {{"threads", cases[i].sweep_items ? "items" : NULL}, {threads[ti], items[ii]}};
-        ctx->spec_override = bench_apply_override;
-        ctx->spec_override_user = &o;
-        double ms = bench_median_ms(t, bench_case_call, &c);
-        ctx->spec_override = NULL;
-        char name[96];
+        char config[64], name[128];
         if (cases[i].sweep_items)
-          snprintf(name, sizeof name, "sweep.%s threads=%d items=%d", cases[i].name, threads[ti], items[ii]);
+          snprintf(config, sizeof config, "threads=%d,items=%d", threads[ti], items[ii]);
         else
-          snprintf(name, sizeof name, "sweep.%s threads=%d", cases[i].name, threads[ti]);
+          snprintf(config, sizeof config, "threads=%d", threads[ti]);
+        yk_tune_pin pin;
+        if (bench_pin(ctx, &pin, cases[i].kernel, config)) continue;
+        double ms = bench_median_ms(t, bench_case_call, &c);
+        bench_unpin(ctx);
+        snprintf(name, sizeof name, "sweep.%s %s", cases[i].name, config);
+        for (char *p = name; *p; p++) /* the rows' names as before: fields apart by spaces */
+          if (*p == ',') *p = ' ';
         if (ms <= 0) {
           fprintf(stderr, "  %-58s invalid: %.80s\n", name, yk_ctx_last_error(ctx));
           continue;

@@ -41,31 +41,17 @@ yk_ctx *ts_gpu_ctx(void) {
 
 const char *ts_no_gpu_reason(void) { return no_gpu_reason; }
 
-/* What a forcing context's override sets; a few contexts a test, never freed before exit. */
-typedef struct {
-  const yk_op_def *op;
-  int32_t values[YK_SPEC_MAX_FIELDS];
-} forced_fields;
-static forced_fields forced[16];
-static int forced_count;
-
-static void force_fields(void *user, yk_spec *spec) {
-  const forced_fields *f = user;
-  if (spec->op != f->op) return;
-  for (int i = 0; i < spec->op->field_count; i++)
-    if (f->values[i] != YK_UNSET) spec->v[i] = f->values[i];
-}
+/* The pins of forcing contexts: a few contexts a test, never freed before exit. */
+static yk_tune_pin pins[16];
+static int pin_count;
 
 yk_ctx *ts_gpu_ctx_forcing(const char *op, const char *config) {
-  const int index = yk_registry_find(op);
-  cr_assert_geq(index, 0, "no op %s", op);
-  cr_assert_lt(forced_count, 16, "more forcing contexts than slots");
-  forced_fields *f = &forced[forced_count++];
-  f->op = yk_registry_op(index);
+  cr_assert_lt(pin_count, 16, "more forcing contexts than slots");
+  yk_tune_pin *pin = &pins[pin_count++];
   char why[256];
-  cr_assert_eq(yk_tune_config_parse(f->op, config, f->values, why, sizeof why), 0, "%s: %s", config, why);
+  cr_assert_eq(yk_tune_pin_parse(pin, op, config, why, sizeof why), 0, "%s %s: %s", op, config, why);
   yk_ctx *ctx = ts_gpu_ctx();
-  if (ctx) ctx->spec_override = force_fields, ctx->spec_override_user = f;
+  if (ctx) ctx->spec_override = yk_tune_pin_apply, ctx->spec_override_user = pin;
   return ctx;
 }
 

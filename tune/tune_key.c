@@ -96,3 +96,17 @@ int yk_tune_config_parse(const yk_op_def *op, const char *text, int32_t values[Y
   if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf) return snprintf(why, why_size, "config too long"), 1;
   return parse_fields(op, buf, values, why, why_size);
 }
+
+int yk_tune_pin_parse(yk_tune_pin *pin, const char *op, const char *config, char *why, size_t why_size) {
+  const int index = yk_registry_find(op);
+  if (index < 0) return snprintf(why, why_size, "no op named %s", op), 1;
+  pin->op = yk_registry_op(index);
+  return yk_tune_config_parse(pin->op, config, pin->values, why, why_size);
+}
+
+void yk_tune_pin_apply(void *user, yk_spec *spec) {
+  const yk_tune_pin *pin = user;
+  if (spec->op != pin->op) return;
+  for (int i = 0; i < spec->op->field_count; i++)
+    if (pin->values[i] != YK_UNSET) spec->v[i] = pin->values[i];
+}

@@ -26,6 +26,18 @@ int yk_tune_config_format(const yk_spec *spec, const yk_spec *key, char *buf, si
 int yk_tune_config_parse(const yk_op_def *op, const char *text, int32_t values[YK_SPEC_MAX_FIELDS], char *why,
                          size_t why_size);
 
+/* A configuration pinned on one op's launches through a context's spec_override, as the GPU tests
+ * and yk bench --sweep pin one: the fields the text names take its values, the others stay as the
+ * call built them and the op completes them. */
+typedef struct yk_tune_pin {
+  const yk_op_def *op;
+  int32_t values[YK_SPEC_MAX_FIELDS];
+} yk_tune_pin;
+/* op by name, config as yk_tune_config_parse takes it. 0 on success, else the reason in why. */
+int yk_tune_pin_parse(yk_tune_pin *pin, const char *op, const char *config, char *why, size_t why_size);
+/* The spec_override: user is a yk_tune_pin. */
+void yk_tune_pin_apply(void *user, yk_spec *spec);
+
 /* The field named name of op, or -1. */
 int yk_tune_field_index(const yk_op_def *op, const char *name);
 /* A field's value from text: a number, or one of its choices' names. 0 on success. */
