@@ -54,10 +54,11 @@ if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test 
 fi
 if [[ $parts == *profile* ]]; then # Nsight Compute over the decode kernels, where ncu is installed
   export YK_LIBRARY=$PWD/$B/lib/libyk.so
-  PYTHONPATH=${YK_PYTHONPATH:-python} timeout 300 ncu --clock-control none --kernel-name regex:'attention_decode|merge' \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+  PYTHONPATH=${YK_PYTHONPATH:-python} timeout 300 ncu --clock-control none \
+    --kernel-name regex:'attention_decode|merge|cudnn|sdpa|fmha' --section SpeedOfLight --section Occupancy \
+    --section LaunchStats --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
     python3 bench/profile_decode.py > "$OUT/ncu.log" 2>&1 || echo "ncu failed or timed out"
-  grep -E "attention_decode|merge|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Waves Per|Block Limit|decode B" "$OUT/ncu.log" | head -150
+  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Waves Per|Warp Cycles Per Issued|Issued Warp Per|No Eligible|decode B" "$OUT/ncu.log" | head -200
 fi
 if [[ $parts == *tune* ]]; then # every op swept at Llama 3 8B's shapes, then the peers on the same shapes
   "$B/bin/yk" tune --op all --model llama-3-8b --db "$OUT/tune.jsonl" --csv "$OUT/tune.csv" -j 16 > "$OUT/tune.log" 2>&1 || status=1

@@ -1,10 +1,13 @@
 """The dense decode kernels under Nsight Compute, one launch per case (bench/device_run.sh profile):
-    ncu --clock-control none --kernel-name regex:'attention_decode|merge' \
-        --section SpeedOfLight --section Occupancy --section LaunchStats python3 bench/profile_decode.py
+    ncu --clock-control none --kernel-name regex:'attention_decode|merge|cudnn|sdpa|fmha' \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats ... python3 bench/profile_decode.py
 Each case runs twice (the first call compiles and loads the kernel); ncu profiles both launches.
 Shapes as yk bench's decode rows: 32 q heads, 8 kv heads, head dim 128, bf16, K and V token-major
-(NHD) or head-major (HND, the peers' contiguous layout) views of the same shape."""
+(NHD) or head-major (HND, the peers' contiguous layout) views of the same shape. Then cuDNN's
+decode (SDPA's cuDNN backend) on the HND tensors, the peer at 0.88-0.93x of whose speed we run:
+its DRAM throughput and stall reasons beside ours show where the difference lies."""
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import yaie_kernels as yk
 
@@ -21,3 +24,13 @@ for batch, length in ((64, 4096), (1, 32768), (256, 1024)):
             yk.attention_decode(q, k, v)
         torch.cuda.synchronize()
         print(f"decode B{batch} L{length} {'hnd' if head_major else 'nhd'} done", flush=True)
+        if head_major:
+            qs, ks, vs = q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, 1, D], [B, KVH, L, D]
+            try:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    for _ in range(2):
+                        torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, enable_gqa=True)
+                torch.cuda.synchronize()
+                print(f"decode B{batch} L{length} cudnn done", flush=True)
+            except RuntimeError as e:
+                print(f"decode B{batch} L{length} cudnn: {e}", flush=True)
