@@ -218,7 +218,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   yk_zero(o);
   float m_row[2] = {-INFINITY, -INFINITY}, l_row[2] = {0.f, 0.f};
   const int my_row = row0 + wg * 64 + warp * 16 + g; // rows my_row and my_row + 8
-  const T *q_rows = sQ + wg * 64 * 64;                // this warpgroup's 64 rows: whole atoms
+  const T *q_rows = sQ + wg * 64 * 64;               // this warpgroup's 64 rows: whole atoms
+
+  // The MMAs of tile t, as every loop issues them (each group committed; the caller fences and waits)
+  float s[BLOCK_N / 8][4];
+  unsigned p[NSTEPS][4];
+  auto issue_s = [&](int t, unsigned long long q_desc) { // S = Q K_t^T; k step: 16 columns, 32 bytes a row
+    const unsigned long long k_desc = descriptor(sK + (t % STAGES) * BLOCK_N * HEAD_DIM, 16);
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks)
+      yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
+                            k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
+    yk_wgmma_commit();
+  };
+  auto issue_pv = [&](int t) { // O += P V_t; 16 keys: two 8-row atoms, column blocks BLOCK_N rows apart
+    const unsigned long long v_desc = descriptor(sV + (t % STAGES) * BLOCK_N * HEAD_DIM, BLOCK_N * 128);
+#pragma unroll
+    for (int kt = 0; kt < NSTEPS; ++kt) yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
+    yk_wgmma_commit();
+  };
 
   if constexpr (PIPELINE == 0) {
     auto load_kv = [&](int tile) {
@@ -230,8 +248,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     };
     load_swizzled<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-      if (s < n_tiles) load_kv(s);
+    for (int t = 0; t < STAGES - 1; ++t) {
+      if (t < n_tiles) load_kv(t);
       yk_cp_async_commit();
     }
 
@@ -241,39 +259,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_cp_async_wait<STAGES - 1>();
       yk_fence_async_smem();
       __syncthreads();
-      const T *k_tile = sK + (j % STAGES) * BLOCK_N * HEAD_DIM, *v_tile = sV + (j % STAGES) * BLOCK_N * HEAD_DIM;
-
-      float s[BLOCK_N / 8][4];
-      const unsigned long long q_desc = descriptor(q_rows, 16), k_desc = descriptor(k_tile, 16);
       yk_wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) // k step: 16 columns, 32 bytes into a 128-byte row
-        yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
-                              k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
-      yk_wgmma_commit();
+      issue_s(j, descriptor(q_rows, 16));
       yk_wgmma_wait<0>();
       yk_wgmma_hold(s);
 
       if (j >= unmasked) yk_mask_scores(s, j * BLOCK_N, len_k, CAUSAL, my_row, shift, t4);
       yk_softmax_step(s, o, m_row, l_row, scale_log2);
 
-      unsigned p[NSTEPS][4];
 #pragma unroll
       for (int kt = 0; kt < NSTEPS; ++kt) yk_p_fragment(p[kt], s, kt);
-      const unsigned long long v_desc = descriptor(v_tile, BLOCK_N * 128);
       yk_wgmma_fence();
       yk_wgmma_hold(o);
-#pragma unroll
-      for (int kt = 0; kt < NSTEPS; ++kt) // 16 keys: two 8-row atoms; column blocks BLOCK_N rows apart
-        yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
-      yk_wgmma_commit();
+      issue_pv(j);
       yk_wgmma_wait<0>();
       yk_wgmma_hold(o);
       __syncthreads(); // every warpgroup is done with this stage before it is loaded again
     }
   } else {
-    // Stage s of K (V): full_k[s] (full_v[s]) completes a phase when the producer's 128 threads'
-    // copies of a tile have landed; empty_k[s] (empty_v[s]) when all 4 x WARPGROUPS consumer warps
+    // Stage s of K (V): full_k[s] (full_v[s]) completes a phase when a tile's copies have landed
+    // (the producer's 128 cp.async arrivals; under TMA one arrival and the tile's bytes);
+    // empty_k[s] (empty_v[s]) when all 4 x WARPGROUPS consumer warps
     // have retired the MMAs that read it. Tile t uses stage t % STAGES for the (t / STAGES)-th time,
     // so it waits for phase t / STAGES of full, and the producer, before overwriting the stage with
     // tile t, for phase t / STAGES - 1 of empty (the release of tile t - STAGES).
@@ -281,9 +287,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     unsigned long long *full_v = full_k + STAGES, *empty_k = full_v + STAGES, *empty_v = empty_k + STAGES;
     if (tid == 0) {
 #pragma unroll
-      for (int s = 0; s < STAGES; ++s) {
-        mbar_init(full_k + s, TMA ? 1 : 128), mbar_init(full_v + s, TMA ? 1 : 128);
-        mbar_init(empty_k + s, 4 * WARPGROUPS), mbar_init(empty_v + s, 4 * WARPGROUPS);
+      for (int stage = 0; stage < STAGES; ++stage) {
+        mbar_init(full_k + stage, TMA ? 1 : 128), mbar_init(full_v + stage, TMA ? 1 : 128);
+        mbar_init(empty_k + stage, 4 * WARPGROUPS), mbar_init(empty_v + stage, 4 * WARPGROUPS);
       }
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -377,22 +383,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     };
 
     const unsigned long long q_desc = descriptor(q_rows, 16);
-    float s[BLOCK_N / 8][4];
-    unsigned p[NSTEPS][4];
-    auto issue_s = [&](int t) { // S = Q K_t^T
-      const unsigned long long k_desc = descriptor(sK + (t % STAGES) * BLOCK_N * HEAD_DIM, 16);
-#pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks)
-        yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
-                              k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
-      yk_wgmma_commit();
-    };
-    auto issue_pv = [&](int t) { // O += P V_t
-      const unsigned long long v_desc = descriptor(sV + (t % STAGES) * BLOCK_N * HEAD_DIM, BLOCK_N * 128);
-#pragma unroll
-      for (int kt = 0; kt < NSTEPS; ++kt) yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
-      yk_wgmma_commit();
-    };
     float alpha[2];
 
     if (n_tiles > 0) {
@@ -400,7 +390,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       fence_copied(0);
       my_turn();
       yk_wgmma_fence();
-      issue_s(0);
+      issue_s(0, q_desc);
       end_turn(false);
       yk_wgmma_wait<0>();
       yk_wgmma_hold(s);
@@ -416,9 +406,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         wait_full(full_v, j - 1);
         fence_copied(j); // tile j - 1 is whole: only the last tile can end early
         my_turn();
-        yk_wgmma_fence(); // orders the writes of s, p and o above before the MMAs read them
-        issue_s(j);       // group 1
-        issue_pv(j - 1);  // group 2
+        yk_wgmma_fence();   // orders the writes of s, p and o above before the MMAs read them
+        issue_s(j, q_desc); // group 1
+        issue_pv(j - 1);    // group 2
         end_turn(false);
         yk_wgmma_wait<1>(); // group 1 (S_j) complete; group 2 may run on
         yk_wgmma_hold(s);
