@@ -58,7 +58,8 @@ void bench_case_free(bench_case *c);
 
 int bench_ops(bench_timer *t, bench_results *r, int quick);
 int bench_attention(bench_timer *t, bench_results *r, int quick);
-void bench_decode(bench_timer *t, bench_results *r); /* dense decode only, both KV layouts */
+/* Dense decode only, both KV layouts; with sweep, its split counts and tiles too (yk bench --decode). */
+void bench_decode(bench_timer *t, bench_results *r, int sweep);
 /* The prefill rows only; with sweep, the Hopper prefill's configurations too (yk bench --prefill). */
 void bench_prefill(bench_timer *t, bench_results *r, int sweep);
 int bench_paged(bench_timer *t, bench_results *r);

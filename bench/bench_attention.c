@@ -106,7 +106,9 @@ static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t ba
 
 static const int64_t decode_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
 
-void bench_decode(bench_timer *t, bench_results *r) {
+static void decode_sweep(bench_timer *t, bench_results *r);
+
+void bench_decode(bench_timer *t, bench_results *r, int sweep) {
   yh_rng rng = {22};
   for (int head_major = 0; head_major < 2; head_major++)
     for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
@@ -129,6 +131,7 @@ void bench_decode(bench_timer *t, bench_results *r) {
       yh_tensor_free(&ws);
       free_case(&c);
     }
+  if (sweep) decode_sweep(t, r);
 }
 
 /* One timed configuration of a sweep: the case under the override, as a row named after both. */
@@ -183,9 +186,9 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
     }
 }
 
-/* yk bench --sweep: decode over split counts and tile shapes, the prefill over its tiles. What
- * issue 6's tuner automates; here it chooses the defaults. */
-int bench_attention_sweep(bench_timer *t, bench_results *r) {
+/* Decode over split counts (every batch: at batch 64 a grid of 512 blocks is 1.94 waves of two a
+ * SM, which splits turn into more, shorter blocks) and the tiles of one team's pipeline. */
+static void decode_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {23};
   for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
     const int64_t batch = decode_shapes[i][0], len = decode_shapes[i][1];
@@ -195,8 +198,10 @@ int bench_attention_sweep(bench_timer *t, bench_results *r) {
     snprintf(shape, sizeof shape, "decode B%lld L%lld", (long long)batch, (long long)len);
     const double bytes = 2.0 * batch * len * 8 * 128 * 2;
     if (!decode_case(&c, &ws, t->ctx, batch, len, 0, &rng)) {
-      static const int splits[] = {0, 8, 16, 24, 33, 48, 66, 128};
-      for (int s = 0; s < 8 && batch == 1; s++) {
+      static const int long_splits[] = {0, 8, 16, 24, 33, 48, 66, 128}, short_splits[] = {0, 1, 2, 3, 4};
+      const int *splits = batch == 1 ? long_splits : short_splits;
+      const int count = batch == 1 ? 8 : 5;
+      for (int s = 0; s < count; s++) {
         c.params.num_splits = splits[s]; /* a parameter of the call, not a spec field */
         snprintf(config, sizeof config, "num_splits=%d", splits[s]);
         sweep_one(t, r, &c, shape, NULL, config, bytes, "GB/s");
@@ -213,6 +218,12 @@ int bench_attention_sweep(bench_timer *t, bench_results *r) {
     yh_tensor_free(&ws);
     free_case(&c);
   }
+}
+
+/* yk bench --sweep: decode over split counts and tile shapes, the prefill over its tiles. What
+ * issue 6's tuner automates; here it chooses the defaults. */
+int bench_attention_sweep(bench_timer *t, bench_results *r) {
+  decode_sweep(t, r);
   prefill_sweep(t, r);
   return 0;
 }
@@ -256,7 +267,7 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
 
 int bench_attention(bench_timer *t, bench_results *r, int quick) {
   prefill_and_backward(t, r, quick, 1);
-  bench_decode(t, r);
+  bench_decode(t, r, 0);
   cold_compiles(t->ctx, r);
   return 0;
 }

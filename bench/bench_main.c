@@ -65,7 +65,8 @@ int cmd_bench(int argc, char **argv) {
               "                [--kv] [--radix]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
               "--paged: paged decode and cascade decode only.\n"
-              "--decode: dense decode (both KV layouts), then paged and cascade decode.\n"
+              "--decode: dense decode (both KV layouts), then paged and cascade decode; with --sweep, the\n"
+              "  decode's split counts and tiles too.\n"
               "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
               "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
               "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
@@ -103,11 +104,14 @@ int cmd_bench(int argc, char **argv) {
     bench_prefill(&timer, &results, sweep);
   } else {
     failures += attention_only || paged_only || decode_only ? 0 : bench_ops(&timer, &results, quick);
-    if (decode_only) bench_decode(&timer, &results);
-    else if (!paged_only) failures += bench_attention(&timer, &results, quick);
+    if (decode_only)
+      bench_decode(&timer, &results, sweep);
+    else if (!paged_only)
+      failures += bench_attention(&timer, &results, quick);
     failures += bench_paged(&timer, &results);
     if (!attention_only && !paged_only && !decode_only) failures += bench_jit(ctx, &results, quick);
-    if (sweep) failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
+    if (sweep && !decode_only)
+      failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
   }
 
   printf("| %-62s | %10s | %10s | %9s |\n", "benchmark", "median ms", "value", "of copy");

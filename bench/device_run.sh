@@ -39,7 +39,8 @@ if [[ $parts == *bench* ]]; then
   grep -v "^|" "$OUT/bench.log"
 fi
 if [[ $parts == *decode* ]]; then # decode only: dense (both layouts), paged, cascade
-  "$B/bin/yk" bench --decode --json "$OUT/yk_bench_decode.json" > "$OUT/decode.log" 2>&1 || status=1
+  "$B/bin/yk" bench --decode $([[ $parts == *sweep* ]] && echo --sweep) --json "$OUT/yk_bench_decode.json" \
+    > "$OUT/decode.log" 2>&1 || status=1
   grep -v "^|" "$OUT/decode.log"
 fi
 if [[ $parts == *prefill* ]]; then # the prefill rows, then every Hopper prefill configuration
