@@ -7,7 +7,6 @@
 #include <stdio.h>
 
 #include "bench/harness.h"
-#include "tune/tune_key.h"
 
 typedef struct bench_timer {
   yk_ctx *ctx;
@@ -67,10 +66,12 @@ int bench_paged(bench_timer *t, bench_results *r);
 int bench_sweep(bench_timer *t, bench_results *r);
 int bench_attention_sweep(bench_timer *t, bench_results *r);
 
-/* Pins config ("field=value,...", see tune/tune_key.h) on op's launches in ctx until
- * bench_unpin; 0 on success, else prints why. */
-int bench_pin(yk_ctx *ctx, yk_tune_pin *pin, const char *op, const char *config);
-void bench_unpin(yk_ctx *ctx);
+/* One row of a sweep, "sweep.SHAPE CONFIG": fn(arg) timed with config ("field=value,...", see
+ * tune/tune_key.h) pinned on the launches of op `kernel` (NULL: nothing pinned, config only names
+ * the row); work is bytes for GB/s, flops for TFLOP/s. A configuration a rule refuses prints as
+ * invalid and adds no row. */
+void bench_sweep_one(bench_timer *t, bench_results *r, const char *shape, const char *kernel, const char *config,
+                     bench_fn fn, void *arg, double work, const char *unit);
 int bench_jit(yk_ctx *ctx, bench_results *r, int quick);
 /* The KV cache manager's host operations a second (no GPU needed); prints its own table. */
 int bench_kv(int quick);

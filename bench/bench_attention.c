@@ -134,26 +134,6 @@ void bench_decode(bench_timer *t, bench_results *r, int sweep) {
   if (sweep) decode_sweep(t, r);
 }
 
-/* One timed configuration of a sweep: the case under the override, as a row named after both. */
-static void sweep_one(bench_timer *t, bench_results *r, attention_case *c, const char *shape, const char *kernel,
-                      const char *config, double work, const char *unit) {
-  yk_tune_pin pin;
-  if (kernel && bench_pin(t->ctx, &pin, kernel, config)) return;
-  const double ms = bench_median_ms(t, call, c);
-  bench_unpin(t->ctx);
-  char name[160];
-  snprintf(name, sizeof name, "sweep.%s %s", shape, config);
-  for (char *p = name; *p; p++) /* the rows' names as before: fields apart by spaces */
-    if (*p == ',') *p = ' ';
-  if (ms <= 0) {
-    fprintf(stderr, "  %-70s invalid: %.80s\n", name, yk_ctx_last_error(t->ctx));
-    return;
-  }
-  const double value = !strcmp(unit, "GB/s") ? work / ms / 1e6 : work / ms / 1e9;
-  bench_add(r, name, ms, !strcmp(unit, "GB/s") ? value : 0, value, unit);
-  fprintf(stderr, "  %-70s %9.4f ms %7.0f %s\n", name, ms, value, unit);
-}
-
 /* The Hopper prefill's tiles and loops: block_n, stages, warpgroups, pipeline (FlashAttention-3's
  * producer warpgroup, and that with the consumers' MMAs in turn; the plain loop 0, slower at every
  * shape on the H200, is left out) and tma (the producer's loads). Configurations a rule refuses
@@ -179,7 +159,7 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
                   if (p == 2 && groups[g] == 1) continue; /* pipeline 2 takes turns between two warpgroups */
                   snprintf(config, sizeof config, "block_n=%d,stages=%d,warpgroups=%d,pipeline=%d,tma=%d", block_n[b],
                            stages[st], groups[g], p, tma);
-                  sweep_one(t, r, &c, shape, "attention_prefill_sm90", config, flops, "TFLOP/s");
+                  bench_sweep_one(t, r, shape, "attention_prefill_sm90", config, call, &c, flops, "TFLOP/s");
                 }
       }
       free_case(&c);
@@ -204,7 +184,7 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
       for (int s = 0; s < count; s++) {
         c.params.num_splits = splits[s]; /* a parameter of the call, not a spec field */
         snprintf(config, sizeof config, "num_splits=%d", splits[s]);
-        sweep_one(t, r, &c, shape, NULL, config, bytes, "GB/s");
+        bench_sweep_one(t, r, shape, NULL, config, call, &c, bytes, "GB/s");
       }
       c.params.num_splits = 0;
       static const int warps[] = {4, 8, 16}, stages[] = {2, 3, 4, 6}, block_n[] = {16, 32};
@@ -212,7 +192,7 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
         for (int st = 0; st < 4; st++)
           for (int b = 0; b < 2; b++) {
             snprintf(config, sizeof config, "warps=%d,stages=%d,block_n=%d", warps[w], stages[st], block_n[b]);
-            sweep_one(t, r, &c, shape, "attention_decode", config, bytes, "GB/s");
+            bench_sweep_one(t, r, shape, "attention_decode", config, call, &c, bytes, "GB/s");
           }
     }
     yh_tensor_free(&ws);

@@ -49,8 +49,13 @@ def rope(q, k, cos, sin, pos):
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
+def dims(shape):
+    """"B1 S1024 q32 kv8 d128 causal" -> {"B": 1, "S": 1024, "q": 32, "kv": 8, "d": 128}"""
+    return {k: int(v) for k, v in re.findall(r"\b([A-Za-z]+)(\d+)\b", shape)}
+
+
 def token_op(op, shape):
-    n = dict((k, int(v)) for k, v in re.findall(r"\b([A-Za-z]+)(\d+)\b", shape))
+    n = dims(shape)
     t = n["T"]
     if op in ("rms_norm", "fused_add_rms_norm"):
         x, w = torch.randn(t, n["H"], device=dev, dtype=bf16), torch.randn(n["H"], device=dev, dtype=bf16)
@@ -74,7 +79,7 @@ def token_op(op, shape):
 
 
 def attention(op, shape):
-    n = dict((k, int(v)) for k, v in re.findall(r"\b([A-Za-z]+)(\d+)\b", shape))
+    n = dims(shape)
     b, h, kvh, d = n["B"], n["q"], n["kv"], n["d"]
     if op == "attention_prefill":
         s, causal = n["S"], "causal" in shape

@@ -131,7 +131,7 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
  * entry, or every ragged sequence on one token axis (their offsets place a sequence's rows). */
 static int tensor_map(const yk_ctx *ctx, CUtensorMap *map, const yk_prefill_launch *L, const yk_attn_operand *x,
                       int box_rows) {
-  if (L->paged || L->k_rows <= 0) return 1;
+  if (L->k_rows <= 0) return 1; /* paged keys */
   return yk_tensor_map_rows(ctx, map, L->a.dtype, x->data, L->a.head_dim, L->k_rows, L->a.kv_heads,
                             L->cu_k ? 1 : L->a.batch, x->seq_stride, x->head_stride, x->batch_stride, box_rows);
 }
