@@ -167,7 +167,8 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
 }
 
 /* Decode over split counts (every batch: at batch 64 a grid of 512 blocks is 1.94 waves of two a
- * SM, which splits turn into more, shorter blocks) and the tiles of one team's pipeline. */
+ * SM, which splits turn into more, shorter blocks), the tiles of one team's pipeline, and its
+ * shared-memory layout with the L2 hints of its loads. */
 static void decode_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {23};
   for (size_t i = 0; i < sizeof decode_shapes / sizeof decode_shapes[0]; i++) {
@@ -178,9 +179,9 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
     snprintf(shape, sizeof shape, "decode B%lld L%lld", (long long)batch, (long long)len);
     const double bytes = 2.0 * batch * len * 8 * 128 * 2;
     if (!decode_case(&c, &ws, t->ctx, batch, len, 0, &rng)) {
-      static const int long_splits[] = {0, 8, 16, 24, 33, 48, 66, 128}, short_splits[] = {0, 1, 2, 3, 4};
+      static const int long_splits[] = {0, 8, 16, 24, 32, 33, 48, 64, 128}, short_splits[] = {0, 1, 2, 3, 4};
       const int *splits = batch == 1 ? long_splits : short_splits;
-      const int count = batch == 1 ? 8 : 5;
+      const int count = batch == 1 ? 9 : 5;
       for (int s = 0; s < count; s++) {
         c.params.num_splits = splits[s]; /* a parameter of the call, not a spec field */
         snprintf(config, sizeof config, "num_splits=%d", splits[s]);
@@ -194,6 +195,12 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
             snprintf(config, sizeof config, "warps=%d,stages=%d,block_n=%d", warps[w], stages[st], block_n[b]);
             bench_sweep_one(t, r, shape, "attention_decode", config, call, &c, bytes, "GB/s");
           }
+      static const char *const hints[] = {"none", "prefetch128", "prefetch256", "evict_first"};
+      for (int sw = 0; sw < 2; sw++)
+        for (int h = 0; h < 4; h++) {
+          snprintf(config, sizeof config, "swizzle=%d,kv_hint=%s", sw, hints[h]);
+          bench_sweep_one(t, r, shape, "attention_decode", config, call, &c, bytes, "GB/s");
+        }
     }
     yh_tensor_free(&ws);
     free_case(&c);

@@ -58,8 +58,9 @@ if [[ $parts == *profile* ]]; then # Nsight Compute over the decode kernels, whe
   PYTHONPATH=${YK_PYTHONPATH:-python} timeout 300 ncu --clock-control none \
     --kernel-name regex:'attention_decode|merge|cudnn|sdpa|fmha' --section SpeedOfLight --section Occupancy \
     --section LaunchStats --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
+    --metrics lts__t_requests_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_read.sum,lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum,lts__t_sectors_srcunit_tex_op_write.sum,dram__bytes_read.sum,dram__bytes_write.sum,smsp__inst_executed.sum \
     python3 bench/profile_decode.py > "$OUT/ncu.log" 2>&1 || echo "ncu failed or timed out"
-  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Waves Per|Warp Cycles Per Issued|Issued Warp Per|No Eligible|decode B" "$OUT/ncu.log" | head -200
+  grep -E "^  [a-z_]+.*\(|lts__|dram__bytes|inst_executed|Duration|DRAM Throughput|Achieved Occupancy|Registers Per|Waves Per|Warp Cycles Per Issued|Issued Warp Per|No Eligible|decode B" "$OUT/ncu.log" | head -200
 fi
 if [[ $parts == *tune* ]]; then # every op swept at Llama 3 8B's shapes, then the peers on the same shapes
   "$B/bin/yk" tune --op all --model llama-3-8b --db "$OUT/tune.jsonl" --csv "$OUT/tune.csv" -j 16 > "$OUT/tune.log" 2>&1 || status=1

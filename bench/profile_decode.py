@@ -1,17 +1,24 @@
-"""The dense decode kernels under Nsight Compute, one launch per case (bench/device_run.sh profile):
+"""The decode kernels under Nsight Compute, one launch per case (bench/device_run.sh profile):
     ncu --clock-control none --kernel-name regex:'attention_decode|merge|cudnn|sdpa|fmha' \
         --section SpeedOfLight --section Occupancy --section WarpStateStats ... python3 bench/profile_decode.py
 Each case runs twice (the first call compiles and loads the kernel); ncu profiles both launches.
 Shapes as yk bench's decode rows: 32 q heads, 8 kv heads, head dim 128, bf16, K and V token-major
 (NHD) or head-major (HND, the peers' contiguous layout) views of the same shape. Then cuDNN's
 decode (SDPA's cuDNN backend) on the HND tensors, the peer at 0.88-0.93x of whose speed we run:
-its DRAM throughput and stall reasons beside ours show where the difference lies."""
+its DRAM throughput and stall reasons beside ours show where the difference lies. Last the same
+shape through a page table of 16-token pages (paged decode, vLLM's call)."""
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import yaie_kernels as yk
 
-for batch, length in ((64, 4096), (1, 32768), (256, 1024)):
+import os
+
+# YK_PROFILE_SHAPES="64x4096,1x32768" profiles only those (batch x length)
+shapes = ((64, 4096), (1, 32768), (256, 1024))
+if os.environ.get("YK_PROFILE_SHAPES"):
+    shapes = tuple(tuple(int(n) for n in s.split("x")) for s in os.environ["YK_PROFILE_SHAPES"].split(","))
+for batch, length in shapes:
     for head_major in (False, True):
         q = torch.randn(batch, 32, 128, device="cuda", dtype=torch.bfloat16)
         if head_major:
@@ -34,3 +41,13 @@ for batch, length in ((64, 4096), (1, 32768), (256, 1024)):
                 print(f"decode B{batch} L{length} cudnn done", flush=True)
             except RuntimeError as e:
                 print(f"decode B{batch} L{length} cudnn: {e}", flush=True)
+    # the same keys through a page table of 16-token pages in shuffled order (vLLM's NHD blocks)
+    pages = length // 16
+    k_cache = torch.randn(batch * pages, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    tables = torch.randperm(batch * pages, device="cuda", dtype=torch.int32).view(batch, pages)
+    lens = torch.full((batch,), length, device="cuda", dtype=torch.int32)
+    for _ in range(2):
+        yk.paged_attention_forward(q, k_cache, v_cache, tables, lens, length)
+    torch.cuda.synchronize()
+    print(f"decode B{batch} L{length} paged16 done", flush=True)

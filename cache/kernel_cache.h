@@ -25,7 +25,7 @@ typedef struct yk_kernel_key {
   yk_spec spec;
   char target[YK_TARGET_MAX]; /* "sm_90", NUL-padded */
 } yk_kernel_key;
-_Static_assert(sizeof(yk_kernel_key) == 72, "yk_kernel_key must have no padding");
+_Static_assert(sizeof(yk_kernel_key) == 80, "yk_kernel_key must have no padding");
 
 enum yk_kernel_state {
   YK_KERNEL_EMPTY = 0,    /* nothing yet, or the last attempt failed */

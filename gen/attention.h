@@ -149,15 +149,16 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);
 
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *launch, void *stream);
 
-/* The workspace of a split decode: params' workspace checked (floats at least), or NULL there and
- * floats allocated on the stream (*scratch, to free with yk_decode_workspace_release). */
 /* A caller's workspace: a float32 vector of at least floats elements, 16-byte aligned, in device
  * memory (on_device) or host memory; *out its data. */
 yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, int on_device,
                              float **out);
-yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
+/* The device workspace of a split decode or a backward: params' workspace checked (floats at
+ * least), or NULL there and floats allocated on the stream (*scratch, to free with
+ * yk_device_workspace_release, which returns st or the free's error). */
+yk_status yk_device_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
                               float **out, CUdeviceptr *scratch);
-yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream);
+yk_status yk_device_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream);
 
 /* The prefill kernel (attention_prefill.c: the Hopper one where it applies) on checked operands:
  * contiguous keys (table NULL; ragged with cu_q and cu_k) or paged keys (queries ragged with cu_q

@@ -280,11 +280,11 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
       decode_launch(&pr, &pk, &ov, &lv,
                     yk_decode_splits(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.max_len, params->num_splits));
   CUdeviceptr scratch;
-  st = yk_decode_workspace(ctx, op, params->workspace,
+  st = yk_device_workspace(ctx, op, params->workspace,
                            yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
                            &L.workspace, &scratch);
   if (st) return st;
-  return yk_decode_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
+  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
 }
 
 yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
@@ -426,7 +426,7 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: the plan needs a workspace of %zu floats", op,
                       plan->workspace_floats);
     CUdeviceptr none;
-    if ((st = yk_decode_workspace(ctx, op, workspace, plan->workspace_floats, stream, &L.workspace, &none))) return st;
+    if ((st = yk_device_workspace(ctx, op, workspace, plan->workspace_floats, stream, &L.workspace, &none))) return st;
   }
   return yk_decode_run(ctx, &L, stream);
 }
@@ -520,7 +520,7 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   float *base = NULL, *allocated = NULL;
   CUdeviceptr scratch = 0;
   if (pr.on_device) {
-    if ((st = yk_decode_workspace(ctx, op, params->workspace, l.total, stream, &base, &scratch))) return st;
+    if ((st = yk_device_workspace(ctx, op, params->workspace, l.total, stream, &base, &scratch))) return st;
   } else if (params->workspace) {
     if ((st = yk_workspace_check(ctx, op, params->workspace, l.total, 0, &base))) return st;
   } else if (!(base = allocated = malloc(l.total * sizeof(float)))) {
@@ -567,7 +567,7 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   }
   if (st == YK_OK) st = yk_paged_attention_decode(ctx, q, unique, &suffix_params, &o_unique, &lse_unique, stream);
   if (st == YK_OK) st = yk_merge_attention_states(ctx, &o_first, &lse_first, &o_unique, &lse_unique, out, lse, stream);
-  if (pr.on_device) return yk_decode_workspace_release(ctx, scratch, st, stream);
+  if (pr.on_device) return yk_device_workspace_release(ctx, scratch, st, stream);
   free(allocated);
   return st;
 }

@@ -48,30 +48,56 @@ __device__ __forceinline__ void yk_ldmatrix_x4_trans(unsigned (&r)[4], const voi
 }
 
 // 16 bytes global -> shared, asynchronously; src_bytes 0 fills the destination with zeros (rows
-// past the end of a sequence), without reading the source.
-__device__ __forceinline__ void yk_cp_async16(void *dst, const void *src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(yk_smem_address(dst)), "l"(src), "r"(src_bytes));
+// past the end of a sequence), without reading the source. HINT, for data read once (decode's K
+// and V): 1 or 2 ask L2 to prefetch the 128 or 256 bytes around, 3 marks the lines evict-first.
+template <int HINT = 0> __device__ __forceinline__ void yk_cp_async16(void *dst, const void *src, int src_bytes) {
+  if constexpr (HINT == 1) {
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(yk_smem_address(dst)), "l"(src),
+                 "r"(src_bytes));
+  } else if constexpr (HINT == 2) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(yk_smem_address(dst)), "l"(src),
+                 "r"(src_bytes));
+  } else if constexpr (HINT == 3) {
+    unsigned long long policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(yk_smem_address(dst)),
+                 "l"(src), "r"(src_bytes), "l"(policy));
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(yk_smem_address(dst)), "l"(src),
+                 "r"(src_bytes));
+  }
 }
 __device__ __forceinline__ void yk_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void yk_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// Shared-memory rows of HEAD_DIM 16-bit elements padded by 16 bytes, so that the 8 rows one
-// ldmatrix reads fall in 8 different 16-byte bank groups.
+// Shared-memory tiles of rows of HEAD_DIM 16-bit elements, in one of two layouts that both let
+// the 8 rows one ldmatrix reads fall in 8 different 16-byte bank groups:
+//   padded:   rows YK_ROW apart (16 bytes of padding a row);
+//   swizzled: rows HEAD_DIM apart, the 16-byte chunk c of row r stored at chunk c ^ (r % 8) of its
+//             128-byte group (head dims that are multiples of 64). Every 128 bytes of a global row
+//             land in one aligned 128 bytes of shared memory, so cp.async reads each line with one
+//             request; padded rows straddle 128-byte boundaries, and the decode kernel made 2.6
+//             L2 requests a line and read a third of its sectors twice (ncu, H200).
 constexpr int YK_ROW = HEAD_DIM + 8;
+template <bool SWIZZLED> constexpr int yk_row_stride() { return SWIZZLED ? HEAD_DIM : YK_ROW; }
+template <bool SWIZZLED> __device__ __forceinline__ int yk_tile_at(int r, int c) { // c: a multiple of 8
+  return SWIZZLED ? r * HEAD_DIM + (c ^ ((r & 7) << 3)) : r * YK_ROW + c;
+}
 
 // Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory with THREADS threads, 16
 // bytes each; row r comes from src(r), or is zero-filled when r >= valid. ROWS * HEAD_DIM / 8 is a
 // multiple of 32, so the threads of a warp make the same number of calls to src.
-template <int ROWS, int THREADS, class RowAddress>
+template <int ROWS, int THREADS, int HINT = 0, bool SWIZZLED = false, class RowAddress>
 __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAddress src) {
   constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
+  static_assert(!SWIZZLED || HEAD_DIM % 64 == 0, "swizzled rows are whole 128-byte groups");
 #pragma unroll
   for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
     const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
     const bool ok = r < valid;
     // src is called by every thread of a warp together (it may shuffle), for row 0 past the end
     const T *row = src(ok ? r : 0);
-    yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
+    yk_cp_async16<HINT>(smem + yk_tile_at<SWIZZLED>(r, c), ok ? row + c : row, ok ? 16 : 0);
   }
 }
 
@@ -200,14 +226,30 @@ __device__ __forceinline__ yk_key_tiles yk_keys_of_rows(int row0, int len_k, int
 // l / 16; a B operand stored as rows of its N index ("k-major", like K in q k^T) row (l % 8) +
 // 8 (l / 16), column half (l / 8) % 2; a B operand stored as rows of its K index (like V in p v,
 // through ldmatrix.trans) row (l % 8) + 8 ((l / 8) % 2), column half l / 16.
-__device__ __forceinline__ const T *yk_a_rows(const T *tile, int lane) {
-  return tile + (lane % 16) * YK_ROW + (lane / 16) * 8;
+// A padded tile's rows are a pointer (the lane's row and column; steps of rows and columns are
+// added to it); a swizzled tile's are its lane's row and column, resolved at each step by yk_at.
+// Steps are whole 8-row, 8-column blocks: they keep a row's r % 8 and a column's chunk alignment.
+struct yk_swizzled_rows {
+  const T *tile;
+  int row, col;
+  __device__ __forceinline__ yk_swizzled_rows operator+(int columns) const { return {tile, row, col + columns}; }
+};
+__device__ __forceinline__ const T *yk_at(const T *rows, int dr, int dc) { return rows + dr * YK_ROW + dc; }
+__device__ __forceinline__ const T *yk_at(const yk_swizzled_rows &s, int dr, int dc) {
+  return s.tile + yk_tile_at<true>(s.row + dr, s.col + dc);
 }
-__device__ __forceinline__ const T *yk_b_rows(const T *tile, int lane) {
-  return tile + (lane % 8 + (lane / 16) * 8) * YK_ROW + ((lane / 8) % 2) * 8;
+template <bool SWIZZLED> __device__ __forceinline__ auto yk_rows_at(const T *tile, int row, int col) {
+  if constexpr (SWIZZLED) return yk_swizzled_rows{tile, row, col};
+  else return tile + row * YK_ROW + col;
 }
-__device__ __forceinline__ const T *yk_bt_rows(const T *tile, int lane) {
-  return tile + (lane % 8 + ((lane / 8) % 2) * 8) * YK_ROW + (lane / 16) * 8;
+template <bool SWIZZLED = false> __device__ __forceinline__ auto yk_a_rows(const T *tile, int lane) {
+  return yk_rows_at<SWIZZLED>(tile, lane % 16, (lane / 16) * 8);
+}
+template <bool SWIZZLED = false> __device__ __forceinline__ auto yk_b_rows(const T *tile, int lane) {
+  return yk_rows_at<SWIZZLED>(tile, lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8);
+}
+template <bool SWIZZLED = false> __device__ __forceinline__ auto yk_bt_rows(const T *tile, int lane) {
+  return yk_rows_at<SWIZZLED>(tile, lane % 8 + ((lane / 8) % 2) * 8, (lane / 16) * 8);
 }
 
 template <int TILES> __device__ __forceinline__ void yk_zero(float (&acc)[TILES][4]) {
@@ -216,24 +258,24 @@ template <int TILES> __device__ __forceinline__ void yk_zero(float (&acc)[TILES]
 }
 
 // One k step: acc[N/8] += a (16 x 16) * B^T, B's N rows k-major from b_rows (this step's columns).
-template <int N>
-__device__ __forceinline__ void yk_mma_k_step(float (&acc)[N / 8][4], const unsigned (&a)[4], const T *b_rows) {
+template <int N, class Rows>
+__device__ __forceinline__ void yk_mma_k_step(float (&acc)[N / 8][4], const unsigned (&a)[4], const Rows &b_rows) {
 #pragma unroll
   for (int nt = 0; nt < N / 8; nt += 2) {
     unsigned b[4];
-    yk_ldmatrix_x4(b, b_rows + nt * 8 * YK_ROW);
+    yk_ldmatrix_x4(b, yk_at(b_rows, nt * 8, 0));
     yk_mma(acc[nt], a, b[0], b[1]);
     yk_mma(acc[nt + 1], a, b[2], b[3]);
   }
 }
 
 // acc[N/8] += A (16 x HEAD_DIM, rows from a_rows) * B^T (N rows k-major from b_rows).
-template <int N>
-__device__ __forceinline__ void yk_mma_rows(float (&acc)[N / 8][4], const T *a_rows, const T *b_rows) {
+template <int N, class ARows, class BRows>
+__device__ __forceinline__ void yk_mma_rows(float (&acc)[N / 8][4], const ARows &a_rows, const BRows &b_rows) {
 #pragma unroll
   for (int ks = 0; ks < HEAD_DIM / 16; ++ks) {
     unsigned a[4];
-    yk_ldmatrix_x4(a, a_rows + ks * 16);
+    yk_ldmatrix_x4(a, yk_at(a_rows, 0, ks * 16));
     yk_mma_k_step<N>(acc, a, b_rows + ks * 16);
   }
 }
@@ -246,8 +288,8 @@ template <int TILES> __device__ __forceinline__ void yk_p_fragment(unsigned (&a)
 
 // acc[COLS/8] += P (16 x K, float C tiles) * B (K rows of which COLS columns, from bt_rows via
 // ldmatrix.trans).
-template <int K, int COLS>
-__device__ __forceinline__ void yk_mma_p_rows(float (&acc)[COLS / 8][4], const float (&p)[K / 8][4], const T *bt_rows) {
+template <int K, int COLS, class Rows>
+__device__ __forceinline__ void yk_mma_p_rows(float (&acc)[COLS / 8][4], const float (&p)[K / 8][4], const Rows &bt_rows) {
 #pragma unroll
   for (int kt = 0; kt < K / 16; ++kt) {
     unsigned a[4];
@@ -255,7 +297,7 @@ __device__ __forceinline__ void yk_mma_p_rows(float (&acc)[COLS / 8][4], const f
 #pragma unroll
     for (int nt = 0; nt < COLS / 8; nt += 2) {
       unsigned b[4];
-      yk_ldmatrix_x4_trans(b, bt_rows + kt * 16 * YK_ROW + nt * 8);
+      yk_ldmatrix_x4_trans(b, yk_at(bt_rows, kt * 16, nt * 8));
       yk_mma(acc[nt], a, b[0], b[1]);
       yk_mma(acc[nt + 1], a, b[2], b[3]);
     }

@@ -18,14 +18,18 @@
 //     BLOCK_N rows gathering from as many pages as it spans.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
-// fragments kept in registers; 0 reads them from shared memory each tile), PAGED, PAGE_SIZE.
+// fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
+// K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles where the head dim allows, else
+// padded; attention_common.cuh), PAGED, PAGE_SIZE.
 
 constexpr int THREADS = WARPS * 32;
 constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
 constexpr int KSTEPS = HEAD_DIM / 16;
 constexpr int S_TILES = BLOCK_N / 8;
 constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output columns
-constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * YK_ROW;     // elements of one team's K and V stages
+constexpr bool SWIZZLED = SWIZZLE && HEAD_DIM % 64 == 0;
+constexpr int ROW = yk_row_stride<SWIZZLED>();
+constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * ROW;        // elements of one team's K and V stages
 static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
@@ -57,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
   T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
-  T *sV = sK + STAGES * BLOCK_N * YK_ROW;
+  T *sV = sK + STAGES * BLOCK_N * ROW;
   const auto kr = yk_rows_of<PAGE_SIZE>(k, k_b, k_s, k_h, pt.k_block, b, k_start, kv_head, pages, pt.num_blocks);
   const auto vr = yk_rows_of<PAGE_SIZE>(v, v_b, v_s, v_h, pt.v_block, b, k_start, kv_head, pages, pt.num_blocks);
 
@@ -77,12 +81,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   } else {
     for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS) {
       const int row = i / (HEAD_DIM / 2), col = 2 * (i % (HEAD_DIM / 2));
-      *reinterpret_cast<unsigned *>(sQ + row * YK_ROW + col) =
+      *reinterpret_cast<unsigned *>(sQ + yk_tile_at<SWIZZLED>(row, col & ~7) + col % 8) =
           row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
     }
     __syncthreads();
   }
-  const T *q_rows = yk_a_rows(sQ, lane);
+  const auto q_rows = yk_a_rows<SWIZZLED>(sQ, lane);
 
   // this team's tiles: team, team + TEAMS, ... of the block's range
   const int tiles = last > first ? (last - first + BLOCK_N - 1) / BLOCK_N : 0;
@@ -113,10 +117,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   };
   auto load = [&](int i) { // the team's i-th tile into stage i % STAGES (paged: with ids of tile i)
     const int key0 = key0_of(i), stage = i % STAGES;
-    yk_load_tile<BLOCK_N, TEAM_THREADS>(sK + stage * BLOCK_N * YK_ROW, last - key0, team_tid, [&](int r) {
+    yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sK + stage * BLOCK_N * ROW, last - key0, team_tid, [&](int r) {
       return PAGED ? kr.in_page(row_id(r), key0 + r) : kr.at(key0 + r);
     });
-    yk_load_tile<BLOCK_N, TEAM_THREADS>(sV + stage * BLOCK_N * YK_ROW, last - key0, team_tid, [&](int r) {
+    yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sV + stage * BLOCK_N * ROW, last - key0, team_tid, [&](int r) {
       return PAGED ? vr.in_page(row_id(r), key0 + r) : vr.at(key0 + r);
     });
   };
@@ -138,20 +142,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit();
     yk_cp_async_wait<STAGES - 1>();
     team_sync(team);
-    const T *k_tile = sK + (i % STAGES) * BLOCK_N * YK_ROW, *v_tile = sV + (i % STAGES) * BLOCK_N * YK_ROW;
+    const T *k_tile = sK + (i % STAGES) * BLOCK_N * ROW, *v_tile = sV + (i % STAGES) * BLOCK_N * ROW;
     const int key0 = first + (team + i * TEAMS) * BLOCK_N;
 
     float s[S_TILES][4];
     yk_zero(s);
     if (Q_IN_REGS) {
 #pragma unroll
-      for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<BLOCK_N>(s, qf[Q_IN_REGS ? ks : 0], yk_b_rows(k_tile, lane) + ks * 16);
+      for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<BLOCK_N>(s, qf[Q_IN_REGS ? ks : 0], yk_b_rows<SWIZZLED>(k_tile, lane) + ks * 16);
     } else {
-      yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows(k_tile, lane));
+      yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows<SWIZZLED>(k_tile, lane));
     }
     if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
     yk_softmax_step(s, o, m_row, l_row, scale_log2);
-    yk_mma_p_rows<BLOCK_N, COLS>(o, s, yk_bt_rows(v_tile, lane) + col0); // this warp's columns of P V
+    yk_mma_p_rows<BLOCK_N, COLS>(o, s, yk_bt_rows<SWIZZLED>(v_tile, lane) + col0); // this warp's columns of P V
     team_sync(team); // the team is done with this stage before it is loaded again
   }
   yk_cp_async_wait<0>();

@@ -33,12 +33,14 @@ extern "C" __global__ void __launch_bounds__(THREADS)
   };
   // The lanes share the states, 32 at a time, so the lse loads are one round rather than a chain
   // (16 dependent loads made a 16-split merge take 8 us); each weight then reaches every lane by
-  // a shuffle, and the rows' loads do not wait on each other.
+  // a shuffle. The rows of GROUP states are loaded together before any is summed, one round of
+  // loads a group rather than one a state.
+  constexpr int PER_LANE = (HEAD_DIM + 32 * VEC - 1) / (32 * VEC);
+  constexpr int GROUP = PER_LANE * VEC <= 4 ? 8 : PER_LANE * VEC <= 8 ? 4 : 2; // 32 floats of rows a lane
   float m = -INFINITY;
   for (int i = lane; i < states; i += 32) m = fmaxf(m, state_lse(i));
   m = yk_warp_max(m);
   // each lane keeps its columns' sums across the states: the output may alias an input row
-  constexpr int PER_LANE = (HEAD_DIM + 32 * VEC - 1) / (32 * VEC);
   float acc[PER_LANE][VEC];
 #pragma unroll
   for (int p = 0; p < PER_LANE; ++p)
@@ -50,20 +52,32 @@ extern "C" __global__ void __launch_bounds__(THREADS)
       const int n = min(32, states - i0);
       const float w_lane = lane < n ? __expf(state_lse(i0 + lane) - m) : 0.f;
       total += w_lane;
-#pragma unroll 4
-      for (int j = 0; j < n; ++j) {
-        const float w = __shfl_sync(0xffffffffu, w_lane, j);
-        if (w == 0.f) continue; // a state with lse -inf saw no key: its row is never read
-        const IN *src = state_row(i0 + j);
+      for (int j0 = 0; j0 < n; j0 += GROUP) {
+        float x[GROUP][PER_LANE][VEC];
 #pragma unroll
-        for (int p = 0; p < PER_LANE; ++p) {
-          const int c = (p * 32 + lane) * VEC;
-          if (c < HEAD_DIM) {
-            float x[VEC];
-            yk_load<IN, VEC>(src + c, x);
+        for (int j = 0; j < GROUP; ++j) {
+          const float w = __shfl_sync(0xffffffffu, w_lane, j0 + j); // 0 past the n states
+          // a state of weight 0 saw no key: its row is never read (a caller's may hold anything)
+          const bool read = w != 0.f;
+          const IN *src = read ? state_row(i0 + j0 + j) : nullptr;
 #pragma unroll
-            for (int e = 0; e < VEC; ++e) acc[p][e] += w * x[e];
+          for (int p = 0; p < PER_LANE; ++p) {
+            const int c = (p * 32 + lane) * VEC;
+            if (read && c < HEAD_DIM) {
+              yk_load<IN, VEC>(src + c, x[j][p]);
+            } else {
+#pragma unroll
+              for (int e = 0; e < VEC; ++e) x[j][p][e] = 0.f;
+            }
           }
+        }
+#pragma unroll
+        for (int j = 0; j < GROUP; ++j) {
+          const float w = __shfl_sync(0xffffffffu, w_lane, j0 + j);
+#pragma unroll
+          for (int p = 0; p < PER_LANE; ++p)
+#pragma unroll
+            for (int e = 0; e < VEC; ++e) acc[p][e] += w * x[j][p][e];
         }
       }
     }

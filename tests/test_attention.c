@@ -1058,11 +1058,7 @@ static const attn_case gpu_decode_cases[] = {
 /* num_splits 1, 8 and automatic, each with and without a caller's workspace, against the CPU and
  * against each other. An automatic split count is at most 128, so a workspace sized for 128
  * splits fits it. */
-Test(attention, gpu_decode_matches_cpu) {
-  yk_ctx *gpu = ts_gpu_ctx();
-  TS_REQUIRE_GPU(gpu);
-  yk_ctx *cpu = ts_cpu_ctx();
-  const uint64_t seed = ts_seed("attention.gpu_decode");
+static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed) {
   yh_rng rng = {seed};
   static const int splits[3] = {1, 8, 0};
   for (int i = 0; i < (int)(sizeof gpu_decode_cases / sizeof gpu_decode_cases[0]); i++) {
@@ -1108,6 +1104,19 @@ Test(attention, gpu_decode_matches_cpu) {
     }
     free_data(&a);
   }
+}
+
+Test(attention, gpu_decode_matches_cpu) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yk_ctx *cpu = ts_cpu_ctx();
+  const uint64_t seed = ts_seed("attention.gpu_decode");
+  decode_matches_cpu(gpu, cpu, seed);
+  yk_ctx_destroy(gpu);
+  /* the padded shared-memory layout and no L2 hint, which yk tune may choose */
+  gpu = ts_gpu_ctx_forcing("attention_decode", "swizzle=0,kv_hint=none");
+  cr_assert_not_null(gpu);
+  decode_matches_cpu(gpu, cpu, seed);
   yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
 }
 

@@ -33,6 +33,7 @@ static const struct {
     {"attention_decode", "block_n", {16, 32, 64}, 3},
     {"attention_decode", "warps", {4, 8, 16}, 3},
     {"attention_decode", "stages", {2, 3, 4, 6}, 4},
+    {"attention_decode", "kv_hint", {0, 3}, 2}, /* none, evict_first: which wins depends on the split */
 };
 
 int yk_tune_values_parse(const char *text, yk_tune_values *v, char *why, size_t why_size) {

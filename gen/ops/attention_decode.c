@@ -12,8 +12,10 @@
 #include "runtime/module.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS, PAGED, PAGE_SIZE };
+enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS, KV_HINT, SWIZZLE, PAGED, PAGE_SIZE };
 static const char *const includes[] = {"attention_common.cuh", NULL};
+enum { HINT_NONE, HINT_PREFETCH128, HINT_PREFETCH256, HINT_EVICT_FIRST }; /* yk_cp_async16's HINT */
+static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "evict_first"};
 
 #define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
@@ -28,6 +30,13 @@ static void complete(yk_spec *s) {
   if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
   /* head_dim 256: O alone takes 128 registers a thread; Q's fragments go to shared memory */
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = s->v[HEAD_DIM] <= 128;
+  /* bench --decode --sweep, H200: with a split (batch 1 x 32768) evict-first K and V ran at 1.06x
+   * no hint; without (batch 64 x 4096, 256 x 1024) at 0.96x, and 128-byte prefetch made no
+   * difference once the tiles were swizzled */
+  if (s->v[KV_HINT] == YK_UNSET) s->v[KV_HINT] = s->v[SPLIT] ? HINT_EVICT_FIRST : HINT_NONE;
+  /* swizzled tiles read each 128-byte line with one L2 request, where padded rows took 2.6 and
+   * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep) */
+  if (s->v[SWIZZLE] == YK_UNSET) s->v[SWIZZLE] = 1;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
@@ -50,7 +59,8 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 }
 
 static unsigned smem_bytes(const yk_spec *s) {
-  const unsigned row = (unsigned)(s->v[HEAD_DIM] + 8) * 2u;
+  const int swizzled = s->v[SWIZZLE] && s->v[HEAD_DIM] % 64 == 0; /* as the template decides */
+  const unsigned row = (unsigned)(s->v[HEAD_DIM] + (swizzled ? 0 : 8)) * 2u;
   const int teams = s->v[WARPS] / s->v[D_SPLIT];
   const unsigned pipelines = (unsigned)(teams * s->v[STAGES] * 2 * s->v[BLOCK_N]) * row +
                              (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
@@ -65,7 +75,7 @@ const yk_op_def yk_op_attention_decode = {
     .summary = "decode attention: one query a sequence, GQA-packed tiles, split-KV merged by lse",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 10,
+    .field_count = 12,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -76,6 +86,8 @@ const yk_op_def yk_op_attention_decode = {
             {"ragged", "1: key sequences located by cu_seqlens_k", 0, 1, 0, 1, NULL},
             {"split", "1: write float32 partials for the merge", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
+            {"kv_hint", "L2 hint of K and V's loads", 0, 3, 0, 1, kv_hints},
+            {"swizzle", "1: swizzled shared-memory tiles (head dims a multiple of 64), else padded", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
         },
     .complete = complete,
@@ -132,7 +144,7 @@ yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given,
   return YK_OK;
 }
 
-yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
+yk_status yk_device_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
                               float **out, CUdeviceptr *scratch) {
   *out = NULL, *scratch = 0;
   if (!floats) return YK_OK;
@@ -142,15 +154,15 @@ yk_status yk_decode_workspace(yk_ctx *ctx, const char *op, const DLTensor *given
   yk_status st = yk_cuda_make_current(ctx);
   if (st) return st;
   CUresult r = ctx->cu.cuMemAllocAsync(scratch, floats * sizeof(float), (CUstream)stream);
-  if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the split-KV workspace");
+  if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the workspace");
   *out = (float *)(uintptr_t)*scratch;
   return YK_OK;
 }
 
-yk_status yk_decode_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream) {
+yk_status yk_device_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream) {
   if (!scratch) return st;
   CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream); /* stream-ordered: after the kernels */
-  if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the split-KV workspace");
+  if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the workspace");
   return st;
 }
 
@@ -236,9 +248,9 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
                                  params->num_splits),
   };
   CUdeviceptr scratch;
-  st = yk_decode_workspace(ctx, op, params->workspace,
+  st = yk_device_workspace(ctx, op, params->workspace,
                            yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
                            &L.workspace, &scratch);
   if (st) return st;
-  return yk_decode_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
+  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
 }
