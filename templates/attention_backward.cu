@@ -1,24 +1,164 @@
 // FlashAttention backward on mma.sync (sm_80+), as two kernels that recompute the scores so that
 // every gradient has one writer: no atomics, the same bits on every run.
-//   P = exp(q k^T * scale - lse)   Dr_i = sum_d dout_id out_id   dS = P * (dout v^T - Dr)
-//   PART_DQ:   a block owns BLOCK_M query rows (16 a warp) and walks the key tiles:
-//              dq = scale * dS k
+//   P = exp(q k^T * scale - lse)   delta_i = sum_d dout_id out_id   dS = P * (dout v^T - delta)
+//   PART_DQ:   launched first. A block owns BLOCK_M query rows of a q head (16 a warp) and walks the
+//              key tiles: dq = scale * dS k. It also leaves each row's {lse in base 2, delta} in the
+//              float2 workspace ws [q_heads][tokens], so that the dk/dv kernel, which meets every
+//              row once per key block, reads 8 bytes a row instead of a row of out.
 //   PART_DKDV: a block owns BLOCK_N keys of a kv head (16 a warp; D_SPLIT warps share them, each
-//              accumulating head_dim / D_SPLIT columns) and walks the query tiles of every q head of
-//              its group: dv = P^T dout, dk = scale * dS^T q
-// Tiles stream through shared memory STAGES deep with cp.async; causal masks are bottom-right
-// aligned as in the forward (query i sees keys j <= i + len_k - len_q).
+//              accumulating head_dim / D_SPLIT columns) and walks the BLOCK_M-row query tiles of
+//              every q head of its group: dv = P^T dout, dk = scale * dS^T q. S^T and dP^T stay in
+//              registers, where their C fragments are already the A fragments of those products.
+// Tiles stream through shared memory STAGES deep with cp.async, one block barrier a tile; causal
+// masks are bottom-right aligned as in the forward (query i sees keys j <= i + len_k - len_q), and
+// only tiles a mask or a sequence's end cuts pay for the mask.
 //
-// Spec constants: T, HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, CAUSAL, RAGGED.
+// Spec constants: T, HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS (the A fragments
+// fixed for the whole walk, Q and dout or K and V, stay in registers), CAUSAL, RAGGED.
 
 constexpr int KSTEPS = HEAD_DIM / 16;
-constexpr int D_TILES = HEAD_DIM / 8;
 constexpr int WARPS = PART == PART_DQ ? BLOCK_M / 16 : BLOCK_N / 16 * D_SPLIT;
 constexpr int THREADS = WARPS * 32;
 static_assert(BLOCK_M % 16 == 0 && BLOCK_N % 16 == 0 && HEAD_DIM % (16 * D_SPLIT) == 0, "whole mma steps");
+// Scores a warp holds at a time: dP (dq) or dP^T (dk/dv) of the whole tile, S or S^T of a chunk
+// of its keys or rows (see the main loops)
+constexpr int S_TILE = PART == PART_DQ ? BLOCK_N : BLOCK_M, S_CHUNK = S_TILE % 32 == 0 ? 32 : 16;
 
 // lse in base 2; a row that saw no key in the forward (lse -inf) gets +inf so its P is 0.
 __device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * YK_LOG2E; }
+
+// 8 bytes global -> shared asynchronously (cp.async takes 4, 8 or 16 through L1); src_bytes 0
+// zero-fills without reading.
+__device__ __forceinline__ void cp_async8(void *dst, const void *src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(yk_smem_address(dst)), "l"(src), "r"(src_bytes));
+}
+
+// yk_load_tile with the trip count known: its loop starts at tid, which the compiler cannot bound,
+// so it kept a remainder loop and an address a piece live through the main loops (8 to 16 bytes of
+// spills at head_dim 128). Where the threads cover whole rows, a thread's pieces are one column
+// of rows r0, r0 + STEP, ..., one row address apart: 4 to 10 registers fewer than any pieces.
+// src only computes an address, so the threads of a warp may stop at different counts.
+template <int ROWS, class RowAddress>
+__device__ __forceinline__ void load_tile(T *smem, int valid, int tid, RowAddress src) {
+  constexpr int CHUNKS = HEAD_DIM / 8, PIECES = ROWS * CHUNKS;
+  if constexpr (THREADS % CHUNKS == 0) {
+    constexpr int STEP = THREADS / CHUNKS;
+    const int r0 = tid / CHUNKS, c = (tid % CHUNKS) * 8;
+#pragma unroll
+    for (int it = 0; it < (ROWS + STEP - 1) / STEP; ++it) {
+      const int r = r0 + it * STEP;
+      if (ROWS % STEP && r >= ROWS) break;
+      const bool ok = r < valid;
+      const T *row = src(ok ? r : 0);
+      yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < (PIECES + THREADS - 1) / THREADS; ++it) {
+      const int i = tid + it * THREADS, r = i / CHUNKS, c = (i % CHUNKS) * 8;
+      if (PIECES % THREADS && i >= PIECES) break;
+      const bool ok = r < valid;
+      const T *row = src(ok ? r : 0);
+      yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
+    }
+  }
+}
+
+// A fragments of 16 rows x HEAD_DIM read once (IN_REGS), or nothing: the products then read them
+// from shared memory each tile, for the registers they would take.
+typedef unsigned a_fragments[IN_REGS ? KSTEPS : 1][4];
+__device__ __forceinline__ void load_fragments(a_fragments &f, const T *a_rows) {
+  if (IN_REGS) {
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) yk_ldmatrix_x4(f[IN_REGS ? ks : 0], a_rows + ks * 16);
+  }
+}
+
+// acc[N/8] += A (16 x HEAD_DIM) * B^T, A from f or a_rows, B's N rows k-major from b_rows.
+template <int N>
+__device__ __forceinline__ void mma_fixed_a(float (&acc)[N / 8][4], const a_fragments &f, const T *a_rows,
+                                            const T *b_rows) {
+  if (IN_REGS) {
+#pragma unroll
+    for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<N>(acc, f[IN_REGS ? ks : 0], b_rows + ks * 16);
+  } else {
+    yk_mma_rows<N>(acc, a_rows, b_rows);
+  }
+}
+
+// dq: dS of rows `row` and row + 8 (c0, c1 and c2, c3) over the tile's keys [16 c, 16 c + 16)
+// (c = chunk * CHUNK / 16 + kt), packed into the A fragments dsf[c] of dS k, from s (S of the
+// chunk's keys) and dp (dP of the whole tile). MASKED: keys past len_k or, causally, past a row's
+// diagonal get 0 (a select: their P may overflow).
+template <bool MASKED, int CHUNK, int TILES>
+__device__ __forceinline__ void ds_of_rows(unsigned (&dsf)[TILES / 2][4], const float (&s)[CHUNK / 8][4],
+                                           const float (&dp)[TILES][4], int chunk, const float (&lse2)[2],
+                                           const float (&delta)[2], float scale_log2, int key0, int len_k, int row,
+                                           int shift, int t4) {
+  float ds[CHUNK / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < CHUNK / 8; ++nt) {
+    const int tile_nt = chunk * (CHUNK / 8) + nt;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = key0 + tile_nt * 8 + 2 * t4 + (e & 1), r = e >> 1;
+      const float p = exp2f(s[nt][e] * scale_log2 - lse2[r]);
+      const bool seen = !MASKED || (key < len_k && (!CAUSAL || key <= row + 8 * r + shift));
+      ds[nt][e] = seen ? p * (dp[tile_nt][e] - delta[r]) : 0.f;
+    }
+  }
+#pragma unroll
+  for (int kt = 0; kt < CHUNK / 16; ++kt) yk_p_fragment(dsf[chunk * (CHUNK / 16) + kt], ds, kt);
+}
+
+// dk/dv: P^T and dS^T of keys `key` and key + 8 over the tile's rows [16 c, 16 c + 16) (c =
+// chunk * CHUNK / 16 + kt), packed into their A fragments pt[c] and dst[c], from st (S^T of the
+// chunk's rows) and dpt (dP^T of the whole tile); stats[r] = {lse2, delta} of tile row r. MASKED:
+// rows past len_q (their stats are zero fill) and, causally, rows that do not see the key get 0.
+// Keys past len_k need no mask: their rows of dk and dv are never stored, and a key's row of the
+// products depends on that key alone.
+template <bool MASKED, int CHUNK, int TILES>
+__device__ __forceinline__ void p_ds_of_keys(unsigned (&pt)[TILES / 2][4], unsigned (&dst)[TILES / 2][4],
+                                             float (&st)[CHUNK / 8][4], const float (&dpt)[TILES][4], int chunk,
+                                             const float2 *stats, float scale_log2, int key, int row0, int len_q,
+                                             int shift, int t4) {
+  float ds[CHUNK / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < CHUNK / 8; ++nt) {
+    const int tile_nt = chunk * (CHUNK / 8) + nt;
+    const float4 two = *reinterpret_cast<const float4 *>(stats + tile_nt * 8 + 2 * t4); // rows 2 t4, 2 t4 + 1
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float lse2 = e & 1 ? two.z : two.x, delta = e & 1 ? two.w : two.y;
+      const int row = row0 + tile_nt * 8 + 2 * t4 + (e & 1), k = key + 8 * (e >> 1);
+      const float p = exp2f(st[nt][e] * scale_log2 - lse2);
+      const bool seen = !MASKED || (row < len_q && (!CAUSAL || k <= row + shift));
+      ds[nt][e] = seen ? p * (dpt[tile_nt][e] - delta) : 0.f;
+      st[nt][e] = seen ? p : 0.f;
+    }
+  }
+#pragma unroll
+  for (int kt = 0; kt < CHUNK / 16; ++kt) {
+    yk_p_fragment(pt[chunk * (CHUNK / 16) + kt], st, kt);
+    yk_p_fragment(dst[chunk * (CHUNK / 16) + kt], ds, kt);
+  }
+}
+
+// acc[COLS/8] += A (16 x K, packed A fragments) * B (K rows of which COLS columns, from bt_rows via
+// ldmatrix.trans).
+template <int K, int COLS>
+__device__ __forceinline__ void mma_packed_rows(float (&acc)[COLS / 8][4], const unsigned (&a)[K / 16][4],
+                                                const T *bt_rows) {
+#pragma unroll
+  for (int kt = 0; kt < K / 16; ++kt)
+#pragma unroll
+    for (int nt = 0; nt < COLS / 8; nt += 2) {
+      unsigned b[4];
+      yk_ldmatrix_x4_trans(b, bt_rows + kt * 16 * YK_ROW + nt * 8);
+      yk_mma(acc[nt], a[kt], b[0], b[1]);
+      yk_mma(acc[nt + 1], a[kt], b[2], b[3]);
+    }
+}
 
 // Writes rows [row0 + 16 w + g (+8)] of a 16 x COLS float C-fragment accumulator, scaled.
 template <int COLS>
@@ -45,22 +185,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                        long long o_s, long long o_h, long long do_b, long long do_s, long long do_h, long long l_b,
                        long long l_s, long long l_h, long long dq_b, long long dq_s, long long dq_h, long long dk_b,
                        long long dk_s, long long dk_h, long long dv_b, long long dv_s, long long dv_h, int seq_q,
-                       int seq_k, int group, float scale) {
+                       int seq_k, int group, float scale, float2 *__restrict__ ws, int ws_tokens) {
   const int head = blockIdx.y, batch = blockIdx.z; // a q head (PART_DQ) or a kv head (PART_DKDV)
   yk_sequence sq;
   if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
   const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k;
   const int shift = len_k - len_q, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const float scale_log2 = scale * YK_LOG2E;
+  // this sequence's first query on the workspace's token axis (dense batches: seq_q a sequence)
+  const long long ws_first = (RAGGED ? 0 : (long long)batch * seq_q) + q_start;
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
   if constexpr (PART == PART_DQ) {
-    const int row0 = blockIdx.x * BLOCK_M;
-    if (row0 >= len_q) return;
-    const int kv_head = head / group;
+    const int m_block = yk_query_block<BLOCK_M, CAUSAL>(len_q);
+    if (m_block < 0) return;
+    const int row0 = m_block * BLOCK_M, kv_head = head / group;
     const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + head * q_h;
     const T *dop = dout + batch * do_b + (long long)(q_start + row0) * do_s + head * do_h;
-    const T *op = out + batch * o_b + (long long)(q_start + row0) * o_s + head * o_h;
     const T *kp = k + batch * k_b + (long long)k_start * k_s + kv_head * k_h;
     const T *vp = v + batch * v_b + (long long)k_start * v_s + kv_head * v_h;
     T *sQ = reinterpret_cast<T *>(smem_raw), *sDO = sQ + BLOCK_M * YK_ROW, *sK = sDO + BLOCK_M * YK_ROW;
@@ -69,13 +210,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int n_end = keys.n_end, n_tiles = keys.n_tiles;
     auto load_kv = [&](int tile) {
       const int first = tile * BLOCK_N, stage = tile % STAGES;
-      yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                     [&](int r) { return kp + (long long)(first + r) * k_s; });
-      yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                     [&](int r) { return vp + (long long)(first + r) * v_s; });
+      load_tile<BLOCK_N>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                         [&](int r) { return kp + (long long)(first + r) * k_s; });
+      load_tile<BLOCK_N>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                         [&](int r) { return vp + (long long)(first + r) * v_s; });
     };
-    yk_load_tile<BLOCK_M, THREADS>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
-    yk_load_tile<BLOCK_M, THREADS>(sDO, len_q - row0, tid, [&](int r) { return dop + (long long)r * do_s; });
+    // group 0: Q, dout and the first key tile; then one group a tile
+    load_tile<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
+    load_tile<BLOCK_M>(sDO, len_q - row0, tid, [&](int r) { return dop + (long long)r * do_s; });
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
       if (s < n_tiles) load_kv(s);
@@ -84,51 +226,66 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_wait<STAGES - 2>();
     __syncthreads();
 
-    // each row's lse and Dr = dout . out, for the rows g and g + 8 of this warp
-    const int my_row = warp * 16 + g; // within the block
+    // delta and lse of the warp's rows, two lanes a row (a half of head_dim each; 16-byte pieces
+    // of out), into the workspace; rows past the sequence get lse +inf, so their P is 0
+    float2 stats;
+    {
+      const int r = warp * 16 + lane / 2, half = lane % 2, row = row0 + r;
+      float d = 0.f;
+      if (row < len_q) {
+        const T *orow = out + batch * o_b + (long long)(q_start + row) * o_s + head * o_h + half * (HEAD_DIM / 2);
+        const T *drow = sDO + r * YK_ROW + half * (HEAD_DIM / 2);
+#pragma unroll
+        for (int c = 0; c < HEAD_DIM / 2; c += 8) {
+          float o8[8], d8[8];
+          yk_load<T, 8>(orow + c, o8);
+          yk_load<T, 8>(drow + c, d8);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) d += o8[i] * d8[i];
+        }
+      }
+      d += __shfl_xor_sync(0xffffffffu, d, 1);
+      stats = float2{
+          row < len_q ? lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h]) : INFINITY, d};
+      if (row < len_q && half == 0) ws[head * (long long)ws_tokens + ws_first + row] = stats;
+    }
+    // the C fragments' rows g and g + 8 are those of lanes 2 g and 2 g + 16
     float row_lse[2], row_d[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = my_row + 8 * r;
-      float d = 0.f;
-      if (row0 + row < len_q) {
-        for (int c = 2 * t4; c < HEAD_DIM; c += 8) {
-          float o2[2], do2[2];
-          yk_load<T, 2>(op + (long long)row * o_s + c, o2);
-          yk_load<T, 2>(sDO + row * YK_ROW + c, do2);
-          d += o2[0] * do2[0] + o2[1] * do2[1];
-        }
-        row_lse[r] = lse_log2(lse[batch * l_b + (long long)(q_start + row0 + row) * l_s + head * l_h]);
-      } else {
-        row_lse[r] = INFINITY;
-      }
-      row_d[r] = yk_quad_sum(d);
+      row_lse[r] = __shfl_sync(0xffffffffu, stats.x, 2 * g + 16 * r);
+      row_d[r] = __shfl_sync(0xffffffffu, stats.y, 2 * g + 16 * r);
     }
 
-    float acc[D_TILES][4];
-    yk_zero(acc);
     const T *q_a = yk_a_rows(sQ + warp * 16 * YK_ROW, lane), *do_a = yk_a_rows(sDO + warp * 16 * YK_ROW, lane);
+    a_fragments qf, dof;
+    load_fragments(qf, q_a);
+    load_fragments(dof, do_a);
+    float acc[HEAD_DIM / 8][4];
+    yk_zero(acc);
+    const int my_row = row0 + warp * 16 + g;
     for (int j = 0; j < n_tiles; ++j) {
+      yk_cp_async_wait<STAGES - 2>();
+      __syncthreads(); // tile j has landed, and every warp is done with tile j - 1, whose stage is refilled next
       if (j + STAGES - 1 < n_tiles) load_kv(j + STAGES - 1);
       yk_cp_async_commit();
-      yk_cp_async_wait<STAGES - 1>();
-      __syncthreads();
       const T *k_tile = sK + (j % STAGES) * BLOCK_N * YK_ROW, *v_tile = sV + (j % STAGES) * BLOCK_N * YK_ROW;
-      float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-      yk_zero(s), yk_zero(dp);
-      yk_mma_rows<BLOCK_N>(s, q_a, yk_b_rows(k_tile, lane));   // q k^T
-      yk_mma_rows<BLOCK_N>(dp, do_a, yk_b_rows(v_tile, lane)); // dout v^T
+      // dP whole, S a chunk of keys at a time (free while Q stays in registers), as in dk/dv below
+      float dp[BLOCK_N / 8][4];
+      yk_zero(dp);
+      mma_fixed_a<BLOCK_N>(dp, dof, do_a, yk_b_rows(v_tile, lane)); // dout v^T
+      unsigned dsf[BLOCK_N / 16][4];
 #pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = j * BLOCK_N + nt * 8 + 2 * t4 + (e & 1), row = row0 + my_row + (e >> 1) * 8;
-          const bool seen = key < len_k && (!CAUSAL || key <= row + shift);
-          const float p = seen ? exp2f(s[nt][e] * scale_log2 - row_lse[e >> 1]) : 0.f;
-          s[nt][e] = p * (dp[nt][e] - row_d[e >> 1]); // dS
-        }
-      yk_mma_p_rows<BLOCK_N, HEAD_DIM>(acc, s, yk_bt_rows(k_tile, lane)); // dq += dS k
-      __syncthreads();
+      for (int c = 0; c < BLOCK_N / S_CHUNK; ++c) {
+        float s[S_CHUNK / 8][4];
+        yk_zero(s);
+        mma_fixed_a<S_CHUNK>(s, qf, q_a, yk_b_rows(k_tile + c * S_CHUNK * YK_ROW, lane)); // q k^T
+        if (j >= keys.unmasked)
+          ds_of_rows<true, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
+        else
+          ds_of_rows<false, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
+      }
+      mma_packed_rows<BLOCK_N, HEAD_DIM>(acc, dsf, yk_bt_rows(k_tile, lane)); // dq += dS k
     }
     store_rows<HEAD_DIM>(dq + batch * dq_b + (long long)(q_start + row0) * dq_s + head * dq_h, dq_s, len_q - row0,
                          warp * 16, 0, acc, scale, lane);
@@ -141,85 +298,82 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const T *vp = v + batch * v_b + (long long)(k_start + col0) * v_s + head * v_h;
     T *sK = reinterpret_cast<T *>(smem_raw), *sV = sK + BLOCK_N * YK_ROW, *sQ = sV + BLOCK_N * YK_ROW;
     T *sDO = sQ + STAGES * BLOCK_M * YK_ROW;
-    float *sLse = reinterpret_cast<float *>(sDO + STAGES * BLOCK_M * YK_ROW), *sD = sLse + STAGES * BLOCK_M;
+    float2 *sStats = reinterpret_cast<float2 *>(sDO + STAGES * BLOCK_M * YK_ROW);
 
     // query tiles that can see a key of this block: rows i >= col0 - shift, for every q head of
     // the group, in order (head, tile)
     const int m_tiles = (len_q + BLOCK_M - 1) / BLOCK_M;
     const int m_first = CAUSAL ? min(m_tiles, max(0, col0 - shift) / BLOCK_M) : 0;
     const int per_head = m_tiles - m_first, tiles = per_head * group;
-    auto tile_rows = [&](int t, int &qh, int &row0) { qh = head * group + t / per_head, row0 = (m_first + t % per_head) * BLOCK_M; };
+    auto tile_rows = [&](int t, int &qh, int &row0) {
+      qh = head * group + t / per_head, row0 = (m_first + t % per_head) * BLOCK_M;
+    };
     auto load_q = [&](int t) {
       int qh, row0;
       tile_rows(t, qh, row0);
-      const int stage = t % STAGES;
+      const int stage = t % STAGES, rows = len_q - row0;
       const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + qh * q_h;
       const T *dop = dout + batch * do_b + (long long)(q_start + row0) * do_s + qh * do_h;
-      yk_load_tile<BLOCK_M, THREADS>(sQ + stage * BLOCK_M * YK_ROW, len_q - row0, tid,
-                                     [&](int r) { return qp + (long long)r * q_s; });
-      yk_load_tile<BLOCK_M, THREADS>(sDO + stage * BLOCK_M * YK_ROW, len_q - row0, tid,
-                                     [&](int r) { return dop + (long long)r * do_s; });
+      load_tile<BLOCK_M>(sQ + stage * BLOCK_M * YK_ROW, rows, tid, [&](int r) { return qp + (long long)r * q_s; });
+      load_tile<BLOCK_M>(sDO + stage * BLOCK_M * YK_ROW, rows, tid, [&](int r) { return dop + (long long)r * do_s; });
+      const float2 *stats = ws + qh * (long long)ws_tokens + ws_first + row0;
+#pragma unroll
+      for (int it = 0; it < (BLOCK_M + THREADS - 1) / THREADS; ++it) {
+        const int r = tid + it * THREADS;
+        if (r < BLOCK_M) cp_async8(sStats + stage * BLOCK_M + r, stats + (r < rows ? r : 0), r < rows ? 8 : 0);
+      }
     };
-    yk_load_tile<BLOCK_N, THREADS>(sK, len_k - col0, tid, [&](int r) { return kp + (long long)r * k_s; });
-    yk_load_tile<BLOCK_N, THREADS>(sV, len_k - col0, tid, [&](int r) { return vp + (long long)r * v_s; });
+    // group 0: K, V and the first query tile; then one group a tile
+    load_tile<BLOCK_N>(sK, len_k - col0, tid, [&](int r) { return kp + (long long)r * k_s; });
+    load_tile<BLOCK_N>(sV, len_k - col0, tid, [&](int r) { return vp + (long long)r * v_s; });
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
       if (s < tiles) load_q(s);
       yk_cp_async_commit();
     }
+    yk_cp_async_wait<STAGES - 2>();
+    __syncthreads();
 
+    const T *k_a = yk_a_rows(sK + key_warp * 16 * YK_ROW, lane), *v_a = yk_a_rows(sV + key_warp * 16 * YK_ROW, lane);
+    a_fragments kf, vf;
+    load_fragments(kf, k_a);
+    load_fragments(vf, v_a);
     float dk_acc[COLS / 8][4], dv_acc[COLS / 8][4];
     yk_zero(dk_acc), yk_zero(dv_acc);
-    const T *k_a = yk_a_rows(sK + key_warp * 16 * YK_ROW, lane), *v_a = yk_a_rows(sV + key_warp * 16 * YK_ROW, lane);
     const int my_key = col0 + key_warp * 16 + g; // keys my_key and my_key + 8
+    const int last_key = col0 + key_warp * 16 + 15;
     for (int t = 0; t < tiles; ++t) {
+      yk_cp_async_wait<STAGES - 2>();
+      __syncthreads(); // tile t has landed, and every warp is done with tile t - 1, whose stage is refilled next
       if (t + STAGES - 1 < tiles) load_q(t + STAGES - 1);
       yk_cp_async_commit();
-      yk_cp_async_wait<STAGES - 1>();
-      __syncthreads();
       int qh, row0;
       tile_rows(t, qh, row0);
       const int stage = t % STAGES;
       const T *q_tile = sQ + stage * BLOCK_M * YK_ROW, *do_tile = sDO + stage * BLOCK_M * YK_ROW;
-      float *lse_tile = sLse + stage * BLOCK_M, *d_tile = sD + stage * BLOCK_M;
-      // the tile's lse and Dr = dout . out: a warp a row at a time, lanes across head_dim
-      for (int r = warp; r < BLOCK_M; r += WARPS) {
-        float d = 0.f;
-        const int row = row0 + r;
-        if (row < len_q) {
-          const T *orow = out + batch * o_b + (long long)(q_start + row) * o_s + qh * o_h;
-          for (int c = 2 * lane; c < HEAD_DIM; c += 64) {
-            float o2[2], do2[2];
-            yk_load<T, 2>(orow + c, o2);
-            yk_load<T, 2>(do_tile + r * YK_ROW + c, do2);
-            d += o2[0] * do2[0] + o2[1] * do2[1];
-          }
-        }
-        d = yk_warp_sum(d);
-        if (lane == 0) {
-          d_tile[r] = d;
-          lse_tile[r] = row < len_q ? lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + qh * l_h]) : INFINITY;
-        }
+      // dP^T whole, S^T 32 rows at a time, each chunk's P^T and dS^T packed at once: scores peak
+      // at 48 registers rather than 64 (whole 64-row tiles spilled at head_dim 128), for one more
+      // read of K's fragments a chunk
+      float dpt[BLOCK_M / 8][4];
+      yk_zero(dpt);
+      mma_fixed_a<BLOCK_M>(dpt, vf, v_a, yk_b_rows(do_tile, lane)); // v dout^T
+      // the mask costs only in the sequence's last tile and, causally, where this warp's last key
+      // is past the tile's first row's diagonal
+      const bool masked = row0 + BLOCK_M > len_q || (CAUSAL && last_key > row0 + shift);
+      const float2 *stats = sStats + stage * BLOCK_M;
+      unsigned pt[BLOCK_M / 16][4], dst[BLOCK_M / 16][4];
+#pragma unroll
+      for (int c = 0; c < BLOCK_M / S_CHUNK; ++c) {
+        float st[S_CHUNK / 8][4];
+        yk_zero(st);
+        mma_fixed_a<S_CHUNK>(st, kf, k_a, yk_b_rows(q_tile + c * S_CHUNK * YK_ROW, lane)); // k q^T
+        if (masked)
+          p_ds_of_keys<true, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
+        else
+          p_ds_of_keys<false, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
       }
-      __syncthreads();
-
-      float st[BLOCK_M / 8][4], dpt[BLOCK_M / 8][4];
-      yk_zero(st), yk_zero(dpt);
-      yk_mma_rows<BLOCK_M>(st, k_a, yk_b_rows(q_tile, lane));   // k q^T
-      yk_mma_rows<BLOCK_M>(dpt, v_a, yk_b_rows(do_tile, lane)); // v dout^T
-#pragma unroll
-      for (int nt = 0; nt < BLOCK_M / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = nt * 8 + 2 * t4 + (e & 1), key = my_key + (e >> 1) * 8, row = row0 + r;
-          const bool seen = key < len_k && row < len_q && (!CAUSAL || key <= row + shift);
-          const float p = seen ? exp2f(st[nt][e] * scale_log2 - lse_tile[r]) : 0.f;
-          st[nt][e] = p;                             // P^T
-          dpt[nt][e] = p * (dpt[nt][e] - d_tile[r]); // dS^T
-        }
-      yk_mma_p_rows<BLOCK_M, COLS>(dv_acc, st, yk_bt_rows(do_tile, lane) + cols0); // dv += P^T dout
-      yk_mma_p_rows<BLOCK_M, COLS>(dk_acc, dpt, yk_bt_rows(q_tile, lane) + cols0); // dk += dS^T q
-      __syncthreads();
+      mma_packed_rows<BLOCK_M, COLS>(dv_acc, pt, yk_bt_rows(do_tile, lane) + cols0); // dv += P^T dout
+      mma_packed_rows<BLOCK_M, COLS>(dk_acc, dst, yk_bt_rows(q_tile, lane) + cols0); // dk += dS^T q
     }
     store_rows<COLS>(dk + batch * dk_b + (long long)(k_start + col0) * dk_s + head * dk_h, dk_s, len_k - col0,
                      key_warp * 16, cols0, dk_acc, scale, lane);

@@ -155,10 +155,16 @@ static yk_status forward(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int o
   return yk_flash_attention_forward(ctx, &t->q.dl, &t->k.dl, &t->v.dl, &p, &t->out.dl, &t->lse.dl, NULL);
 }
 
-static yk_status backward(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device) {
+/* workspace: params->workspace (NULL: the call allocates its own on the GPU). */
+static yk_status backward_with(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device, DLTensor *workspace) {
   yk_attention_params p = params_of(a, t, on_device);
+  p.workspace = workspace;
   return yk_flash_attention_backward(ctx, &t->dout.dl, &t->q.dl, &t->k.dl, &t->v.dl, &t->out.dl, &t->lse.dl, &p,
                                      &t->dq.dl, &t->dk.dl, &t->dv.dl, NULL);
+}
+
+static yk_status backward(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device) {
+  return backward_with(ctx, a, t, on_device, NULL);
 }
 
 static const char *describe(const attn_data *a, int dtype, char *buf, size_t size) {
@@ -487,6 +493,14 @@ Test(attention, cpu_backward_matches_reference) {
       free_data(&a);
     }
   yk_ctx_destroy(ctx);
+}
+
+/* The GPU backward's workspace: {lse, rowsum(dout * out)} a query row of each q head. */
+Test(attention, backward_workspace_size) {
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300), 4800);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(32, 1), 64);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(0, 300), 0);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 0), 0);
 }
 
 /* Each output has one writer and a fixed order of summation: one thread and five give the same
@@ -998,16 +1012,25 @@ Test(attention, gpu_forward_matches_cpu) {
 }
 
 static const int32_t lens_gbw_q[] = {5, 70, 1, 128}, lens_gbw_k[] = {40, 33, 1, 128};
+static const int32_t lens_gbw_q2[] = {130, 0, 64, 65}, lens_gbw_k2[] = {200, 17, 0, 129};
+/* Tails of the kernels' tiles (dq: 128 rows, 64 keys a tile; dk/dv: 128 keys, 64-row query tiles;
+ * head_dim 256: 64 rows and 32 keys, 64 keys and 32 rows), causal masks with seq_q above and below
+ * seq_k (rows that see no key), GQA and MQA, head dims on each loader path, empty sequences. */
 static const attn_case gpu_backward_cases[] = {
     {2, 4, 4, 64, 70, 70},
     {1, 8, 2, 128, 33, 90},
     {2, 4, 1, 256, 40, 17},
     {2, 2, 2, 128, 48, 48, .pad = 8},
     {4, 4, 1, 64, 0, 0, lens_gbw_q, lens_gbw_k},
+    {1, 4, 2, 96, 150, 300},
+    {2, 2, 1, 80, 260, 130},
+    {1, 2, 2, 16, 100, 37},
+    {1, 2, 1, 256, 100, 150},
+    {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-/* dq, dk, dv against the CPU backward given the CPU's out and lse; a second launch gives the
- * same bytes. */
+/* dq, dk, dv against the CPU backward given the CPU's out and lse; a second launch, through a
+ * caller's workspace, gives the same bytes; one a float short is refused before anything runs. */
 Test(attention, gpu_backward_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
@@ -1030,13 +1053,25 @@ Test(attention, gpu_backward_matches_cpu) {
         check_grads(&d, &a, dtype, want, 1, "gpu backward", seed);
         void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
         yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-        cr_assert_eq(backward(gpu, &a, &d, 1), YK_OK, "%s", yk_ctx_last_error(gpu));
+        const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q);
+        yh_tensor ws, short_ws;
+        const int64_t short_floats = floats - 1;
+        cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &floats, NULL, 1), 0);
+        cr_assert_eq(yh_tensor_init(&short_ws, gpu, YK_F32, 1, &short_floats, NULL, 1), 0);
+        cr_assert_eq(backward_with(gpu, &a, &d, 1, &ws.dl), YK_OK, "%s", yk_ctx_last_error(gpu));
         cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
         char what[200];
         cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
                       yh_bytes_changed(&d.dv, first[2]) == 0,
                   "%s: the GPU backward is not deterministic (seed %llu)", describe(&a, dtype, what, sizeof what),
                   (unsigned long long)seed);
+        ts_assert_rejected(gpu, backward_with(gpu, &a, &d, 1, &short_ws.dl), INVALID,
+                           "workspace must be a float32 device vector");
+        cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
+        cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
+                      yh_bytes_changed(&d.dv, first[2]) == 0,
+                  "%s: a refused backward wrote", describe(&a, dtype, what, sizeof what));
+        yh_tensor_free(&ws), yh_tensor_free(&short_ws);
         free(first[0]), free(first[1]), free(first[2]);
         free(want.dq), free(want.dk), free(want.dv);
         free_tensors(&h), free_tensors(&d);

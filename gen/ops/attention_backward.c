@@ -16,20 +16,28 @@
 #include "runtime/launch.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, CAUSAL, RAGGED };
+enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS, CAUSAL, RAGGED };
 enum { PART_DQ = 0, PART_DKDV = 1 };
 static const char *const parts[] = {"dq", "dkdv"};
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
+/* A warp reads a B fragment (ldmatrix, 512 bytes of shared memory) for every 2 mma of its 16 rows,
+ * so shared memory, not the tensor cores, bounds these kernels; the defaults buy fewer reads and
+ * barriers per mma. dkdv: 64-row query tiles (16-row ones spent an ldmatrix per mma and two
+ * barriers per 16 rows), 8 warps of 16 keys sharing each, K and V fragments in registers where
+ * they fit beside dk, dv and the scores (up to 64); at 256, two warps share 16 keys, each with
+ * half the columns, on 32-row tiles (sm_80's 163 KB of shared memory). dq: 8 warps of 16 rows, so
+ * that a K and V tile fetched from L2 feeds 128 rows (at 64 rows the tiles alone would take about
+ * 24 bytes a clock an SM at the mma rate, most of L2's bandwidth); 64-key tiles, Q and dout
+ * fragments in registers up to 128; at 256, 64 rows and 32-key tiles. Every default compiles
+ * without spills for sm_80 and sm_90 (241 to 251 registers at 128). */
 static void complete(yk_spec *s) {
   const int d = s->v[HEAD_DIM], dq = s->v[PART] == PART_DQ;
-  /* dkdv holds dk and dv (head_dim / d_split floats a thread each) beside two score tiles of
-   * block_m / 2: from 128 on the tiles shrink to 16 rows, and past 128 four warps share 16 keys, each
-   * accumulating a quarter of the columns; the sizes that compiled without spills for sm_80 and sm_90 */
-  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = dq ? 64 : d >= 128 ? 16 : 32;
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = dq ? (d > 128 ? 16 : 32) : 64; /* dq at 256: 128 registers of dq */
-  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = !dq && d > 128 ? 4 : 1;
+  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = dq ? (d > 128 ? 64 : 128) : (d > 128 ? 32 : 64);
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = dq ? (d > 128 ? 32 : 64) : (d > 128 ? 64 : 128);
+  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = !dq && d > 128 ? 2 : 1;
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
+  if (s->v[IN_REGS] == YK_UNSET) s->v[IN_REGS] = dq ? d <= 128 : d <= 64;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
 }
@@ -38,10 +46,14 @@ static int warps(const yk_spec *s) {
   return s->v[PART] == PART_DQ ? s->v[BLOCK_M] / 16 : s->v[BLOCK_N] / 16 * s->v[D_SPLIT];
 }
 
-/* Accumulators and score tiles a thread holds. */
+/* Floats a thread holds through a tile: accumulators (dq; or dk and dv, head_dim / d_split
+ * columns each), scores (dP whole, S a 32-wide chunk at a time, P and dS packed to 16 bits: about
+ * two score tiles of 16 rows a warp), and the fixed A fragments when in registers (Q and dout, or
+ * K and V: head_dim / 4 each). */
 static int held_floats(const yk_spec *s) {
-  if (s->v[PART] == PART_DQ) return s->v[HEAD_DIM] / 2 + s->v[BLOCK_N];
-  return s->v[HEAD_DIM] / s->v[D_SPLIT] + s->v[BLOCK_M];
+  const int d = s->v[HEAD_DIM], fixed = s->v[IN_REGS] ? d / 2 : 0;
+  if (s->v[PART] == PART_DQ) return d / 2 + s->v[BLOCK_N] + fixed;
+  return d / s->v[D_SPLIT] + s->v[BLOCK_M] + fixed;
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
@@ -58,13 +70,13 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 
 static unsigned block_threads(const yk_spec *s) { return 32u * (unsigned)warps(s); }
 
-/* dq: Q and dout tiles once, K and V tiles STAGES deep. dkdv: K and V tiles once, Q, dout
- * (and the rows' lse and rowsum(dout * out)) STAGES deep. Rows padded to head_dim + 8. */
+/* dq: Q and dout tiles once, K and V tiles STAGES deep. dkdv: K and V tiles once, Q and dout
+ * tiles and their rows' {lse, delta} STAGES deep. Rows padded to head_dim + 8. */
 static unsigned smem_bytes(const yk_spec *s) {
   const unsigned row = (unsigned)(s->v[HEAD_DIM] + 8) * 2u;
   if (s->v[PART] == PART_DQ) return (unsigned)(2 * s->v[BLOCK_M] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * row;
   return (unsigned)(2 * s->v[BLOCK_N] + 2 * s->v[STAGES] * s->v[BLOCK_M]) * row +
-         (unsigned)(2 * s->v[STAGES] * s->v[BLOCK_M]) * 4u;
+         (unsigned)(s->v[STAGES] * s->v[BLOCK_M]) * 8u;
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
@@ -74,7 +86,7 @@ const yk_op_def yk_op_attention_backward = {
     .summary = "flash_attention_backward: dq and dk/dv kernels recomputing the scores, no atomics",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 9,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -83,6 +95,8 @@ const yk_op_def yk_op_attention_backward = {
             {"block_n", "keys a tile", 16, 256, 0, 1, NULL},
             {"d_split", "warps sharing 16 keys, each with head_dim / d_split columns (dkdv)", 1, 4, 1, 1, NULL},
             {"stages", "tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
+            {"in_regs", "1: the A fragments fixed for the walk (dq: Q, dout; dkdv: K, V) stay in registers", 0, 1, 0, 1,
+             NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
         },
@@ -133,20 +147,9 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
-  int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k, group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
-  float scale = pr.shape.scale;
-  void *ptr[11] = {qo.data,  ko.data,  vo.data,  oo.data,         doo.data,       lo.data,
-                   dqo.data, dko.data, dvo.data, (void *)pr.cu_q, (void *)pr.cu_k};
-  long long s[24] = {qo.batch_stride, qo.seq_stride,    qo.head_stride,   ko.batch_stride,  ko.seq_stride,
-                     ko.head_stride,  vo.batch_stride,  vo.seq_stride,    vo.head_stride,   oo.batch_stride,
-                     oo.seq_stride,   oo.head_stride,   doo.batch_stride, doo.seq_stride,   doo.head_stride,
-                     lo.batch_stride, lo.seq_stride,    lo.head_stride,   dqo.batch_stride, dqo.seq_stride,
-                     dqo.head_stride, dko.batch_stride, dko.seq_stride,   dko.head_stride};
-  long long dv_s[3] = {dvo.batch_stride, dvo.seq_stride, dvo.head_stride};
-  void *args[] = {&ptr[0], &ptr[1], &ptr[2],  &ptr[3],  &ptr[4],  &ptr[5], &ptr[6], &ptr[7], &ptr[8], &ptr[9], &ptr[10],
-                  &s[0],   &s[1],   &s[2],    &s[3],    &s[4],    &s[5],   &s[6],   &s[7],   &s[8],   &s[9],   &s[10],
-                  &s[11],  &s[12],  &s[13],   &s[14],   &s[15],   &s[16],  &s[17],  &s[18],  &s[19],  &s[20],  &s[21],
-                  &s[22],  &s[23],  &dv_s[0], &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale};
+  /* Both kernels found (compiled) before anything is allocated or launched. */
+  yk_kernel *kern[2];
+  int64_t rows_a_block[2];
   for (int part = PART_DQ; part <= PART_DKDV; part++) {
     yk_spec spec;
     yk_spec_init(&spec, &yk_op_attention_backward, (yk_dtype)pr.shape.dtype);
@@ -155,14 +158,44 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
     spec.v[CAUSAL] = pr.shape.causal;
     spec.v[RAGGED] = pr.ragged_q;
     yk_spec_finish(ctx, &spec, 0);
-    yk_kernel *kern;
-    if ((st = yk_kernel_get(ctx, &spec, &kern))) return st;
-    const int64_t rows_a_block = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
+    if ((st = yk_kernel_get(ctx, &spec, &kern[part]))) return st;
+    rows_a_block[part] = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
+  }
+  float *ws;
+  CUdeviceptr scratch;
+  if ((st = yk_device_workspace(ctx, op, params->workspace,
+                                yk_flash_attention_backward_workspace_floats(pr.shape.q_heads, pr.total_q), stream, &ws,
+                                &scratch)))
+    return st;
+
+  int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k, group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
+  int ws_tokens = (int)pr.total_q;
+  float scale = pr.shape.scale;
+  void *ptr[12] = {qo.data,  ko.data,  vo.data,  oo.data,         doo.data,        lo.data,
+                   dqo.data, dko.data, dvo.data, (void *)pr.cu_q, (void *)pr.cu_k, ws};
+  long long s[24] = {qo.batch_stride, qo.seq_stride,    qo.head_stride,   ko.batch_stride,  ko.seq_stride,
+                     ko.head_stride,  vo.batch_stride,  vo.seq_stride,    vo.head_stride,   oo.batch_stride,
+                     oo.seq_stride,   oo.head_stride,   doo.batch_stride, doo.seq_stride,   doo.head_stride,
+                     lo.batch_stride, lo.seq_stride,    lo.head_stride,   dqo.batch_stride, dqo.seq_stride,
+                     dqo.head_stride, dko.batch_stride, dko.seq_stride,   dko.head_stride};
+  long long dv_s[3] = {dvo.batch_stride, dvo.seq_stride, dvo.head_stride};
+  void *args[] = {&ptr[0],  &ptr[1],  &ptr[2], &ptr[3], &ptr[4], &ptr[5], &ptr[6],  &ptr[7],   &ptr[8],
+                  &ptr[9],  &ptr[10], &s[0],   &s[1],   &s[2],   &s[3],   &s[4],    &s[5],     &s[6],
+                  &s[7],    &s[8],    &s[9],   &s[10],  &s[11],  &s[12],  &s[13],   &s[14],    &s[15],
+                  &s[16],   &s[17],   &s[18],  &s[19],  &s[20],  &s[21],  &s[22],   &s[23],    &dv_s[0],
+                  &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale,  &ptr[11], &ws_tokens};
+  /* dq first: it writes the rows' {lse, delta} the dk/dv kernel reads, in stream order */
+  for (int part = PART_DQ; part <= PART_DKDV && st == YK_OK; part++) {
     const int64_t len = part == PART_DQ ? pr.max_seqlen_q : pr.max_seqlen_k;
-    const unsigned blocks = (unsigned)((len + rows_a_block - 1) / rows_a_block);
+    const unsigned blocks = (unsigned)((len + rows_a_block[part] - 1) / rows_a_block[part]);
     const unsigned heads = (unsigned)(part == PART_DQ ? pr.shape.q_heads : pr.shape.kv_heads);
     if (blocks == 0) continue; /* no queries (dq) or no keys (dk, dv): nothing to write */
-    if ((st = yk_launch(ctx, kern, blocks, heads, (unsigned)pr.shape.batch, stream, args))) return st;
+    st = yk_launch(ctx, kern[part], blocks, heads, (unsigned)pr.shape.batch, stream, args);
   }
-  return YK_OK;
+  return yk_device_workspace_release(ctx, scratch, st, stream);
+}
+
+size_t yk_flash_attention_backward_workspace_floats(int64_t q_heads, int64_t total_q) {
+  if (q_heads <= 0 || total_q <= 0) return 0;
+  return 2 * (size_t)q_heads * (size_t)total_q;
 }

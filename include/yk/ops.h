@@ -85,6 +85,8 @@ typedef struct yk_attention_params {
   int num_splits;               /* decode: key splits per sequence; 0 chooses from the batch size */
   DLTensor *workspace;          /* decode with splits: float32 scratch of at least
                                    yk_attention_decode_workspace_floats(...) elements on the device;
+                                   backward on the GPU: at least
+                                   yk_flash_attention_backward_workspace_floats(...);
                                    NULL: allocated on the stream (cuMemAllocAsync) for the call */
 } yk_attention_params;
 
@@ -95,11 +97,17 @@ YK_API yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, cons
                                             void *stream);
 
 /* Gradients of the forward above given dout, the forward's out and lse. Deterministic: no
- * atomics, the same bits on every run. dq like q; dk, dv like k. */
+ * atomics, the same bits on every run. dq like q; dk, dv like k. On the GPU, params->workspace
+ * (or a stream-ordered allocation when NULL) holds each query row's log-sum-exp and
+ * rowsum(dout * out) between the dq and the dk/dv kernels; the CPU ignores it. */
 YK_API yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,
                                              const DLTensor *v, const DLTensor *out, const DLTensor *lse,
                                              const yk_attention_params *params, DLTensor *dq, DLTensor *dk,
                                              DLTensor *dv, void *stream);
+
+/* Float32 elements of workspace yk_flash_attention_backward needs on the GPU: two a query row of
+ * each q head. total_q: tokens on q's token axis (batch x seq_q for dense batches). */
+YK_API size_t yk_flash_attention_backward_workspace_floats(int64_t q_heads, int64_t total_q);
 
 /* One query token a sequence against its whole key sequence (causal has no effect):
  * q, out [batch, q_heads, head_dim]; k, v dense [batch, seq_k, kv_heads, head_dim] or ragged
