@@ -22,16 +22,18 @@ __device__ __forceinline__ float activation(float g) {
   return __fdividef(g, 1.f + __expf(-2.f * inner));
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    act_and_mul(const T *__restrict__ x, T *__restrict__ out, unsigned long long vectors, long long x_row_stride,
-                long long out_row_stride) {
-  const unsigned long long first = (unsigned long long)blockIdx.x * (THREADS * ITEMS) + threadIdx.x;
+// The body over index type I: 32-bit wherever the vectors' count allows (every real shape), since a
+// 64-bit division by NVEC is a dozen instructions more a vector than a 32-bit one.
+template <class I>
+__device__ __forceinline__ void act_and_mul_rows(const T *__restrict__ x, T *__restrict__ out, I vectors,
+                                                 long long x_row_stride, long long out_row_stride) {
+  const I first = (I)blockIdx.x * (THREADS * ITEMS) + threadIdx.x;
   float g[ITEMS][VEC], u[ITEMS][VEC];
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
-    const unsigned long long v = first + (unsigned long long)i * THREADS;
+    const I v = first + (I)i * THREADS;
     if (v < vectors) {
-      const unsigned long long row = v / NVEC, c = v - row * NVEC;
+      const I row = v / NVEC, c = v - row * NVEC;
       const T *gate = x + (long long)row * x_row_stride + c * VEC;
       yk_load<T, VEC>(gate, g[i]);
       yk_load<T, VEC>(gate + D, u[i]);
@@ -39,12 +41,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   }
 #pragma unroll
   for (int i = 0; i < ITEMS; ++i) {
-    const unsigned long long v = first + (unsigned long long)i * THREADS;
+    const I v = first + (I)i * THREADS;
     if (v < vectors) {
-      const unsigned long long row = v / NVEC, c = v - row * NVEC;
+      const I row = v / NVEC, c = v - row * NVEC;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) g[i][j] = activation(g[i][j]) * u[i][j];
       yk_store<T, VEC>(out + (long long)row * out_row_stride + c * VEC, g[i]);
     }
   }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+    act_and_mul(const T *__restrict__ x, T *__restrict__ out, unsigned long long vectors, long long x_row_stride,
+                long long out_row_stride) {
+  if (vectors < (1ull << 31)) act_and_mul_rows<unsigned>(x, out, (unsigned)vectors, x_row_stride, out_row_stride);
+  else act_and_mul_rows<unsigned long long>(x, out, vectors, x_row_stride, out_row_stride);
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/context.h"
+#include "runtime/module.h"
 #include "runtime/tensor_map.h"
 #include "tests/support.h"
 
@@ -144,6 +145,7 @@ Test(tensor_map, gpu_driver_encodes_keys) {
   cr_assert_not_null(ctx->cu.cuTensorMapEncodeTiled, "an sm_90 driver has cuTensorMapEncodeTiled");
   CUdeviceptr k;
   const size_t bytes = (size_t)2 * 300 * 8 * 136 * 2;
+  cr_assert_eq(yk_cuda_make_current(ctx), YK_OK); /* the context is made current lazily, by the first op */
   cr_assert_eq(ctx->cu.cuMemAlloc(&k, bytes), CUDA_SUCCESS);
   CUtensorMap map;
   const void *base = (const void *)(uintptr_t)k;
