@@ -172,6 +172,15 @@ Test(gen, edge_specs_compile_without_spills, .timeout = 300) {
       "act_and_mul:dtype=f32,d=65541,vec=1,act=gelu_tanh,threads=1024,items=8",
       "act_and_mul:dtype=bf16,d=14336,items=2,threads=1024,act=silu",
       "act_and_mul:dtype=bf16,d=14336,items=8,threads=256,act=silu",
+      /* the decode's layouts and L2 hints (bench --decode --sweep pins each) */
+      "attention_decode:dtype=bf16,head_dim=128,swizzle=0,kv_hint=prefetch128",
+      "attention_decode:dtype=f16,head_dim=128,swizzle=1,kv_hint=prefetch256,split=1",
+      "attention_decode:dtype=bf16,head_dim=256,swizzle=1,kv_hint=evict_first,split=1",
+      "attention_decode:dtype=bf16,head_dim=64,swizzle=1,kv_hint=none,paged=1,page_size=16",
+      "attention_decode:dtype=f16,head_dim=96,swizzle=1,kv_hint=evict_first,ragged=1",
+      /* the backward's tiles a sweep would try beside the defaults */
+      "attention_backward:dtype=bf16,head_dim=128,part=dkdv,block_n=64,stages=3",
+      "attention_backward:dtype=bf16,head_dim=128,part=dq,block_m=64,in_regs=0,causal=1",
   };
   char dir[512];
   ts_temp_dir(dir, sizeof dir, "edges");
