@@ -61,6 +61,8 @@ int bench_attention(bench_timer *t, bench_results *r, int quick);
 void bench_decode(bench_timer *t, bench_results *r, int sweep);
 /* The prefill rows only; with sweep, the Hopper prefill's configurations too (yk bench --prefill). */
 void bench_prefill(bench_timer *t, bench_results *r, int sweep);
+/* The backward rows only; with sweep, its tiles too (yk bench --backward). */
+void bench_backward(bench_timer *t, bench_results *r, int sweep);
 int bench_paged(bench_timer *t, bench_results *r);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);

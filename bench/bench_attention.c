@@ -47,9 +47,10 @@ static int dense(attention_case *c, yk_ctx *ctx, int64_t batch, int64_t seq, int
   return 0;
 }
 
-static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, int with_backward) {
+enum { PREFILL = 1, BACKWARD = 2 };
+static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, int which) {
   yh_rng rng = {21};
-  for (int backward = 0; backward <= with_backward; backward++)
+  for (int backward = !(which & PREFILL); backward <= !!(which & BACKWARD); backward++)
     for (int d = 64; d <= 128; d *= 2)
       for (int seq = 1024; seq <= 16384; seq *= 4)
         for (int causal = 0; causal <= 1; causal++) {
@@ -166,6 +167,32 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
     }
 }
 
+/* The backward's tiles at head dim 128, S4096. A pin sets a field in both kernels, so each row moves
+ * one: block_n=64 the dk/dv block (64 keys, two blocks an SM; dq's key tile is 64 already),
+ * block_m=64 and in_regs=0 the dq kernel (dk/dv's query tile is 64 rows and its K and V fragments
+ * are read from shared memory already), stages=3 both. */
+static void backward_sweep(bench_timer *t, bench_results *r) {
+  yh_rng rng = {29};
+  for (int causal = 0; causal <= 1; causal++) {
+    const int64_t seq = 4096, batch = 4, heads = 16;
+    attention_case c;
+    char shape[64];
+    snprintf(shape, sizeof shape, "backward D128 S%lld causal=%d", (long long)seq, causal);
+    if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 1, &rng)) {
+      c.params.causal = causal;
+      c.backward = 0; /* out and lse of the forward, for the backward to read */
+      call(&c);
+      c.backward = 1;
+      const double flops = 2.5 * 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
+      bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
+      static const char *const configs[] = {"block_n=64", "block_m=64", "in_regs=0", "stages=3"};
+      for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+        bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
+    }
+    free_case(&c);
+  }
+}
+
 /* Decode over split counts (every batch: at batch 64 a grid of 512 blocks is 1.94 waves of two a
  * SM, which splits turn into more, shorter blocks), the tiles of one team's pipeline, and its
  * shared-memory layout with the L2 hints of its loads. */
@@ -207,11 +234,12 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
   }
 }
 
-/* yk bench --sweep: decode over split counts and tile shapes, the prefill over its tiles. What
- * issue 6's tuner automates; here it chooses the defaults. */
+/* yk bench --sweep: decode over split counts and tile shapes, the prefill and the backward over
+ * their tiles. What issue 6's tuner automates; here it chooses the defaults. */
 int bench_attention_sweep(bench_timer *t, bench_results *r) {
   decode_sweep(t, r);
   prefill_sweep(t, r);
+  backward_sweep(t, r);
   return 0;
 }
 
@@ -253,13 +281,18 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
 }
 
 int bench_attention(bench_timer *t, bench_results *r, int quick) {
-  prefill_and_backward(t, r, quick, 1);
+  prefill_and_backward(t, r, quick, PREFILL | BACKWARD);
   bench_decode(t, r, 0);
   cold_compiles(t->ctx, r);
   return 0;
 }
 
 void bench_prefill(bench_timer *t, bench_results *r, int sweep) {
-  prefill_and_backward(t, r, 1, 0);
+  prefill_and_backward(t, r, 1, PREFILL);
   if (sweep) prefill_sweep(t, r);
+}
+
+void bench_backward(bench_timer *t, bench_results *r, int sweep) {
+  prefill_and_backward(t, r, 0, BACKWARD);
+  if (sweep) backward_sweep(t, r);
 }

@@ -5,9 +5,10 @@
 # (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
 # again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
 # bindings' tests with torch on the GPU and their per-call overhead). The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [tune] [python] [profile] [peers]
+#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [backward] [tune] [python] [profile] [peers]
 #   (default: tests bench python peers; decode: yk bench --decode alone; prefill: yk bench --prefill
-#   --sweep, the Hopper prefill's configurations, prefill.log; tune: yk tune over every op at Llama 3
+#   --sweep, the Hopper prefill's configurations, prefill.log; backward: yk bench --backward (with
+#   sweep, its tiles), backward.log; tune: yk tune over every op at Llama 3
 #   8B's shapes and the peers on those shapes, tune.jsonl, tune.csv, tune.md; profile: ncu over the
 #   decode kernels, ncu.log)
 set -u
@@ -46,6 +47,11 @@ fi
 if [[ $parts == *prefill* ]]; then # the prefill rows, then every Hopper prefill configuration
   "$B/bin/yk" bench --prefill --sweep --json "$OUT/yk_bench_prefill.json" > "$OUT/prefill.log" 2>&1 || status=1
   grep -v "^|" "$OUT/prefill.log"
+fi
+if [[ $parts == *backward* ]]; then # the backward rows, with sweep its tiles
+  "$B/bin/yk" bench --backward $([[ $parts == *sweep* ]] && echo --sweep) --json "$OUT/yk_bench_backward.json" \
+    > "$OUT/backward.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/backward.log"
 fi
 if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test binaries' libraries
   export YK_LIBRARY=$PWD/$B/lib/libyk.so
