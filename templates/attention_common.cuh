@@ -84,9 +84,10 @@ template <bool SWIZZLED> __device__ __forceinline__ int yk_tile_at(int r, int c)
   return SWIZZLED ? r * HEAD_DIM + (c ^ ((r & 7) << 3)) : r * YK_ROW + c;
 }
 
-// Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory with THREADS threads, 16
-// bytes each; row r comes from src(r), or is zero-filled when r >= valid. ROWS * HEAD_DIM / 8 is a
-// multiple of 32, so the threads of a warp make the same number of calls to src.
+// Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory (padded or SWIZZLED layout)
+// with THREADS threads, 16 bytes each, with cp.async's L2 HINT; row r comes from src(r), or is
+// zero-filled when r >= valid. ROWS * HEAD_DIM / 8 is a multiple of 32, so the threads of a warp
+// make the same number of calls to src.
 template <int ROWS, int THREADS, int HINT = 0, bool SWIZZLED = false, class RowAddress>
 __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAddress src) {
   constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
