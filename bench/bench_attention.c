@@ -29,10 +29,11 @@ static void free_case(attention_case *c) {
   for (int i = 0; i < 9; i++) yh_tensor_free(&all[i]);
 }
 
+/* A dense prefill (or backward) case; a backward's out and lse come from the forward, run here. */
 static int dense(attention_case *c, yk_ctx *ctx, int64_t batch, int64_t seq, int64_t heads, int64_t kv_heads,
-                 int64_t dim, int backward, yh_rng *rng) {
+                 int64_t dim, int causal, int backward, yh_rng *rng) {
   memset(c, 0, sizeof *c);
-  c->ctx = ctx, c->backward = backward;
+  c->ctx = ctx, c->params.causal = causal;
   const int64_t qd[4] = {batch, seq, heads, dim}, kd[4] = {batch, seq, kv_heads, dim}, ld[3] = {batch, heads, seq};
   if (yh_tensor_init(&c->q, ctx, YK_BF16, 4, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 4, kd, NULL, 1) ||
       yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 4, qd, NULL, 1) ||
@@ -43,8 +44,17 @@ static int dense(attention_case *c, yk_ctx *ctx, int64_t batch, int64_t seq, int
       (yh_tensor_init(&c->dout, ctx, YK_BF16, 4, qd, NULL, 1) || yh_tensor_init(&c->dq, ctx, YK_BF16, 4, qd, NULL, 1) ||
        yh_tensor_init(&c->dk, ctx, YK_BF16, 4, kd, NULL, 1) || yh_tensor_init(&c->dv, ctx, YK_BF16, 4, kd, NULL, 1)))
     return 1;
-  if (backward) yh_fill_uniform(&c->dout, rng, -1, 1);
+  if (backward) {
+    yh_fill_uniform(&c->dout, rng, -1, 1);
+    call(c);
+    c->backward = 1;
+  }
   return 0;
+}
+
+/* 4 B H S^2 D for the forward, 2.5 times that for the backward, halved when causal. */
+static double attention_flops(int64_t batch, int64_t heads, int64_t seq, int64_t dim, int causal, int backward) {
+  return 4.0 * batch * heads * (double)seq * seq * dim / (causal ? 2 : 1) * (backward ? 2.5 : 1);
 }
 
 enum { PREFILL = 1, BACKWARD = 2 };
@@ -60,19 +70,13 @@ static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, in
           char name[96];
           snprintf(name, sizeof name, "%s D%d S%d B%lld H%lld causal=%d", backward ? "backward" : "prefill", d, seq,
                    (long long)batch, (long long)heads, causal);
-          if (dense(&c, t->ctx, batch, seq, heads, heads, d, backward, &rng)) {
+          if (dense(&c, t->ctx, batch, seq, heads, heads, d, causal, backward, &rng)) {
             fprintf(stderr, "  %s: cannot allocate\n", name);
             free_case(&c);
             continue;
           }
-          c.params.causal = causal;
-          if (backward) { /* out and lse of the forward, for the backward to read */
-            c.backward = 0;
-            call(&c);
-            c.backward = 1;
-          }
           const double ms = bench_median_ms(t, call, &c);
-          const double flops = 4.0 * batch * heads * (double)seq * seq * d / (causal ? 2 : 1) * (backward ? 2.5 : 1);
+          const double flops = attention_flops(batch, heads, seq, d, causal, backward);
           if (ms > 0) {
             bench_add(r, name, ms, 0, flops / ms / 1e9, "TFLOP/s");
             fprintf(stderr, "  %-44s %9.3f ms %7.1f TFLOP/s\n", name, ms, flops / ms / 1e9);
@@ -148,9 +152,8 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
       attention_case c;
       char shape[64], config[96];
       snprintf(shape, sizeof shape, "prefill D128 S%lld causal=%d", (long long)seq, causal);
-      if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 0, &rng)) {
-        c.params.causal = causal;
-        const double flops = 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
+      if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, causal, 0, &rng)) {
+        const double flops = attention_flops(batch, heads, seq, 128, causal, 0);
         static const int block_n[] = {64, 128}, stages[] = {2, 3}, groups[] = {1, 2};
         for (int p = 1; p <= 2; p++)
           for (int tma = 0; tma <= 1; tma++)
@@ -178,12 +181,8 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
     attention_case c;
     char shape[64];
     snprintf(shape, sizeof shape, "backward D128 S%lld causal=%d", (long long)seq, causal);
-    if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, 1, &rng)) {
-      c.params.causal = causal;
-      c.backward = 0; /* out and lse of the forward, for the backward to read */
-      call(&c);
-      c.backward = 1;
-      const double flops = 2.5 * 4.0 * batch * heads * (double)seq * seq * 128 / (causal ? 2 : 1);
+    if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, causal, 1, &rng)) {
+      const double flops = attention_flops(batch, heads, seq, 128, causal, 1);
       bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
       static const char *const configs[] = {"block_n=64", "block_m=64", "in_regs=0", "stages=3"};
       for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)

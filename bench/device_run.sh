@@ -34,25 +34,22 @@ if [[ $parts == *tests* ]]; then
   "$B/bin/yk" demo >> "$OUT/tests.log" 2>&1 || status=1
   sed -n '/=== demo/,$p' "$OUT/tests.log"
 fi
+sweep=$([[ $parts == *sweep* ]] && echo --sweep)
 if [[ $parts == *bench* ]]; then
-  "$B/bin/yk" bench $([[ $parts == *sweep* ]] && echo --sweep) > "$OUT/bench.log" 2>&1 || status=1
+  "$B/bin/yk" bench $sweep > "$OUT/bench.log" 2>&1 || status=1
   YK_PREFILL_KERNEL=mma_sync "$B/bin/yk" bench --attention --json "$OUT/yk_bench_mma_sync.json" >> "$OUT/bench.log" 2>&1 || status=1
   grep -v "^|" "$OUT/bench.log"
 fi
-if [[ $parts == *decode* ]]; then # decode only: dense (both layouts), paged, cascade
-  "$B/bin/yk" bench --decode $([[ $parts == *sweep* ]] && echo --sweep) --json "$OUT/yk_bench_decode.json" \
-    > "$OUT/decode.log" 2>&1 || status=1
-  grep -v "^|" "$OUT/decode.log"
-fi
-if [[ $parts == *prefill* ]]; then # the prefill rows, then every Hopper prefill configuration
-  "$B/bin/yk" bench --prefill --sweep --json "$OUT/yk_bench_prefill.json" > "$OUT/prefill.log" 2>&1 || status=1
-  grep -v "^|" "$OUT/prefill.log"
-fi
-if [[ $parts == *backward* ]]; then # the backward rows, with sweep its tiles
-  "$B/bin/yk" bench --backward $([[ $parts == *sweep* ]] && echo --sweep) --json "$OUT/yk_bench_backward.json" \
-    > "$OUT/backward.log" 2>&1 || status=1
-  grep -v "^|" "$OUT/backward.log"
-fi
+# One kernel family's rows alone: yk bench --NAME [flags], NAME.log and yk_bench_NAME.json
+narrow() {
+  local name=$1
+  shift
+  "$B/bin/yk" bench "--$name" "$@" --json "$OUT/yk_bench_$name.json" > "$OUT/$name.log" 2>&1 || status=1
+  grep -v "^|" "$OUT/$name.log"
+}
+[[ $parts == *decode* ]] && narrow decode $sweep     # dense (both layouts), paged, cascade; with sweep its splits, tiles, hints
+[[ $parts == *prefill* ]] && narrow prefill --sweep  # the prefill rows, then every Hopper prefill configuration
+[[ $parts == *backward* ]] && narrow backward $sweep # the backward rows; with sweep its tiles
 if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test binaries' libraries
   export YK_LIBRARY=$PWD/$B/lib/libyk.so
   PYTHONPATH=python python3 -m pytest -q -p no:cacheprovider python/tests > "$OUT/python.log" 2>&1 || status=1
