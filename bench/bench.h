@@ -25,6 +25,10 @@ typedef yk_status (*bench_fn)(void *arg);
  * timer's capacity), after warm-up. Negative if fn fails (the message is on the context). */
 double bench_median_ms(bench_timer *t, bench_fn fn, void *arg);
 
+/* Microseconds a call of fn when an engine's step issues it back to back (no L2 flush, no sync
+ * between calls), the median of 21 batches of 200. Negative if fn fails. */
+double bench_back_to_back_us(bench_timer *t, bench_fn fn, void *arg);
+
 /* One row of results. */
 typedef struct bench_row {
   char name[96];

@@ -170,26 +170,29 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
     }
 }
 
-/* The backward's tiles at head dim 128, S4096. A pin sets a field in both kernels, so each row moves
- * one: block_n=64 the dk/dv block (64 keys, two blocks an SM; dq's key tile is 64 already),
- * block_m=64 and in_regs=0 the dq kernel (dk/dv's query tile is 64 rows and its K and V fragments
- * are read from shared memory already), stages=3 both. */
+/* The backward's tiles at head dims 64 and 128, S4096. A pin sets a field in both kernels, so a
+ * row moves one or the other: block_n=64 the dk/dv block (64 keys, two blocks an SM; dq's key tile
+ * is 64 already), block_m=64 the dq block (dk/dv's query tile is 64 rows already), both at once;
+ * in_regs=0 the dq kernel's Q and dout fragments (and at 64 dk/dv's K and V); stages=3 both. */
 static void backward_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {29};
-  for (int causal = 0; causal <= 1; causal++) {
-    const int64_t seq = 4096, batch = 4, heads = 16;
-    attention_case c;
-    char shape[64];
-    snprintf(shape, sizeof shape, "backward D128 S%lld causal=%d", (long long)seq, causal);
-    if (!dense(&c, t->ctx, batch, seq, heads, heads, 128, causal, 1, &rng)) {
-      const double flops = attention_flops(batch, heads, seq, 128, causal, 1);
-      bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-      static const char *const configs[] = {"block_n=64", "block_m=64", "in_regs=0", "stages=3"};
-      for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
-        bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
+  static const int dims[] = {64, 128};
+  for (int di = 0; di < 2; di++)
+    for (int causal = 0; causal <= 1; causal++) {
+      const int64_t seq = 4096, batch = 4, heads = 2048 / dims[di];
+      attention_case c;
+      char shape[64];
+      snprintf(shape, sizeof shape, "backward D%d S%lld causal=%d", dims[di], (long long)seq, causal);
+      if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
+        const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
+        bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
+        static const char *const configs[] = {"block_n=64", "block_m=64", "block_m=64,block_n=64",
+                                              "block_m=64,block_n=64,stages=3", "in_regs=0", "stages=3"};
+        for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
+          bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
+      }
+      free_case(&c);
     }
-    free_case(&c);
-  }
 }
 
 /* Decode over split counts (every batch: at batch 64 a grid of 512 blocks is 1.94 waves of two a
@@ -231,6 +234,32 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
     yh_tensor_free(&ws);
     free_case(&c);
   }
+  /* batch 1 over lengths: time = fixed cost + bytes / steady rate, the two parts of B1's figure,
+   * for the default and for the knobs that would move either (more blocks, deeper pipelines, the
+   * L2 hint, the head-major layout the peers read) */
+  static const int64_t lengths[] = {8192, 32768, 131072};
+  static const char *const knobs[] = {"stages=4", "warps=8", "kv_hint=none"};
+  for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++)
+    for (int head_major = 0; head_major < 2; head_major++) {
+      attention_case c;
+      yh_tensor ws;
+      char shape[64], config[32];
+      snprintf(shape, sizeof shape, "decode B1 L%lld%s", (long long)lengths[i], head_major ? " hnd" : "");
+      const double bytes = 2.0 * lengths[i] * 8 * 128 * 2;
+      if (!decode_case(&c, &ws, t->ctx, 1, lengths[i], head_major, &rng)) {
+        static const int splits[] = {0, 32, 33, 64};
+        for (int s = 0; s < (head_major ? 1 : 4); s++) {
+          c.params.num_splits = splits[s];
+          snprintf(config, sizeof config, "num_splits=%d", splits[s]);
+          bench_sweep_one(t, r, shape, NULL, config, call, &c, bytes, "GB/s");
+        }
+        c.params.num_splits = 0;
+        for (int k = 0; k < (head_major ? 0 : 3); k++)
+          bench_sweep_one(t, r, shape, "attention_decode", knobs[k], call, &c, bytes, "GB/s");
+      }
+      yh_tensor_free(&ws);
+      free_case(&c);
+    }
 }
 
 /* yk bench --sweep: decode over split counts and tile shapes, the prefill and the backward over

@@ -93,6 +93,14 @@ int bench_ops(bench_timer *t, bench_results *r, int quick) {
       bench_add(r, cases[i].name, ms, gbps, gbps, "GB/s");
       fprintf(stderr, "  %-34s %9.4f ms %8.0f GB/s\n", cases[i].name, ms, gbps);
     }
+    /* decode-sized: what the launch path costs when calls follow each other, as in an engine's step */
+    const double us = ms > 0 && cases[i].tokens <= 64 ? bench_back_to_back_us(t, bench_case_call, &c) : -1;
+    if (us > 0) {
+      char name[96];
+      snprintf(name, sizeof name, "%s back-to-back", cases[i].name);
+      bench_add(r, name, us * 1e-3, 0, us, "us");
+      fprintf(stderr, "  %-34s %9.2f us a call\n", name, us);
+    }
     bench_case_free(&c);
   }
   return failures;

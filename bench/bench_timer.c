@@ -66,6 +66,31 @@ double bench_median_ms(bench_timer *t, bench_fn fn, void *arg) {
   return reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
 }
 
+/* Batches of 200 calls enqueued back to back, no flush, events at each end: the stream's time a
+ * call, whichever of the host's submit and the GPU's run is the slower. 200 stay inside the launch
+ * queue (about 1024 entries); the device is drained between batches. */
+double bench_back_to_back_us(bench_timer *t, bench_fn fn, void *arg) {
+  enum { BATCHES = 21, PER_BATCH = 200 };
+  const yk_cuda_api *cu = &t->ctx->cu;
+  double times[BATCHES];
+  if (yk_cuda_make_current(t->ctx) != YK_OK || fn(arg) != YK_OK) return -1; /* warm-up */
+  for (int b = 0; b < BATCHES; b++) {
+    if (cu->cuCtxSynchronize() != CUDA_SUCCESS) return -1;
+    cu->cuEventRecord(t->start[b], NULL);
+    for (int i = 0; i < PER_BATCH; i++)
+      if (fn(arg) != YK_OK) return -1;
+    cu->cuEventRecord(t->end[b], NULL);
+  }
+  if (cu->cuCtxSynchronize() != CUDA_SUCCESS) return -1;
+  for (int b = 0; b < BATCHES; b++) {
+    float ms;
+    cu->cuEventElapsedTime(&ms, t->start[b], t->end[b]);
+    times[b] = ms * 1e3 / PER_BATCH;
+  }
+  qsort(times, BATCHES, sizeof *times, compare);
+  return times[BATCHES / 2];
+}
+
 void bench_add(bench_results *r, const char *name, double ms, double gbps, double value, const char *unit) {
   if (r->count == (int)(sizeof r->rows / sizeof r->rows[0])) return;
   bench_row *row = &r->rows[r->count++];

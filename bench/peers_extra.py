@@ -1,6 +1,8 @@
 """Peers' figures for the shapes ../shared/anchors/peers.py does not time: fused add + RMSNorm,
 decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE, and attention backward. Same method as peers.py
-(triton.testing.do_bench, median), same byte counts as yk bench. Writes $OUT/peers_extra.json."""
+(triton.testing.do_bench, median), same byte counts as yk bench. The 64-token ops also issued back to
+back (OP.eager_b2b / OP.compiled_b2b, microseconds a call), as yk bench's "back-to-back" rows are.
+Writes $OUT/peers_extra.json."""
 import json, os
 import torch, torch.nn.functional as F
 from triton.testing import do_bench
@@ -11,6 +13,25 @@ def rec(k, v, unit=""):
 
 dev = "cuda"; torch.manual_seed(0)
 bw = lambda nbytes, ms: nbytes / ms / 1e6
+
+def back_to_back_us(f):
+    """A call's time on the stream when calls follow each other with no flush and no sync: the median
+    of 21 batches of 200, CUDA events at each end (yk bench's bench_back_to_back_us)."""
+    f(); torch.cuda.synchronize()
+    times = []
+    for _ in range(21):
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(200):
+            f()
+        e.record(); torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) * 1e3 / 200)
+    return sorted(times)[10]
+
+def b2b(name, shape, eager, compiled):
+    rec(f"{name}.eager_b2b {shape}", back_to_back_us(eager), "us")
+    rec(f"{name}.compiled_b2b {shape}", back_to_back_us(compiled), "us")
 
 def fused(x, r, w):
     r = x + r
@@ -23,6 +44,8 @@ for T, H in [(16384, 4096), (64, 4096)]:
     rec(f"fused_add_rmsnorm.eager T{T} H{H}", bw(nb, do_bench(lambda: fused(x, r, w), return_mode="median")), "GB/s")
     fc = torch.compile(fused); fc(x, r, w)
     rec(f"fused_add_rmsnorm.compiled T{T} H{H}", bw(nb, do_bench(lambda: fc(x, r, w), return_mode="median")), "GB/s")
+    if T == 64:
+        b2b("fused_add_rmsnorm", f"T{T} H{H}", lambda: fused(x, r, w), lambda: fc(x, r, w))
 
 T, H = 64, 4096
 x = torch.randn(T, H, device=dev, dtype=torch.bfloat16); w = torch.randn(H, device=dev, dtype=torch.bfloat16)
@@ -30,6 +53,13 @@ nb = 2 * x.numel() * 2
 rec(f"rmsnorm.eager T{T} H{H}", bw(nb, do_bench(lambda: F.rms_norm(x, (H,), w, 1e-6), return_mode="median")), "GB/s")
 fc = torch.compile(lambda x, w: F.rms_norm(x, (H,), w, 1e-6)); fc(x, w)
 rec(f"rmsnorm.compiled T{T} H{H}", bw(nb, do_bench(lambda: fc(x, w), return_mode="median")), "GB/s")
+b2b("rmsnorm", f"T{T} H{H}", lambda: F.rms_norm(x, (H,), w, 1e-6), lambda: fc(x, w))
+
+T, I = 64, 14336  # peers.py times this shape with do_bench; here back to back only
+x = torch.randn(T, 2 * I, device=dev, dtype=torch.bfloat16)
+g = lambda x: F.silu(x[:, :I]) * x[:, I:]
+gc = torch.compile(g); gc(x)
+b2b("silu_and_mul", f"T{T} I{I}", lambda: g(x), lambda: gc(x))
 
 def rope(q, k, cos, sin, pos):
     c = cos[pos].unsqueeze(1); s = sin[pos].unsqueeze(1)
@@ -46,6 +76,7 @@ nb = 2 * (q.numel() + k.numel()) * 2
 rec(f"rope.eager T{T} q32 k8 d128", bw(nb, do_bench(lambda: rope(q, k, cos, sin, pos), return_mode="median")), "GB/s")
 rc = torch.compile(rope); rc(q, k, cos, sin, pos)
 rec(f"rope.compiled T{T} q32 k8 d128", bw(nb, do_bench(lambda: rc(q, k, cos, sin, pos), return_mode="median")), "GB/s")
+b2b("rope", f"T{T} q32 k8 d128", lambda: rope(q, k, cos, sin, pos), lambda: rc(q, k, cos, sin, pos))
 
 # attention backward through SDPA's flash and cuDNN backends: the shapes of yk bench's backward rows
 from torch.nn.attention import sdpa_kernel, SDPBackend

@@ -34,6 +34,20 @@ for name, r in rows.items():
     fmt = lambda v: f"{v:.0f}" if v else "-"
     ratio = f"{r['value'] / comp:.2f}x" if comp else "-"
     print(f"| {name} | {r['ms']:.4f} | {r['value']:.0f} | {100 * r['value'] / copy:.0f}% | {fmt(eager)} | {fmt(comp)} | {ratio} |")
+b2b = [(name, r) for name, r in rows.items() if name.endswith(" back-to-back")]
+if b2b:
+    print("\n## Decode-sized ops issued back to back (us a call)\n")
+    print("No flush and no sync between 200 calls, CUDA events at each end, median of 21 batches: a call's")
+    print("cost in an engine's step without CUDA graphs, the host's submit or the GPU's run, whichever is")
+    print("slower. torch.compile's is its generated wrapper around the same Triton kernel.\n")
+    print("| op and shape | yk us | torch eager us | torch.compile us | compile / yk |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in b2b:
+        op, shape = name[:-len(" back-to-back")].split(" ", 1)
+        eager, comp = peers.get(f"{op}.eager_b2b {shape}"), peers.get(f"{op}.compiled_b2b {shape}")
+        fmt = lambda v: f"{v:.2f}" if v else "-"
+        ratio = f"{comp / r['value']:.2f}x" if comp else "-"
+        print(f"| {name[:-len(' back-to-back')]} | {r['value']:.2f} | {fmt(eager)} | {fmt(comp)} | {ratio} |")
 att = [(name, r) for name, r in rows.items() if name.startswith(attention)]
 if att:
     print("\n## Attention (bf16): prefill and backward in TFLOP/s, decode in GB/s of K and V read\n")
@@ -65,7 +79,7 @@ peer_for = {
     "launch.yk_rms_norm_us": ("triton.launch_host_us (cache hit, steady)", "Triton cached launch"),
 }
 for name, r in rows.items():
-    if r["unit"] == "GB/s" or name.startswith(attention) or name.startswith("sweep."):
+    if r["unit"] == "GB/s" or name.startswith(attention) or name.startswith("sweep.") or name.endswith(" back-to-back"):
         continue
     key = name.split(" ")[0]
     peer = peer_for.get(key)

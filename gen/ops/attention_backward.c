@@ -24,17 +24,18 @@ static const char *const includes[] = {"attention_common.cuh", NULL};
 /* A warp reads a B fragment (ldmatrix, 512 bytes of shared memory) for every 2 mma of its 16 rows,
  * so shared memory, not the tensor cores, bounds these kernels; the defaults buy fewer reads and
  * barriers per mma. dkdv: 64-row query tiles (16-row ones spent an ldmatrix per mma and two
- * barriers per 16 rows), 8 warps of 16 keys sharing each, K and V fragments in registers where
+ * barriers per 16 rows), 4 warps of 16 keys sharing each, K and V fragments in registers where
  * they fit beside dk, dv and the scores (up to 64); at 256, two warps share 16 keys, each with
- * half the columns, on 32-row tiles (sm_80's 163 KB of shared memory). dq: 8 warps of 16 rows, so
- * that a K and V tile fetched from L2 feeds 128 rows (at 64 rows the tiles alone would take about
- * 24 bytes a clock an SM at the mma rate, most of L2's bandwidth); 64-key tiles, Q and dout
- * fragments in registers up to 128; at 256, 64 rows and 32-key tiles. Every default compiles
- * without spills for sm_80 and sm_90 (241 to 251 registers at 128). */
+ * half the columns, on 32-row tiles (sm_80's 163 KB of shared memory). dq: 4 warps of 16 rows on
+ * 64-key tiles, Q and dout fragments in registers up to 128; at 256, 32-key tiles. Blocks of 64
+ * (rows for dq, keys for dk/dv) fit two to an SM, so one block's barrier and load waits have the
+ * other's mma beside them: on the H200 (bench --backward --sweep, S4096) they ran 1.06-1.14x
+ * blocks of 128 at head dims 64 and 128. Every default compiles without spills for sm_80 and
+ * sm_90. */
 static void complete(yk_spec *s) {
   const int d = s->v[HEAD_DIM], dq = s->v[PART] == PART_DQ;
-  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = dq ? (d > 128 ? 64 : 128) : (d > 128 ? 32 : 64);
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = dq ? (d > 128 ? 32 : 64) : (d > 128 ? 64 : 128);
+  if (s->v[BLOCK_M] == YK_UNSET) s->v[BLOCK_M] = dq || d <= 128 ? 64 : 32;
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = dq && d > 128 ? 32 : 64;
   if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = !dq && d > 128 ? 2 : 1;
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
   if (s->v[IN_REGS] == YK_UNSET) s->v[IN_REGS] = dq ? d <= 128 : d <= 64;
