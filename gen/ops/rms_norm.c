@@ -25,11 +25,11 @@ static void complete(yk_spec *s) {
   const int nvec = hidden / vec;
   int threads = s->v[THREADS];
   if (threads == YK_UNSET) {
-    /* Two row vectors a thread, or one when fused (each then loads x and residual): at hidden 4096
-     * bf16 on an H100, 256 threads gave 2838 GB/s plain and 512 gave 2920 fused, the best of
-     * 64..1024 (yk bench --sweep, bench/results/). */
-    const int per_thread = s->v[FUSED_ADD] ? 1 : 2;
-    threads = ((nvec + per_thread - 1) / per_thread + 31) / 32 * 32;
+    /* Two row vectors a thread, plain or fused: at hidden 4096 bf16, 256 threads. On the H100 that
+     * was the best of 64..1024 plain (2838 GB/s), and fused 1% behind 512 threads (2893 against
+     * 2920, yk bench --sweep); on the H200 it is 1.03x 512 threads fused at 4096 and 16384 tokens
+     * (yk tune, results/2026-12-04-h200-tune-all.md). */
+    threads = ((nvec + 1) / 2 + 31) / 32 * 32;
     threads = threads < 32 ? 32 : threads > 1024 ? 1024 : threads;
   }
   if (s->v[ROW_IN_REGS] == YK_UNSET) {
