@@ -19,7 +19,7 @@
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
-// K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles where the head dim allows, else
+// K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles, head dims a multiple of 64; 0:
 // padded; attention_common.cuh), PAGED, PAGE_SIZE.
 
 constexpr int THREADS = WARPS * 32;
@@ -27,10 +27,11 @@ constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
 constexpr int KSTEPS = HEAD_DIM / 16;
 constexpr int S_TILES = BLOCK_N / 8;
 constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output columns
-constexpr bool SWIZZLED = SWIZZLE && HEAD_DIM % 64 == 0;
+constexpr bool SWIZZLED = SWIZZLE;
 constexpr int ROW = yk_row_stride<SWIZZLED>();
 constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * ROW;        // elements of one team's K and V stages
 static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
+static_assert(!SWIZZLED || HEAD_DIM % 64 == 0, "swizzled rows are whole 128-byte lines");
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
 __device__ __forceinline__ void team_sync(int team) {

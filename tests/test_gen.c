@@ -63,6 +63,7 @@ Test(gen, invalid_specs_are_refused_with_reasons) {
       {"rope:dtype=bf16,head_dim=64,style=gptj,vec=1", "gptj needs vec >= 2"},
       {"rope:dtype=bf16,head_dim=12,rot_dim=12,vec=4", "does not divide"},
       {"act_and_mul:dtype=bf16,d=64,act=relu", "'relu' is not a valid value"},
+      {"attention_decode:dtype=bf16,head_dim=96,swizzle=1", "swizzled tiles need head_dim a multiple of 64"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char *out = (char *)0x1;
@@ -177,7 +178,7 @@ Test(gen, edge_specs_compile_without_spills, .timeout = 300) {
       "attention_decode:dtype=f16,head_dim=128,swizzle=1,kv_hint=prefetch256,split=1",
       "attention_decode:dtype=bf16,head_dim=256,swizzle=1,kv_hint=evict_first,split=1",
       "attention_decode:dtype=bf16,head_dim=64,swizzle=1,kv_hint=none,paged=1,page_size=16",
-      "attention_decode:dtype=f16,head_dim=96,swizzle=1,kv_hint=evict_first,ragged=1",
+      "attention_decode:dtype=f16,head_dim=96,swizzle=0,kv_hint=evict_first,ragged=1",
       /* the backward's tiles a sweep would try beside the defaults */
       "attention_backward:dtype=bf16,head_dim=128,part=dkdv,block_n=64,stages=3",
       "attention_backward:dtype=bf16,head_dim=128,part=dq,block_m=64,in_regs=0,causal=1",

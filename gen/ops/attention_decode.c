@@ -35,8 +35,9 @@ static void complete(yk_spec *s) {
    * difference once the tiles were swizzled */
   if (s->v[KV_HINT] == YK_UNSET) s->v[KV_HINT] = s->v[SPLIT] ? HINT_EVICT_FIRST : HINT_NONE;
   /* swizzled tiles read each 128-byte line with one L2 request, where padded rows took 2.6 and
-   * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep) */
-  if (s->v[SWIZZLE] == YK_UNSET) s->v[SWIZZLE] = 1;
+   * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep);
+   * a swizzled row is whole 128-byte lines, so the head dim must be a multiple of 64 */
+  if (s->v[SWIZZLE] == YK_UNSET) s->v[SWIZZLE] = s->v[HEAD_DIM] % 64 == 0;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
@@ -46,6 +47,8 @@ static int valid(const yk_spec *s, char *why, size_t n) {
     return snprintf(why, n, "ragged keys come from cu_seqlens_k, paged keys from a page table: not both"), 1;
   if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
   if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
+  if (s->v[SWIZZLE] && s->v[HEAD_DIM] % 64)
+    return snprintf(why, n, "swizzled tiles need head_dim a multiple of 64, not %d", s->v[HEAD_DIM]), 1;
   if (s->v[WARPS] % s->v[D_SPLIT] || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
     return snprintf(why, n, "warps %d and head_dim %d must divide among d_split %d", s->v[WARPS], s->v[HEAD_DIM],
                     s->v[D_SPLIT]),
@@ -59,8 +62,7 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 }
 
 static unsigned smem_bytes(const yk_spec *s) {
-  const int swizzled = s->v[SWIZZLE] && s->v[HEAD_DIM] % 64 == 0; /* as the template decides */
-  const unsigned row = (unsigned)(s->v[HEAD_DIM] + (swizzled ? 0 : 8)) * 2u;
+  const unsigned row = (unsigned)(s->v[HEAD_DIM] + (s->v[SWIZZLE] ? 0 : 8)) * 2u;
   const int teams = s->v[WARPS] / s->v[D_SPLIT];
   const unsigned pipelines = (unsigned)(teams * s->v[STAGES] * 2 * s->v[BLOCK_N]) * row +
                              (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
