@@ -63,6 +63,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
   T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
   T *sV = sK + STAGES * BLOCK_N * ROW;
+  // Paged: the block's stretch of the page table into L2 first. The warps read it a tile ahead
+  // (fetch_ids below), but a 128-byte line of it first touched there waits on DRAM behind the
+  // stream of K and V, longer than a tile takes at batch 1.
+  if (PAGED && last > first) {
+    constexpr int PAGE = PAGE_SIZE ? PAGE_SIZE : 1;
+    const int first_id = first / PAGE, last_id = (last - 1) / PAGE;
+    for (int id = first_id + 32 * (int)threadIdx.x; id <= last_id; id += 32 * THREADS) // 32 ids a line
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(pages + id));
+    if (threadIdx.x == 0) asm volatile("prefetch.global.L2 [%0];" ::"l"(pages + last_id)); // the line the stride skips
+  }
   const auto kr = yk_rows_of<PAGE_SIZE>(k, k_b, k_s, k_h, pt.k_block, b, k_start, kv_head, pages, pt.num_blocks);
   const auto vr = yk_rows_of<PAGE_SIZE>(v, v_b, v_s, v_h, pt.v_block, b, k_start, kv_head, pages, pt.num_blocks);
 
