@@ -39,7 +39,7 @@ typedef struct bench_row {
 } bench_row;
 
 typedef struct bench_results {
-  bench_row rows[192];
+  bench_row rows[512]; /* yk bench --sweep fills about 360 */
   int count;
   double copy_gbps; /* measured device-to-device copy, read + write */
 } bench_results;

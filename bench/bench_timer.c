@@ -92,7 +92,10 @@ double bench_back_to_back_us(bench_timer *t, bench_fn fn, void *arg) {
 }
 
 void bench_add(bench_results *r, const char *name, double ms, double gbps, double value, const char *unit) {
-  if (r->count == (int)(sizeof r->rows / sizeof r->rows[0])) return;
+  if (r->count == (int)(sizeof r->rows / sizeof r->rows[0])) {
+    fprintf(stderr, "bench: the results table is full; %s is not kept\n", name);
+    return;
+  }
   bench_row *row = &r->rows[r->count++];
   snprintf(row->name, sizeof row->name, "%s", name);
   row->ms = ms, row->gbps = gbps, row->value = value, row->unit = unit;
