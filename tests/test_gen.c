@@ -34,6 +34,18 @@ Test(gen, canonical_form_fills_defaults_and_round_trips) {
   cr_assert_eq(yk_spec_canonical(ctx, "act_and_mul:dtype=f32,d=14337,act=gelu_tanh", &a), YK_OK);
   cr_assert_str_eq(a, "act_and_mul:dtype=f32,d=14337,vec=1,threads=256,items=1,act=gelu_tanh");
   yk_free(a);
+  /* fused: two row vectors a thread too; decode: swizzled tiles only where rows are whole lines */
+  cr_assert_eq(yk_spec_canonical(ctx, "rms_norm:dtype=bf16,hidden=4096,fused_add=1", &a), YK_OK);
+  cr_assert_str_eq(a, "rms_norm:dtype=bf16,hidden=4096,vec=8,threads=256,fused_add=1,row_in_regs=1");
+  yk_free(a);
+  const char *decode[][2] = {{"attention_decode:dtype=bf16,head_dim=128", "swizzle=1"},
+                             {"attention_decode:dtype=bf16,head_dim=96", "swizzle=0"},
+                             {"attention_decode:dtype=f16,head_dim=80,split=1", "swizzle=0"}};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(yk_spec_canonical(ctx, decode[i][0], &a), YK_OK, "%s", yk_ctx_last_error(ctx));
+    cr_assert(strstr(a, decode[i][1]), "%s: %s", decode[i][0], a);
+    yk_free(a);
+  }
   yk_ctx_destroy(ctx);
 }
 
