@@ -5,6 +5,7 @@
 
 #include "runtime/context.h"
 #include "runtime/error.h"
+#include "runtime/module.h"
 #include "yk/kv.h"
 
 /* Offsets in memory the host can read are checked here: from 0, never decreasing, within the
@@ -313,4 +314,40 @@ yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view 
       if (outs[j]->data && (st = yk_views_apart(ctx, op, out_names[i], outs[i], out_names[j], outs[j]))) return st;
   }
   return YK_OK;
+}
+
+/* Workspaces: the split decode (dense and paged), the backward and plan/run paged decode share them. */
+yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, int on_device,
+                             float **out) {
+  yk_view wv;
+  yk_status st = yk_view_of(ctx, op, "workspace", given, YK_ACCEPT_FLOAT, 1, 1, &wv);
+  if (st) return st;
+  if (wv.type != YK_F32 || wv.on_device != on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: workspace must be a float32 %s vector of at least %zu elements, 16-byte aligned", op,
+                    on_device ? "device" : "host", floats);
+  *out = (float *)(void *)wv.data;
+  return YK_OK;
+}
+
+yk_status yk_device_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
+                              float **out, CUdeviceptr *scratch) {
+  *out = NULL, *scratch = 0;
+  if (!floats) return YK_OK;
+  if (given) return yk_workspace_check(ctx, op, given, floats, 1, out);
+  if (!ctx->cu.cuMemAllocAsync)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
+  yk_status st = yk_cuda_make_current(ctx);
+  if (st) return st;
+  CUresult r = ctx->cu.cuMemAllocAsync(scratch, floats * sizeof(float), (CUstream)stream);
+  if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the workspace");
+  *out = (float *)(uintptr_t)*scratch;
+  return YK_OK;
+}
+
+yk_status yk_device_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream) {
+  if (!scratch) return st;
+  CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream); /* stream-ordered: after the kernels */
+  if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the workspace");
+  return st;
 }

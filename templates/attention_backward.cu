@@ -144,22 +144,6 @@ __device__ __forceinline__ void p_ds_of_keys(unsigned (&pt)[TILES / 2][4], unsig
   }
 }
 
-// acc[COLS/8] += A (16 x K, packed A fragments) * B (K rows of which COLS columns, from bt_rows via
-// ldmatrix.trans).
-template <int K, int COLS>
-__device__ __forceinline__ void mma_packed_rows(float (&acc)[COLS / 8][4], const unsigned (&a)[K / 16][4],
-                                                const T *bt_rows) {
-#pragma unroll
-  for (int kt = 0; kt < K / 16; ++kt)
-#pragma unroll
-    for (int nt = 0; nt < COLS / 8; nt += 2) {
-      unsigned b[4];
-      yk_ldmatrix_x4_trans(b, bt_rows + kt * 16 * YK_ROW + nt * 8);
-      yk_mma(acc[nt], a[kt], b[0], b[1]);
-      yk_mma(acc[nt + 1], a[kt], b[2], b[3]);
-    }
-}
-
 // Writes rows [row0 + 16 w + g (+8)] of a 16 x COLS float C-fragment accumulator, scaled.
 template <int COLS>
 __device__ __forceinline__ void store_rows(T *base, long long row_stride, int rows_valid, int first_row, int col0,
@@ -285,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         else
           ds_of_rows<false, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
       }
-      mma_packed_rows<BLOCK_N, HEAD_DIM>(acc, dsf, yk_bt_rows(k_tile, lane)); // dq += dS k
+      yk_mma_packed_rows<BLOCK_N, HEAD_DIM>(acc, dsf, yk_bt_rows(k_tile, lane)); // dq += dS k
     }
     store_rows<HEAD_DIM>(dq + batch * dq_b + (long long)(q_start + row0) * dq_s + head * dq_h, dq_s, len_q - row0,
                          warp * 16, 0, acc, scale, lane);
@@ -372,8 +356,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         else
           p_ds_of_keys<false, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
       }
-      mma_packed_rows<BLOCK_M, COLS>(dv_acc, pt, yk_bt_rows(do_tile, lane) + cols0); // dv += P^T dout
-      mma_packed_rows<BLOCK_M, COLS>(dk_acc, dst, yk_bt_rows(q_tile, lane) + cols0); // dk += dS^T q
+      yk_mma_packed_rows<BLOCK_M, COLS>(dv_acc, pt, yk_bt_rows(do_tile, lane) + cols0); // dv += P^T dout
+      yk_mma_packed_rows<BLOCK_M, COLS>(dk_acc, dst, yk_bt_rows(q_tile, lane) + cols0); // dk += dS^T q
     }
     store_rows<COLS>(dk + batch * dk_b + (long long)(k_start + col0) * dk_s + head * dk_h, dk_s, len_k - col0,
                      key_warp * 16, cols0, dk_acc, scale, lane);

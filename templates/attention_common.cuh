@@ -287,6 +287,20 @@ template <int TILES> __device__ __forceinline__ void yk_p_fragment(unsigned (&a)
   a[2] = yk_pack2(p[2 * kt + 1][0], p[2 * kt + 1][1]), a[3] = yk_pack2(p[2 * kt + 1][2], p[2 * kt + 1][3]);
 }
 
+// acc[COLS/8] += A (16 x 16, the A fragment a of k step kt) * B (rows [16 kt, 16 kt + 16) of which
+// COLS columns, from bt_rows via ldmatrix.trans).
+template <int COLS, class Rows>
+__device__ __forceinline__ void yk_mma_trans_step(float (&acc)[COLS / 8][4], const unsigned (&a)[4], const Rows &bt_rows,
+                                                  int kt) {
+#pragma unroll
+  for (int nt = 0; nt < COLS / 8; nt += 2) {
+    unsigned b[4];
+    yk_ldmatrix_x4_trans(b, yk_at(bt_rows, kt * 16, nt * 8));
+    yk_mma(acc[nt], a, b[0], b[1]);
+    yk_mma(acc[nt + 1], a, b[2], b[3]);
+  }
+}
+
 // acc[COLS/8] += P (16 x K, float C tiles) * B (K rows of which COLS columns, from bt_rows via
 // ldmatrix.trans).
 template <int K, int COLS, class Rows>
@@ -295,14 +309,16 @@ __device__ __forceinline__ void yk_mma_p_rows(float (&acc)[COLS / 8][4], const f
   for (int kt = 0; kt < K / 16; ++kt) {
     unsigned a[4];
     yk_p_fragment(a, p, kt);
-#pragma unroll
-    for (int nt = 0; nt < COLS / 8; nt += 2) {
-      unsigned b[4];
-      yk_ldmatrix_x4_trans(b, yk_at(bt_rows, kt * 16, nt * 8));
-      yk_mma(acc[nt], a, b[0], b[1]);
-      yk_mma(acc[nt + 1], a, b[2], b[3]);
-    }
+    yk_mma_trans_step<COLS>(acc, a, bt_rows, kt);
   }
+}
+
+// The same with A already packed: a[kt] the A fragment of k step kt.
+template <int K, int COLS, class Rows>
+__device__ __forceinline__ void yk_mma_packed_rows(float (&acc)[COLS / 8][4], const unsigned (&a)[K / 16][4],
+                                                   const Rows &bt_rows) {
+#pragma unroll
+  for (int kt = 0; kt < K / 16; ++kt) yk_mma_trans_step<COLS>(acc, a[kt], bt_rows, kt);
 }
 
 // -inf for keys past len_k and, causally, past each row's diagonal (key > row + shift); s's

@@ -31,7 +31,6 @@ constexpr bool SWIZZLED = SWIZZLE;
 constexpr int ROW = yk_row_stride<SWIZZLED>();
 constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * ROW;        // elements of one team's K and V stages
 static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
-static_assert(!SWIZZLED || HEAD_DIM % 64 == 0, "swizzled rows are whole 128-byte lines");
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
 __device__ __forceinline__ void team_sync(int team) {

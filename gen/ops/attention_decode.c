@@ -9,7 +9,6 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
-#include "runtime/module.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS, KV_HINT, SWIZZLE, PAGED, PAGE_SIZE };
@@ -131,41 +130,6 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
     return 0;
   return yk_decode_workspace_floats(batch, q_heads, head_dim,
                                     yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
-}
-
-yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, int on_device,
-                             float **out) {
-  yk_view wv;
-  yk_status st = yk_view_of(ctx, op, "workspace", given, YK_ACCEPT_FLOAT, 1, 1, &wv);
-  if (st) return st;
-  if (wv.type != YK_F32 || wv.on_device != on_device || (size_t)wv.shape[0] < floats || ((uintptr_t)wv.data & 15))
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
-                    "%s: workspace must be a float32 %s vector of at least %zu elements, 16-byte aligned", op,
-                    on_device ? "device" : "host", floats);
-  *out = (float *)(void *)wv.data;
-  return YK_OK;
-}
-
-yk_status yk_device_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
-                              float **out, CUdeviceptr *scratch) {
-  *out = NULL, *scratch = 0;
-  if (!floats) return YK_OK;
-  if (given) return yk_workspace_check(ctx, op, given, floats, 1, out);
-  if (!ctx->cu.cuMemAllocAsync)
-    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the driver has no cuMemAllocAsync; pass params->workspace", op);
-  yk_status st = yk_cuda_make_current(ctx);
-  if (st) return st;
-  CUresult r = ctx->cu.cuMemAllocAsync(scratch, floats * sizeof(float), (CUstream)stream);
-  if (r != CUDA_SUCCESS) return yk_cuda_error(ctx, r, "allocating the workspace");
-  *out = (float *)(uintptr_t)*scratch;
-  return YK_OK;
-}
-
-yk_status yk_device_workspace_release(yk_ctx *ctx, CUdeviceptr scratch, yk_status st, void *stream) {
-  if (!scratch) return st;
-  CUresult r = ctx->cu.cuMemFreeAsync(scratch, (CUstream)stream); /* stream-ordered: after the kernels */
-  if (r != CUDA_SUCCESS && st == YK_OK) st = yk_cuda_error(ctx, r, "freeing the workspace");
-  return st;
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
