@@ -186,8 +186,9 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
       if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
         const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-        static const char *const configs[] = {"block_n=64", "block_m=64", "block_m=64,block_n=64",
-                                              "block_m=64,block_n=64,stages=3", "in_regs=0", "stages=3"};
+        static const char *const configs[] = {
+            "block_n=64", "block_m=64", "block_m=64,block_n=64", "block_m=64,block_n=64,stages=3",
+            "in_regs=0",  "stages=3"};
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
           bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
       }
@@ -234,11 +235,19 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
     yh_tensor_free(&ws);
     free_case(&c);
   }
-  /* batch 1 over lengths: time = fixed cost + bytes / steady rate, the two parts of B1's figure,
-   * for the default and for the knobs that would move either (more blocks, deeper pipelines, the
-   * L2 hint, the head-major layout the peers read) */
+  bench_decode_lengths(t, r);
+}
+
+/* Knobs that would move batch-1 decode's fixed cost or its steady rate: deeper pipelines, more
+ * teams a block (more tiles in flight an SM), the L2 hint. */
+static const char *const b1_knobs[] = {"stages=4", "warps=8",          "kv_hint=none",
+                                       "warps=6",  "warps=8,stages=2", "warps=12,stages=2"};
+
+/* batch 1 over lengths: time = fixed cost + bytes / steady rate, the two parts of B1's figure,
+ * for the default and each knob, with the head-major layout the peers read; then paged keys */
+void bench_decode_lengths(bench_timer *t, bench_results *r) {
+  yh_rng rng = {24};
   static const int64_t lengths[] = {8192, 32768, 131072};
-  static const char *const knobs[] = {"stages=4", "warps=8", "kv_hint=none"};
   for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++)
     for (int head_major = 0; head_major < 2; head_major++) {
       attention_case c;
@@ -254,12 +263,13 @@ static void decode_sweep(bench_timer *t, bench_results *r) {
           bench_sweep_one(t, r, shape, NULL, config, call, &c, bytes, "GB/s");
         }
         c.params.num_splits = 0;
-        for (int k = 0; k < (head_major ? 0 : 3); k++)
-          bench_sweep_one(t, r, shape, "attention_decode", knobs[k], call, &c, bytes, "GB/s");
+        for (int k = 0; k < (head_major ? 0 : (int)(sizeof b1_knobs / sizeof b1_knobs[0])); k++)
+          bench_sweep_one(t, r, shape, "attention_decode", b1_knobs[k], call, &c, bytes, "GB/s");
       }
       yh_tensor_free(&ws);
       free_case(&c);
     }
+  bench_paged_knobs(t, r);
 }
 
 /* yk bench --sweep: decode over split counts and tile shapes, the prefill and the backward over

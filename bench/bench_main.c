@@ -37,7 +37,7 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
   int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0, paged_only = 0, decode_only = 0,
-      prefill_only = 0, backward_only = 0, ops_only = 0;
+      prefill_only = 0, backward_only = 0, ops_only = 0, lengths_only = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
@@ -62,17 +62,20 @@ int cmd_bench(int argc, char **argv) {
       backward_only = 1;
     else if (!strcmp(argv[i], "--ops"))
       ops_only = 1;
+    else if (!strcmp(argv[i], "--lengths"))
+      lengths_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
       fprintf(help ? stdout : stderr,
               "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
-              "                [--backward] [--ops] [--kv] [--radix]\n"
+              "                [--backward] [--ops] [--lengths] [--kv] [--radix]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
               "--paged: paged decode and cascade decode only.\n"
               "--decode: dense decode (both KV layouts), then paged and cascade decode; with --sweep, the\n"
               "  decode's split counts, tiles, shared-memory layouts and L2 hints too.\n"
               "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
               "--backward: the backward only; with --sweep, its tiles too.\n"
+              "--lengths: batch-1 decode over lengths (dense and paged) under the knobs of its kernel.\n"
               "--ops: the norms, activations and RoPE, then the JIT and dispatch costs.\n"
               "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
               "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
@@ -106,7 +109,9 @@ int cmd_bench(int argc, char **argv) {
   if (c.b) ctx->cu.cuMemFree(c.b);
 
   int failures = 0;
-  if (prefill_only) {
+  if (lengths_only) {
+    bench_decode_lengths(&timer, &results);
+  } else if (prefill_only) {
     bench_prefill(&timer, &results, sweep);
   } else if (backward_only) {
     bench_backward(&timer, &results, sweep);

@@ -171,3 +171,22 @@ int bench_paged(bench_timer *t, bench_results *r) {
   free_bench(&plain), free_bench(&cascade);
   return 0;
 }
+
+/* Paged batch 1 x 32768, page 16, under the knobs that moved its rate: teams a block and their
+ * stages (8 of 2 the default; 4 of 3 the dense default), 32-key tiles, the L2 hint. */
+void bench_paged_knobs(bench_timer *t, bench_results *r) {
+  static const char *const knobs[] = {"warps=4,stages=3",  "warps=6",      "warps=8,stages=3",
+                                      "warps=12,stages=2", "kv_hint=none", "warps=4,block_n=32"};
+  yh_rng rng = {32};
+  paged_bench b;
+  const int64_t len = 32768;
+  if (setup(&b, t->ctx, 1, len, 0, 16, 0, 0, &rng)) {
+    fprintf(stderr, "  paged B1: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
+  } else {
+    const double bytes = 2.0 * len * KV_HEADS * HEAD_DIM * 2;
+    bench_sweep_one(t, r, "paged decode B1 L32768 page16", NULL, "default", run, &b, bytes, "GB/s");
+    for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++)
+      bench_sweep_one(t, r, "paged decode B1 L32768 page16", "attention_decode", knobs[k], run, &b, bytes, "GB/s");
+  }
+  free_bench(&b);
+}

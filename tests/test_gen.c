@@ -34,14 +34,19 @@ Test(gen, canonical_form_fills_defaults_and_round_trips) {
   cr_assert_eq(yk_spec_canonical(ctx, "act_and_mul:dtype=f32,d=14337,act=gelu_tanh", &a), YK_OK);
   cr_assert_str_eq(a, "act_and_mul:dtype=f32,d=14337,vec=1,threads=256,items=1,act=gelu_tanh");
   yk_free(a);
-  /* fused: two row vectors a thread too; decode: swizzled tiles only where rows are whole lines */
+  /* fused: two row vectors a thread too; decode: swizzled tiles only where rows are whole lines,
+   * 8 one-warp teams of 2 stages for paged keys with a split */
   cr_assert_eq(yk_spec_canonical(ctx, "rms_norm:dtype=bf16,hidden=4096,fused_add=1", &a), YK_OK);
   cr_assert_str_eq(a, "rms_norm:dtype=bf16,hidden=4096,vec=8,threads=256,fused_add=1,row_in_regs=1");
   yk_free(a);
-  const char *decode[][2] = {{"attention_decode:dtype=bf16,head_dim=128", "swizzle=1"},
-                             {"attention_decode:dtype=bf16,head_dim=96", "swizzle=0"},
-                             {"attention_decode:dtype=f16,head_dim=80,split=1", "swizzle=0"}};
-  for (int i = 0; i < 3; i++) {
+  const char *decode[][2] = {
+      {"attention_decode:dtype=bf16,head_dim=128", "swizzle=1"},
+      {"attention_decode:dtype=bf16,head_dim=96", "swizzle=0"},
+      {"attention_decode:dtype=f16,head_dim=80,split=1", "swizzle=0"},
+      {"attention_decode:dtype=bf16,head_dim=128,split=1,paged=1", "warps=8,d_split=1,stages=2"},
+      {"attention_decode:dtype=bf16,head_dim=128,split=1", "warps=4,d_split=1,stages=3"},
+      {"attention_decode:dtype=bf16,head_dim=256,split=1,paged=2", "warps=8,d_split=2,stages=3"}};
+  for (int i = 0; i < 6; i++) {
     cr_assert_eq(yk_spec_canonical(ctx, decode[i][0], &a), YK_OK, "%s", yk_ctx_last_error(ctx));
     cr_assert(strstr(a, decode[i][1]), "%s: %s", decode[i][0], a);
     yk_free(a);

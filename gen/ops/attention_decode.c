@@ -20,13 +20,18 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
 
 static void complete(yk_spec *s) {
+  yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+  if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
   if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 16;
   /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
   if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = s->v[HEAD_DIM] > 128 ? 2 : 1;
-  if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = 4 * s->v[D_SPLIT];
-  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 3;
-  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
-  if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
+  /* bench --lengths, H200, batch 1 x 32768: paged keys with a split ran at 1.08x on 8 one-warp
+   * teams with 2 stages each against 4 with 3 (2740 against 2534 GB/s; 6 teams 2731, 12 2144):
+   * twice the tiles in flight an SM hide the page-table gathers. Dense keys: 1.00x, kept at 4 */
+  const int paged_split = s->v[PAGED] && s->v[SPLIT] && s->v[D_SPLIT] == 1;
+  if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = (paged_split ? 8 : 4) * s->v[D_SPLIT];
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[WARPS] / s->v[D_SPLIT] >= 8 ? 2 : 3; /* 128 KiB at 8 */
   /* head_dim 256: O alone takes 128 registers a thread; Q's fragments go to shared memory */
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = s->v[HEAD_DIM] <= 128;
   /* bench --decode --sweep, H200: with a split (batch 1 x 32768) evict-first K and V ran at 1.06x
@@ -37,7 +42,6 @@ static void complete(yk_spec *s) {
    * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep);
    * a swizzled row is whole 128-byte lines, so the head dim must be a multiple of 64 */
   if (s->v[SWIZZLE] == YK_UNSET) s->v[SWIZZLE] = s->v[HEAD_DIM] % 64 == 0;
-  yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
