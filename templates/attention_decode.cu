@@ -74,6 +74,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   }
   const auto kr = yk_rows_of<PAGE_SIZE>(k, k_b, k_s, k_h, pt.k_block, b, k_start, kv_head, pages, pt.num_blocks);
   const auto vr = yk_rows_of<PAGE_SIZE>(v, v_b, v_s, v_h, pt.v_block, b, k_start, kv_head, pages, pt.num_blocks);
+  // Paged with a split (a small batch, one block an SM): a line of each of the block's pages too,
+  // which starts their address translations together. Pages lie anywhere in the cache, so the
+  // stream met a translation miss at almost every page, one after another; batch 1 x 32768 page 16
+  // ran 1.04x with this. Not for page 1 (a prefetch a key: 0.94x) nor without a split (0.97x at
+  // batch 64), nor dense keys (a block's rows span a few 2 MiB pages: no change).
+  if (PAGED && SPLIT && PAGE_SIZE >= 16 && last > first)
+    for (int j = first + (int)threadIdx.x * PAGE_SIZE; j < last; j += THREADS * PAGE_SIZE) {
+      const int id = kr.page(j);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(kr.in_page(id, j)));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(vr.in_page(id, j)));
+    }
 
   // Q as A fragments, rows past the group zero: straight from global memory into registers, or
   // into shared memory (after every warp's pipeline) for ldmatrix each tile
