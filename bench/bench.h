@@ -24,6 +24,8 @@ typedef yk_status (*bench_fn)(void *arg);
 /* Median milliseconds of fn over repetitions filling about 100 ms (at least 10, at most the
  * timer's capacity), after warm-up. Negative if fn fails (the message is on the context). */
 double bench_median_ms(bench_timer *t, bench_fn fn, void *arg);
+/* The median of v[0..n) (n > 0), which it sorts: the one way bench/ takes one. */
+double bench_median(double *v, int n);
 
 /* Microseconds a call of fn when an engine's step issues it back to back (no L2 flush, no sync
  * between calls), the median of 21 batches of 200. Negative if fn fails. */

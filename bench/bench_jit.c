@@ -15,16 +15,6 @@ static double now_ms(void) {
   return t.tv_sec * 1e3 + t.tv_nsec * 1e-6;
 }
 
-static int compare(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, compare);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static yk_ctx *ctx_on(const char *dir, yk_device_kind device) {
   yk_ctx_options o;
   yk_ctx_options_init(&o);
@@ -92,7 +82,7 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
     if (yk_spec_compile(cold, spec, target, &compiled) == YK_OK && compiled) compile[n++] = now_ms() - t0;
   }
   if (n) {
-    double m = median(compile, n);
+    double m = bench_median(compile, n);
     bench_add(r, "jit.cold_compile_ms (median of rms_norm, act_and_mul, rope)", m, 0, m, "ms");
     fprintf(stderr, "  cold compile: median %.1f ms over %d specs\n", m, n);
   } else {
@@ -119,7 +109,7 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
   yk_ctx_stats stats;
   if (warm) yk_ctx_get_stats(warm, &stats);
   if (n && warm && stats.disk_hits == (uint64_t)n && stats.compiled == 0) {
-    double m = median(first, n);
+    double m = bench_median(first, n);
     bench_add(r, "jit.first_use_from_disk_ms (read, verify, load cubin, launch, sync)", m, 0, m, "ms");
     fprintf(stderr, "  first use from disk: median %.3f ms over %d kernels\n", m, n);
   } else {
@@ -169,8 +159,8 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
     }
   }
   yh_sync(gpu);
-  double mb = median(times[0], batches), mbx = median(times[1], batches), mcx = median(times[2], batches),
-         mo = median(times[3], batches);
+  double mb = bench_median(times[0], batches), mbx = bench_median(times[1], batches),
+         mcx = bench_median(times[2], batches), mo = bench_median(times[3], batches);
   bench_add(r, "launch.cuLaunchKernel_us (host submit, bare)", 0, 0, mb, "us");
   bench_add(r, "launch.cuLaunchKernelEx_us (host submit, bare)", 0, 0, mbx, "us");
   bench_add(r, "launch.cuCtxGetCurrent+cuLaunchKernelEx_us", 0, 0, mcx, "us");

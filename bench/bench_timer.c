@@ -55,6 +55,11 @@ static int timed(bench_timer *t, bench_fn fn, void *arg, int reps, double *times
   return 0;
 }
 
+double bench_median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, compare);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 double bench_median_ms(bench_timer *t, bench_fn fn, void *arg) {
   double times[MAX_REPS];
   if (yk_cuda_make_current(t->ctx) != YK_OK || timed(t, fn, arg, 5, times)) return -1; /* warm-up */
@@ -62,8 +67,7 @@ double bench_median_ms(bench_timer *t, bench_fn fn, void *arg) {
   int reps = times[2] > 0 ? (int)(100.0 / times[2]) : MAX_REPS;
   reps = reps < 10 ? 10 : reps > t->capacity ? t->capacity : reps;
   if (timed(t, fn, arg, reps, times)) return -1;
-  qsort(times, (size_t)reps, sizeof *times, compare);
-  return reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+  return bench_median(times, reps);
 }
 
 /* Batches of 200 calls enqueued back to back, no flush, events at each end: the stream's time a
@@ -87,8 +91,7 @@ double bench_back_to_back_us(bench_timer *t, bench_fn fn, void *arg) {
     cu->cuEventElapsedTime(&ms, t->start[b], t->end[b]);
     times[b] = ms * 1e3 / PER_BATCH;
   }
-  qsort(times, BATCHES, sizeof *times, compare);
-  return times[BATCHES / 2];
+  return bench_median(times, BATCHES);
 }
 
 void bench_add(bench_results *r, const char *name, double ms, double gbps, double value, const char *unit) {

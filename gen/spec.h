@@ -28,6 +28,12 @@ _Static_assert(sizeof(yk_spec) == 64, "yk_spec must have no padding");
 typedef struct yk_warm_request yk_warm_request;
 typedef void (*yk_spec_emit_fn)(void *user, const yk_spec *spec);
 
+/* A constant of the generated source beside the spec's fields. */
+typedef struct yk_named_value {
+  const char *name;
+  int value;
+} yk_named_value;
+
 struct yk_op_def {
   const char *name; /* "rms_norm": also the template file stem and the kernel's name */
   const char *summary;
@@ -48,6 +54,9 @@ struct yk_op_def {
   /* Threads a block; NULL: the field named "threads", else 32 times the field named "warps". */
   unsigned (*block_threads)(const yk_spec *spec);
   unsigned (*dynamic_smem_bytes)(const yk_spec *spec); /* NULL: none */
+  /* Constants the template takes from the op's C side, which its rules count on too (the Hopper
+   * prefill's register split), emitted after the fields: fills at most max, returns how many; or NULL. */
+  int (*constants)(const yk_spec *spec, yk_named_value *out, int max);
   /* The specs the warm-up compiles for the requested dtypes and model shapes. */
   void (*warm_specs)(const yk_warm_request *request, yk_spec_emit_fn emit, void *user);
 };

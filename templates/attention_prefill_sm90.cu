@@ -42,9 +42,9 @@ static_assert(HEAD_DIM % 64 == 0 && BLOCK_N % 64 == 0, "whole 128-byte swizzle a
 static_assert(PIPELINE != 2 || WARPGROUPS == 2, "pipeline 2 alternates two consumer warpgroups");
 static_assert(!TMA || (PIPELINE > 0 && PAGED == 0), "TMA loads are the producer's, of contiguous keys");
 // With two consumer warpgroups a block has 384 threads, 168 registers each at launch: the producer
-// gives back all but 40 and the consumers take them (128 x 40 + 256 x 232 = 384 x 168). With one,
-// a 256-thread block has 255 registers a thread from the start.
-constexpr int PRODUCER_REGS = 40, CONSUMER_REGS = 232;
+// gives back all but PRODUCER_REGS and the consumers take them up to CONSUMER_REGS (both from the
+// generator, gen/ops/attention_prefill_sm90.c, whose register checks count on them). With one, a
+// 256-thread block has 255 registers a thread from the start.
 
 // Element offset of (r, c) in a swizzled ROWS x HEAD_DIM tile; c a multiple of 8.
 template <int ROWS> __device__ __forceinline__ int swizzled(int r, int c) {

@@ -102,6 +102,12 @@ Test(gen, source_and_key_are_deterministic) {
   cr_assert(strstr(sa, "constexpr int HIDDEN = 5120;") && strstr(sa, "constexpr int FUSED_ADD = 1;"),
             "spec constants missing from the preamble");
   cr_assert(strstr(sa, "#line 1 \"rms_norm.cu\""), "template not marked for error messages");
+  /* constants an op's C side gives its template beside the fields: the Hopper prefill's register split */
+  char *hopper;
+  cr_assert_eq(yk_spec_source(a, "attention_prefill_sm90:dtype=bf16,head_dim=128", &hopper), YK_OK);
+  cr_assert(strstr(hopper, "constexpr int PRODUCER_REGS = 40;") && strstr(hopper, "constexpr int CONSUMER_REGS = 232;"),
+            "the op's constants are missing from the preamble");
+  yk_free(hopper);
   cr_assert_eq(yk_spec_key(a, spec, "sm_90", ka), YK_OK, "%s", yk_ctx_last_error(a));
   cr_assert_eq(yk_spec_key(b, spec, "sm_90", kb), YK_OK);
   cr_assert_str_eq(ka, kb);

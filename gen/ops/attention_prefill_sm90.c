@@ -29,13 +29,25 @@ static void complete(yk_spec *s) {
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = s->v[PIPELINE] > 0 && !s->v[PAGED];
 }
 
+/* With two consumer warpgroups a block has 384 threads, 168 registers each at launch: setmaxnreg
+ * gives the producer's back all but 40 and the consumers take them (128 x 40 + 256 x 232 = 384 x 168).
+ * The template takes both from here. */
+enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232 };
+
+static int constants(const yk_spec *s, yk_named_value *out, int max) {
+  (void)s;
+  if (max < 2) return 0;
+  out[0] = (yk_named_value){"PRODUCER_REGS", PRODUCER_REGS};
+  out[1] = (yk_named_value){"CONSUMER_REGS", CONSUMER_REGS};
+  return 2;
+}
+
 /* Registers a consumer thread may use: pipeline 0 has no producer; pipelines 1 and 2 add a producer
- * warpgroup, and with two consumer warpgroups the 384-thread block moves registers from the producer
- * to the consumers with setmaxnreg (CONSUMER_REGS in the template). */
+ * warpgroup, and with two consumer warpgroups the registers move as above. */
 static int consumer_registers(const yk_spec *s) {
   if (s->v[PIPELINE] == 0 || s->v[WARPGROUPS] == 1)
     return yk_register_budget(128 * (s->v[WARPGROUPS] + (s->v[PIPELINE] > 0)));
-  return 232;
+  return CONSUMER_REGS;
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
@@ -67,9 +79,7 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 }
 
 /* The consumer warpgroups, and in pipelines 1 and 2 the producer warpgroup after them. */
-static unsigned block_threads(const yk_spec *s) {
-  return 128u * (unsigned)(s->v[WARPGROUPS] + (s->v[PIPELINE] > 0));
-}
+static unsigned block_threads(const yk_spec *s) { return 128u * (unsigned)(s->v[WARPGROUPS] + (s->v[PIPELINE] > 0)); }
 
 /* Q, then K and V STAGES deep, all head_dim wide, plus 1 KB to align the swizzle atoms; pipelines 1
  * and 2 add four mbarriers a stage (full and empty, K and V) of 8 bytes. */
@@ -91,8 +101,8 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
             {"block_n", "keys a tile: 64, 128 or 256 (the wgmma widths)", 64, 256, 0, 1, NULL},
-            {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 2, 0, 1,
-             NULL},
+            {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 2, 0,
+             1, NULL},
             {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 3, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
@@ -110,6 +120,7 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .valid = valid,
     .block_threads = block_threads,
     .dynamic_smem_bytes = smem_bytes,
+    .constants = constants,
     .warm_specs = warm_specs,
 };
 
