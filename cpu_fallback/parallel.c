@@ -52,14 +52,22 @@ static void *worker_main(void *p) {
   return NULL;
 }
 
+/* Workers' stacks: the attention fallback keeps its tiles on the stack (about 80 KiB), more than
+ * some C libraries give a thread by default (musl: 128 KiB, with the rest of the call chain). */
+#define WORKER_STACK_BYTES ((size_t)1 << 20)
+
 static void start_workers(yk_thread_pool *pool) {
   if (pool->workers || pool->threads <= 1) return;
   pool->workers = calloc((size_t)pool->threads - 1, sizeof *pool->workers);
   if (!pool->workers) return;
+  pthread_attr_t attr;
+  const int have_attr = pthread_attr_init(&attr) == 0;
+  if (have_attr) pthread_attr_setstacksize(&attr, WORKER_STACK_BYTES); /* else the default */
   for (int i = 0; i < pool->threads - 1; i++) {
-    if (pthread_create(&pool->workers[i], NULL, worker_main, pool)) break;
+    if (pthread_create(&pool->workers[i], have_attr ? &attr : NULL, worker_main, pool)) break;
     pool->started++;
   }
+  if (have_attr) pthread_attr_destroy(&attr);
 }
 
 void yk_parallel_for(yk_thread_pool *pool, int64_t n, int64_t grain, yk_range_fn fn, void *arg) {

@@ -28,7 +28,8 @@ int yk_thread_pool_init(yk_thread_pool *pool, int threads);
 void yk_thread_pool_destroy(yk_thread_pool *pool);
 
 /* Calls fn over disjoint ranges covering [0, n), in parallel when n is at least two grains, and
- * returns when all are done. fn must not call back into the pool. */
+ * returns when all are done; the caller's thread runs ranges too. fn must not call back into the
+ * pool. Workers have 1 MiB stacks. */
 void yk_parallel_for(yk_thread_pool *pool, int64_t n, int64_t grain, yk_range_fn fn, void *arg);
 
 #endif

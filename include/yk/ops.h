@@ -8,7 +8,9 @@
  * Arithmetic is float32 whatever the storage type; results are rounded once, to nearest even.
  *
  * stream: a CUstream (NULL: the legacy default stream). GPU calls are asynchronous on it; CPU
- * calls complete before they return and ignore it.
+ * calls complete before they return and ignore it. A CPU call runs part of its work on the
+ * calling thread, with up to about 100 KiB of its stack (attention's tiles); the context's own
+ * workers get 1 MiB stacks whatever the C library's default.
  *
  * On failure nothing has been written and nothing launched. */
 #ifndef YK_OPS_H
