@@ -66,7 +66,7 @@ int bench_attention(bench_timer *t, bench_results *r, int quick);
 /* Dense decode only, both KV layouts; with sweep, its split counts and tiles too (yk bench --decode). */
 void bench_decode(bench_timer *t, bench_results *r, int sweep);
 /* Batch-1 decode over lengths, dense and paged, with the knobs that move its fixed cost or its
- * steady rate (yk bench --decode --lengths, and part of --decode --sweep). */
+ * steady rate (yk bench --lengths, and the end of yk bench --decode --sweep). */
 void bench_decode_lengths(bench_timer *t, bench_results *r);
 /* Paged batch-1 decode (page 16, 32768 keys) under the knobs of its kernel. */
 void bench_paged_knobs(bench_timer *t, bench_results *r);

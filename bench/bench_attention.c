@@ -186,9 +186,8 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
       if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
         const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-        static const char *const configs[] = {
-            "block_n=64", "block_m=64", "block_m=64,block_n=64", "block_m=64,block_n=64,stages=3",
-            "in_regs=0",  "stages=3"};
+        static const char *const configs[] = {"block_n=64", "block_m=64", "block_m=64,block_n=64",
+                                              "block_m=64,block_n=64,stages=3", "in_regs=0", "stages=3"};
         for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
           bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
       }

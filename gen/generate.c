@@ -90,10 +90,8 @@ int yk_generate_source(const yk_spec *spec, char **source, size_t *length, char 
     }
     appendf(&t, "constexpr int %s = %d;\n", name, (int)spec->v[i]);
   }
-  yk_named_value constants[8];
-  const int constant_count = op->constants ? op->constants(spec, constants, 8) : 0;
-  for (int i = 0; i < constant_count; i++)
-    appendf(&t, "constexpr int %s = %d;\n", constants[i].name, constants[i].value);
+  for (const yk_named_value *c = op->constants; c && c->name; c++)
+    appendf(&t, "constexpr int %s = %d;\n", c->name, c->value);
   for (const char *const *inc = op->includes; inc && *inc; inc++) {
     const yk_template *shared = yk_template_find(*inc);
     if (!shared) {

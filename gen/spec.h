@@ -55,8 +55,8 @@ struct yk_op_def {
   unsigned (*block_threads)(const yk_spec *spec);
   unsigned (*dynamic_smem_bytes)(const yk_spec *spec); /* NULL: none */
   /* Constants the template takes from the op's C side, which its rules count on too (the Hopper
-   * prefill's register split), emitted after the fields: fills at most max, returns how many; or NULL. */
-  int (*constants)(const yk_spec *spec, yk_named_value *out, int max);
+   * prefill's register split), emitted after the fields; ends at a NULL name. NULL: none. */
+  const yk_named_value *constants;
   /* The specs the warm-up compiles for the requested dtypes and model shapes. */
   void (*warm_specs)(const yk_warm_request *request, yk_spec_emit_fn emit, void *user);
 };

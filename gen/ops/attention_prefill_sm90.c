@@ -34,13 +34,8 @@ static void complete(yk_spec *s) {
  * The template takes both from here. */
 enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232 };
 
-static int constants(const yk_spec *s, yk_named_value *out, int max) {
-  (void)s;
-  if (max < 2) return 0;
-  out[0] = (yk_named_value){"PRODUCER_REGS", PRODUCER_REGS};
-  out[1] = (yk_named_value){"CONSUMER_REGS", CONSUMER_REGS};
-  return 2;
-}
+static const yk_named_value constants[] = {
+    {"PRODUCER_REGS", PRODUCER_REGS}, {"CONSUMER_REGS", CONSUMER_REGS}, {NULL, 0}};
 
 /* Registers a consumer thread may use: pipeline 0 has no producer; pipelines 1 and 2 add a producer
  * warpgroup, and with two consumer warpgroups the registers move as above. */
