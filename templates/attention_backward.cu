@@ -33,37 +33,6 @@ __device__ __forceinline__ void cp_async8(void *dst, const void *src, int src_by
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(yk_smem_address(dst)), "l"(src), "r"(src_bytes));
 }
 
-// yk_load_tile with the trip count known: its loop starts at tid, which the compiler cannot bound,
-// so it kept a remainder loop and an address a piece live through the main loops (8 to 16 bytes of
-// spills at head_dim 128). Where the threads cover whole rows, a thread's pieces are one column
-// of rows r0, r0 + STEP, ..., one row address apart: 4 to 10 registers fewer than any pieces.
-// src only computes an address, so the threads of a warp may stop at different counts.
-template <int ROWS, class RowAddress>
-__device__ __forceinline__ void load_tile(T *smem, int valid, int tid, RowAddress src) {
-  constexpr int CHUNKS = HEAD_DIM / 8, PIECES = ROWS * CHUNKS;
-  if constexpr (THREADS % CHUNKS == 0) {
-    constexpr int STEP = THREADS / CHUNKS;
-    const int r0 = tid / CHUNKS, c = (tid % CHUNKS) * 8;
-#pragma unroll
-    for (int it = 0; it < (ROWS + STEP - 1) / STEP; ++it) {
-      const int r = r0 + it * STEP;
-      if (ROWS % STEP && r >= ROWS) break;
-      const bool ok = r < valid;
-      const T *row = src(ok ? r : 0);
-      yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
-    }
-  } else {
-#pragma unroll
-    for (int it = 0; it < (PIECES + THREADS - 1) / THREADS; ++it) {
-      const int i = tid + it * THREADS, r = i / CHUNKS, c = (i % CHUNKS) * 8;
-      if (PIECES % THREADS && i >= PIECES) break;
-      const bool ok = r < valid;
-      const T *row = src(ok ? r : 0);
-      yk_cp_async16(smem + r * YK_ROW + c, ok ? row + c : row, ok ? 16 : 0);
-    }
-  }
-}
-
 // A fragments of 16 rows x HEAD_DIM read once (IN_REGS), or nothing: the products then read them
 // from shared memory each tile, for the registers they would take.
 typedef unsigned a_fragments[IN_REGS ? KSTEPS : 1][4];
@@ -194,14 +163,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int n_end = keys.n_end, n_tiles = keys.n_tiles;
     auto load_kv = [&](int tile) {
       const int first = tile * BLOCK_N, stage = tile % STAGES;
-      load_tile<BLOCK_N>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                         [&](int r) { return kp + (long long)(first + r) * k_s; });
-      load_tile<BLOCK_N>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                         [&](int r) { return vp + (long long)(first + r) * v_s; });
+      yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                     [&](int r) { return kp + (long long)(first + r) * k_s; });
+      yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                     [&](int r) { return vp + (long long)(first + r) * v_s; });
     };
     // group 0: Q, dout and the first key tile; then one group a tile
-    load_tile<BLOCK_M>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
-    load_tile<BLOCK_M>(sDO, len_q - row0, tid, [&](int r) { return dop + (long long)r * do_s; });
+    yk_load_tile<BLOCK_M, THREADS>(sQ, len_q - row0, tid, [&](int r) { return qp + (long long)r * q_s; });
+    yk_load_tile<BLOCK_M, THREADS>(sDO, len_q - row0, tid, [&](int r) { return dop + (long long)r * do_s; });
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
       if (s < n_tiles) load_kv(s);
@@ -298,8 +267,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       const int stage = t % STAGES, rows = len_q - row0;
       const T *qp = q + batch * q_b + (long long)(q_start + row0) * q_s + qh * q_h;
       const T *dop = dout + batch * do_b + (long long)(q_start + row0) * do_s + qh * do_h;
-      load_tile<BLOCK_M>(sQ + stage * BLOCK_M * YK_ROW, rows, tid, [&](int r) { return qp + (long long)r * q_s; });
-      load_tile<BLOCK_M>(sDO + stage * BLOCK_M * YK_ROW, rows, tid, [&](int r) { return dop + (long long)r * do_s; });
+      yk_load_tile<BLOCK_M, THREADS>(sQ + stage * BLOCK_M * YK_ROW, rows, tid,
+                                     [&](int r) { return qp + (long long)r * q_s; });
+      yk_load_tile<BLOCK_M, THREADS>(sDO + stage * BLOCK_M * YK_ROW, rows, tid,
+                                     [&](int r) { return dop + (long long)r * do_s; });
       const float2 *stats = ws + qh * (long long)ws_tokens + ws_first + row0;
 #pragma unroll
       for (int it = 0; it < (BLOCK_M + THREADS - 1) / THREADS; ++it) {
@@ -308,8 +279,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       }
     };
     // group 0: K, V and the first query tile; then one group a tile
-    load_tile<BLOCK_N>(sK, len_k - col0, tid, [&](int r) { return kp + (long long)r * k_s; });
-    load_tile<BLOCK_N>(sV, len_k - col0, tid, [&](int r) { return vp + (long long)r * v_s; });
+    yk_load_tile<BLOCK_N, THREADS>(sK, len_k - col0, tid, [&](int r) { return kp + (long long)r * k_s; });
+    yk_load_tile<BLOCK_N, THREADS>(sV, len_k - col0, tid, [&](int r) { return vp + (long long)r * v_s; });
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
       if (s < tiles) load_q(s);

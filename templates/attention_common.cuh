@@ -86,19 +86,36 @@ template <bool SWIZZLED> __device__ __forceinline__ int yk_tile_at(int r, int c)
 
 // Copies rows [0, rows) of a [rows x HEAD_DIM] tile to shared memory (padded or SWIZZLED layout)
 // with THREADS threads, 16 bytes each, with cp.async's L2 HINT; row r comes from src(r), or is
-// zero-filled when r >= valid. ROWS * HEAD_DIM / 8 is a multiple of 32, so the threads of a warp
-// make the same number of calls to src.
+// zero-filled when r >= valid. The trip count is known: a loop from tid, which the compiler cannot
+// bound, kept a remainder loop and an address a piece live (8 to 16 bytes of spills in the
+// backward at head_dim 128). Where the threads cover whole rows, a thread's pieces are one column
+// of rows r0, r0 + STEP, ...: 4 to 10 registers fewer than any pieces. A src that shuffles (paged
+// decode) needs every lane of a warp to call it as often: ROWS * HEAD_DIM / 8 a multiple of 32 there.
 template <int ROWS, int THREADS, int HINT = 0, bool SWIZZLED = false, class RowAddress>
 __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAddress src) {
-  constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
+  constexpr int CHUNKS = HEAD_DIM / 8, PIECES = ROWS * CHUNKS; // 16-byte chunks a row, a tile
   static_assert(!SWIZZLED || HEAD_DIM % 64 == 0, "swizzled rows are whole 128-byte groups");
-#pragma unroll
-  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
-    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+  auto piece = [&](int r, int c) {
     const bool ok = r < valid;
-    // src is called by every thread of a warp together (it may shuffle), for row 0 past the end
-    const T *row = src(ok ? r : 0);
+    const T *row = src(ok ? r : 0); // row 0 past the end
     yk_cp_async16<HINT>(smem + yk_tile_at<SWIZZLED>(r, c), ok ? row + c : row, ok ? 16 : 0);
+  };
+  if constexpr (THREADS % CHUNKS == 0) {
+    constexpr int STEP = THREADS / CHUNKS;
+    const int r0 = tid / CHUNKS, c = (tid % CHUNKS) * 8;
+#pragma unroll
+    for (int it = 0; it < (ROWS + STEP - 1) / STEP; ++it) {
+      const int r = r0 + it * STEP;
+      if (ROWS % STEP && r >= ROWS) break;
+      piece(r, c);
+    }
+  } else {
+#pragma unroll
+    for (int it = 0; it < (PIECES + THREADS - 1) / THREADS; ++it) {
+      const int i = tid + it * THREADS;
+      if (PIECES % THREADS && i >= PIECES) break;
+      piece(i / CHUNKS, (i % CHUNKS) * 8);
+    }
   }
 }
 
