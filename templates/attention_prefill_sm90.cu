@@ -46,44 +46,6 @@ static_assert(!TMA || (PIPELINE > 0 && PAGED == 0), "TMA loads are the producer'
 // generator, gen/ops/attention_prefill_sm90.c, whose register checks count on them). With one, a
 // 256-thread block has 255 registers a thread from the start.
 
-// Element offset of (r, c) in a swizzled ROWS x HEAD_DIM tile; c a multiple of 8.
-template <int ROWS> __device__ __forceinline__ int swizzled(int r, int c) {
-  return (c / 64) * ROWS * 64 + (r / 8) * 512 + (r % 8) * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8);
-}
-
-// Rows [row0, row0 + COUNT) of a swizzled ROWS-row tile, by NTHREADS threads (tid in [0, NTHREADS)),
-// 16 bytes a cp.async: row r from src(r), zeros for r >= valid (src(0) must be a real row).
-template <int ROWS, int COUNT, int NTHREADS, class RowAddress>
-__device__ __forceinline__ void load_rows(T *tile, int row0, int valid, int tid, RowAddress src) {
-  constexpr int CHUNKS = HEAD_DIM / 8, TOTAL = COUNT * CHUNKS;
-#pragma unroll
-  for (int k = 0; k < (TOTAL + NTHREADS - 1) / NTHREADS; ++k) {
-    const int i = tid + k * NTHREADS;
-    if (TOTAL % NTHREADS == 0 || i < TOTAL) {
-      const int r = row0 + i / CHUNKS, c = (i % CHUNKS) * 8;
-      const bool ok = r < valid;
-      yk_cp_async16(tile + swizzled<ROWS>(r, c), ok ? src(r) + c : src(0), ok ? 16 : 0);
-    }
-  }
-}
-
-// The producer's copy of one BLOCK_N-row K or V tile (pipelines 1, 2), lean on registers (the
-// producer keeps PRODUCER_REGS): thread p of 128 moves 16-byte chunk p % CHUNKS of rows
-// p / CHUNKS + ROW_STEP i, whose swizzled places lie ROW_STEP / 8 atoms apart from one base.
-template <class Rows>
-__device__ __forceinline__ void produce_tile(T *tile, int first, int valid, int p, const Rows &rows) {
-  constexpr int CHUNKS = HEAD_DIM / 8, ROW_STEP = 128 / CHUNKS;
-  static_assert(128 % CHUNKS == 0 && ROW_STEP % 8 == 0 && BLOCK_N % ROW_STEP == 0, "whole atoms a step");
-  const int r0 = p / CHUNKS, c = (p % CHUNKS) * 8;
-  T *dst = tile + swizzled<BLOCK_N>(r0, c);
-#pragma unroll 4
-  for (int i = 0; i < BLOCK_N / ROW_STEP; ++i) {
-    const int r = r0 + i * ROW_STEP;
-    const bool ok = r < valid;
-    yk_cp_async16(dst + i * (ROW_STEP / 8) * 512, rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
-  }
-}
-
 // The tile a sequence ends inside, by one warp (TMA 1): rows from `valid` on are zero-filled, as a
 // bulk tensor copy would not do. Not unrolled: the producer keeps few registers.
 template <class Rows>
@@ -93,91 +55,15 @@ __device__ __forceinline__ void copy_tile_by_warp(T *tile, int first, int valid,
   for (int i = lane; i < BLOCK_N * CHUNKS; i += 32) {
     const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
     const bool ok = r < valid;
-    yk_cp_async16(tile + swizzled<BLOCK_N>(r, c), rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+    yk_cp_async16(tile + yk_swizzled<BLOCK_N>(r, c), rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
   }
 }
 
 template <int ROWS, class RowAddress>
 __device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAddress src) {
-  load_rows<ROWS, ROWS, CONSUMERS>(tile, 0, valid, tid, src);
+  yk_load_rows<ROWS, ROWS, CONSUMERS>(tile, 0, valid, tid, src);
 }
 
-// Matrix descriptor: start address, leading and stride byte offsets (16-byte units), 128B swizzle.
-// A descriptor plus an element offset is the descriptor of the moved start (the address field is
-// the low 14 bits, shared memory below 256 KB), so k steps add constants rather than rebuild it.
-__device__ __forceinline__ unsigned long long descriptor(const T *start, unsigned leading_bytes) {
-  const unsigned long long address = yk_smem_address(start);
-  return ((address & 0x3FFFF) >> 4) | ((unsigned long long)(leading_bytes >> 4) << 16) | ((1024ull >> 4) << 32) |
-         (1ull << 62);
-}
-__host__ __device__ constexpr unsigned long long moved(int elements) { return (unsigned long long)(elements * 2 / 16); }
-
-// ---- pipelines 1 and 2: mbarriers (shared::cta, default .release / .acquire at CTA scope) ----
-__device__ __forceinline__ void mbar_init(unsigned long long *bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(yk_smem_address(bar)), "r"(count) : "memory");
-}
-// Returns once the phase of parity `parity` has completed (acquire: what the arrivals ordered before
-// them is visible after).
-__device__ __forceinline__ void mbar_wait(unsigned long long *bar, unsigned parity) {
-  const unsigned address = yk_smem_address(bar);
-  unsigned done;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-                 : "=r"(done)
-                 : "r"(address), "r"(parity)
-                 : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive(unsigned long long *bar) {
-  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}" ::"r"(yk_smem_address(bar))
-               : "memory");
-}
-// One arrival on bar once every cp.async this thread issued so far has landed (.noinc: the arrival
-// counts against the barrier's expected count, which includes it).
-__device__ __forceinline__ void mbar_arrive_on_copies(unsigned long long *bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(yk_smem_address(bar)) : "memory");
-}
-template <int ID, int COUNT> __device__ __forceinline__ void named_sync() {
-  asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
-}
-template <int ID, int COUNT> __device__ __forceinline__ void named_arrive() {
-  asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
-}
-// ---- TMA (TMA 1) ----
-// A CUtensorMap's 128 bytes, passed by value as a __grid_constant__ parameter: the bulk copies read
-// it where it lies in parameter memory.
-struct __align__(64) yk_tensor_map {
-  unsigned long long opaque[16];
-};
-// The phase of bar now also waits for `bytes` more bytes of bulk copies (and takes this thread's
-// arrival: the full barriers count one arrival a tile under TMA).
-__device__ __forceinline__ void mbar_arrive_expecting(unsigned long long *bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(yk_smem_address(bar)), "r"(bytes)
-               : "memory");
-}
-// Rows [row, row + BLOCK_N) of one head (and batch entry) through map: HEAD_DIM / 64 boxes of 64
-// columns, each a BLOCK_N-row column block of the swizzled tile; their bytes complete on bar.
-__device__ __forceinline__ void tma_tile(T *tile, const yk_tensor_map &map, unsigned long long *bar, int row, int head,
-                                         int batch) {
-#pragma unroll
-  for (int cb = 0; cb < HEAD_DIM / 64; ++cb)
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
-                 "%4, %5}], [%6];" ::"r"(yk_smem_address(tile + cb * BLOCK_N * 64)),
-                 "l"(reinterpret_cast<unsigned long long>(&map)), "r"(cb * 64), "r"(row), "r"(head), "r"(batch),
-                 "r"(yk_smem_address(bar))
-                 : "memory");
-}
-// An arrival on bar once this thread's cp.async copies so far have landed, counted on top of the
-// barrier's expected arrivals (no .noinc): the pending count rises now and falls when they land.
-__device__ __forceinline__ void mbar_arrive_on_copies_extra(unsigned long long *bar) {
-  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];" ::"r"(yk_smem_address(bar)) : "memory");
-}
-template <int REGS> __device__ __forceinline__ void registers_down() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(REGS));
-}
-template <int REGS> __device__ __forceinline__ void registers_up() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(REGS));
-}
 // Named barriers (0 is __syncthreads): 1 + w, warpgroup w's Q is in shared memory; 3 + w, warpgroup
 // w may issue its MMAs (pipeline 2).
 constexpr int BAR_Q = 1, BAR_TURN = 3;
@@ -224,17 +110,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   float s[BLOCK_N / 8][4];
   unsigned p[NSTEPS][4];
   auto issue_s = [&](int t, unsigned long long q_desc) { // S = Q K_t^T; k step: 16 columns, 32 bytes a row
-    const unsigned long long k_desc = descriptor(sK + (t % STAGES) * BLOCK_N * HEAD_DIM, 16);
+    const unsigned long long k_desc = yk_descriptor(sK + (t % STAGES) * BLOCK_N * HEAD_DIM, 16);
 #pragma unroll
     for (int ks = 0; ks < KSTEPS; ++ks)
-      yk_wgmma<BLOCK_N>::ss(s, q_desc + moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
-                            k_desc + moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
+      yk_wgmma<BLOCK_N>::ss(s, q_desc + yk_moved((ks / 4) * BLOCK_M * 64 + (ks % 4) * 16),
+                            k_desc + yk_moved((ks / 4) * BLOCK_N * 64 + (ks % 4) * 16), ks > 0);
     yk_wgmma_commit();
   };
   auto issue_pv = [&](int t) { // O += P V_t; 16 keys: two 8-row atoms, column blocks BLOCK_N rows apart
-    const unsigned long long v_desc = descriptor(sV + (t % STAGES) * BLOCK_N * HEAD_DIM, BLOCK_N * 128);
+    const unsigned long long v_desc = yk_descriptor(sV + (t % STAGES) * BLOCK_N * HEAD_DIM, BLOCK_N * 128);
 #pragma unroll
-    for (int kt = 0; kt < NSTEPS; ++kt) yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + moved(kt * 16 * 64), 1);
+    for (int kt = 0; kt < NSTEPS; ++kt) yk_wgmma<HEAD_DIM>::rs(o, p[kt], v_desc + yk_moved(kt * 16 * 64), 1);
     yk_wgmma_commit();
   };
 
@@ -260,7 +146,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_fence_async_smem();
       __syncthreads();
       yk_wgmma_fence();
-      issue_s(j, descriptor(q_rows, 16));
+      issue_s(j, yk_descriptor(q_rows, 16));
       yk_wgmma_wait<0>();
       yk_wgmma_hold(s);
 
@@ -288,15 +174,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     if (tid == 0) {
 #pragma unroll
       for (int stage = 0; stage < STAGES; ++stage) {
-        mbar_init(full_k + stage, TMA ? 1 : 128), mbar_init(full_v + stage, TMA ? 1 : 128);
-        mbar_init(empty_k + stage, 4 * WARPGROUPS), mbar_init(empty_v + stage, 4 * WARPGROUPS);
+        yk_mbar_init(full_k + stage, TMA ? 1 : 128), yk_mbar_init(full_v + stage, TMA ? 1 : 128);
+        yk_mbar_init(empty_k + stage, 4 * WARPGROUPS), yk_mbar_init(empty_v + stage, 4 * WARPGROUPS);
       }
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads(); // the only block-wide barrier: the mbarriers exist before anyone uses them
 
     if (wg == WARPGROUPS) { // ---- the producer ----
-      if constexpr (WARPGROUPS > 1) registers_down<PRODUCER_REGS>();
+      if constexpr (WARPGROUPS > 1) yk_registers_down<PRODUCER_REGS>();
       if constexpr (TMA) {
         if (warp != 0) return;
         // whole tiles: lane 0 arms the full barrier with the tile's bytes and issues the copies; the
@@ -305,23 +191,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         auto put = [&](T *tile, const yk_tensor_map &map, const auto &rows, unsigned long long *full, int first) {
           if (first + BLOCK_N <= n_end) {
             if (lane == 0) {
-              mbar_arrive_expecting(full, BLOCK_N * HEAD_DIM * (unsigned)sizeof(T));
-              tma_tile(tile, map, full, k_start + first, kv_head, RAGGED ? 0 : batch);
+              yk_mbar_arrive_expecting(full, BLOCK_N * HEAD_DIM * (unsigned)sizeof(T));
+              yk_tma_tile<BLOCK_N>(tile, map, full, k_start + first, kv_head, RAGGED ? 0 : batch);
             }
           } else {
             copy_tile_by_warp(tile, first, n_end - first, lane, rows);
-            mbar_arrive_on_copies_extra(full);
+            yk_mbar_arrive_on_copies_extra(full);
             __syncwarp();
-            if (lane == 0) mbar_arrive(full);
+            if (lane == 0) yk_mbar_arrive(full);
           }
         };
 #pragma unroll 1
         for (int t = 0; t < n_tiles; ++t) {
           const int stage = t % STAGES, first = t * BLOCK_N;
           const unsigned use = (unsigned)(t / STAGES);
-          if (use > 0) mbar_wait(empty_k + stage, (use - 1) & 1);
+          if (use > 0) yk_mbar_wait(empty_k + stage, (use - 1) & 1);
           put(sK + stage * BLOCK_N * HEAD_DIM, k_map, kr, full_k + stage, first);
-          if (use > 0) mbar_wait(empty_v + stage, (use - 1) & 1);
+          if (use > 0) yk_mbar_wait(empty_v + stage, (use - 1) & 1);
           put(sV + stage * BLOCK_N * HEAD_DIM, v_map, vr, full_v + stage, first);
         }
         asm volatile("cp.async.wait_all;" ::: "memory");
@@ -332,26 +218,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       for (int t = 0; t < n_tiles; ++t) {
         const int stage = t % STAGES, first = t * BLOCK_N;
         const unsigned use = (unsigned)(t / STAGES);
-        if (use > 0) mbar_wait(empty_k + stage, (use - 1) & 1);
-        produce_tile(sK + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, kr);
-        mbar_arrive_on_copies(full_k + stage);
-        if (use > 0) mbar_wait(empty_v + stage, (use - 1) & 1);
-        produce_tile(sV + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, vr);
-        mbar_arrive_on_copies(full_v + stage);
+        if (use > 0) yk_mbar_wait(empty_k + stage, (use - 1) & 1);
+        yk_produce_tile<BLOCK_N>(sK + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, kr);
+        yk_mbar_arrive_on_copies(full_k + stage);
+        if (use > 0) yk_mbar_wait(empty_v + stage, (use - 1) & 1);
+        yk_produce_tile<BLOCK_N>(sV + stage * BLOCK_N * HEAD_DIM, first, n_end - first, p, vr);
+        yk_mbar_arrive_on_copies(full_v + stage);
       }
       asm volatile("cp.async.wait_all;" ::: "memory"); // no copy outlives its thread
       return;
     }
 
     // ---- the consumers: warpgroup wg, query rows [64 wg, 64 wg + 64) of the block ----
-    if constexpr (WARPGROUPS > 1) registers_up<CONSUMER_REGS>();
+    if constexpr (WARPGROUPS > 1) yk_registers_up<CONSUMER_REGS>();
     const int wt = tid % 128;
-    load_rows<BLOCK_M, 64, 128>(sQ, wg * 64, len_q - row0, wt, [&](int r) { return qp + (long long)r * q_s; });
+    yk_load_rows<BLOCK_M, 64, 128>(sQ, wg * 64, len_q - row0, wt, [&](int r) { return qp + (long long)r * q_s; });
     yk_cp_async_commit(); // wait_group waits for committed groups only
     yk_cp_async_wait<0>();
     yk_fence_async_smem();
-    if (wg == 0) named_sync<BAR_Q, 128>();
-    else named_sync<BAR_Q + 1, 128>();
+    if (wg == 0) yk_named_sync<BAR_Q, 128>();
+    else yk_named_sync<BAR_Q + 1, 128>();
 
     // Turns (pipeline 2): issue point i of warpgroup 0 follows point i - 1 of warpgroup 1, point i of
     // warpgroup 1 follows point i of warpgroup 0. Each warpgroup has the same n_tiles + 1 points
@@ -359,30 +245,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     // 0's first turn is its own arrival, and warpgroup 1 does not hand on its last one.
     auto my_turn = [&]() {
       if constexpr (PIPELINE == 2) {
-        if (wg == 0) named_sync<BAR_TURN, 256>();
-        else named_sync<BAR_TURN + 1, 256>();
+        if (wg == 0) yk_named_sync<BAR_TURN, 256>();
+        else yk_named_sync<BAR_TURN + 1, 256>();
       }
     };
     auto end_turn = [&](bool last) {
       if constexpr (PIPELINE == 2) {
-        if (wg == 0) named_arrive<BAR_TURN + 1, 256>();
-        else if (!last) named_arrive<BAR_TURN, 256>();
+        if (wg == 0) yk_named_arrive<BAR_TURN + 1, 256>();
+        else if (!last) yk_named_arrive<BAR_TURN, 256>();
       }
     };
     if constexpr (PIPELINE == 2)
-      if (wg == 0 && n_tiles > 0) named_arrive<BAR_TURN, 256>();
+      if (wg == 0 && n_tiles > 0) yk_named_arrive<BAR_TURN, 256>();
 
     auto wait_full = [&](unsigned long long *full, int t) {
-      mbar_wait(full + t % STAGES, (unsigned)(t / STAGES) & 1);
+      yk_mbar_wait(full + t % STAGES, (unsigned)(t / STAGES) & 1);
     };
     auto fence_copied = [&](int t) { // tile t came through the generic proxy (cp.async): hand it over
       if (!TMA || (t + 1) * BLOCK_N > n_end) yk_fence_async_smem();
     };
     auto release = [&](unsigned long long *empty, int t) { // after this warp's wait retired its reads
-      if (lane == 0) mbar_arrive(empty + t % STAGES);
+      if (lane == 0) yk_mbar_arrive(empty + t % STAGES);
     };
 
-    const unsigned long long q_desc = descriptor(q_rows, 16);
+    const unsigned long long q_desc = yk_descriptor(q_rows, 16);
     float alpha[2];
 
     if (n_tiles > 0) {

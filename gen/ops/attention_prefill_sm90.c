@@ -11,7 +11,7 @@
 #include "gen/spec.h"
 
 enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE, PIPELINE, TMA };
-static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", NULL};
+static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", NULL};
 
 static void complete(yk_spec *s) {
   if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 128;
