@@ -446,6 +446,35 @@ Test(tune_space, default_first_every_configuration_valid_and_distinct) {
   yk_ctx_destroy(ctx);
 }
 
+/* A pin's shape fields (those without a default) select the specs it changes: part=dq pins the
+ * backward's dq kernel and leaves its dk/dv kernel as the call built it. */
+Test(tune_key, a_pins_shape_fields_select_rather_than_set) {
+  yk_tune_pin pin;
+  char why[256];
+  cr_assert_eq(yk_tune_pin_parse(&pin, "attention_backward", "part=dq,block_m=128,stages=3", why, sizeof why), 0,
+               "%s", why);
+  yk_spec dq, dkdv, other;
+  cr_assert_eq(yk_spec_parse("attention_backward:dtype=bf16,head_dim=128,part=dq", &dq, why, sizeof why), 0, "%s",
+               why);
+  cr_assert_eq(yk_spec_parse("attention_backward:dtype=bf16,head_dim=128,part=dkdv", &dkdv, why, sizeof why), 0,
+               "%s", why);
+  cr_assert_eq(yk_spec_parse("rms_norm:dtype=bf16,hidden=4096", &other, why, sizeof why), 0, "%s", why);
+  const yk_spec dkdv_before = dkdv, other_before = other;
+  yk_tune_pin_apply(&pin, &dq);
+  yk_tune_pin_apply(&pin, &dkdv);
+  yk_tune_pin_apply(&pin, &other);
+  char text[512];
+  yk_spec_format(&dq, text, sizeof text);
+  cr_assert(strstr(text, "block_m=128") && strstr(text, "stages=3") && strstr(text, "part=dq"), "%s", text);
+  cr_assert(!memcmp(&dkdv, &dkdv_before, sizeof dkdv), "a dq pin changed the dk/dv spec");
+  cr_assert(!memcmp(&other, &other_before, sizeof other), "a pin changed another op's spec");
+  /* without a part it pins both */
+  cr_assert_eq(yk_tune_pin_parse(&pin, "attention_backward", "stages=3", why, sizeof why), 0, "%s", why);
+  yk_tune_pin_apply(&pin, &dkdv);
+  yk_spec_format(&dkdv, text, sizeof text);
+  cr_assert(strstr(text, "stages=3") && strstr(text, "part=dkdv"), "%s", text);
+}
+
 Test(tune_sweep, a_configuration_that_fails_to_compile_is_recorded_and_skipped) {
   yk_ctx *ctx = ts_cpu_ctx(); /* NVRTC alone: no GPU needed to compile */
   if (!ctx->has_nvrtc) {

@@ -108,5 +108,7 @@ void yk_tune_pin_apply(void *user, yk_spec *spec) {
   const yk_tune_pin *pin = user;
   if (spec->op != pin->op) return;
   for (int i = 0; i < spec->op->field_count; i++)
+    if (!spec->op->fields[i].has_default && pin->values[i] != YK_UNSET && pin->values[i] != spec->v[i]) return;
+  for (int i = 0; i < spec->op->field_count; i++)
     if (pin->values[i] != YK_UNSET) spec->v[i] = pin->values[i];
 }

@@ -28,7 +28,9 @@ int yk_tune_config_parse(const yk_op_def *op, const char *text, int32_t values[Y
 
 /* A configuration pinned on one op's launches through a context's spec_override, as the GPU tests
  * and yk bench --sweep pin one: the fields the text names take its values, the others stay as the
- * call built them and the op completes them. */
+ * call built them and the op completes them. A field the op gives no default (the shape's: head
+ * dim, part) selects instead: the pin leaves a spec whose value differs alone, so "part=dq,tile=128"
+ * pins the dq kernel of a two-kernel op and not the other. */
 typedef struct yk_tune_pin {
   const yk_op_def *op;
   int32_t values[YK_SPEC_MAX_FIELDS];
