@@ -170,10 +170,10 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
     }
 }
 
-/* The backward's tiles at head dims 64 and 128, S4096. A pin sets a field in both kernels, so a
- * row moves one or the other: block_n=64 the dk/dv block (64 keys, two blocks an SM; dq's key tile
- * is 64 already), block_m=64 the dq block (dk/dv's query tile is 64 rows already), both at once;
- * in_regs=0 the dq kernel's Q and dout fragments (and at 64 dk/dv's K and V); stages=3 both. */
+/* The backward's tiles at head dims 64 and 128, S4096. On sm_90 both kernels are the wgmma ones
+ * (attention_backward_sm90): its rows pin the warpgroups (64 owned rows each) and stages of both,
+ * and the walked tile of one part (part=dq: keys; part=dkdv: query rows); mma_sync runs
+ * attention_backward's kernels instead (their tiles: NOTES.md items 20 and 22). */
 static void backward_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {29};
   static const int dims[] = {64, 128};
@@ -186,10 +186,15 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
       if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
         const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-        static const char *const configs[] = {"block_n=64", "block_m=64", "block_m=64,block_n=64",
-                                              "block_m=64,block_n=64,stages=3", "in_regs=0", "stages=3"};
-        for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++)
-          bench_sweep_one(t, r, shape, "attention_backward", configs[i], call, &c, flops, "TFLOP/s");
+        static const char *const hopper[] = {"warpgroups=1",      "part=dq,stages=2",   "part=dq,stages=3",
+                                             "part=dkdv,stages=2", "part=dkdv,stages=3", "part=dq,tile=64",
+                                             "part=dq,tile=128",   "part=dkdv,tile=64",  "part=dkdv,tile=128"};
+        for (size_t i = 0; i < sizeof hopper / sizeof hopper[0]; i++)
+          bench_sweep_one(t, r, shape, "attention_backward_sm90", hopper[i], call, &c, flops, "TFLOP/s");
+        const int was = t->ctx->backward_mma_sync;
+        t->ctx->backward_mma_sync = 1;
+        bench_sweep_one(t, r, shape, NULL, "mma_sync", call, &c, flops, "TFLOP/s");
+        t->ctx->backward_mma_sync = was;
       }
       free_case(&c);
     }

@@ -83,6 +83,12 @@ int yk_attention_prefill_sm90_rows(const yk_spec *s);
 int yk_attention_prefill_sm90_tma_rows(const yk_spec *s);
 void yk_attention_prefill_sm90_without_tma(yk_spec *s);
 
+/* The Hopper backward's kernels (gen/ops/attention_backward_sm90.c): the head dims they take, a
+ * part's spec before completion (part 0 dq, 1 dk/dv), and the rows (queries or keys) a block owns. */
+int yk_attention_backward_sm90_dispatched(int head_dim);
+void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged);
+int yk_attention_backward_sm90_rows(const yk_spec *s);
+
 /* ---- paged keys (gen/paged_attention.c) ---- */
 
 /* The spec fields "paged" (0 contiguous, 1 block table, 2 CSR) and "page_size" the attention

@@ -137,6 +137,8 @@ yk_status yk_ctx_create(const yk_ctx_options *user_options, yk_ctx **out) {
   if (ctx->device == YK_DEVICE_CUDA) choose_target(ctx);
   const char *prefill = getenv("YK_PREFILL_KERNEL");
   ctx->prefill_mma_sync = prefill && !strcmp(prefill, "mma_sync");
+  const char *backward = getenv("YK_BACKWARD_KERNEL");
+  ctx->backward_mma_sync = backward && !strcmp(backward, "mma_sync");
 
   if (yk_kernel_cache_init(&ctx->cache)) goto fail_cache;
   if (yk_thread_pool_init(&ctx->pool, options.cpu_threads)) goto fail_pool;

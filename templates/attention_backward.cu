@@ -1,5 +1,6 @@
 // FlashAttention backward on mma.sync (sm_80+), as two kernels that recompute the scores so that
-// every gradient has one writer: no atomics, the same bits on every run.
+// every gradient has one writer: no atomics, the same bits on every run. (On sm_90, for head dims 64
+// and 128, attention_backward_sm90.cu's kernels take their place.)
 //   P = exp(q k^T * scale - lse)   delta_i = sum_d dout_id out_id   dS = P * (dout v^T - delta)
 //   PART_DQ:   launched first. A block owns BLOCK_M query rows of a q head (16 a warp) and walks the
 //              key tiles: dq = scale * dS k. It also leaves each row's {lse in base 2, delta} in the
@@ -24,15 +25,6 @@ static_assert(BLOCK_M % 16 == 0 && BLOCK_N % 16 == 0 && HEAD_DIM % (16 * D_SPLIT
 // of its keys or rows (see the main loops)
 constexpr int S_TILE = PART == PART_DQ ? BLOCK_N : BLOCK_M, S_CHUNK = S_TILE % 32 == 0 ? 32 : 16;
 
-// lse in base 2; a row that saw no key in the forward (lse -inf) gets +inf so its P is 0.
-__device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * YK_LOG2E; }
-
-// 8 bytes global -> shared asynchronously (cp.async takes 4, 8 or 16 through L1); src_bytes 0
-// zero-fills without reading.
-__device__ __forceinline__ void cp_async8(void *dst, const void *src, int src_bytes) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" ::"r"(yk_smem_address(dst)), "l"(src), "r"(src_bytes));
-}
-
 // A fragments of 16 rows x HEAD_DIM read once (IN_REGS), or nothing: the products then read them
 // from shared memory each tile, for the registers they would take.
 typedef unsigned a_fragments[IN_REGS ? KSTEPS : 1][4];
@@ -52,80 +44,6 @@ __device__ __forceinline__ void mma_fixed_a(float (&acc)[N / 8][4], const a_frag
     for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<N>(acc, f[IN_REGS ? ks : 0], b_rows + ks * 16);
   } else {
     yk_mma_rows<N>(acc, a_rows, b_rows);
-  }
-}
-
-// dq: dS of rows `row` and row + 8 (c0, c1 and c2, c3) over the tile's keys [16 c, 16 c + 16)
-// (c = chunk * CHUNK / 16 + kt), packed into the A fragments dsf[c] of dS k, from s (S of the
-// chunk's keys) and dp (dP of the whole tile). MASKED: keys past len_k or, causally, past a row's
-// diagonal get 0 (a select: their P may overflow).
-template <bool MASKED, int CHUNK, int TILES>
-__device__ __forceinline__ void ds_of_rows(unsigned (&dsf)[TILES / 2][4], const float (&s)[CHUNK / 8][4],
-                                           const float (&dp)[TILES][4], int chunk, const float (&lse2)[2],
-                                           const float (&delta)[2], float scale_log2, int key0, int len_k, int row,
-                                           int shift, int t4) {
-  float ds[CHUNK / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < CHUNK / 8; ++nt) {
-    const int tile_nt = chunk * (CHUNK / 8) + nt;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int key = key0 + tile_nt * 8 + 2 * t4 + (e & 1), r = e >> 1;
-      const float p = exp2f(s[nt][e] * scale_log2 - lse2[r]);
-      const bool seen = !MASKED || (key < len_k && (!CAUSAL || key <= row + 8 * r + shift));
-      ds[nt][e] = seen ? p * (dp[tile_nt][e] - delta[r]) : 0.f;
-    }
-  }
-#pragma unroll
-  for (int kt = 0; kt < CHUNK / 16; ++kt) yk_p_fragment(dsf[chunk * (CHUNK / 16) + kt], ds, kt);
-}
-
-// dk/dv: P^T and dS^T of keys `key` and key + 8 over the tile's rows [16 c, 16 c + 16) (c =
-// chunk * CHUNK / 16 + kt), packed into their A fragments pt[c] and dst[c], from st (S^T of the
-// chunk's rows) and dpt (dP^T of the whole tile); stats[r] = {lse2, delta} of tile row r. MASKED:
-// rows past len_q (their stats are zero fill) and, causally, rows that do not see the key get 0.
-// Keys past len_k need no mask: their rows of dk and dv are never stored, and a key's row of the
-// products depends on that key alone.
-template <bool MASKED, int CHUNK, int TILES>
-__device__ __forceinline__ void p_ds_of_keys(unsigned (&pt)[TILES / 2][4], unsigned (&dst)[TILES / 2][4],
-                                             float (&st)[CHUNK / 8][4], const float (&dpt)[TILES][4], int chunk,
-                                             const float2 *stats, float scale_log2, int key, int row0, int len_q,
-                                             int shift, int t4) {
-  float ds[CHUNK / 8][4];
-#pragma unroll
-  for (int nt = 0; nt < CHUNK / 8; ++nt) {
-    const int tile_nt = chunk * (CHUNK / 8) + nt;
-    const float4 two = *reinterpret_cast<const float4 *>(stats + tile_nt * 8 + 2 * t4); // rows 2 t4, 2 t4 + 1
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float lse2 = e & 1 ? two.z : two.x, delta = e & 1 ? two.w : two.y;
-      const int row = row0 + tile_nt * 8 + 2 * t4 + (e & 1), k = key + 8 * (e >> 1);
-      const float p = exp2f(st[nt][e] * scale_log2 - lse2);
-      const bool seen = !MASKED || (row < len_q && (!CAUSAL || k <= row + shift));
-      ds[nt][e] = seen ? p * (dpt[tile_nt][e] - delta) : 0.f;
-      st[nt][e] = seen ? p : 0.f;
-    }
-  }
-#pragma unroll
-  for (int kt = 0; kt < CHUNK / 16; ++kt) {
-    yk_p_fragment(pt[chunk * (CHUNK / 16) + kt], st, kt);
-    yk_p_fragment(dst[chunk * (CHUNK / 16) + kt], ds, kt);
-  }
-}
-
-// Writes rows [row0 + 16 w + g (+8)] of a 16 x COLS float C-fragment accumulator, scaled.
-template <int COLS>
-__device__ __forceinline__ void store_rows(T *base, long long row_stride, int rows_valid, int first_row, int col0,
-                                           const float (&acc)[COLS / 8][4], float scale, int lane) {
-  const int g = lane / 4, t4 = lane % 4;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = first_row + g + 8 * r;
-    if (row >= rows_valid) continue;
-    T *dst = base + (long long)row * row_stride + col0 + 2 * t4;
-#pragma unroll
-    for (int nt = 0; nt < COLS / 8; ++nt)
-      *reinterpret_cast<unsigned *>(dst + nt * 8) = yk_pack2(acc[nt][2 * r] * scale, acc[nt][2 * r + 1] * scale);
   }
 }
 
@@ -199,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       }
       d += __shfl_xor_sync(0xffffffffu, d, 1);
       stats = float2{
-          row < len_q ? lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h]) : INFINITY, d};
+          row < len_q ? yk_lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h]) : INFINITY, d};
       if (row < len_q && half == 0) ws[head * (long long)ws_tokens + ws_first + row] = stats;
     }
     // the C fragments' rows g and g + 8 are those of lanes 2 g and 2 g + 16
@@ -234,13 +152,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         yk_zero(s);
         mma_fixed_a<S_CHUNK>(s, qf, q_a, yk_b_rows(k_tile + c * S_CHUNK * YK_ROW, lane)); // q k^T
         if (j >= keys.unmasked)
-          ds_of_rows<true, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
+          yk_ds_of_rows<true, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
         else
-          ds_of_rows<false, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
+          yk_ds_of_rows<false, S_CHUNK>(dsf, s, dp, c, row_lse, row_d, scale_log2, j * BLOCK_N, len_k, my_row, shift, t4);
       }
       yk_mma_packed_rows<BLOCK_N, HEAD_DIM>(acc, dsf, yk_bt_rows(k_tile, lane)); // dq += dS k
     }
-    store_rows<HEAD_DIM>(dq + batch * dq_b + (long long)(q_start + row0) * dq_s + head * dq_h, dq_s, len_q - row0,
+    yk_store_rows<HEAD_DIM>(dq + batch * dq_b + (long long)(q_start + row0) * dq_s + head * dq_h, dq_s, len_q - row0,
                          warp * 16, 0, acc, scale, lane);
   } else {
     const int col0 = blockIdx.x * BLOCK_N; // this block's first key
@@ -275,7 +193,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
       for (int it = 0; it < (BLOCK_M + THREADS - 1) / THREADS; ++it) {
         const int r = tid + it * THREADS;
-        if (r < BLOCK_M) cp_async8(sStats + stage * BLOCK_M + r, stats + (r < rows ? r : 0), r < rows ? 8 : 0);
+        if (r < BLOCK_M) yk_cp_async8(sStats + stage * BLOCK_M + r, stats + (r < rows ? r : 0), r < rows ? 8 : 0);
       }
     };
     // group 0: K, V and the first query tile; then one group a tile
@@ -323,16 +241,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         yk_zero(st);
         mma_fixed_a<S_CHUNK>(st, kf, k_a, yk_b_rows(q_tile + c * S_CHUNK * YK_ROW, lane)); // k q^T
         if (masked)
-          p_ds_of_keys<true, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
+          yk_p_ds_of_keys<true, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
         else
-          p_ds_of_keys<false, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
+          yk_p_ds_of_keys<false, S_CHUNK>(pt, dst, st, dpt, c, stats, scale_log2, my_key, row0, len_q, shift, t4);
       }
       yk_mma_packed_rows<BLOCK_M, COLS>(dv_acc, pt, yk_bt_rows(do_tile, lane) + cols0); // dv += P^T dout
       yk_mma_packed_rows<BLOCK_M, COLS>(dk_acc, dst, yk_bt_rows(q_tile, lane) + cols0); // dk += dS^T q
     }
-    store_rows<COLS>(dk + batch * dk_b + (long long)(k_start + col0) * dk_s + head * dk_h, dk_s, len_k - col0,
+    yk_store_rows<COLS>(dk + batch * dk_b + (long long)(k_start + col0) * dk_s + head * dk_h, dk_s, len_k - col0,
                      key_warp * 16, cols0, dk_acc, scale, lane);
-    store_rows<COLS>(dv + batch * dv_b + (long long)(k_start + col0) * dv_s + head * dv_h, dv_s, len_k - col0,
+    yk_store_rows<COLS>(dv + batch * dv_b + (long long)(k_start + col0) * dv_s + head * dv_h, dv_s, len_k - col0,
                      key_warp * 16, cols0, dv_acc, 1.f, lane);
   }
 }

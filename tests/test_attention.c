@@ -1029,11 +1029,23 @@ static const attn_case gpu_backward_cases[] = {
     {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-/* dq, dk, dv against the CPU backward given the CPU's out and lse; a second launch, through a
- * caller's workspace, gives the same bytes; one a float short is refused before anything runs. */
+enum { BACKWARD_KERNELS = 3 };
+
+/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every dk/dv kernel the device
+ * has (sm_90: the wgmma kernel by default and with one warpgroup and 3 stages, and mma.sync forced);
+ * a second launch, through a caller's workspace, gives the same bytes; one a float short is refused
+ * before anything runs. */
 Test(attention, gpu_backward_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
+  setenv("YK_BACKWARD_KERNEL", "mma_sync", 1);
+  yk_ctx *mma = ts_gpu_ctx();
+  unsetenv("YK_BACKWARD_KERNEL");
+  yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3");
+  cr_assert(mma && one_wg);
+  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, mma, one_wg};
+  static const char *const labels[BACKWARD_KERNELS] = {
+      "gpu backward (default kernels)", "gpu backward (mma.sync dk/dv)", "gpu backward (sm90 dk/dv, 1 warpgroup)"};
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};
@@ -1041,44 +1053,47 @@ Test(attention, gpu_backward_matches_cpu) {
     for (int causal = 0; causal <= 1; causal++) {
       attn_data a;
       make_data(&a, gpu_backward_cases[i], causal, 0, &rng);
-      for (int dtype = YK_F16; dtype <= YK_BF16; dtype++) {
-        attn_tensors h, d;
-        cpu_and_gpu(cpu, gpu, &a, dtype, 1, &h, &d);
-        cr_assert(!yh_tensor_copy(&d.out, &h.out) && !yh_tensor_copy(&d.lse, &h.lse));
-        cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
-        attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)};
-        yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-        cr_assert_eq(backward(gpu, &a, &d, 1), YK_OK, "%s", yk_ctx_last_error(gpu));
-        cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
-        check_grads(&d, &a, dtype, want, 1, "gpu backward", seed);
-        void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
-        yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-        const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q);
-        yh_tensor ws, short_ws;
-        const int64_t short_floats = floats - 1;
-        cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &floats, NULL, 1), 0);
-        cr_assert_eq(yh_tensor_init(&short_ws, gpu, YK_F32, 1, &short_floats, NULL, 1), 0);
-        cr_assert_eq(backward_with(gpu, &a, &d, 1, &ws.dl), YK_OK, "%s", yk_ctx_last_error(gpu));
-        cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
-        char what[200];
-        cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
-                      yh_bytes_changed(&d.dv, first[2]) == 0,
-                  "%s: the GPU backward is not deterministic (seed %llu)", describe(&a, dtype, what, sizeof what),
-                  (unsigned long long)seed);
-        ts_assert_rejected(gpu, backward_with(gpu, &a, &d, 1, &short_ws.dl), INVALID,
-                           "workspace must be a float32 device vector");
-        cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
-        cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
-                      yh_bytes_changed(&d.dv, first[2]) == 0,
-                  "%s: a refused backward wrote", describe(&a, dtype, what, sizeof what));
-        yh_tensor_free(&ws), yh_tensor_free(&short_ws);
-        free(first[0]), free(first[1]), free(first[2]);
-        free(want.dq), free(want.dk), free(want.dv);
-        free_tensors(&h), free_tensors(&d);
-      }
+      for (int dtype = YK_F16; dtype <= YK_BF16; dtype++)
+        for (int kernel = 0; kernel < BACKWARD_KERNELS; kernel++) {
+          yk_ctx *g = gpus[kernel];
+          attn_tensors h, d;
+          cpu_and_gpu(cpu, g, &a, dtype, 1, &h, &d);
+          cr_assert(!yh_tensor_copy(&d.out, &h.out) && !yh_tensor_copy(&d.lse, &h.lse));
+          cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
+          attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)};
+          yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
+          cr_assert_eq(backward(g, &a, &d, 1), YK_OK, "%s: %s", labels[kernel], yk_ctx_last_error(g));
+          cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
+          check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
+          void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
+          yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
+          const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q);
+          yh_tensor ws, short_ws;
+          const int64_t short_floats = floats - 1;
+          cr_assert_eq(yh_tensor_init(&ws, g, YK_F32, 1, &floats, NULL, 1), 0);
+          cr_assert_eq(yh_tensor_init(&short_ws, g, YK_F32, 1, &short_floats, NULL, 1), 0);
+          cr_assert_eq(backward_with(g, &a, &d, 1, &ws.dl), YK_OK, "%s", yk_ctx_last_error(g));
+          cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
+          char what[200];
+          cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
+                        yh_bytes_changed(&d.dv, first[2]) == 0,
+                    "%s, %s: the GPU backward is not deterministic (seed %llu)", labels[kernel],
+                    describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
+          ts_assert_rejected(g, backward_with(g, &a, &d, 1, &short_ws.dl), INVALID,
+                             "workspace must be a float32 device vector");
+          cr_assert_eq(yh_sync(g), 0, "kernel failed");
+          cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
+                        yh_bytes_changed(&d.dv, first[2]) == 0,
+                    "%s: a refused backward wrote", describe(&a, dtype, what, sizeof what));
+          yh_tensor_free(&ws), yh_tensor_free(&short_ws);
+          free(first[0]), free(first[1]), free(first[2]);
+          free(want.dq), free(want.dk), free(want.dv);
+          free_tensors(&h), free_tensors(&d);
+        }
       free_data(&a);
     }
-  yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
+  for (int i = 0; i < BACKWARD_KERNELS; i++) yk_ctx_destroy(gpus[i]);
+  yk_ctx_destroy(cpu);
 }
 
 static const attn_case gpu_decode_cases[] = {

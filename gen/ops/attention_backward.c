@@ -3,9 +3,11 @@
  *   part dq:   a block owns BLOCK_M query rows and walks the key tiles: dq = scale * dS k
  *   part dkdv: a block owns BLOCK_N keys of a kv head and walks the query tiles of every q head of
  *              its group: dv = P^T dout, dk = scale * dS^T q
- * with P = exp(q k^T * scale - lse), dS = P * (dout v^T - rowsum(dout * out)).
- * Template: templates/attention_backward.cu (+ attention_common.cuh). CPU: cpu_fallback/attention.c.
- * Tests: tests/test_attention.c. */
+ * with P = exp(q k^T * scale - lse), dS = P * (dout v^T - rowsum(dout * out)). On an sm_90 device,
+ * for head dims 64 and 128, yk_flash_attention_backward launches the same two kernels on warpgroup
+ * MMAs instead (gen/ops/attention_backward_sm90.c; YK_BACKWARD_KERNEL=mma_sync keeps these).
+ * Template: templates/attention_backward.cu (+ attention_common.cuh, attention_backward.cuh).
+ * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
 
 #include "cpu_fallback/attention.h"
@@ -19,7 +21,7 @@
 enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS, CAUSAL, RAGGED };
 enum { PART_DQ = 0, PART_DKDV = 1 };
 static const char *const parts[] = {"dq", "dkdv"};
-static const char *const includes[] = {"attention_common.cuh", NULL};
+static const char *const includes[] = {"attention_common.cuh", "attention_backward.cuh", NULL};
 
 /* A warp reads a B fragment (ldmatrix, 512 bytes of shared memory) for every 2 mma of its 16 rows,
  * so shared memory, not the tensor cores, bounds these kernels; the defaults buy fewer reads and
@@ -148,19 +150,29 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
-  /* Both kernels found (compiled) before anything is allocated or launched. */
+  /* Both kernels found (compiled) before anything is allocated or launched; on an sm_90 device the
+   * Hopper ones (gen/ops/attention_backward_sm90.c), which take the same arguments. */
   yk_kernel *kern[2];
   int64_t rows_a_block[2];
+  const int hopper = ctx->target_arch_specific[0] && !ctx->backward_mma_sync &&
+                     yk_attention_backward_sm90_dispatched((int)pr.shape.head_dim);
   for (int part = PART_DQ; part <= PART_DKDV; part++) {
     yk_spec spec;
-    yk_spec_init(&spec, &yk_op_attention_backward, (yk_dtype)pr.shape.dtype);
-    spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
-    spec.v[PART] = part;
-    spec.v[CAUSAL] = pr.shape.causal;
-    spec.v[RAGGED] = pr.ragged_q;
+    if (hopper) {
+      yk_attention_backward_sm90_spec(&spec, pr.shape.dtype, (int)pr.shape.head_dim, part, pr.shape.causal,
+                                      pr.ragged_q);
+    } else {
+      yk_spec_init(&spec, &yk_op_attention_backward, (yk_dtype)pr.shape.dtype);
+      spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
+      spec.v[PART] = part;
+      spec.v[CAUSAL] = pr.shape.causal;
+      spec.v[RAGGED] = pr.ragged_q;
+    }
     yk_spec_finish(ctx, &spec, 0);
     if ((st = yk_kernel_get(ctx, &spec, &kern[part]))) return st;
-    rows_a_block[part] = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
+    rows_a_block[part] = hopper ? yk_attention_backward_sm90_rows(&spec)
+                         : part == PART_DQ ? spec.v[BLOCK_M]
+                                           : spec.v[BLOCK_N];
   }
   float *ws;
   CUdeviceptr scratch;

@@ -1,0 +1,119 @@
+/* attention_backward_sm90: flash_attention_backward's two kernels on Hopper's warpgroup MMAs
+ * (sm_90a), launched by yk_flash_attention_backward (gen/ops/attention_backward.c) on an sm_90
+ * device for head dims 64 and 128 in place of attention_backward's. A block owns 64 rows a consumer
+ * warpgroup (query rows for part dq, keys for part dkdv) and walks tiles of `tile` rows of the
+ * other side, which a producer warpgroup copies stages deep (see the template's header).
+ * Template: templates/attention_backward_sm90.cu (+ attention_common.cuh, wgmma.cuh, hopper.cuh,
+ * attention_backward.cuh). CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+#include <stdio.h>
+
+#include "gen/attention.h"
+#include "gen/spec.h"
+
+enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED };
+enum { PART_DQ = 0, PART_DKDV = 1 };
+static const char *const parts[] = {"dq", "dkdv", NULL};
+static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", "attention_backward.cuh",
+                                       NULL};
+
+/* yk bench --backward --sweep on an H200 (S4096; bench/NOTES.md item 29): at head dim 64 the
+ * walked tiles of 128 rows beat 64 in both parts (dk/dv 1.03-1.06x); at 128, dq's 128-key tiles ran
+ * 1.07x its 64-key ones, and 3 stages 1.03-1.08x 2 (dk/dv's 128-row tiles do not fit its
+ * registers there). */
+static void complete(yk_spec *s) {
+  const int d128 = s->v[HEAD_DIM] == 128, dkdv = s->v[PART] == PART_DKDV;
+  if (s->v[WARPGROUPS] == YK_UNSET) s->v[WARPGROUPS] = 2;
+  if (s->v[TILE] == YK_UNSET) s->v[TILE] = d128 && dkdv ? 64 : 128;
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = d128 && dkdv ? 3 : 2;
+  if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
+  if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+}
+
+/* Two consumer warpgroups and the producer make 384 threads, 168 registers each at launch: the
+ * producer gives back all but PRODUCER_REGS and the consumers take them up to CONSUMER_REGS
+ * (128 x 40 + 256 x 232 = 384 x 168). With one consumer warpgroup, 255 from the start. */
+enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232 };
+
+static const yk_named_value constants[] = {
+    {"PRODUCER_REGS", PRODUCER_REGS}, {"CONSUMER_REGS", CONSUMER_REGS}, {NULL, 0}};
+
+static int consumer_registers(const yk_spec *s) {
+  return s->v[WARPGROUPS] == 1 ? yk_register_budget(256) : CONSUMER_REGS;
+}
+
+static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[HEAD_DIM] != 64 && s->v[HEAD_DIM] != 128)
+    return snprintf(why, n, "head_dim %d: the Hopper dk/dv kernel takes 64 or 128", s->v[HEAD_DIM]), 1;
+  /* S is one MMA `tile` wide (the wgmma widths cmake/gen_wgmma.py makes: 64, 128, 256) */
+  if (s->v[TILE] != 64 && s->v[TILE] != 128) return snprintf(why, n, "tile %d is not 64 or 128", s->v[TILE]), 1;
+  /* A consumer thread holds its accumulators (dq, or dk and dv: head_dim / 2 floats each) and, at
+   * their peak, S and dP (tile / 2 each); dS (and P), packed to 16 bits, replace them. */
+  const int held = s->v[HEAD_DIM] / 2 * (s->v[PART] == PART_DQ ? 1 : 2) + s->v[TILE];
+  if (held + YK_REGISTER_OVERHEAD > consumer_registers(s))
+    return snprintf(why, n,
+                    "head_dim %d with tile %d holds %d values a thread, more than fit in the %d registers of a "
+                    "consumer thread",
+                    s->v[HEAD_DIM], s->v[TILE], held, consumer_registers(s)),
+           1;
+  return 0;
+}
+
+/* The consumer warpgroups, then the producer. */
+static unsigned block_threads(const yk_spec *s) { return 128u * (unsigned)(s->v[WARPGROUPS] + 1); }
+
+/* The owned rows' two tensors once (Q and dout, or K and V), the walked tiles' two stages deep
+ * (and for dk/dv their rows' {lse, delta}), two mbarriers a stage, plus 1 KB to align the swizzle
+ * atoms. */
+static unsigned smem_bytes(const yk_spec *s) {
+  const unsigned d = (unsigned)s->v[HEAD_DIM], owned = 64u * (unsigned)s->v[WARPGROUPS];
+  const unsigned walked = (unsigned)(s->v[STAGES] * s->v[TILE]);
+  return (2 * owned + 2 * walked) * d * 2 + (s->v[PART] == PART_DKDV ? walked * 8 : 0) +
+         2 * 8 * (unsigned)s->v[STAGES] + 1024;
+}
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
+
+const yk_op_def yk_op_attention_backward_sm90 = {
+    .name = "attention_backward_sm90",
+    .summary = "flash_attention_backward on Hopper: dq and dk/dv kernels on wgmma, no atomics (sm_90a)",
+    .includes = includes,
+    .arch_specific_sm = 90,
+    .dtypes = 1u << YK_F16 | 1u << YK_BF16,
+    .field_count = 7,
+    .fields =
+        {
+            {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
+            {"part", "which gradients: dq, or dk and dv", 0, 1, 0, 0, parts},
+            {"warpgroups", "consumer warpgroups a block, 64 owned rows each (a producer warpgroup besides)", 1, 2, 0, 1,
+             NULL},
+            {"tile", "rows of the walked tiles: keys (dq) or query rows (dkdv); 64 or 128", 64, 128, 0, 1, NULL},
+            {"stages", "query tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
+            {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
+            {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+        },
+    .complete = complete,
+    .valid = valid,
+    .block_threads = block_threads,
+    .dynamic_smem_bytes = smem_bytes,
+    .constants = constants,
+    .warm_specs = warm_specs,
+};
+
+/* flash_attention_backward takes this kernel for these head dims only */
+static int dispatched(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
+  yk_attention_warm(req, &yk_op_attention_backward_sm90, PART, CAUSAL, -1, dispatched, emit, user);
+}
+
+int yk_attention_backward_sm90_dispatched(int head_dim) { return dispatched(head_dim); }
+
+void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged) {
+  yk_spec_init(s, &yk_op_attention_backward_sm90, (yk_dtype)dtype);
+  s->v[HEAD_DIM] = head_dim;
+  s->v[PART] = part;
+  s->v[CAUSAL] = causal;
+  s->v[RAGGED] = ragged;
+}
+
+int yk_attention_backward_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
