@@ -302,6 +302,8 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
       "attention_decode:dtype=bf16,head_dim=256,split=1",
       "attention_backward:dtype=bf16,head_dim=128,part=dq",
       "attention_backward:dtype=bf16,head_dim=256,part=dkdv",
+      "attention_backward_sm90:dtype=bf16,head_dim=128,part=dq,causal=1",
+      "attention_backward_sm90:dtype=bf16,head_dim=128,part=dkdv,causal=1",
       "merge_attention_states:dtype=bf16,head_dim=128,in_type=f32,states=0",
   };
   yk_ctx_options o;
