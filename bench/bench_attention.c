@@ -171,8 +171,8 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
 }
 
 /* The backward's tiles at head dims 64 and 128, S4096. On sm_90 both kernels are the wgmma ones
- * (attention_backward_sm90): its rows pin the warpgroups (64 owned rows each) and stages of both,
- * and the walked tile of one part (part=dq: keys; part=dkdv: query rows); mma_sync runs
+ * (attention_backward_sm90): its rows pin the loads (tma=0: cp.async) and warpgroups (64 owned rows
+ * each) of both, and the stages or walked tile of one part (part=dq: keys; part=dkdv: query rows); mma_sync runs
  * attention_backward's kernels instead (their tiles: NOTES.md items 20 and 22). */
 static void backward_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {29};
@@ -186,9 +186,9 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
       if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
         const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-        static const char *const hopper[] = {"warpgroups=1",      "part=dq,stages=2",   "part=dq,stages=3",
+        static const char *const hopper[] = {"tma=0",           "warpgroups=1",       "part=dq,stages=3",
                                              "part=dkdv,stages=2", "part=dkdv,stages=3", "part=dq,tile=64",
-                                             "part=dq,tile=128",   "part=dkdv,tile=64",  "part=dkdv,tile=128"};
+                                             "part=dkdv,tile=128"};
         for (size_t i = 0; i < sizeof hopper / sizeof hopper[0]; i++)
           bench_sweep_one(t, r, shape, "attention_backward_sm90", hopper[i], call, &c, flops, "TFLOP/s");
         const int was = t->ctx->backward_mma_sync;

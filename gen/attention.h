@@ -88,6 +88,10 @@ void yk_attention_prefill_sm90_without_tma(yk_spec *s);
 int yk_attention_backward_sm90_dispatched(int head_dim);
 void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged);
 int yk_attention_backward_sm90_rows(const yk_spec *s);
+/* Rows of the walked tiles a complete spec loads by TMA (its tile), 0 where it loads by cp.async;
+ * and the same spec loading by cp.async, for tensors a tensor map cannot describe. */
+int yk_attention_backward_sm90_tma_rows(const yk_spec *s);
+void yk_attention_backward_sm90_without_tma(yk_spec *s);
 
 /* ---- paged keys (gen/paged_attention.c) ---- */
 

@@ -11,15 +11,17 @@
 //     the 128-byte swizzled layout (hopper.cuh); dS (and P^T) go back as register A fragments (the
 //     accumulator layout is mma.sync's), and the last products read the walked tile's K (dq), or dO
 //     and Q (dk/dv), MN-major from the same row-major tiles.
-//   - A producer warpgroup copies the walked tiles (K and V; or Q, dO and the rows' stats) with
-//     cp.async STAGES deep; a stage's "full" mbarrier completes when its copies have landed, its
-//     "empty" one when every consumer warp is done with it, so consumer warpgroups never wait for
-//     each other.
-//   - With two consumer warpgroups setmaxnreg moves registers from the producer (PRODUCER_REGS) to
-//     the consumers (CONSUMER_REGS); with one, a 256-thread block has 255 registers a thread.
+//   - A producer warpgroup copies the walked tiles (K and V; or Q, dO and the rows' stats) STAGES
+//     deep: with TMA, one warp issues a bulk tensor copy for each whole tile (map_a, map_b) and
+//     cp.async for the tile a sequence ends inside and for the stats; without, all its threads use
+//     cp.async. A stage's "full" mbarrier completes when its copies have landed, its "empty" one
+//     when every consumer warp is done with it, so consumer warpgroups never wait for each other.
+//   - With two consumer warpgroups setmaxnreg moves registers from the producer (PRODUCER_REGS, or
+//     TMA_PRODUCER_REGS under TMA) to the consumers (CONSUMER_REGS, TMA_CONSUMER_REGS); with one, a
+//     256-thread block has 255 registers a thread.
 //
-// Spec constants: T, HEAD_DIM (64 or 128), PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED,
-// PRODUCER_REGS, CONSUMER_REGS.
+// Spec constants: T, HEAD_DIM (64 or 128), PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA,
+// PRODUCER_REGS, CONSUMER_REGS, TMA_PRODUCER_REGS, TMA_CONSUMER_REGS.
 
 constexpr int OWNED = 64 * WARPGROUPS, CONSUMERS = 128 * WARPGROUPS, THREADS = CONSUMERS + 128;
 constexpr int BLOCK_M = PART == PART_DQ ? OWNED : TILE, BLOCK_N = PART == PART_DQ ? TILE : OWNED;
@@ -64,7 +66,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                             long long l_s, long long l_h, long long dq_b, long long dq_s, long long dq_h,
                             long long dk_b, long long dk_s, long long dk_h, long long dv_b, long long dv_s,
                             long long dv_h, int seq_q, int seq_k, int group, float scale, float2 *__restrict__ ws,
-                            int ws_tokens) {
+                            int ws_tokens, const __grid_constant__ yk_tensor_map map_a,
+                            const __grid_constant__ yk_tensor_map map_b) {
   const int head = blockIdx.y, batch = blockIdx.z; // a q head (PART_DQ) or a kv head (PART_DKDV)
   yk_sequence sq;
   if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
@@ -107,17 +110,69 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   // Stage s: full[s] completes a phase when a tile's copies have landed (the producer's 128
-  // cp.async arrivals), empty[s] when all 4 x WARPGROUPS consumer warps are done with it. Tile t
+  // cp.async arrivals; under TMA one arrival, the bulk copies' bytes and the lanes' cp.async), empty[s] when all 4 x WARPGROUPS consumer warps are done with it. Tile t
   // uses stage t % STAGES for the (t / STAGES)-th time.
   if (tid == 0) {
 #pragma unroll
-    for (int s = 0; s < STAGES; ++s) yk_mbar_init(full + s, 128), yk_mbar_init(empty + s, 4 * WARPGROUPS);
+    for (int s = 0; s < STAGES; ++s) yk_mbar_init(full + s, TMA ? 1 : 128), yk_mbar_init(empty + s, 4 * WARPGROUPS);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads(); // the only block-wide barrier: the mbarriers exist before anyone uses them
 
   if (wg == WARPGROUPS) { // ---- the producer ----
-    if constexpr (WARPGROUPS > 1) yk_registers_down<PRODUCER_REGS>();
+    if constexpr (WARPGROUPS > 1) yk_registers_down<TMA ? TMA_PRODUCER_REGS : PRODUCER_REGS>();
+    if constexpr (TMA) {
+      // One warp. Whole tiles: lane 0 arms the full barrier with their bytes and issues the bulk
+      // tensor copies (map_a: K or Q, map_b: V or dO). The tile a sequence ends inside, and the
+      // rows' stats: the lanes' cp.async, each lane's copies an arrival on top of lane 0's, counted
+      // (__syncwarp) before lane 0 arrives.
+      if (warp != 0) return;
+#pragma unroll 1
+      for (int t = 0; t < tiles; ++t) {
+        const int stage = t % STAGES;
+        const unsigned use = (unsigned)(t / STAGES);
+        if (use > 0) yk_mbar_wait(empty + stage, (use - 1) & 1);
+        T *b0 = sB0 + stage * TILE * HEAD_DIM, *b1 = sB1 + stage * TILE * HEAD_DIM;
+        int row, map_head, valid; // the tile's first row on the maps' row axis, its head, its rows
+        bool copied = false;      // any cp.async this tile
+        if constexpr (PART == PART_DQ) {
+          row = k_start + t * TILE, map_head = kv_head, valid = n_end - t * TILE;
+          if (valid < TILE) {
+            yk_copy_tile_by_warp<TILE>(b0, t * TILE, valid, lane, kr);
+            yk_copy_tile_by_warp<TILE>(b1, t * TILE, valid, lane, vr);
+            copied = true;
+          }
+        } else {
+          int qh, first_row;
+          tile_rows(t, qh, first_row);
+          row = q_start + first_row, map_head = qh, valid = len_q - first_row;
+          if (valid < TILE) {
+            const strided_rows qr = {q + batch * q_b + (long long)(q_start + first_row) * q_s + qh * q_h, q_s};
+            const strided_rows dor = {dout + batch * do_b + (long long)(q_start + first_row) * do_s + qh * do_h, do_s};
+            yk_copy_tile_by_warp<TILE>(b0, 0, valid, lane, qr);
+            yk_copy_tile_by_warp<TILE>(b1, 0, valid, lane, dor);
+          }
+          const float2 *stats = ws + qh * (long long)ws_tokens + ws_first + first_row;
+#pragma unroll
+          for (int r = lane; r < TILE; r += 32) // the rows' {lse2, delta}, zeros past the sequence
+            yk_cp_async8(sStats + stage * TILE + r, stats + (r < valid ? r : 0), r < valid ? 8 : 0);
+          copied = true;
+        }
+        if (copied) yk_mbar_arrive_on_copies_extra(full + stage);
+        __syncwarp();
+        if (lane == 0) {
+          if (valid >= TILE) {
+            yk_mbar_arrive_expecting(full + stage, 2 * TILE * HEAD_DIM * (unsigned)sizeof(T));
+            yk_tma_tile<TILE>(b0, map_a, full + stage, row, map_head, RAGGED ? 0 : batch);
+            yk_tma_tile<TILE>(b1, map_b, full + stage, row, map_head, RAGGED ? 0 : batch);
+          } else {
+            yk_mbar_arrive(full + stage);
+          }
+        }
+      }
+      asm volatile("cp.async.wait_all;" ::: "memory");
+      return;
+    }
     const int p = tid - CONSUMERS;
 #pragma unroll 1
     for (int t = 0; t < tiles; ++t) {
@@ -148,11 +203,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   }
 
   // ---- the consumers: warpgroup wg, owned rows [64 wg, 64 wg + 64) of the block ----
-  if constexpr (WARPGROUPS > 1) yk_registers_up<CONSUMER_REGS>();
+  if constexpr (WARPGROUPS > 1) yk_registers_up<TMA ? TMA_CONSUMER_REGS : CONSUMER_REGS>();
   const int wt = tid % 128;
-  auto wait_full = [&](int t) {
+  auto wait_full = [&](int t, int valid) { // valid: the tile's rows in its sequence
     yk_mbar_wait(full + t % STAGES, (unsigned)(t / STAGES) & 1);
-    yk_fence_async_smem(); // the tile came through the generic proxy (cp.async): hand it to the MMA unit
+    // a tile that came through the generic proxy (cp.async) is handed to the MMA unit
+    if (!TMA || valid < TILE) yk_fence_async_smem();
   };
   auto release = [&](int t) { // this warp is done with tile t's stage
     if (lane == 0) yk_mbar_arrive(empty + t % STAGES);
@@ -207,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int wg_last_row = row0 + wg * 64 + 63;
 #pragma unroll 1
     for (int t = 0; t < tiles; ++t) {
-      wait_full(t);
+      wait_full(t, n_end - t * TILE);
       // causally, a warpgroup whose last row sees no key of the tile has nothing to add
       if (!CAUSAL || wg_last_row + shift >= t * TILE) {
         const T *k_tile = sB0 + (t % STAGES) * TILE * HEAD_DIM, *v_tile = sB1 + (t % STAGES) * TILE * HEAD_DIM;
@@ -246,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int t = 0; t < tiles; ++t) {
       int qh, first_row;
       tile_rows(t, qh, first_row);
-      wait_full(t);
+      wait_full(t, len_q - first_row);
       // causally, a warpgroup whose first key no row of the tile sees has nothing to add
       if (!CAUSAL || wg_key0 <= first_row + TILE - 1 + shift) {
         const int stage = t % STAGES;

@@ -46,19 +46,6 @@ static_assert(!TMA || (PIPELINE > 0 && PAGED == 0), "TMA loads are the producer'
 // generator, gen/ops/attention_prefill_sm90.c, whose register checks count on them). With one, a
 // 256-thread block has 255 registers a thread from the start.
 
-// The tile a sequence ends inside, by one warp (TMA 1): rows from `valid` on are zero-filled, as a
-// bulk tensor copy would not do. Not unrolled: the producer keeps few registers.
-template <class Rows>
-__device__ __forceinline__ void copy_tile_by_warp(T *tile, int first, int valid, int lane, const Rows &rows) {
-  constexpr int CHUNKS = HEAD_DIM / 8;
-#pragma unroll 1
-  for (int i = lane; i < BLOCK_N * CHUNKS; i += 32) {
-    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    const bool ok = r < valid;
-    yk_cp_async16(tile + yk_swizzled<BLOCK_N>(r, c), rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
-  }
-}
-
 template <int ROWS, class RowAddress>
 __device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAddress src) {
   yk_load_rows<ROWS, ROWS, CONSUMERS>(tile, 0, valid, tid, src);
@@ -195,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
               yk_tma_tile<BLOCK_N>(tile, map, full, k_start + first, kv_head, RAGGED ? 0 : batch);
             }
           } else {
-            copy_tile_by_warp(tile, first, n_end - first, lane, rows);
+            yk_copy_tile_by_warp<BLOCK_N>(tile, first, n_end - first, lane, rows);
             yk_mbar_arrive_on_copies_extra(full);
             __syncwarp();
             if (lane == 0) yk_mbar_arrive(full);

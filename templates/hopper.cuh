@@ -42,6 +42,20 @@ __device__ __forceinline__ void yk_produce_tile(T *tile, int first, int valid, i
   }
 }
 
+// A ROWS-row tile by one warp with cp.async, rows from `valid` on zero-filled: the tile a sequence
+// ends inside, where a bulk tensor copy would read the next sequence's rows. Not unrolled: a producer
+// keeps few registers.
+template <int ROWS, class Rows>
+__device__ __forceinline__ void yk_copy_tile_by_warp(T *tile, int first, int valid, int lane, const Rows &rows) {
+  constexpr int CHUNKS = HEAD_DIM / 8;
+#pragma unroll 1
+  for (int i = lane; i < ROWS * CHUNKS; i += 32) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    const bool ok = r < valid;
+    yk_cp_async16(tile + yk_swizzled<ROWS>(r, c), rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+  }
+}
+
 // Matrix descriptor: start address, leading and stride byte offsets (16-byte units), 128B swizzle.
 // A descriptor plus an element offset is the descriptor of the moved start (the address field is
 // the low 14 bits, shared memory below 256 KB), so k steps add constants rather than rebuild it.

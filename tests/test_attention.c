@@ -1031,8 +1031,9 @@ static const attn_case gpu_backward_cases[] = {
 
 enum { BACKWARD_KERNELS = 3 };
 
-/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every dk/dv kernel the device
- * has (sm_90: the wgmma kernel by default and with one warpgroup and 3 stages, and mma.sync forced);
+/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel pair the
+ * device has (sm_90: the wgmma pair by default, with TMA loads, and with one warpgroup, 3 stages and
+ * cp.async loads; and mma.sync forced);
  * a second launch, through a caller's workspace, gives the same bytes; one a float short is refused
  * before anything runs. */
 Test(attention, gpu_backward_matches_cpu) {
@@ -1041,11 +1042,11 @@ Test(attention, gpu_backward_matches_cpu) {
   setenv("YK_BACKWARD_KERNEL", "mma_sync", 1);
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_BACKWARD_KERNEL");
-  yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3");
+  yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
   cr_assert(mma && one_wg);
   yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, mma, one_wg};
   static const char *const labels[BACKWARD_KERNELS] = {
-      "gpu backward (default kernels)", "gpu backward (mma.sync dk/dv)", "gpu backward (sm90 dk/dv, 1 warpgroup)"};
+      "gpu backward (default kernels)", "gpu backward (mma.sync)", "gpu backward (sm90, 1 warpgroup, cp.async)"};
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};

@@ -9,6 +9,7 @@
  * Template: templates/attention_backward.cu (+ attention_common.cuh, attention_backward.cuh).
  * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
+#include <string.h>
 
 #include "cpu_fallback/attention.h"
 #include "gen/attention.h"
@@ -16,6 +17,7 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
+#include "runtime/tensor_map.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS, CAUSAL, RAGGED };
@@ -114,6 +116,22 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
   yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, -1, NULL, emit, user);
 }
 
+/* The tensor maps of a Hopper kernel's walked tiles: K and V (dq) or q and dout (dk/dv), each
+ * [batch][rows][heads][head_dim], or every ragged sequence on one token axis. Nonzero where TMA
+ * cannot read one of them (the kernel then loads by cp.async). */
+static int walked_tile_maps(const yk_ctx *ctx, CUtensorMap maps[2], const yk_attention_problem *pr,
+                            const yk_attn_operand *a, const yk_attn_operand *b, int keys, int box_rows) {
+  const int ragged = keys ? pr->ragged_k : pr->ragged_q;
+  const int64_t rows = keys ? (ragged ? pr->total_k : pr->max_seqlen_k) : (ragged ? pr->total_q : pr->max_seqlen_q);
+  const int64_t heads = keys ? pr->shape.kv_heads : pr->shape.q_heads, batch = ragged ? 1 : pr->shape.batch;
+  const yk_attn_operand *x[2] = {a, b};
+  for (int i = 0; i < 2; i++)
+    if (yk_tensor_map_rows(ctx, &maps[i], pr->shape.dtype, x[i]->data, pr->shape.head_dim, rows, heads, batch,
+                           x[i]->seq_stride, x[i]->head_stride, x[i]->batch_stride, box_rows))
+      return 1;
+  return 0;
+}
+
 yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,
                                       const DLTensor *v, const DLTensor *out, const DLTensor *lse,
                                       const yk_attention_params *params, DLTensor *dq, DLTensor *dk, DLTensor *dv,
@@ -151,9 +169,12 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
   /* Both kernels found (compiled) before anything is allocated or launched; on an sm_90 device the
-   * Hopper ones (gen/ops/attention_backward_sm90.c), which take the same arguments. */
+   * Hopper ones (gen/ops/attention_backward_sm90.c), which take the same arguments and two tensor
+   * maps of the tiles they walk (dq: K and V; dk/dv: q and dout), where TMA can read those. */
   yk_kernel *kern[2];
   int64_t rows_a_block[2];
+  CUtensorMap maps[2][2];
+  memset(maps, 0, sizeof maps);
   const int hopper = ctx->target_arch_specific[0] && !ctx->backward_mma_sync &&
                      yk_attention_backward_sm90_dispatched((int)pr.shape.head_dim);
   for (int part = PART_DQ; part <= PART_DKDV; part++) {
@@ -169,6 +190,10 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
       spec.v[RAGGED] = pr.ragged_q;
     }
     yk_spec_finish(ctx, &spec, 0);
+    const int box_rows = hopper ? yk_attention_backward_sm90_tma_rows(&spec) : 0;
+    if (box_rows && walked_tile_maps(ctx, maps[part], &pr, part == PART_DQ ? &ko : &qo, part == PART_DQ ? &vo : &doo,
+                                     part == PART_DQ, box_rows))
+      yk_attention_backward_sm90_without_tma(&spec);
     if ((st = yk_kernel_get(ctx, &spec, &kern[part]))) return st;
     rows_a_block[part] = hopper ? yk_attention_backward_sm90_rows(&spec)
                          : part == PART_DQ ? spec.v[BLOCK_M]
@@ -196,9 +221,12 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
                   &ptr[9],  &ptr[10], &s[0],   &s[1],   &s[2],   &s[3],   &s[4],    &s[5],     &s[6],
                   &s[7],    &s[8],    &s[9],   &s[10],  &s[11],  &s[12],  &s[13],   &s[14],    &s[15],
                   &s[16],   &s[17],   &s[18],  &s[19],  &s[20],  &s[21],  &s[22],   &s[23],    &dv_s[0],
-                  &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale,  &ptr[11], &ws_tokens};
+                  &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale,  &ptr[11], &ws_tokens,
+                  NULL,     NULL};
+  const int map_arg = (int)(sizeof args / sizeof args[0]) - 2; /* the mma.sync kernels take all but these */
   /* dq first: it writes the rows' {lse, delta} the dk/dv kernel reads, in stream order */
   for (int part = PART_DQ; part <= PART_DKDV && st == YK_OK; part++) {
+    args[map_arg] = &maps[part][0], args[map_arg + 1] = &maps[part][1];
     const int64_t len = part == PART_DQ ? pr.max_seqlen_q : pr.max_seqlen_k;
     const unsigned blocks = (unsigned)((len + rows_a_block[part] - 1) / rows_a_block[part]);
     const unsigned heads = (unsigned)(part == PART_DQ ? pr.shape.q_heads : pr.shape.kv_heads);

@@ -2,7 +2,8 @@
  * (sm_90a), launched by yk_flash_attention_backward (gen/ops/attention_backward.c) on an sm_90
  * device for head dims 64 and 128 in place of attention_backward's. A block owns 64 rows a consumer
  * warpgroup (query rows for part dq, keys for part dkdv) and walks tiles of `tile` rows of the
- * other side, which a producer warpgroup copies stages deep (see the template's header).
+ * other side, which a producer copies stages deep, by TMA where the host can build the tensor maps
+ * (gen/ops/attention_backward.c), else by cp.async (see the template's header).
  * Template: templates/attention_backward_sm90.cu (+ attention_common.cuh, wgmma.cuh, hopper.cuh,
  * attention_backward.cuh). CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
@@ -10,7 +11,7 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED };
+enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA };
 enum { PART_DQ = 0, PART_DKDV = 1 };
 static const char *const parts[] = {"dq", "dkdv", NULL};
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", "attention_backward.cuh",
@@ -27,18 +28,25 @@ static void complete(yk_spec *s) {
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = d128 && dkdv ? 3 : 2;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
+  if (s->v[TMA] == YK_UNSET) s->v[TMA] = 1;
 }
 
 /* Two consumer warpgroups and the producer make 384 threads, 168 registers each at launch: the
  * producer gives back all but PRODUCER_REGS and the consumers take them up to CONSUMER_REGS
- * (128 x 40 + 256 x 232 = 384 x 168). With one consumer warpgroup, 255 from the start. */
-enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232 };
+ * (128 x 40 + 256 x 232 = 384 x 168). Under TMA one producer warp issues a few copies a tile and
+ * keeps 24, so the consumers take 240 (128 x 24 + 256 x 240 <= 65536): with 232, dk/dv at head dim
+ * 128, causal, spilled 4 bytes. With one consumer warpgroup, 255 from the start. */
+enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232, TMA_PRODUCER_REGS = 24, TMA_CONSUMER_REGS = 240 };
 
-static const yk_named_value constants[] = {
-    {"PRODUCER_REGS", PRODUCER_REGS}, {"CONSUMER_REGS", CONSUMER_REGS}, {NULL, 0}};
+static const yk_named_value constants[] = {{"PRODUCER_REGS", PRODUCER_REGS},
+                                           {"CONSUMER_REGS", CONSUMER_REGS},
+                                           {"TMA_PRODUCER_REGS", TMA_PRODUCER_REGS},
+                                           {"TMA_CONSUMER_REGS", TMA_CONSUMER_REGS},
+                                           {NULL, 0}};
 
 static int consumer_registers(const yk_spec *s) {
-  return s->v[WARPGROUPS] == 1 ? yk_register_budget(256) : CONSUMER_REGS;
+  if (s->v[WARPGROUPS] == 1) return yk_register_budget(256);
+  return s->v[TMA] ? TMA_CONSUMER_REGS : CONSUMER_REGS;
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
@@ -79,7 +87,7 @@ const yk_op_def yk_op_attention_backward_sm90 = {
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 7,
+    .field_count = 8,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
@@ -90,6 +98,10 @@ const yk_op_def yk_op_attention_backward_sm90 = {
             {"stages", "query tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
+            {"tma",
+             "1: the producer loads whole walked tiles with the tensor memory accelerator (a tile a sequence "
+             "ends inside, and the rows' stats, by cp.async); 0: everything by cp.async",
+             0, 1, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -117,3 +129,7 @@ void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int pa
 }
 
 int yk_attention_backward_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
+
+int yk_attention_backward_sm90_tma_rows(const yk_spec *s) { return s->v[TMA] ? s->v[TILE] : 0; }
+
+void yk_attention_backward_sm90_without_tma(yk_spec *s) { s->v[TMA] = 0; }
