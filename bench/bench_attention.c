@@ -172,8 +172,8 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
 
 /* The backward's tiles at head dims 64 and 128, S4096. On sm_90 both kernels are the wgmma ones
  * (attention_backward_sm90): its rows pin the loads (tma=0: cp.async) and warpgroups (64 owned rows
- * each) of both, and the stages or walked tile of one part (part=dq: keys; part=dkdv: query rows); mma_sync runs
- * attention_backward's kernels instead (their tiles: NOTES.md items 20 and 22). */
+ * each) of both, and the stages or walked tile of one part (part=dq: keys; part=dkdv: query rows);
+ * mma_sync runs attention_backward's kernels instead (their tiles: NOTES.md items 20 and 22). */
 static void backward_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {29};
   static const int dims[] = {64, 128};

@@ -6,6 +6,7 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/module.h"
+#include "runtime/tensor_map.h"
 #include "yk/kv.h"
 
 /* Offsets in memory the host can read are checked here: from 0, never decreasing, within the
@@ -235,6 +236,14 @@ yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *
   else
     o.batch_stride = v->stride[0], o.seq_stride = v->stride[1], o.head_stride = v->stride[2];
   return o;
+}
+
+int yk_attention_sm90_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+int yk_attention_tensor_map(const yk_ctx *ctx, CUtensorMap *map, int dtype, int64_t head_dim, const yk_attn_operand *x,
+                            int64_t rows, int64_t heads, int64_t batches, int box_rows) {
+  return yk_tensor_map_rows(ctx, map, dtype, x->data, head_dim, rows, heads, batches, x->seq_stride, x->head_stride,
+                            x->batch_stride, box_rows);
 }
 
 yk_attn_operand yk_attention_lse_rows(const yk_view *lse, const yk_attention_problem *pr) {

@@ -83,9 +83,8 @@ int yk_attention_prefill_sm90_rows(const yk_spec *s);
 int yk_attention_prefill_sm90_tma_rows(const yk_spec *s);
 void yk_attention_prefill_sm90_without_tma(yk_spec *s);
 
-/* The Hopper backward's kernels (gen/ops/attention_backward_sm90.c): the head dims they take, a
- * part's spec before completion (part 0 dq, 1 dk/dv), and the rows (queries or keys) a block owns. */
-int yk_attention_backward_sm90_dispatched(int head_dim);
+/* The Hopper backward's kernels (gen/ops/attention_backward_sm90.c): a part's spec before
+ * completion (part 0 dq, 1 dk/dv), and the rows (queries or keys) a block owns. */
 void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged);
 int yk_attention_backward_sm90_rows(const yk_spec *s);
 /* Rows of the walked tiles a complete spec loads by TMA (its tile), 0 where it loads by cp.async;
@@ -188,6 +187,15 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *launch, void *str
 
 /* Operands for the layouts above. */
 yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *pr, int is_k);
+
+/* The head dims the Hopper (sm_90a) attention kernels take, prefill and backward: 64 and 128. */
+int yk_attention_sm90_head_dim(int head_dim);
+
+/* A tensor map of operand x (rows [batch][rows][heads][head_dim] of 2-byte elements; batches 1 for
+ * every ragged sequence on one token axis) for TMA boxes of box_rows rows: yk_tensor_map_rows on
+ * the operand's strides, 0 on success, nonzero where TMA cannot read it. */
+int yk_attention_tensor_map(const yk_ctx *ctx, CUtensorMap *map, int dtype, int64_t head_dim, const yk_attn_operand *x,
+                            int64_t rows, int64_t heads, int64_t batches, int box_rows);
 yk_attn_operand yk_attention_lse_rows(const yk_view *lse, const yk_attention_problem *pr);
 
 #endif

@@ -32,7 +32,7 @@ struct yk_ctx {
   char target_arch_specific[16]; /* "sm_90a" where the device runs one generation's own
                                     instructions and NVRTC builds them, else "" */
   int prefill_mma_sync;           /* YK_PREFILL_KERNEL=mma_sync: never the sm_90a prefill (tests, comparisons) */
-  int backward_mma_sync;          /* YK_BACKWARD_KERNEL=mma_sync: never the sm_90a dk/dv kernel (likewise) */
+  int backward_mma_sync;          /* YK_BACKWARD_KERNEL=mma_sync: never the sm_90a backward (likewise) */
 
   /* NVRTC: optional; without it only what the disk cache already holds can run */
   yk_nvrtc_api nvrtc;

@@ -110,8 +110,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   // Stage s: full[s] completes a phase when a tile's copies have landed (the producer's 128
-  // cp.async arrivals; under TMA one arrival, the bulk copies' bytes and the lanes' cp.async), empty[s] when all 4 x WARPGROUPS consumer warps are done with it. Tile t
-  // uses stage t % STAGES for the (t / STAGES)-th time.
+  // cp.async arrivals; under TMA one arrival, the bulk copies' bytes and the lanes' cp.async),
+  // empty[s] when all 4 x WARPGROUPS consumer warps are done with it. Tile t uses stage t % STAGES
+  // for the (t / STAGES)-th time.
   if (tid == 0) {
 #pragma unroll
     for (int s = 0; s < STAGES; ++s) yk_mbar_init(full + s, TMA ? 1 : 128), yk_mbar_init(empty + s, 4 * WARPGROUPS);

@@ -17,7 +17,6 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
-#include "runtime/tensor_map.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS, CAUSAL, RAGGED };
@@ -126,8 +125,7 @@ static int walked_tile_maps(const yk_ctx *ctx, CUtensorMap maps[2], const yk_att
   const int64_t heads = keys ? pr->shape.kv_heads : pr->shape.q_heads, batch = ragged ? 1 : pr->shape.batch;
   const yk_attn_operand *x[2] = {a, b};
   for (int i = 0; i < 2; i++)
-    if (yk_tensor_map_rows(ctx, &maps[i], pr->shape.dtype, x[i]->data, pr->shape.head_dim, rows, heads, batch,
-                           x[i]->seq_stride, x[i]->head_stride, x[i]->batch_stride, box_rows))
+    if (yk_attention_tensor_map(ctx, &maps[i], pr->shape.dtype, pr->shape.head_dim, x[i], rows, heads, batch, box_rows))
       return 1;
   return 0;
 }
@@ -175,8 +173,8 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
   int64_t rows_a_block[2];
   CUtensorMap maps[2][2];
   memset(maps, 0, sizeof maps);
-  const int hopper = ctx->target_arch_specific[0] && !ctx->backward_mma_sync &&
-                     yk_attention_backward_sm90_dispatched((int)pr.shape.head_dim);
+  const int hopper =
+      ctx->target_arch_specific[0] && !ctx->backward_mma_sync && yk_attention_sm90_head_dim((int)pr.shape.head_dim);
   for (int part = PART_DQ; part <= PART_DKDV; part++) {
     yk_spec spec;
     if (hopper) {
@@ -195,9 +193,10 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
                                      part == PART_DQ, box_rows))
       yk_attention_backward_sm90_without_tma(&spec);
     if ((st = yk_kernel_get(ctx, &spec, &kern[part]))) return st;
-    rows_a_block[part] = hopper ? yk_attention_backward_sm90_rows(&spec)
-                         : part == PART_DQ ? spec.v[BLOCK_M]
-                                           : spec.v[BLOCK_N];
+    if (hopper)
+      rows_a_block[part] = yk_attention_backward_sm90_rows(&spec);
+    else
+      rows_a_block[part] = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
   }
   float *ws;
   CUdeviceptr scratch;

@@ -95,7 +95,7 @@ const yk_op_def yk_op_attention_backward_sm90 = {
             {"warpgroups", "consumer warpgroups a block, 64 owned rows each (a producer warpgroup besides)", 1, 2, 0, 1,
              NULL},
             {"tile", "rows of the walked tiles: keys (dq) or query rows (dkdv); 64 or 128", 64, 128, 0, 1, NULL},
-            {"stages", "query tiles in flight (cp.async pipeline depth)", 2, 4, 0, 1, NULL},
+            {"stages", "walked tiles in flight (the producer's pipeline depth)", 2, 4, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
             {"ragged", "1: sequences located by cu_seqlens", 0, 1, 0, 1, NULL},
             {"tma",
@@ -111,14 +111,9 @@ const yk_op_def yk_op_attention_backward_sm90 = {
     .warm_specs = warm_specs,
 };
 
-/* flash_attention_backward takes this kernel for these head dims only */
-static int dispatched(int head_dim) { return head_dim == 64 || head_dim == 128; }
-
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_backward_sm90, PART, CAUSAL, -1, dispatched, emit, user);
+  yk_attention_warm(req, &yk_op_attention_backward_sm90, PART, CAUSAL, -1, yk_attention_sm90_head_dim, emit, user);
 }
-
-int yk_attention_backward_sm90_dispatched(int head_dim) { return dispatched(head_dim); }
 
 void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged) {
   yk_spec_init(s, &yk_op_attention_backward_sm90, (yk_dtype)dtype);

@@ -10,7 +10,6 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
-#include "runtime/tensor_map.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE };
@@ -19,7 +18,7 @@ static const char *const includes[] = {"attention_common.cuh", NULL};
 /* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, and YK_PREFILL_KERNEL
  * not asking for mma.sync. Both kernels take the same arguments; the Hopper one two tensor maps more. */
 static int use_wgmma(const yk_ctx *ctx, int64_t head_dim) {
-  return ctx->target_arch_specific[0] && (head_dim == 64 || head_dim == 128) && !ctx->prefill_mma_sync;
+  return ctx->target_arch_specific[0] && yk_attention_sm90_head_dim((int)head_dim) && !ctx->prefill_mma_sync;
 }
 
 static void complete(yk_spec *s) {
@@ -132,8 +131,8 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
 static int tensor_map(const yk_ctx *ctx, CUtensorMap *map, const yk_prefill_launch *L, const yk_attn_operand *x,
                       int box_rows) {
   if (L->k_rows <= 0) return 1; /* paged keys */
-  return yk_tensor_map_rows(ctx, map, L->a.dtype, x->data, L->a.head_dim, L->k_rows, L->a.kv_heads,
-                            L->cu_k ? 1 : L->a.batch, x->seq_stride, x->head_stride, x->batch_stride, box_rows);
+  return yk_attention_tensor_map(ctx, map, L->a.dtype, L->a.head_dim, x, L->k_rows, L->a.kv_heads,
+                                 L->cu_k ? 1 : L->a.batch, box_rows);
 }
 
 yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) {

@@ -119,11 +119,8 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .warm_specs = warm_specs,
 };
 
-/* flash_attention_forward takes this kernel for these head dims only */
-static int dispatched(int head_dim) { return head_dim == 64 || head_dim == 128; }
-
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, dispatched, emit, user);
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, yk_attention_sm90_head_dim, emit, user);
 }
 
 void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
