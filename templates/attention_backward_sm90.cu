@@ -122,6 +122,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   if (wg == WARPGROUPS) { // ---- the producer ----
     if constexpr (WARPGROUPS > 1) yk_registers_down<TMA ? TMA_PRODUCER_REGS : PRODUCER_REGS>();
+    // the stage tile t loads into, once the consumers have released its previous use
+    auto claim_stage = [&](int t) {
+      const int stage = t % STAGES;
+      const unsigned use = (unsigned)(t / STAGES);
+      if (use > 0) yk_mbar_wait(empty + stage, (use - 1) & 1);
+      return stage;
+    };
     if constexpr (TMA) {
       // One warp. Whole tiles: lane 0 arms the full barrier with their bytes and issues the bulk
       // tensor copies (map_a: K or Q, map_b: V or dO). The tile a sequence ends inside, and the
@@ -130,9 +137,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       if (warp != 0) return;
 #pragma unroll 1
       for (int t = 0; t < tiles; ++t) {
-        const int stage = t % STAGES;
-        const unsigned use = (unsigned)(t / STAGES);
-        if (use > 0) yk_mbar_wait(empty + stage, (use - 1) & 1);
+        const int stage = claim_stage(t);
         T *b0 = sB0 + stage * TILE * HEAD_DIM, *b1 = sB1 + stage * TILE * HEAD_DIM;
         int row, map_head, valid; // the tile's first row on the maps' row axis, its head, its rows
         bool copied = false;      // any cp.async this tile
@@ -177,9 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int p = tid - CONSUMERS;
 #pragma unroll 1
     for (int t = 0; t < tiles; ++t) {
-      const int stage = t % STAGES;
-      const unsigned use = (unsigned)(t / STAGES);
-      if (use > 0) yk_mbar_wait(empty + stage, (use - 1) & 1);
+      const int stage = claim_stage(t);
       T *b0 = sB0 + stage * TILE * HEAD_DIM, *b1 = sB1 + stage * TILE * HEAD_DIM;
       if constexpr (PART == PART_DQ) {
         yk_produce_tile<TILE>(b0, t * TILE, n_end - t * TILE, p, kr);
