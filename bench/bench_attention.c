@@ -75,13 +75,18 @@ static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, in
             free_case(&c);
             continue;
           }
-          const double ms = bench_median_ms(t, call, &c);
           const double flops = attention_flops(batch, heads, seq, d, causal, backward);
-          if (ms > 0) {
-            bench_add(r, name, ms, 0, flops / ms / 1e9, "TFLOP/s");
-            fprintf(stderr, "  %-44s %9.3f ms %7.1f TFLOP/s\n", name, ms, flops / ms / 1e9);
-          } else {
-            fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+          /* the backward twice: by default (dq added up in float32 on Hopper), then deterministic */
+          for (int det = 0; det <= backward; det++) {
+            c.params.deterministic = det;
+            if (det) strncat(name, " deterministic", sizeof name - strlen(name) - 1);
+            const double ms = bench_median_ms(t, call, &c);
+            if (ms > 0) {
+              bench_add(r, name, ms, 0, flops / ms / 1e9, "TFLOP/s");
+              fprintf(stderr, "  %-58s %9.3f ms %7.1f TFLOP/s\n", name, ms, flops / ms / 1e9);
+            } else {
+              fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+            }
           }
           free_case(&c);
         }
@@ -186,9 +191,15 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
       if (!dense(&c, t->ctx, batch, seq, heads, heads, dims[di], causal, 1, &rng)) {
         const double flops = attention_flops(batch, heads, seq, dims[di], causal, 1);
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
-        static const char *const hopper[] = {"tma=0",           "warpgroups=1",       "part=dq,stages=3",
-                                             "part=dkdv,stages=2", "part=dkdv,stages=3", "part=dq,tile=64",
+        /* the dk/dv kernel that adds dq up (the default), then the deterministic pair (tma=0
+         * pins both of its kernels; the dq rows exist only there) */
+        static const char *const atomic[] = {"part=dkdv,tma=0", "part=dkdv,stages=2", "part=dkdv,stages=3",
                                              "part=dkdv,tile=128"};
+        for (size_t i = 0; i < sizeof atomic / sizeof atomic[0]; i++)
+          bench_sweep_one(t, r, shape, "attention_backward_sm90", atomic[i], call, &c, flops, "TFLOP/s");
+        c.params.deterministic = 1;
+        bench_sweep_one(t, r, shape, NULL, "deterministic", call, &c, flops, "TFLOP/s");
+        static const char *const hopper[] = {"tma=0", "warpgroups=1", "part=dq,stages=3", "part=dq,tile=64"};
         for (size_t i = 0; i < sizeof hopper / sizeof hopper[0]; i++)
           bench_sweep_one(t, r, shape, "attention_backward_sm90", hopper[i], call, &c, flops, "TFLOP/s");
         const int was = t->ctx->backward_mma_sync;

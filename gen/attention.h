@@ -83,9 +83,13 @@ int yk_attention_prefill_sm90_rows(const yk_spec *s);
 int yk_attention_prefill_sm90_tma_rows(const yk_spec *s);
 void yk_attention_prefill_sm90_without_tma(yk_spec *s);
 
+/* The backward's kernels (the spec field part): dq and dk/dv in both ops; on Hopper with atomic_dq,
+ * the rows' stats before dk/dv and dq's float32 conversion after. */
+enum { YK_BACKWARD_PART_DQ, YK_BACKWARD_PART_DKDV, YK_BACKWARD_PART_STATS, YK_BACKWARD_PART_DQ_OUT };
 /* The Hopper backward's kernels (gen/ops/attention_backward_sm90.c): a part's spec before
- * completion (part 0 dq, 1 dk/dv), and the rows (queries or keys) a block owns. */
-void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged);
+ * completion (atomic_dq: dk/dv also accumulates dq), and the rows (queries or keys) a block owns. */
+void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged,
+                                     int atomic_dq);
 int yk_attention_backward_sm90_rows(const yk_spec *s);
 /* Rows of the walked tiles a complete spec loads by TMA (its tile), 0 where it loads by cp.async;
  * and the same spec loading by cp.async, for tensors a tensor map cannot describe. */

@@ -1,6 +1,7 @@
 // FlashAttention backward for Hopper (sm_90a) on warpgroup MMAs: the two kernels of
 // attention_backward.cu (same maths, masks, workspace and outputs; no atomics, the same bits on every
-// run), each product issued as wgmma by a whole warpgroup.
+// run), each product issued as wgmma by a whole warpgroup; or, not deterministic (ATOMIC_DQ below),
+// the dk/dv kernel alone adding dq up in float32, between a stats kernel and a conversion.
 //   PART_DQ:   launched first. A block owns BLOCK_M = 64 x WARPGROUPS query rows of a q head, 64 to
 //              each consumer warpgroup, and walks the kv head's TILE-key tiles: S = Q K^T and
 //              dP = dO V^T, then dq += dS K. It leaves each row's {lse in base 2, delta} in ws.
@@ -16,12 +17,20 @@
 //     cp.async for the tile a sequence ends inside and for the stats; without, all its threads use
 //     cp.async. A stage's "full" mbarrier completes when its copies have landed, its "empty" one
 //     when every consumer warp is done with it, so consumer warpgroups never wait for each other.
+//   - ATOMIC_DQ (part dkdv, the non-deterministic option): the dk/dv kernel also computes each
+//     walked tile's dq = dS K and adds it into a float32 dq (dq_acc) by reductions, so no dq kernel
+//     recomputes S and dP (5 products instead of 7). Each warpgroup puts its dS^T into shared memory
+//     as dS (stmatrix.trans, two buffers by tile parity), the consumers meet at a named barrier, and
+//     each issues its 64 x 64 pieces of the tile's dq against the owned K, staged in shared memory in
+//     the order of the accumulator's registers and added into dq_acc by one bulk reduction a piece
+//     (dq_acc holds 64 x 64 pieces in that order: see dq_piece). The caller zeroes dq_acc;
+//     PART_STATS runs before: the rows' {lse2, delta} into ws; PART_DQ_OUT after: dq = scale * dq_acc.
 //   - With two consumer warpgroups setmaxnreg moves registers from the producer (PRODUCER_REGS, or
 //     TMA_PRODUCER_REGS under TMA) to the consumers (CONSUMER_REGS, TMA_CONSUMER_REGS); with one, a
 //     256-thread block has 255 registers a thread.
 //
 // Spec constants: T, HEAD_DIM (64 or 128), PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA,
-// PRODUCER_REGS, CONSUMER_REGS, TMA_PRODUCER_REGS, TMA_CONSUMER_REGS.
+// ATOMIC_DQ, PRODUCER_REGS, CONSUMER_REGS, TMA_PRODUCER_REGS, TMA_CONSUMER_REGS.
 
 constexpr int OWNED = 64 * WARPGROUPS, CONSUMERS = 128 * WARPGROUPS, THREADS = CONSUMERS + 128;
 constexpr int BLOCK_M = PART == PART_DQ ? OWNED : TILE, BLOCK_N = PART == PART_DQ ? TILE : OWNED;
@@ -35,8 +44,42 @@ struct strided_rows {
   __device__ __forceinline__ const T *at(int r) const { return base + (long long)r * stride; }
 };
 
-// Named barrier 1 + w: warpgroup w's owned rows (Q and dO, or K and V) are in shared memory.
-constexpr int BAR_OWNED = 1;
+// Named barrier 1 + w: warpgroup w's owned rows (Q and dO, or K and V) are in shared memory;
+// BAR_DS: every consumer warpgroup's dS of the tile is (ATOMIC_DQ); BAR_STAGE + w: warpgroup w's dq
+// staging is free, then written.
+constexpr int BAR_OWNED = 1, BAR_DS = 3, BAR_STAGE = 4;
+constexpr bool FUSED_DQ = PART == PART_DKDV && ATOMIC_DQ;
+constexpr int DQ_PIECES = TILE * HEAD_DIM / 4096;                 // 64 x 64 pieces of a tile's dq
+constexpr int ROW_THREADS = 4, STAT_ROWS = THREADS / ROW_THREADS; // PART_STATS, PART_DQ_OUT: rows a block
+
+// Stores four 8 x 8 A-fragment matrices of 16-bit values transposed: lane l gives the address of
+// row l % 8 of matrix l / 8, which receives that matrix's column l % 8.
+__device__ __forceinline__ void yk_stmatrix_x4_trans(void *row, const unsigned (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(yk_smem_address(row)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+// dq_acc: for each q head, 64-row blocks of a padded row space, each block HEAD_DIM / 64 pieces of
+// 64 x 64 floats. A sequence's rows start at a whole block, (its first ws row + 64 batch) rounded
+// down (FlashAttention-3's padding), so a piece never holds two sequences' rows: blocks_a_head
+// covers total_q + 64 batch rows. Within a piece, element (r, c) is register e = 2 ((r % 16) / 8) +
+// c % 2 of column tile c / 8 of thread 32 (r / 16) + 4 (r % 8) + (c % 8) / 2: the wgmma
+// accumulator's layout, so a thread stores its registers as 16-byte vectors, a warp 512 contiguous
+// bytes, and the conversion reads them back.
+__device__ __forceinline__ int dq_blocks_a_head(int ws_tokens) { return (ws_tokens + 64 * (int)gridDim.z + 63) / 64; }
+__device__ __forceinline__ long long dq_piece(int head, int padded_row, int col, int ws_tokens) {
+  return (((long long)head * dq_blocks_a_head(ws_tokens) + padded_row / 64) * (HEAD_DIM / 64) + col / 64) * 4096;
+}
+__device__ __forceinline__ int dq_in_piece(int r, int c) {
+  return (c % 64 / 8) * 512 + (32 * (r % 64 / 16) + 4 * (r % 8) + c % 8 / 2) * 4 + 2 * (r % 16 / 8) + c % 2;
+}
+// Adds `bytes` of shared memory into global memory, float32 by float32, by the bulk copy engine.
+__device__ __forceinline__ void yk_bulk_reduce_add(float *dst, const float *src, unsigned bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;" ::"l"(dst),
+               "r"(yk_smem_address(src)), "r"(bytes)
+               : "memory");
+}
 
 // S (or S^T) and dP (or dP^T) of a warpgroup's 64 owned rows against a TILE-row walked tile: both
 // products K-major from shared memory. a_*: the owned rows (whole atoms of an OWNED-row tile);
@@ -67,13 +110,55 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                             long long dk_b, long long dk_s, long long dk_h, long long dv_b, long long dv_s,
                             long long dv_h, int seq_q, int seq_k, int group, float scale, float2 *__restrict__ ws,
                             int ws_tokens, const __grid_constant__ yk_tensor_map map_a,
-                            const __grid_constant__ yk_tensor_map map_b) {
-  const int head = blockIdx.y, batch = blockIdx.z; // a q head (PART_DQ) or a kv head (PART_DKDV)
+                            const __grid_constant__ yk_tensor_map map_b, float *__restrict__ dq_acc) {
+  const int head = blockIdx.y, batch = blockIdx.z; // a q head (PART_DQ, _STATS, _DQ_OUT) or a kv head (PART_DKDV)
   yk_sequence sq;
   if (!yk_locate<RAGGED, RAGGED>(sq, cu_q, cu_k, batch, seq_q, seq_k)) return;
   const int q_start = sq.q_start, k_start = sq.k_start, len_q = sq.len_q, len_k = sq.len_k, shift = len_k - len_q;
   const float scale_log2 = scale * YK_LOG2E;
   const long long ws_first = (RAGGED ? 0 : (long long)batch * seq_q) + q_start; // as attention_backward.cu
+
+  if constexpr (PART == PART_STATS || PART == PART_DQ_OUT) {
+    // ROW_THREADS threads a query row, a quarter of head_dim each
+    const int row = blockIdx.x * STAT_ROWS + (int)threadIdx.x / ROW_THREADS;
+    const int c0 = (int)threadIdx.x % ROW_THREADS * (HEAD_DIM / ROW_THREADS);
+    const bool live = row < len_q; // a quad's lanes share a row: the quad's shuffles stay whole
+    const long long ws_row = head * (long long)ws_tokens + ws_first + row;
+    if constexpr (PART == PART_STATS) {
+      float d = 0.f;
+      if (live) {
+        const T *orow = out + batch * o_b + (long long)(q_start + row) * o_s + head * o_h + c0;
+        const T *drow = dout + batch * do_b + (long long)(q_start + row) * do_s + head * do_h + c0;
+#pragma unroll
+        for (int c = 0; c < HEAD_DIM / ROW_THREADS; c += 8) {
+          float o8[8], d8[8];
+          yk_load<T, 8>(orow + c, o8);
+          yk_load<T, 8>(drow + c, d8);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) d += o8[i] * d8[i];
+        }
+      }
+      d = yk_quad_sum(d);
+      if (live && c0 == 0)
+        ws[ws_row] = float2{yk_lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h]), d};
+    } else if (live) {
+      T *drow = dq + batch * dq_b + (long long)(q_start + row) * dq_s + head * dq_h + c0;
+      const int padded = (ws_first + 64 * batch) / 64 * 64 + row;
+#pragma unroll
+      for (int c = 0; c < HEAD_DIM / ROW_THREADS; c += 8) {
+        // 8 columns of one column tile: their pairs lie 4 floats apart
+        const float *acc = dq_acc + dq_piece(head, padded, c0 + c, ws_tokens) + dq_in_piece(padded, c0 + c);
+        float x[8];
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+          const float2 v = *reinterpret_cast<const float2 *>(acc + 4 * p);
+          x[2 * p] = v.x * scale, x[2 * p + 1] = v.y * scale;
+        }
+        yk_store<T, 8>(drow + c, x);
+      }
+    }
+    return;
+  }
 
   // The block's owned rows and the walked tiles: dq, query rows [row0, row0 + BLOCK_M) and key tiles
   // [0, tiles) up to n_end; dk/dv, keys [col0, col0 + BLOCK_N) and the query tiles that can see one
@@ -102,9 +187,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // swizzle atoms need 1 KB alignment; the host asks for 1 KB more than the tiles take
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char *smem = smem_raw + ((1024 - (yk_smem_address(smem_raw) & 1023)) & 1023);
-  T *sA0 = reinterpret_cast<T *>(smem), *sA1 = sA0 + OWNED * HEAD_DIM;         // owned: Q, dO (dq) or K, V (dk/dv)
-  T *sB0 = sA1 + OWNED * HEAD_DIM, *sB1 = sB0 + STAGES * TILE * HEAD_DIM;      // walked: K, V or Q, dO
-  float2 *sStats = reinterpret_cast<float2 *>(sB1 + STAGES * TILE * HEAD_DIM); // dk/dv: the rows' {lse2, delta}
+  T *sA0 = reinterpret_cast<T *>(smem), *sA1 = sA0 + OWNED * HEAD_DIM;    // owned: Q, dO (dq) or K, V (dk/dv)
+  T *sB0 = sA1 + OWNED * HEAD_DIM, *sB1 = sB0 + STAGES * TILE * HEAD_DIM; // walked: K, V or Q, dO
+  T *sDS = sB1 + STAGES * TILE * HEAD_DIM; // FUSED_DQ: dS, two tiles; then each warpgroup's 64 x 64 dq staging
+  float *sDQ = reinterpret_cast<float *>(sDS + (FUSED_DQ ? 2 * TILE * OWNED : 0));
+  float2 *sStats = reinterpret_cast<float2 *>(sDQ + (FUSED_DQ ? WARPGROUPS * 64 * 64 : 0)); // dk/dv: {lse2, delta}
   unsigned long long *full = reinterpret_cast<unsigned long long *>(sStats + (PART == PART_DKDV ? STAGES * TILE : 0));
   unsigned long long *empty = full + STAGES;
 
@@ -307,6 +394,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       int qh, first_row;
       tile_rows(t, qh, first_row);
       wait_full(t, len_q - first_row);
+      // FUSED_DQ: dS (the tile's rows x the block's keys, K-major) from every warp's dS^T; buffers
+      // alternate by tile, so a warpgroup still reading tile t - 1's is never overwritten: the other
+      // reaches this tile's barrier only after its own reads of t - 1 are done
+      T *ds_tile = sDS + (t & 1) * TILE * OWNED;
+      auto store_ds = [&](const unsigned(&x)[TSTEPS][4]) {
+#pragma unroll
+        for (int kt = 0; kt < TSTEPS; ++kt)
+          yk_stmatrix_x4_trans(ds_tile + yk_swizzled<TILE>(kt * 16 + (lane / 16) * 8 + lane % 8,
+                                                           wg * 64 + warp * 16 + ((lane / 8) & 1) * 8),
+                               x[kt]);
+      };
       // causally, a warpgroup whose first key no row of the tile sees has nothing to add
       if (!CAUSAL || wg_key0 <= first_row + TILE - 1 + shift) {
         const int stage = t % STAGES;
@@ -338,9 +436,55 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         yk_wgmma_hold(dk_acc);
         yk_wgmma_hold(pt);
         yk_wgmma_hold(dst);
+        if constexpr (FUSED_DQ) store_ds(dst);
+      } else if constexpr (FUSED_DQ) {
+        const unsigned zeros[TSTEPS][4] = {};
+        store_ds(zeros);
       }
       release(t);
+      if constexpr (FUSED_DQ) {
+        yk_fence_async_smem();
+        yk_named_sync<BAR_DS, CONSUMERS>();
+#pragma unroll
+        for (int piece = wg; piece < DQ_PIECES; piece += WARPGROUPS) {
+          const int m0 = piece / (HEAD_DIM / 64) * 64, n0 = piece % (HEAD_DIM / 64) * 64;
+          const unsigned long long a = yk_descriptor(ds_tile + m0 * 64, 16),
+                                   b = yk_descriptor(sA0 + n0 * OWNED, OWNED * 128); // K's columns n0.., MN-major
+          float part[8][4];
+          yk_wgmma_fence();
+#pragma unroll
+          for (int ks = 0; ks < OWNED / 16; ++ks)
+            yk_wgmma<64>::ss_tb(part, a + yk_moved((ks / 4) * TILE * 64 + (ks % 4) * 16), b + yk_moved(ks * 16 * 64),
+                                ks > 0);
+          yk_wgmma_commit();
+          yk_wgmma_wait<0>();
+          yk_wgmma_hold(part);
+          // into this warpgroup's staging in the accumulator's order (dq_in_piece), then one bulk
+          // reduction of the piece; the staging is free again once the previous one has read it.
+          float *stage = sDQ + wg * 64 * 64;
+          if (wt == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+          if (wg == 0)
+            yk_named_sync<BAR_STAGE, 128>();
+          else
+            yk_named_sync<BAR_STAGE + 1, 128>();
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt)
+            *reinterpret_cast<float4 *>(stage + nt * 512 + wt * 4) =
+                float4{part[nt][0], part[nt][1], part[nt][2], part[nt][3]};
+          yk_fence_async_smem();
+          if (wg == 0)
+            yk_named_sync<BAR_STAGE, 128>();
+          else
+            yk_named_sync<BAR_STAGE + 1, 128>();
+          if (wt == 0 && first_row + m0 < len_q) { // a piece wholly past the sequence: padding rows only
+            const int padded = (ws_first + 64 * batch) / 64 * 64 + first_row + m0;
+            yk_bulk_reduce_add(dq_acc + dq_piece(qh, padded, n0, ws_tokens), stage, 64 * 64 * 4);
+            asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          }
+        }
+      }
     }
+    if (FUSED_DQ && wt == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
     yk_store_rows<HEAD_DIM>(dk + batch * dk_b + (long long)(k_start + col0) * dk_s + head * dk_h, dk_s, len_k - col0,
                             wg * 64 + warp * 16, 0, dk_acc, scale, lane);
     yk_store_rows<HEAD_DIM>(dv + batch * dv_b + (long long)(k_start + col0) * dv_s + head * dv_h, dv_s, len_k - col0,

@@ -156,15 +156,17 @@ static yk_status forward(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int o
 }
 
 /* workspace: params->workspace (NULL: the call allocates its own on the GPU). */
-static yk_status backward_with(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device, DLTensor *workspace) {
+static yk_status backward_with(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device, DLTensor *workspace,
+                               int deterministic) {
   yk_attention_params p = params_of(a, t, on_device);
   p.workspace = workspace;
+  p.deterministic = deterministic;
   return yk_flash_attention_backward(ctx, &t->dout.dl, &t->q.dl, &t->k.dl, &t->v.dl, &t->out.dl, &t->lse.dl, &p,
                                      &t->dq.dl, &t->dk.dl, &t->dv.dl, NULL);
 }
 
 static yk_status backward(yk_ctx *ctx, const attn_data *a, attn_tensors *t, int on_device) {
-  return backward_with(ctx, a, t, on_device, NULL);
+  return backward_with(ctx, a, t, on_device, NULL, 1);
 }
 
 static const char *describe(const attn_data *a, int dtype, char *buf, size_t size) {
@@ -495,12 +497,21 @@ Test(attention, cpu_backward_matches_reference) {
   yk_ctx_destroy(ctx);
 }
 
-/* The GPU backward's workspace: {lse, rowsum(dout * out)} a query row of each q head. */
+/* The GPU backward's workspace: {lse, rowsum(dout * out)} a query row of each q head, and a float32
+ * dq where it may be added up by atomics. */
 Test(attention, backward_workspace_size) {
-  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300), 4800);
-  cr_assert_eq(yk_flash_attention_backward_workspace_floats(32, 1), 64);
-  cr_assert_eq(yk_flash_attention_backward_workspace_floats(0, 300), 0);
-  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 0), 0);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300, 1, 128, 1), 4800);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(32, 1, 1, 64, 1), 64);
+  /* not deterministic: the stats to 16 bytes, then each head's rows padded to whole 64-row blocks
+   * with 64 rows a sequence: (total_q + 64 batch + 63) / 64 blocks of 64 x head_dim */
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300, 1, 128, 0), 4800 + 8 * 6 * 64 * 128);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(32, 1, 1, 64, 0), 64 + 32 * 2 * 64 * 64);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(3, 3, 1, 64, 0), 20 + 3 * 2 * 64 * 64);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(3, 300, 4, 64, 0), 1800 + 3 * 9 * 64 * 64);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(0, 300, 1, 128, 0), 0);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 0, 1, 128, 0), 0);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300, 0, 128, 1), 0);
+  cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300, 1, 0, 0), 0);
 }
 
 /* Each output has one writer and a fixed order of summation: one thread and five give the same
@@ -1029,13 +1040,14 @@ static const attn_case gpu_backward_cases[] = {
     {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-enum { BACKWARD_KERNELS = 3 };
+enum { BACKWARD_KERNELS = 5 };
 
-/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel pair the
- * device has (sm_90: the wgmma pair by default, with TMA loads, and with one warpgroup, 3 stages and
- * cp.async loads; and mma.sync forced);
- * a second launch, through a caller's workspace, gives the same bytes; one a float short is refused
- * before anything runs. */
+/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel set the
+ * device has (sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's
+ * conversion, with TMA loads; deterministic, the wgmma pair; both with one warpgroup, 3 stages and
+ * cp.async loads; and mma.sync forced, which is always deterministic). A second launch, through a
+ * caller's workspace, gives the same bytes where deterministic (the same values within the bound
+ * otherwise); one a float short is refused before anything runs. */
 Test(attention, gpu_backward_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
@@ -1044,9 +1056,11 @@ Test(attention, gpu_backward_matches_cpu) {
   unsetenv("YK_BACKWARD_KERNEL");
   yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
   cr_assert(mma && one_wg);
-  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, mma, one_wg};
+  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg};
+  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1};
   static const char *const labels[BACKWARD_KERNELS] = {
-      "gpu backward (default kernels)", "gpu backward (mma.sync)", "gpu backward (sm90, 1 warpgroup, cp.async)"};
+      "gpu backward (default kernels, atomic dq)", "gpu backward (deterministic)", "gpu backward (mma.sync)",
+      "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)", "gpu backward (sm90, 1 warpgroup, cp.async)"};
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};
@@ -1063,24 +1077,37 @@ Test(attention, gpu_backward_matches_cpu) {
           cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
           attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)};
           yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-          cr_assert_eq(backward(g, &a, &d, 1), YK_OK, "%s: %s", labels[kernel], yk_ctx_last_error(g));
+          const int det = deterministic[kernel];
+          cr_assert_eq(backward_with(g, &a, &d, 1, NULL, det), YK_OK, "%s: %s", labels[kernel], yk_ctx_last_error(g));
           cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
           check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
           void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
           yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-          const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q);
+          const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q,
+                                                                                       a.c.batch, a.c.head_dim, det);
           yh_tensor ws, short_ws;
-          const int64_t short_floats = floats - 1;
+          /* short of even the stats, whichever kernels the head dim takes */
+          const int64_t short_floats = (int64_t)yk_flash_attention_backward_workspace_floats(
+                                           a.c.q_heads, a.total_q, a.c.batch, a.c.head_dim, 1) -
+                                       1;
           cr_assert_eq(yh_tensor_init(&ws, g, YK_F32, 1, &floats, NULL, 1), 0);
           cr_assert_eq(yh_tensor_init(&short_ws, g, YK_F32, 1, &short_floats, NULL, 1), 0);
-          cr_assert_eq(backward_with(g, &a, &d, 1, &ws.dl), YK_OK, "%s", yk_ctx_last_error(g));
+          yh_poison(&ws); /* the atomic dq must zero its float32 sums itself */
+          cr_assert_eq(backward_with(g, &a, &d, 1, &ws.dl, det), YK_OK, "%s", yk_ctx_last_error(g));
           cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
           char what[200];
-          cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
-                        yh_bytes_changed(&d.dv, first[2]) == 0,
-                    "%s, %s: the GPU backward is not deterministic (seed %llu)", labels[kernel],
-                    describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
-          ts_assert_rejected(g, backward_with(g, &a, &d, 1, &short_ws.dl), INVALID,
+          if (det)
+            cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
+                          yh_bytes_changed(&d.dv, first[2]) == 0,
+                      "%s, %s: the GPU backward is not deterministic (seed %llu)", labels[kernel],
+                      describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
+          else /* dk and dv have one writer each still */
+            cr_assert(yh_bytes_changed(&d.dk, first[1]) == 0 && yh_bytes_changed(&d.dv, first[2]) == 0,
+                      "%s, %s: dk or dv changed on a second run (seed %llu)", labels[kernel],
+                      describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
+          check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
+          free(first[0]), first[0] = yh_snapshot(&d.dq);
+          ts_assert_rejected(g, backward_with(g, &a, &d, 1, &short_ws.dl, det), INVALID,
                              "workspace must be a float32 device vector");
           cr_assert_eq(yh_sync(g), 0, "kernel failed");
           cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
@@ -1093,7 +1120,7 @@ Test(attention, gpu_backward_matches_cpu) {
         }
       free_data(&a);
     }
-  for (int i = 0; i < BACKWARD_KERNELS; i++) yk_ctx_destroy(gpus[i]);
+  yk_ctx_destroy(gpu), yk_ctx_destroy(mma), yk_ctx_destroy(one_wg); /* each twice in gpus[] */
   yk_ctx_destroy(cpu);
 }
 

@@ -1,5 +1,6 @@
 /* attention_backward: flash_attention_backward as two kernels that recompute the scores, so each
- * gradient has exactly one writer and no atomics (deterministic):
+ * gradient has exactly one writer and no atomics (deterministic; on Hopper, unless
+ * params->deterministic, the dk/dv kernel adds dq up instead: gen/ops/attention_backward_sm90.c):
  *   part dq:   a block owns BLOCK_M query rows and walks the key tiles: dq = scale * dS k
  *   part dkdv: a block owns BLOCK_N keys of a kv head and walks the query tiles of every q head of
  *              its group: dv = P^T dout, dk = scale * dS^T q
@@ -17,10 +18,12 @@
 #include "runtime/context.h"
 #include "runtime/error.h"
 #include "runtime/launch.h"
+#include "runtime/module.h"
+#include "runtime/tensor_map.h"
 #include "yk/ops.h"
 
 enum { HEAD_DIM, PART, BLOCK_M, BLOCK_N, D_SPLIT, STAGES, IN_REGS, CAUSAL, RAGGED };
-enum { PART_DQ = 0, PART_DKDV = 1 };
+enum { PART_DQ = YK_BACKWARD_PART_DQ, PART_DKDV = YK_BACKWARD_PART_DKDV };
 static const char *const parts[] = {"dq", "dkdv"};
 static const char *const includes[] = {"attention_common.cuh", "attention_backward.cuh", NULL};
 
@@ -130,6 +133,12 @@ static int walked_tile_maps(const yk_ctx *ctx, CUtensorMap maps[2], const yk_att
   return 0;
 }
 
+/* {lse, rowsum(dout * out)} a query row of each q head, rounded to 16 bytes: the float32 dq after
+ * them is the bulk reductions' destination */
+static size_t stats_floats(int64_t q_heads, int64_t total_q) {
+  return (2 * (size_t)q_heads * (size_t)total_q + 3) / 4 * 4;
+}
+
 yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const DLTensor *q, const DLTensor *k,
                                       const DLTensor *v, const DLTensor *out, const DLTensor *lse,
                                       const yk_attention_params *params, DLTensor *dq, DLTensor *dk, DLTensor *dv,
@@ -166,20 +175,28 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
 
-  /* Both kernels found (compiled) before anything is allocated or launched; on an sm_90 device the
-   * Hopper ones (gen/ops/attention_backward_sm90.c), which take the same arguments and two tensor
-   * maps of the tiles they walk (dq: K and V; dk/dv: q and dout), where TMA can read those. */
-  yk_kernel *kern[2];
-  int64_t rows_a_block[2];
-  CUtensorMap maps[2][2];
-  memset(maps, 0, sizeof maps);
+  /* Every kernel found (compiled) before anything is allocated or launched. On an sm_90 device the
+   * Hopper ones (gen/ops/attention_backward_sm90.c), which take the same arguments, two tensor maps
+   * of the tiles they walk (dq: K and V; dk/dv: q and dout) where TMA can read those, and the
+   * float32 dq: unless params->deterministic, the rows' stats, then dk/dv adding dq up by bulk
+   * reductions into the zeroed float32 dq, then dq's conversion; else (and elsewhere) dq, then dk/dv.
+   * In stream order, each writes what the next reads. */
   const int hopper =
       ctx->target_arch_specific[0] && !ctx->backward_mma_sync && yk_attention_sm90_head_dim((int)pr.shape.head_dim);
-  for (int part = PART_DQ; part <= PART_DKDV; part++) {
+  const int atomic_dq = hopper && !params->deterministic;
+  static const int deterministic_parts[] = {YK_BACKWARD_PART_DQ, YK_BACKWARD_PART_DKDV},
+                   atomic_parts[] = {YK_BACKWARD_PART_STATS, YK_BACKWARD_PART_DKDV, YK_BACKWARD_PART_DQ_OUT};
+  const int *steps = atomic_dq ? atomic_parts : deterministic_parts, step_count = atomic_dq ? 3 : 2;
+  yk_kernel *kern[3];
+  int64_t rows_a_block[3];
+  CUtensorMap maps[3][2];
+  memset(maps, 0, sizeof maps);
+  for (int i = 0; i < step_count; i++) {
+    const int part = steps[i], row_kernel = part == YK_BACKWARD_PART_STATS || part == YK_BACKWARD_PART_DQ_OUT;
     yk_spec spec;
     if (hopper) {
-      yk_attention_backward_sm90_spec(&spec, pr.shape.dtype, (int)pr.shape.head_dim, part, pr.shape.causal,
-                                      pr.ragged_q);
+      yk_attention_backward_sm90_spec(&spec, pr.shape.dtype, (int)pr.shape.head_dim, part,
+                                      row_kernel ? 0 : pr.shape.causal, pr.ragged_q, atomic_dq);
     } else {
       yk_spec_init(&spec, &yk_op_attention_backward, (yk_dtype)pr.shape.dtype);
       spec.v[HEAD_DIM] = (int32_t)pr.shape.head_dim;
@@ -189,53 +206,62 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
     }
     yk_spec_finish(ctx, &spec, 0);
     const int box_rows = hopper ? yk_attention_backward_sm90_tma_rows(&spec) : 0;
-    if (box_rows && walked_tile_maps(ctx, maps[part], &pr, part == PART_DQ ? &ko : &qo, part == PART_DQ ? &vo : &doo,
+    if (box_rows && walked_tile_maps(ctx, maps[i], &pr, part == PART_DQ ? &ko : &qo, part == PART_DQ ? &vo : &doo,
                                      part == PART_DQ, box_rows))
       yk_attention_backward_sm90_without_tma(&spec);
-    if ((st = yk_kernel_get(ctx, &spec, &kern[part]))) return st;
+    if ((st = yk_kernel_get(ctx, &spec, &kern[i]))) return st;
     if (hopper)
-      rows_a_block[part] = yk_attention_backward_sm90_rows(&spec);
+      rows_a_block[i] = yk_attention_backward_sm90_rows(&spec);
     else
-      rows_a_block[part] = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
+      rows_a_block[i] = part == PART_DQ ? spec.v[BLOCK_M] : spec.v[BLOCK_N];
   }
   float *ws;
   CUdeviceptr scratch;
-  if ((st = yk_device_workspace(ctx, op, params->workspace,
-                                yk_flash_attention_backward_workspace_floats(pr.shape.q_heads, pr.total_q), stream, &ws,
-                                &scratch)))
-    return st;
+  const size_t stat_floats = stats_floats(pr.shape.q_heads, pr.total_q);
+  const size_t ws_floats = yk_flash_attention_backward_workspace_floats(pr.shape.q_heads, pr.total_q, pr.shape.batch,
+                                                                        pr.shape.head_dim, !atomic_dq);
+  if ((st = yk_device_workspace(ctx, op, params->workspace, ws_floats, stream, &ws, &scratch))) return st;
+  float *dq_acc = ws + stat_floats;
+  if (atomic_dq) {
+    const CUresult r =
+        ctx->cu.cuMemsetD32Async((CUdeviceptr)(uintptr_t)dq_acc, 0, ws_floats - stat_floats, (CUstream)stream);
+    if (r != CUDA_SUCCESS) st = yk_cuda_error(ctx, r, "zeroing the backward's float32 dq");
+  }
 
   int seq_q = (int)pr.max_seqlen_q, seq_k = (int)pr.max_seqlen_k, group = (int)(pr.shape.q_heads / pr.shape.kv_heads);
   int ws_tokens = (int)pr.total_q;
   float scale = pr.shape.scale;
-  void *ptr[12] = {qo.data,  ko.data,  vo.data,  oo.data,         doo.data,        lo.data,
-                   dqo.data, dko.data, dvo.data, (void *)pr.cu_q, (void *)pr.cu_k, ws};
+  void *ptr[13] = {qo.data,  ko.data,  vo.data,         oo.data,         doo.data, lo.data, dqo.data,
+                   dko.data, dvo.data, (void *)pr.cu_q, (void *)pr.cu_k, ws,       dq_acc};
   long long s[24] = {qo.batch_stride, qo.seq_stride,    qo.head_stride,   ko.batch_stride,  ko.seq_stride,
                      ko.head_stride,  vo.batch_stride,  vo.seq_stride,    vo.head_stride,   oo.batch_stride,
                      oo.seq_stride,   oo.head_stride,   doo.batch_stride, doo.seq_stride,   doo.head_stride,
                      lo.batch_stride, lo.seq_stride,    lo.head_stride,   dqo.batch_stride, dqo.seq_stride,
                      dqo.head_stride, dko.batch_stride, dko.seq_stride,   dko.head_stride};
   long long dv_s[3] = {dvo.batch_stride, dvo.seq_stride, dvo.head_stride};
-  void *args[] = {&ptr[0],  &ptr[1],  &ptr[2], &ptr[3], &ptr[4], &ptr[5], &ptr[6],  &ptr[7],   &ptr[8],
-                  &ptr[9],  &ptr[10], &s[0],   &s[1],   &s[2],   &s[3],   &s[4],    &s[5],     &s[6],
-                  &s[7],    &s[8],    &s[9],   &s[10],  &s[11],  &s[12],  &s[13],   &s[14],    &s[15],
-                  &s[16],   &s[17],   &s[18],  &s[19],  &s[20],  &s[21],  &s[22],   &s[23],    &dv_s[0],
-                  &dv_s[1], &dv_s[2], &seq_q,  &seq_k,  &group,  &scale,  &ptr[11], &ws_tokens,
-                  NULL,     NULL};
-  const int map_arg = (int)(sizeof args / sizeof args[0]) - 2; /* the mma.sync kernels take all but these */
-  /* dq first: it writes the rows' {lse, delta} the dk/dv kernel reads, in stream order */
-  for (int part = PART_DQ; part <= PART_DKDV && st == YK_OK; part++) {
-    args[map_arg] = &maps[part][0], args[map_arg + 1] = &maps[part][1];
-    const int64_t len = part == PART_DQ ? pr.max_seqlen_q : pr.max_seqlen_k;
-    const unsigned blocks = (unsigned)((len + rows_a_block[part] - 1) / rows_a_block[part]);
-    const unsigned heads = (unsigned)(part == PART_DQ ? pr.shape.q_heads : pr.shape.kv_heads);
+  void *args[] = {&ptr[0],  &ptr[1], &ptr[2],  &ptr[3],    &ptr[4], &ptr[5],  &ptr[6],  &ptr[7],  &ptr[8], &ptr[9],
+                  &ptr[10], &s[0],   &s[1],    &s[2],      &s[3],   &s[4],    &s[5],    &s[6],    &s[7],   &s[8],
+                  &s[9],    &s[10],  &s[11],   &s[12],     &s[13],  &s[14],   &s[15],   &s[16],   &s[17],  &s[18],
+                  &s[19],   &s[20],  &s[21],   &s[22],     &s[23],  &dv_s[0], &dv_s[1], &dv_s[2], &seq_q,  &seq_k,
+                  &group,   &scale,  &ptr[11], &ws_tokens, NULL,    NULL,     &ptr[12]};
+  const int map_arg = (int)(sizeof args / sizeof args[0]) - 3; /* the mma.sync kernels take all before these */
+  for (int i = 0; i < step_count && st == YK_OK; i++) {
+    const int part = steps[i];
+    args[map_arg] = &maps[i][0], args[map_arg + 1] = &maps[i][1];
+    const int64_t len = part == PART_DKDV ? pr.max_seqlen_k : pr.max_seqlen_q;
+    const unsigned blocks = (unsigned)((len + rows_a_block[i] - 1) / rows_a_block[i]);
+    const unsigned heads = (unsigned)(part == PART_DKDV ? pr.shape.kv_heads : pr.shape.q_heads);
     if (blocks == 0) continue; /* no queries (dq) or no keys (dk, dv): nothing to write */
-    st = yk_launch(ctx, kern[part], blocks, heads, (unsigned)pr.shape.batch, stream, args);
+    st = yk_launch(ctx, kern[i], blocks, heads, (unsigned)pr.shape.batch, stream, args);
   }
   return yk_device_workspace_release(ctx, scratch, st, stream);
 }
 
-size_t yk_flash_attention_backward_workspace_floats(int64_t q_heads, int64_t total_q) {
-  if (q_heads <= 0 || total_q <= 0) return 0;
-  return 2 * (size_t)q_heads * (size_t)total_q;
+size_t yk_flash_attention_backward_workspace_floats(int64_t q_heads, int64_t total_q, int64_t batch, int64_t head_dim,
+                                                    int deterministic) {
+  if (q_heads <= 0 || total_q <= 0 || batch <= 0 || head_dim <= 0) return 0;
+  if (deterministic) return 2 * (size_t)q_heads * (size_t)total_q;
+  /* each sequence's rows start at a whole 64-row block (templates/attention_backward_sm90.cu, dq_piece) */
+  const size_t blocks = (size_t)(total_q + 64 * batch + 63) / 64;
+  return stats_floats(q_heads, total_q) + (size_t)q_heads * blocks * 64 * (size_t)head_dim;
 }

@@ -11,9 +11,8 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA };
-enum { PART_DQ = 0, PART_DKDV = 1 };
-static const char *const parts[] = {"dq", "dkdv", NULL};
+enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA, ATOMIC_DQ };
+static const char *const parts[] = {"dq", "dkdv", "stats", "dq_out", NULL}; /* YK_BACKWARD_PART_* */
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", "attention_backward.cuh",
                                        NULL};
 
@@ -22,13 +21,14 @@ static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hop
  * 1.07x its 64-key ones, and 3 stages 1.03-1.08x 2 (dk/dv's 128-row tiles do not fit its
  * registers there). */
 static void complete(yk_spec *s) {
-  const int d128 = s->v[HEAD_DIM] == 128, dkdv = s->v[PART] == PART_DKDV;
+  const int d128 = s->v[HEAD_DIM] == 128, dkdv = s->v[PART] == YK_BACKWARD_PART_DKDV;
   if (s->v[WARPGROUPS] == YK_UNSET) s->v[WARPGROUPS] = 2;
   if (s->v[TILE] == YK_UNSET) s->v[TILE] = d128 && dkdv ? 64 : 128;
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = d128 && dkdv ? 3 : 2;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = 1;
+  if (s->v[ATOMIC_DQ] == YK_UNSET) s->v[ATOMIC_DQ] = 0;
 }
 
 /* Two consumer warpgroups and the producer make 384 threads, 168 registers each at launch: the
@@ -50,13 +50,16 @@ static int consumer_registers(const yk_spec *s) {
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
+  if (s->v[ATOMIC_DQ] && s->v[PART] != YK_BACKWARD_PART_DKDV)
+    return snprintf(why, n, "atomic_dq belongs to part dkdv"), 1;
   if (s->v[HEAD_DIM] != 64 && s->v[HEAD_DIM] != 128)
     return snprintf(why, n, "head_dim %d: the Hopper dk/dv kernel takes 64 or 128", s->v[HEAD_DIM]), 1;
+  if (s->v[PART] == YK_BACKWARD_PART_STATS || s->v[PART] == YK_BACKWARD_PART_DQ_OUT) return 0; /* rows only */
   /* S is one MMA `tile` wide (the wgmma widths cmake/gen_wgmma.py makes: 64, 128, 256) */
   if (s->v[TILE] != 64 && s->v[TILE] != 128) return snprintf(why, n, "tile %d is not 64 or 128", s->v[TILE]), 1;
   /* A consumer thread holds its accumulators (dq, or dk and dv: head_dim / 2 floats each) and, at
    * their peak, S and dP (tile / 2 each); dS (and P), packed to 16 bits, replace them. */
-  const int held = s->v[HEAD_DIM] / 2 * (s->v[PART] == PART_DQ ? 1 : 2) + s->v[TILE];
+  const int held = s->v[HEAD_DIM] / 2 * (s->v[PART] == YK_BACKWARD_PART_DQ ? 1 : 2) + s->v[TILE];
   if (held + YK_REGISTER_OVERHEAD > consumer_registers(s))
     return snprintf(why, n,
                     "head_dim %d with tile %d holds %d values a thread, more than fit in the %d registers of a "
@@ -73,9 +76,12 @@ static unsigned block_threads(const yk_spec *s) { return 128u * (unsigned)(s->v[
  * (and for dk/dv their rows' {lse, delta}), two mbarriers a stage, plus 1 KB to align the swizzle
  * atoms. */
 static unsigned smem_bytes(const yk_spec *s) {
+  if (s->v[PART] == YK_BACKWARD_PART_STATS || s->v[PART] == YK_BACKWARD_PART_DQ_OUT) return 0;
   const unsigned d = (unsigned)s->v[HEAD_DIM], owned = 64u * (unsigned)s->v[WARPGROUPS];
   const unsigned walked = (unsigned)(s->v[STAGES] * s->v[TILE]);
-  return (2 * owned + 2 * walked) * d * 2 + (s->v[PART] == PART_DKDV ? walked * 8 : 0) +
+  /* dS, two tiles; dq's float32 staging, 64 x 64 a warpgroup */
+  const unsigned ds = s->v[ATOMIC_DQ] ? 2u * (unsigned)s->v[TILE] * owned * 2 + owned * 64 * 4 : 0;
+  return (2 * owned + 2 * walked) * d * 2 + ds + (s->v[PART] == YK_BACKWARD_PART_DKDV ? walked * 8 : 0) +
          2 * 8 * (unsigned)s->v[STAGES] + 1024;
 }
 
@@ -83,15 +89,18 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
 
 const yk_op_def yk_op_attention_backward_sm90 = {
     .name = "attention_backward_sm90",
-    .summary = "flash_attention_backward on Hopper: dq and dk/dv kernels on wgmma, no atomics (sm_90a)",
+    .summary = "flash_attention_backward on Hopper: dq and dk/dv kernels on wgmma (sm_90a); or dk/dv adding dq up in "
+               "float32 between a stats kernel and a conversion (not deterministic)",
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 9,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
-            {"part", "which gradients: dq, or dk and dv", 0, 1, 0, 0, parts},
+            {"part",
+             "which kernel: dq; dk and dv; with atomic_dq, the rows' stats before dk/dv and dq's conversion after", 0,
+             3, 0, 0, parts},
             {"warpgroups", "consumer warpgroups a block, 64 owned rows each (a producer warpgroup besides)", 1, 2, 0, 1,
              NULL},
             {"tile", "rows of the walked tiles: keys (dq) or query rows (dkdv); 64 or 128", 64, 128, 0, 1, NULL},
@@ -102,6 +111,10 @@ const yk_op_def yk_op_attention_backward_sm90 = {
              "1: the producer loads whole walked tiles with the tensor memory accelerator (a tile a sequence "
              "ends inside, and the rows' stats, by cp.async); 0: everything by cp.async",
              0, 1, 0, 1, NULL},
+            {"atomic_dq",
+             "1: part dkdv also adds each tile's dq into a float32 dq by bulk reductions (no dq kernel; the "
+             "bits may differ from run to run)",
+             0, 1, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -111,20 +124,49 @@ const yk_op_def yk_op_attention_backward_sm90 = {
     .warm_specs = warm_specs,
 };
 
+/* What yk_flash_attention_backward launches: dq and dk/dv, causal or not (deterministic); the rows'
+ * stats, dk/dv with atomic_dq, causal or not, and dq's conversion (the default). */
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_backward_sm90, PART, CAUSAL, -1, yk_attention_sm90_head_dim, emit, user);
+  static const int kernels[][3] = {/* part, causal, atomic_dq */
+                                   {YK_BACKWARD_PART_DQ, 0, 0},    {YK_BACKWARD_PART_DQ, 1, 0},
+                                   {YK_BACKWARD_PART_DKDV, 0, 0},  {YK_BACKWARD_PART_DKDV, 1, 0},
+                                   {YK_BACKWARD_PART_STATS, 0, 0}, {YK_BACKWARD_PART_DKDV, 0, 1},
+                                   {YK_BACKWARD_PART_DKDV, 1, 1},  {YK_BACKWARD_PART_DQ_OUT, 0, 0}};
+  for (int d = YK_F16; d <= YK_BF16; d++) {
+    if (!(req->dtypes & (1u << d))) continue;
+    for (int m = 0; m < req->model_count; m++) {
+      if (!yk_attention_sm90_head_dim(req->models[m]->head_dim)) continue;
+      for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++) {
+        yk_spec s;
+        char why[256];
+        yk_attention_backward_sm90_spec(&s, d, req->models[m]->head_dim, kernels[i][0], kernels[i][1], 0,
+                                        kernels[i][2]);
+        complete(&s);
+        if (!valid(&s, why, sizeof why)) emit(user, &s);
+      }
+    }
+  }
 }
 
-void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged) {
+void yk_attention_backward_sm90_spec(yk_spec *s, int dtype, int head_dim, int part, int causal, int ragged,
+                                     int atomic_dq) {
   yk_spec_init(s, &yk_op_attention_backward_sm90, (yk_dtype)dtype);
   s->v[HEAD_DIM] = head_dim;
   s->v[PART] = part;
   s->v[CAUSAL] = causal;
   s->v[RAGGED] = ragged;
+  s->v[ATOMIC_DQ] = part == YK_BACKWARD_PART_DKDV && atomic_dq;
 }
 
-int yk_attention_backward_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
+/* A block's rows: 64 a consumer warpgroup; the row kernels (stats, dq_out) a quad of threads a row */
+int yk_attention_backward_sm90_rows(const yk_spec *s) {
+  if (s->v[PART] == YK_BACKWARD_PART_STATS || s->v[PART] == YK_BACKWARD_PART_DQ_OUT) return (int)block_threads(s) / 4;
+  return 64 * s->v[WARPGROUPS];
+}
 
-int yk_attention_backward_sm90_tma_rows(const yk_spec *s) { return s->v[TMA] ? s->v[TILE] : 0; }
+int yk_attention_backward_sm90_tma_rows(const yk_spec *s) {
+  const int walks = s->v[PART] == YK_BACKWARD_PART_DQ || s->v[PART] == YK_BACKWARD_PART_DKDV;
+  return walks && s->v[TMA] ? s->v[TILE] : 0;
+}
 
 void yk_attention_backward_sm90_without_tma(yk_spec *s) { s->v[TMA] = 0; }

@@ -184,9 +184,10 @@ def _lse_for(op, q, k, v, output, ad, fingerprint, causal, scale):
     return lses[c], c
 
 
-def flash_attention_backward(dout, q, k, v, output, *, causal=None, scale=None):
-    """Gradients (dq, dk, dv) of flash_attention_forward (yk_flash_attention_backward;
-    deterministic), in the layouts of q, k and v.
+def flash_attention_backward(dout, q, k, v, output, *, causal=None, scale=None, deterministic=False):
+    """Gradients (dq, dk, dv) of flash_attention_forward (yk_flash_attention_backward), in the
+    layouts of q, k and v. deterministic=True keeps the same bits on every run; by default Hopper
+    GPUs add dq up by float32 reductions, faster, and its last bits may differ from run to run.
 
     The forward's lse, mask and scale are taken from the registry when `output` is the very
     tensor flash_attention_forward (or cpu_attention_forward) returned for these q, k, v, none of
@@ -215,7 +216,7 @@ def flash_attention_backward(dout, q, k, v, output, *, causal=None, scale=None):
     dk = ad.empty(q, tuple(kd[5]))
     dv = ad.empty(q, tuple(vd[5]))
     dqd, dkd, dvd = describe(dq, op, "dq"), describe(dk, op, "dk"), describe(dv, op, "dv")
-    params = AttentionParams(causal=causal_flag, scale=scale_value)
+    params = AttentionParams(causal=causal_flag, scale=scale_value, deterministic=1 if deterministic else 0)
     ctx, stream = place(ad, qd)
     buf, base = scratch()
     st = C.yk_flash_attention_backward(

@@ -191,6 +191,7 @@ class AttentionParams(ctypes.Structure):
         ("max_seqlen_k", ctypes.c_int),
         ("num_splits", ctypes.c_int),
         ("workspace", ctypes.c_void_p),
+        ("deterministic", ctypes.c_int),
     ]
 
 
@@ -219,7 +220,7 @@ _PROTOTYPES = {
     "yk_gelu_tanh_and_mul": (_i, [_p, _p, _p, _p]),
     "yk_flash_attention_forward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
     "yk_flash_attention_backward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]),
-    "yk_flash_attention_backward_workspace_floats": (ctypes.c_size_t, [_i64, _i64]),
+    "yk_flash_attention_backward_workspace_floats": (ctypes.c_size_t, [_i64, _i64, _i64, _i64, _i]),
     "yk_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
     "yk_attention_decode_workspace_floats": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i]),
     "yk_merge_attention_states": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
