@@ -222,7 +222,7 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
                                                                         pr.shape.head_dim, !atomic_dq);
   if ((st = yk_device_workspace(ctx, op, params->workspace, ws_floats, stream, &ws, &scratch))) return st;
   float *dq_acc = ws + stat_floats;
-  if (atomic_dq) {
+  if (atomic_dq && (st = yk_cuda_make_current(ctx)) == YK_OK) { /* a caller's workspace: nothing made it current */
     const CUresult r =
         ctx->cu.cuMemsetD32Async((CUdeviceptr)(uintptr_t)dq_acc, 0, ws_floats - stat_floats, (CUstream)stream);
     if (r != CUDA_SUCCESS) st = yk_cuda_error(ctx, r, "zeroing the backward's float32 dq");
