@@ -43,44 +43,29 @@ __device__ __forceinline__ void yk_fence_async_smem() { asm volatile("fence.prox
 
 template <int N> struct yk_wgmma;""")
 
+def method(n, name, a_param, a_operands, a_inputs, tail):
+    """One wrapper: the bf16 and f16 forms of an m64n{n}k16 wgmma, told apart by DTYPE."""
+    r = n // 2
+    pred = r + len(a_inputs) + 1  # the accumulate flag's operand: after d, A's registers and b
+    forms = []
+    for t in ("bf16", "f16"):
+        forms.append(f"""      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{pred}, 0;\\n"
+                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} {{{operands(r)}}}, {a_operands}, %{pred - 1}, p, {tail};\\n}}"
+                   : {constraints(r)}
+                   : {", ".join(a_inputs + ['"l"(b)', '"r"(accumulate)'])});""")
+    return f"""  __device__ static __forceinline__ void {name}(float (&d)[{n // 8}][4], {a_param}, unsigned long long b, int accumulate) {{
+    if (DTYPE == YK_BF16)
+{forms[0]}
+    else
+{forms[1]}
+  }}"""
+
 for n in (64, 128, 256):
     r = n // 2
+    a_regs = [f'"r"(a[{i}])' for i in range(4)]
     print(f"""
 template <> struct yk_wgmma<{n}> {{
-  __device__ static __forceinline__ void ss(float (&d)[{n // 8}][4], unsigned long long a, unsigned long long b, int accumulate) {{
-    if (DTYPE == YK_BF16)
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{operands(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 0;\\n}}"
-                   : {constraints(r)}
-                   : "l"(a), "l"(b), "r"(accumulate));
-    else
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{operands(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 0;\\n}}"
-                   : {constraints(r)}
-                   : "l"(a), "l"(b), "r"(accumulate));
-  }}
-  __device__ static __forceinline__ void ss_tb(float (&d)[{n // 8}][4], unsigned long long a, unsigned long long b, int accumulate) {{
-    if (DTYPE == YK_BF16)
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{operands(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 1;\\n}}"
-                   : {constraints(r)}
-                   : "l"(a), "l"(b), "r"(accumulate));
-    else
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 2}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{operands(r)}}}, %{r}, %{r + 1}, p, 1, 1, 0, 1;\\n}}"
-                   : {constraints(r)}
-                   : "l"(a), "l"(b), "r"(accumulate));
-  }}
-  __device__ static __forceinline__ void rs(float (&d)[{n // 8}][4], const unsigned (&a)[4], unsigned long long b, int accumulate) {{
-    if (DTYPE == YK_BF16)
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 5}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{operands(r)}}}, {{%{r}, %{r + 1}, %{r + 2}, %{r + 3}}}, %{r + 4}, p, 1, 1, 1;\\n}}"
-                   : {constraints(r)}
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-    else
-      asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{r + 5}, 0;\\n"
-                   "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{operands(r)}}}, {{%{r}, %{r + 1}, %{r + 2}, %{r + 3}}}, %{r + 4}, p, 1, 1, 1;\\n}}"
-                   : {constraints(r)}
-                   : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-  }}
+{method(n, "ss", "unsigned long long a", f"%{r}", ['"l"(a)'], "1, 1, 0, 0")}
+{method(n, "ss_tb", "unsigned long long a", f"%{r}", ['"l"(a)'], "1, 1, 0, 1")}
+{method(n, "rs", "const unsigned (&a)[4]", "{" + ", ".join(f"%{r + i}" for i in range(4)) + "}", a_regs, "1, 1, 1")}
 }};""")

@@ -68,6 +68,9 @@ __device__ __forceinline__ void yk_stmatrix_x4_trans(void *row, const unsigned (
 // accumulator's layout, so a thread stores its registers as 16-byte vectors, a warp 512 contiguous
 // bytes, and the conversion reads them back.
 __device__ __forceinline__ int dq_blocks_a_head(int ws_tokens) { return (ws_tokens + 64 * (int)gridDim.z + 63) / 64; }
+__device__ __forceinline__ int dq_first_row(long long ws_first, int batch) {
+  return (int)((ws_first + 64 * batch) / 64 * 64);
+}
 __device__ __forceinline__ long long dq_piece(int head, int padded_row, int col, int ws_tokens) {
   return (((long long)head * dq_blocks_a_head(ws_tokens) + padded_row / 64) * (HEAD_DIM / 64) + col / 64) * 4096;
 }
@@ -143,7 +146,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         ws[ws_row] = float2{yk_lse_log2(lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h]), d};
     } else if (live) {
       T *drow = dq + batch * dq_b + (long long)(q_start + row) * dq_s + head * dq_h + c0;
-      const int padded = (ws_first + 64 * batch) / 64 * 64 + row;
+      const int padded = dq_first_row(ws_first, batch) + row;
 #pragma unroll
       for (int c = 0; c < HEAD_DIM / ROW_THREADS; c += 8) {
         // 8 columns of one column tile: their pairs lie 4 floats apart
@@ -308,10 +311,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit(); // wait_group waits for committed groups only
     yk_cp_async_wait<0>();
     yk_fence_async_smem();
-    if (wg == 0)
-      yk_named_sync<BAR_OWNED, 128>();
-    else
-      yk_named_sync<BAR_OWNED + 1, 128>();
+    yk_warpgroup_sync<BAR_OWNED>(wg);
   };
   // this warpgroup's 64 owned rows as A (whole atoms of the OWNED-row tiles)
   const unsigned long long a0_desc = yk_descriptor(sA0 + wg * 64 * 64, 16),
@@ -463,21 +463,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
           // reduction of the piece; the staging is free again once the previous one has read it.
           float *stage = sDQ + wg * 64 * 64;
           if (wt == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-          if (wg == 0)
-            yk_named_sync<BAR_STAGE, 128>();
-          else
-            yk_named_sync<BAR_STAGE + 1, 128>();
+          yk_warpgroup_sync<BAR_STAGE>(wg);
 #pragma unroll
           for (int nt = 0; nt < 8; ++nt)
             *reinterpret_cast<float4 *>(stage + nt * 512 + wt * 4) =
                 float4{part[nt][0], part[nt][1], part[nt][2], part[nt][3]};
           yk_fence_async_smem();
-          if (wg == 0)
-            yk_named_sync<BAR_STAGE, 128>();
-          else
-            yk_named_sync<BAR_STAGE + 1, 128>();
+          yk_warpgroup_sync<BAR_STAGE>(wg);
           if (wt == 0 && first_row + m0 < len_q) { // a piece wholly past the sequence: padding rows only
-            const int padded = (ws_first + 64 * batch) / 64 * 64 + first_row + m0;
+            const int padded = dq_first_row(ws_first, batch) + first_row + m0;
             yk_bulk_reduce_add(dq_acc + dq_piece(qh, padded, n0, ws_tokens), stage, 64 * 64 * 4);
             asm volatile("cp.async.bulk.commit_group;" ::: "memory");
           }

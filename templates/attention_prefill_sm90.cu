@@ -223,8 +223,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit(); // wait_group waits for committed groups only
     yk_cp_async_wait<0>();
     yk_fence_async_smem();
-    if (wg == 0) yk_named_sync<BAR_Q, 128>();
-    else yk_named_sync<BAR_Q + 1, 128>();
+    yk_warpgroup_sync<BAR_Q>(wg);
 
     // Turns (pipeline 2): issue point i of warpgroup 0 follows point i - 1 of warpgroup 1, point i of
     // warpgroup 1 follows point i of warpgroup 0. Each warpgroup has the same n_tiles + 1 points

@@ -99,6 +99,13 @@ template <int ID, int COUNT> __device__ __forceinline__ void yk_named_sync() {
 template <int ID, int COUNT> __device__ __forceinline__ void yk_named_arrive() {
   asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
 }
+// Warpgroup wg's own named barrier, FIRST + wg, among its 128 threads (two consumer warpgroups).
+template <int FIRST> __device__ __forceinline__ void yk_warpgroup_sync(int wg) {
+  if (wg == 0)
+    yk_named_sync<FIRST, 128>();
+  else
+    yk_named_sync<FIRST + 1, 128>();
+}
 // ---- the tensor memory accelerator ----
 // A CUtensorMap's 128 bytes, passed by value as a __grid_constant__ parameter: the bulk copies read
 // it where it lies in parameter memory.

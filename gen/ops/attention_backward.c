@@ -221,7 +221,7 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
   const size_t ws_floats = yk_flash_attention_backward_workspace_floats(pr.shape.q_heads, pr.total_q, pr.shape.batch,
                                                                         pr.shape.head_dim, !atomic_dq);
   if ((st = yk_device_workspace(ctx, op, params->workspace, ws_floats, stream, &ws, &scratch))) return st;
-  float *dq_acc = ws + stat_floats;
+  float *dq_acc = atomic_dq ? ws + stat_floats : NULL;
   if (atomic_dq && (st = yk_cuda_make_current(ctx)) == YK_OK) { /* a caller's workspace: nothing made it current */
     const CUresult r =
         ctx->cu.cuMemsetD32Async((CUdeviceptr)(uintptr_t)dq_acc, 0, ws_floats - stat_floats, (CUstream)stream);
