@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Plots a `yk tune --csv` file with gnuplot (Debian: gnuplot-nox):
-#   <out>/<name>-speedup.png    the winner's speed-up over the default, per shape, for each op
+#   <out>/<name>-speedup.png    the winner's speed-up over the default, per shape, for each op (each
+#                               kernel of an op that launches several: attention_backward:part=dkdv)
 #   <out>/<name>-attention.png  prefill TFLOP/s against sequence length, decode GB/s against
 #                               context length per batch: the winner's and the default's
 # usage: bench/plot_tune.sh TUNE.csv [OUT_DIR=bench/results] [NAME=tune] [GPU=the first in the file]
@@ -43,7 +44,10 @@ NR == 1 { for (i = split_csv($0, h); i > 0; i--) col[h[i]] = i; next }
   if (want_gpu == "") want_gpu = f[col["gpu"]]
   if (f[col["gpu"]] != want_gpu || f[col["status"]] != "ok") next
   op = f[col["op"]]; shape = f[col["shape"]]; key = op SUBSEP shape
-  if (f[col["best"]] == 1) { speedup[op, f[col["size"]] + 0] = f[col["speedup"]]; ops[op] = 1 }
+  # a call of several kernels (the backward): a series a kernel, "attention_backward:part=dkdv"
+  kernel = "kernel" in col ? f[col["kernel"]] : ""; series = op
+  if (index(kernel, " ")) { sel = substr(kernel, index(kernel, " ") + 1); gsub(/ /, ",", sel); series = op ":" sel }
+  if (f[col["best"]] == 1) { speedup[series, f[col["size"]] + 0] = f[col["speedup"]]; ops[series] = 1 }
   rate = op == "attention_prefill" ? f[col["tflops"]] : f[col["gbps"]]
   if (f[col["best"]] == 1) best[key] = rate
   if (f[col["default"]] == 1) dflt[key] = rate

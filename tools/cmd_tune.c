@@ -18,12 +18,15 @@ static const char usage_text[] =
     "       yk tune [--db FILE] [--import FILE] [--export FILE] [--csv FILE] [--list]\n"
     "Times every configuration of each op at each shape on this GPU (compiled in parallel, each checked\n"
     "against the CPU fallback) and records them all in the tuning database, which contexts read at\n"
-    "creation to pick the fastest configuration for a shape. Prints a table per op: the best\n"
-    "configuration per shape, its time, the default's time and the speed-up.\n"
+    "creation to pick the fastest configuration for a shape. An op that launches several kernels (the\n"
+    "backward) has each swept in turn, the others at their defaults, the whole call timed. Prints a\n"
+    "table per op: the best configuration per shape and kernel, its time, the default's time and the\n"
+    "speed-up.\n"
     "  --op       rms_norm, fused_add_rms_norm, rope, act_and_mul (silu_and_mul), attention_prefill,\n"
-    "             attention_decode, or all\n"
+    "             attention_backward, attention_decode, or all\n"
     "  --model    widths from model presets (default llama-3-8b)\n"
-    "  --shapes   tokens (token ops), sequence length (prefill), BxN batch x length; default per op\n"
+    "  --shapes   tokens (token ops), sequence length (prefill, backward), BxN batch x length; default\n"
+    "             per op\n"
     "  --values   candidate values of a field, replacing the op's list (threads=96,160)\n"
     "  --retime   time again what the database already holds for this GPU and these versions\n"
     "  --db       the database (default: $YK_TUNE_DB, else tune.jsonl in the kernel cache directory)\n"
@@ -43,13 +46,16 @@ static void progress(void *user, const yk_tune_progress *p) {
   if (p->best) snprintf(best, sizeof best, "fastest %s %.4f ms", p->best->config, p->best->ms);
   if (p->best && p->default_ms > 0)
     snprintf(best + strlen(best), sizeof best - strlen(best), " (%.2fx the default)", p->default_ms / p->best->ms);
+  char what[256]; /* "rms_norm T4096 H4096"; with the kernel where the shape's call has several swept */
+  snprintf(what, sizeof what, "%s %s%s%s", p->op, p->shape, p->kernels > 1 ? ": " : "",
+           p->kernels > 1 ? p->kernel : "");
   if (p->record && p->record->status != YK_TUNE_OK)
-    fprintf(stderr, "%s  %s %s: %s: %s: %.200s\n", s->tty ? "\r\033[K" : "", p->op, p->shape, p->record->config,
+    fprintf(stderr, "%s  %s: %s: %s: %.200s\n", s->tty ? "\r\033[K" : "", what, p->record->config,
             yk_tune_status_name(p->record->status), p->record->note);
   if (!strcmp(p->phase, "compile")) {
     if (p->done == p->total) return; /* all from the database */
-    fprintf(stderr, "%s%s %s: compiling %d configurations%s", s->tty ? "\r\033[K" : "", p->op, p->shape,
-            p->total - p->done, s->tty ? "" : "\n");
+    fprintf(stderr, "%s%s: compiling %d configurations%s", s->tty ? "\r\033[K" : "", what, p->total - p->done,
+            s->tty ? "" : "\n");
     return;
   }
   if (s->tty) {
@@ -57,10 +63,10 @@ static void progress(void *user, const yk_tune_progress *p) {
     const int filled = p->total ? 20 * p->done / p->total : 20;
     for (int i = 0; i < 20; i++) bar[i] = i < filled ? '#' : '.';
     bar[20] = '\0';
-    fprintf(stderr, "\r\033[K%s %s [%s] %d/%d %s", p->op, p->shape, bar, p->done, p->total, best);
+    fprintf(stderr, "\r\033[K%s [%s] %d/%d %s", what, bar, p->done, p->total, best);
     if (p->done == p->total) fputc('\n', stderr);
   } else if (p->done == p->total) {
-    fprintf(stderr, "%s %s: %d configurations, %s\n", p->op, p->shape, p->total, best[0] ? best : "none checked");
+    fprintf(stderr, "%s: %d configurations, %s\n", what, p->total, best[0] ? best : "none checked");
   }
 }
 
@@ -119,9 +125,10 @@ static int parse_args(int argc, char **argv, tune_args *a) {
 }
 
 static void print_summary(const yk_tune_summary *s) {
-  printf("\nsweep: %d shapes, %d configurations: %d timed, %d from the database; %d failed to compile, %d to "
-         "launch, %d wrong; %d combinations broke the ops' rules\n",
-         s->shapes, s->configs, s->timed, s->reused, s->compile_failed, s->launch_failed, s->wrong, s->rejected);
+  printf("\nsweep: %d shapes (%d kernels), %d configurations: %d timed, %d from the database; %d failed to "
+         "compile, %d to launch, %d wrong; %d combinations broke the ops' rules\n",
+         s->shapes, s->kernels, s->configs, s->timed, s->reused, s->compile_failed, s->launch_failed, s->wrong,
+         s->rejected);
   printf("time: %.1f s in all: setting up %.1f s (inputs, each shape's first call), compiling %.1f s "
          "(%d configurations compiled, %d cached), checking %.1f s, timing %.1f s; NVRTC compiled %d kernels, "
          "%.1f s of compile time over the threads\n",

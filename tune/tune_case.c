@@ -83,22 +83,25 @@ static yk_status out_of_memory(yk_ctx *ctx, const yk_tune_case *c) {
   return yk_error(ctx, YK_ERR_OUT_OF_MEMORY, "tune: %s %s: out of host memory", c->op->name, c->shape);
 }
 
-/* Host buffers: the inputs' values, and the reference run's tensors. */
+static int is_input(const yk_tune_buffer *b) { return b->role == YK_TUNE_IN || b->role == YK_TUNE_DERIVED; }
+
+/* Host buffers: the inputs' values, and the reference run's tensors (none where the check runs a
+ * case of its own). */
 static yk_status setup_host(yk_tune_case *c, int fill_inputs, uint64_t *rng) {
   for (int i = 0; i < c->buffers; i++) {
     yk_tune_buffer *b = &c->buf[i];
     const int64_t n = numel(b->ndim, b->shape), check_n = numel(b->ndim, b->check_shape);
     const size_t es = elem_bytes(b->type);
-    if (b->role == YK_TUNE_IN || b->role == YK_TUNE_INOUT) {
+    if (is_input(b) || b->role == YK_TUNE_INOUT) {
       if (!(b->pristine = malloc((size_t)(n ? n : 1) * es))) return out_of_memory(c->ctx, c);
-      if (fill_inputs)
+      if (fill_inputs && b->role != YK_TUNE_DERIVED)
         fill(b, b->pristine, n, rng);
       else
         memset(b->pristine, 0, (size_t)n * es);
     }
-    if (b->role == YK_TUNE_IN) {
+    if (is_input(b)) {
       b->host = b->pristine; /* the reference reads the leading check_shape part in place */
-    } else if (b->role != YK_TUNE_SCRATCH) {
+    } else if (b->role != YK_TUNE_SCRATCH && !c->check_at.batch) {
       if (!(b->host = malloc((size_t)(check_n ? check_n : 1) * es))) return out_of_memory(c->ctx, c);
       if (b->role == YK_TUNE_INOUT) memcpy(b->host, b->pristine, (size_t)check_n * es);
     }
@@ -128,18 +131,58 @@ static yk_status setup_device(yk_tune_case *c) {
   return st;
 }
 
-yk_status yk_tune_case_setup(yk_tune_case *c, yk_ctx *ctx, const yk_tune_op *op, const yk_model_preset *m,
-                             yk_tune_shape shape, int dtype, int fill_inputs, uint64_t seed) {
+/* The op's prepare on copy 0, then its derived buffers copied to the host (the reference's
+ * inputs) and to the other copies. */
+static yk_status prepare_derived(yk_tune_case *c) {
+  yk_ctx *ctx = c->ctx;
+  DLTensor *t[YK_TUNE_BUFFERS];
+  for (int i = 0; i < c->buffers; i++) t[i] = &c->buf[i].device_dl[0];
+  yk_status st = c->op->prepare(c, t, NULL);
+  CUresult r = st == YK_OK ? ctx->cu.cuCtxSynchronize() : CUDA_SUCCESS;
+  for (int i = 0; st == YK_OK && r == CUDA_SUCCESS && i < c->buffers; i++) {
+    yk_tune_buffer *b = &c->buf[i];
+    const size_t bytes = (size_t)numel(b->ndim, b->shape) * elem_bytes(b->type);
+    if (b->role != YK_TUNE_DERIVED || !bytes) continue;
+    r = ctx->cu.cuMemcpyDtoH(b->pristine, b->device[0], bytes);
+    for (int s = 1; r == CUDA_SUCCESS && s < c->sets; s++) r = ctx->cu.cuMemcpyDtoD(b->device[s], b->device[0], bytes);
+  }
+  if (st == YK_OK && r != CUDA_SUCCESS) st = yk_cuda_error(ctx, r, "tune: preparing a case's inputs");
+  return st;
+}
+
+yk_status yk_tune_case_define(yk_tune_case *c, yk_ctx *ctx, const yk_tune_op *op, const yk_model_preset *m,
+                              yk_tune_shape shape, int dtype) {
   memset(c, 0, sizeof *c);
   c->ctx = ctx, c->op = op, c->dtype = dtype;
   yk_status st = op->define(c, m, shape);
+  if (st == YK_OK && c->check_at.batch && c->check_at.batch * c->check_at.length >= shape.batch * shape.length)
+    st = yk_error(ctx, YK_ERR_INTERNAL, "tune: %s %s: the check's case is not smaller", op->name, c->shape);
+  return st;
+}
+
+yk_status yk_tune_case_setup(yk_tune_case *c, yk_ctx *ctx, const yk_tune_op *op, const yk_model_preset *m,
+                             yk_tune_shape shape, int dtype, int fill_inputs, uint64_t seed) {
+  yk_status st = yk_tune_case_define(c, ctx, op, m, shape, dtype);
   uint64_t rng = seed;
   if (st == YK_OK && (st = setup_host(c, fill_inputs, &rng)) == YK_OK) st = setup_device(c);
+  if (st == YK_OK && op->prepare) st = prepare_derived(c);
+  if (st == YK_OK && c->check_at.batch) { /* a smaller shape, which checks itself */
+    if (!(c->check = malloc(sizeof *c->check))) st = out_of_memory(ctx, c);
+    if (st == YK_OK && (st = yk_tune_case_setup(c->check, ctx, op, m, c->check_at, dtype, fill_inputs, ~seed))) {
+      free(c->check);
+      c->check = NULL;
+    }
+  }
   if (st != YK_OK) yk_tune_case_free(c);
   return st;
 }
 
 void yk_tune_case_free(yk_tune_case *c) {
+  if (c->check) {
+    yk_tune_case_free(c->check);
+    free(c->check);
+    c->check = NULL;
+  }
   const int current = c->ctx && yk_cuda_make_current(c->ctx) == YK_OK;
   for (int i = 0; i < c->buffers; i++) {
     yk_tune_buffer *b = &c->buf[i];
@@ -179,6 +222,7 @@ static double relative_error(const yk_tune_buffer *b, const void *got) {
 }
 
 yk_status yk_tune_case_check(yk_tune_case *c, double *error) {
+  if (c->check) return yk_tune_case_check(c->check, error);
   yk_ctx *ctx = c->ctx;
   yk_status st = c->reference_ready ? YK_OK : reference(c);
   *error = 0;

@@ -64,6 +64,19 @@ int yk_tune_key_format(const yk_spec *key, char *buf, size_t size) {
   return n + format_fields(key->op, key->v, key->v, buf + at, size - at, 0);
 }
 
+int yk_tune_key_label(const yk_spec *key, char *buf, size_t size) {
+  const yk_op_def *op = key->op;
+  int n = snprintf(buf, size, "%s", op->name);
+  for (int i = 0; i < op->field_count; i++) {
+    const yk_spec_field *f = &op->fields[i];
+    const int32_t v = key->v[i];
+    if (f->has_default || !f->choices || v < 0 || v > f->max || !f->choices[v]) continue;
+    const size_t at = (size_t)n < size ? (size_t)n : size;
+    n += snprintf(buf + at, size - at, " %s=%s", f->name, f->choices[v]);
+  }
+  return n;
+}
+
 int yk_tune_key_parse(const char *text, yk_spec *key, char *why, size_t why_size) {
   char buf[512];
   if (snprintf(buf, sizeof buf, "%s", text) >= (int)sizeof buf) return snprintf(why, why_size, "key too long"), 1;

@@ -20,6 +20,11 @@ int yk_tune_key_format(const yk_spec *key, char *buf, size_t size);
 /* 0 on success, else nonzero with the reason in why. No defaults are filled and no rule checked. */
 int yk_tune_key_parse(const char *text, yk_spec *key, char *why, size_t why_size);
 
+/* A key's kernel for people: its op and the enumerated fields the op gives no default, which
+ * select one of the kernels a call launches (see the pin below): "attention_backward_sm90
+ * part=dkdv", "rms_norm". Like snprintf. */
+int yk_tune_key_label(const yk_spec *key, char *buf, size_t size);
+
 /* The fields of spec that key leaves unset, as "name=value,...". Like snprintf. */
 int yk_tune_config_format(const yk_spec *spec, const yk_spec *key, char *buf, size_t size);
 /* "threads=256,row_in_regs=1" into values (YK_UNSET where not named). 0 on success. */

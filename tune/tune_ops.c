@@ -11,7 +11,7 @@
 #define ROPE_MAX_POSITION 4096
 #define EPS 1e-6f
 
-extern const yk_tune_op yk_tune_op_attention_prefill, yk_tune_op_attention_decode;
+extern const yk_tune_op yk_tune_op_attention_prefill, yk_tune_op_attention_backward, yk_tune_op_attention_decode;
 
 static double element_bytes(const yk_tune_case *c) { return c->dtype == YK_F32 ? 4 : 2; }
 
@@ -84,7 +84,13 @@ static const yk_tune_op rope = {"rope", TOKEN_SHAPES, define_rope, invoke_rope};
 static const yk_tune_op act_and_mul = {"act_and_mul", TOKEN_SHAPES, define_act_and_mul, invoke_act_and_mul};
 
 static const yk_tune_op *const ops[] = {
-    &rms_norm, &fused_add_rms_norm, &rope, &act_and_mul, &yk_tune_op_attention_prefill, &yk_tune_op_attention_decode,
+    &rms_norm,
+    &fused_add_rms_norm,
+    &rope,
+    &act_and_mul,
+    &yk_tune_op_attention_prefill,
+    &yk_tune_op_attention_backward,
+    &yk_tune_op_attention_decode,
 };
 
 int yk_tune_op_count(void) { return (int)(sizeof ops / sizeof ops[0]); }

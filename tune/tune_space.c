@@ -9,7 +9,11 @@
 #include "tune/tune_key.h"
 
 /* Candidate values per op and field: around each default, within what the op's rules allow. The
- * grids of yk bench --sweep (bench/bench_sweep.c, bench_attention.c), which chose the defaults. */
+ * grids of yk bench --sweep (bench/bench_sweep.c, bench_attention.c), which chose the defaults.
+ * An op with no list here is never swept, though a swept call launches it: merge_attention_states
+ * (after split decode) is launched with no problem size (the same merge serves paged and cascade
+ * decode, whose rows are not the dense decode's batch x length), so the runtime would never look a
+ * tuned entry up for it, and its one choice, rows a block, moves a kernel of a few microseconds. */
 static const struct {
   const char *op, *field;
   int32_t values[8];
@@ -34,7 +38,24 @@ static const struct {
     {"attention_decode", "warps", {4, 8, 16}, 3},
     {"attention_decode", "stages", {2, 3, 4, 6}, 4},
     {"attention_decode", "kv_hint", {0, 3}, 2}, /* none, evict_first: which wins depends on the split */
+    {"attention_backward", "block_m", {32, 64, 128}, 3},
+    {"attention_backward", "block_n", {32, 64, 128}, 3},
+    {"attention_backward", "d_split", {1, 2}, 2},
+    {"attention_backward", "stages", {2, 3}, 2},
+    {"attention_backward", "in_regs", {0, 1}, 2},
+    /* the row kernels (part stats, dq_out) take warpgroups alone: the op completes the rest to one
+     * value, so their other combinations are the default's */
+    {"attention_backward_sm90", "warpgroups", {1, 2}, 2},
+    {"attention_backward_sm90", "tile", {64, 128}, 2},
+    {"attention_backward_sm90", "stages", {2, 3}, 2},
+    {"attention_backward_sm90", "tma", {0, 1}, 2},
 };
+
+int yk_tune_space_known(const yk_op_def *op) {
+  for (size_t c = 0; c < sizeof candidates / sizeof candidates[0]; c++)
+    if (!strcmp(candidates[c].op, op->name)) return 1;
+  return 0;
+}
 
 int yk_tune_values_parse(const char *text, yk_tune_values *v, char *why, size_t why_size) {
   memset(v, 0, sizeof *v);

@@ -16,6 +16,10 @@ typedef struct yk_tune_values {
   int count;
 } yk_tune_values;
 
+/* 1 when the tuner has candidate lists for op's fields: the kernels a sweep varies. A call's other
+ * kernels keep their defaults (tune/tune_space.c says which and why). */
+int yk_tune_space_known(const yk_op_def *op);
+
 /* "threads=64,96,128" into v. 0 on success, else nonzero with the reason in why. */
 int yk_tune_values_parse(const char *text, yk_tune_values *v, char *why, size_t why_size);
 

@@ -22,15 +22,16 @@ typedef struct {
   yk_tune_identity id;
 } sweep;
 
-/* Spec overrides: the first sees which spec the op builds, the second runs one configuration. */
-typedef struct {
-  yk_spec key;
-  int seen;
-} capture_state;
-
-static void capture_key(void *user, yk_spec *spec) {
-  capture_state *c = user;
-  if (!c->seen++) c->key = *spec; /* the op's own kernel comes first (decode's merge follows it) */
+/* Spec overrides: yk_tune_keys_capture sees which specs the op builds, apply_config runs one
+ * configuration of one of them. */
+void yk_tune_keys_capture(void *user, yk_spec *spec) {
+  yk_tune_keys *keys = user;
+  for (int i = 0; i < keys->count; i++)
+    if (!memcmp(&keys->key[i], spec, sizeof *spec)) return;
+  if (keys->count == YK_TUNE_KEYS_MAX)
+    keys->dropped++;
+  else
+    keys->key[keys->count++] = *spec;
 }
 
 typedef struct {
@@ -72,20 +73,22 @@ static int parse_shape(const char *text, yk_tune_shape *s) {
   return *end || s->batch < 1 || s->length < 1;
 }
 
-/* Which spec the op builds at this shape: one call with the capture override. */
-static yk_status find_key(sweep *w, yk_tune_case *c, yk_spec *key) {
+/* Which specs the op builds at this shape: one call with the capture override. */
+static yk_status find_keys(sweep *w, yk_tune_case *c, yk_tune_keys *keys) {
   yk_ctx *ctx = w->ctx;
-  capture_state cap = {0};
-  ctx->spec_override = capture_key, ctx->spec_override_user = &cap;
+  memset(keys, 0, sizeof *keys);
+  ctx->spec_override = yk_tune_keys_capture, ctx->spec_override_user = keys;
   yk_status st = yk_tune_case_call(c, 0);
   ctx->spec_override = NULL;
   if (st == YK_OK) {
     CUresult r = ctx->cu.cuCtxSynchronize();
     if (r != CUDA_SUCCESS) st = yk_cuda_error(ctx, r, "tune: running the default");
   }
-  if (st == YK_OK && !cap.seen)
+  if (st == YK_OK && !keys->count)
     st = yk_error(ctx, YK_ERR_INTERNAL, "tune: %s %s launched no kernel", c->op->name, c->shape);
-  *key = cap.key;
+  if (st == YK_OK && keys->dropped)
+    st = yk_error(ctx, YK_ERR_INTERNAL, "tune: %s %s builds more than %d kernels", c->op->name, c->shape,
+                  YK_TUNE_KEYS_MAX);
   return st;
 }
 
@@ -108,14 +111,17 @@ static yk_status time_config(sweep *w, yk_tune_case *c, const yk_spec *key, yk_t
   double t0 = now_s();
   yk_status st = yk_tune_case_check(c, &r->error);
   w->s->check_seconds += now_s() - t0;
+  int never_built = !a.applied; /* the check's own case (tune_case.h) must build the key too */
   if (st == YK_OK && r->error <= yk_tune_tolerance(c->dtype)) {
     call_state call = {c};
+    a.applied = 0;
     t0 = now_s();
     st = yk_tune_time(&w->timer, timed_call, &call, &r->ms);
     w->s->time_seconds += now_s() - t0;
+    never_built |= !a.applied;
   }
   ctx->spec_override = NULL;
-  if (st == YK_OK && !a.applied) { /* the op took another path than the one its key came from */
+  if (st == YK_OK && never_built) { /* the op took another path than the one its key came from */
     r->status = YK_TUNE_LAUNCH_FAILED, cfg->failed = 1;
     snprintf(r->note, sizeof r->note, "the op never built the key");
     return yk_error(ctx, YK_ERR_INTERNAL, "tune: %s %s never built %s", c->op->name, c->shape, r->spec);
@@ -139,10 +145,16 @@ static yk_status time_config(sweep *w, yk_tune_case *c, const yk_spec *key, yk_t
   return YK_OK;
 }
 
-static void report(sweep *w, const yk_tune_record *shape, const char *phase, int done, int total,
+/* Which kernel of how many a shape's sweep is at. */
+typedef struct {
+  char label[128];
+  int count;
+} kernel_of;
+
+static void report(sweep *w, const yk_tune_record *shape, const kernel_of *k, const char *phase, int done, int total,
                    const yk_tune_record *last, const yk_tune_record *best, double default_ms) {
   if (!w->o->progress) return;
-  yk_tune_progress p = {shape->op, shape->shape, phase, done, total, last, best, default_ms};
+  yk_tune_progress p = {shape->op, shape->shape, k->label, k->count, phase, done, total, last, best, default_ms};
   w->o->progress(w->o->user, &p);
 }
 
@@ -160,19 +172,19 @@ static yk_status remember_swept(sweep *w, const yk_tune_record *shape) {
   return YK_OK;
 }
 
-/* Every configuration of one op at one shape. */
-static yk_status sweep_shape(sweep *w, yk_tune_case *c) {
-  yk_spec key;
+/* Every configuration of one kernel (key) of one op at one shape, the call's others at their
+ * defaults. */
+static yk_status sweep_key(sweep *w, yk_tune_case *c, const yk_spec *key, int kernels) {
   yk_tune_config *configs = NULL;
   int count = 0, rejected = 0;
-  const double t0 = now_s();
-  yk_status st = find_key(w, c, &key);
-  w->s->setup_seconds += now_s() - t0;
-  if (st || (st = yk_tune_space(w->ctx, &key, w->o->values, w->o->value_count, &configs, &count, &rejected))) return st;
-  w->s->shapes++, w->s->configs += count, w->s->rejected += rejected;
+  kernel_of kernel = {.count = kernels};
+  yk_tune_key_label(key, kernel.label, sizeof kernel.label);
+  yk_status st = yk_tune_space(w->ctx, key, w->o->values, w->o->value_count, &configs, &count, &rejected);
+  if (st) return st;
+  w->s->kernels++, w->s->configs += count, w->s->rejected += rejected;
   yk_tune_record shape = {0}, *best = NULL, best_copy = {0};
   snprintf(shape.op, sizeof shape.op, "%s", c->op->name);
-  yk_tune_key_format(&key, shape.spec, sizeof shape.spec);
+  yk_tune_key_format(key, shape.spec, sizeof shape.spec);
   shape.bucket = yk_tune_bucket(c->size), shape.size = c->size;
   snprintf(shape.shape, sizeof shape.shape, "%s", c->shape);
   shape.id = w->id, shape.bytes = c->bytes, shape.flops = c->flops;
@@ -189,7 +201,7 @@ static yk_status sweep_shape(sweep *w, yk_tune_case *c) {
     if (configs[i].is_default) default_ms = known->ms;
     if (!best || known->ms < best->ms) best_copy = *known, best = &best_copy;
   }
-  report(w, &shape, "compile", done, count, NULL, best, default_ms);
+  report(w, &shape, &kernel, "compile", done, count, NULL, best, default_ms);
   st = yk_tune_compile(w->ctx, w->ctx->target, w->o->jobs, w->db, &shape, configs, count, w->s);
   for (int i = 0; i < count && st == YK_OK; i++) {
     yk_tune_config *cfg = &configs[i];
@@ -201,16 +213,33 @@ static yk_status sweep_shape(sweep *w, yk_tune_case *c) {
     if (compile_failure) { /* in the database already */
       r = *compile_failure;
     } else {
-      st = time_config(w, c, &key, cfg, &r);
+      st = time_config(w, c, key, cfg, &r);
       const yk_status put = yk_tune_db_put(w->ctx, w->db, &r); /* the failure that stops a sweep, too */
       if (st || (st = put)) break;
       if (r.status == YK_TUNE_OK && cfg->is_default) default_ms = r.ms;
       if (r.status == YK_TUNE_OK && (!best || r.ms < best->ms)) best_copy = r, best = &best_copy;
     }
-    report(w, &shape, "time", ++done, count, &r, best, default_ms);
+    report(w, &shape, &kernel, "time", ++done, count, &r, best, default_ms);
   }
   free(configs);
   return st ? st : remember_swept(w, &shape);
+}
+
+/* Each kernel of one op at one shape in turn, in launch order; those of ops the tuner does not
+ * vary (tune_space.h) keep their defaults. */
+static yk_status sweep_shape(sweep *w, yk_tune_case *c) {
+  yk_tune_keys keys;
+  const double t0 = now_s();
+  yk_status st = find_keys(w, c, &keys);
+  w->s->setup_seconds += now_s() - t0;
+  int known = 0;
+  for (int k = 0; k < keys.count; k++) known += yk_tune_space_known(keys.key[k].op);
+  for (int k = 0; st == YK_OK && k < keys.count; k++)
+    if (yk_tune_space_known(keys.key[k].op)) st = sweep_key(w, c, &keys.key[k], known);
+  if (st == YK_OK && !known)
+    st = yk_error(w->ctx, YK_ERR_INTERNAL, "tune: %s %s launched no kernel the tuner varies", c->op->name, c->shape);
+  w->s->shapes += st == YK_OK;
+  return st;
 }
 
 static const yk_model_preset *find_model(const char *name) {

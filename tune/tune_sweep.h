@@ -1,8 +1,12 @@
-/* yk tune's sweep: for each op and shape, find the spec the op builds (its key), compile every
- * configuration of it in parallel through the cache, check each against the CPU fallback, time
- * each on the GPU, and record every outcome in the database. Configurations the database already
- * has for this GPU and these versions are not timed again. Like yk_warm for the warm-up, the
- * library does the work and reports through a callback; tools/cmd_tune.c is the command. */
+/* yk tune's sweep: for each op and shape, find the specs the op's call builds (its keys: one a
+ * kernel it launches, the backward's stats, dk/dv and dq conversion each), and for each key in
+ * turn compile every configuration in parallel through the cache, check each against the CPU
+ * fallback, time each on the GPU, and record every outcome in the database; the call's other
+ * kernels keep their defaults meanwhile, and the whole call is timed, which is what an engine
+ * pays. Each key has its records and its winner, so the runtime picks a configuration a kernel.
+ * Configurations the database already has for this GPU and these versions are not timed again.
+ * Like yk_warm for the warm-up, the library does the work and reports through a callback;
+ * tools/cmd_tune.c is the command. */
 #ifndef YK_TUNE_SWEEP_H
 #define YK_TUNE_SWEEP_H
 
@@ -11,8 +15,10 @@
 
 typedef struct yk_tune_progress {
   const char *op, *shape;
+  const char *kernel;           /* the key swept: "attention_backward_sm90 part=dkdv" (yk_tune_key_label) */
+  int kernels;                  /* the keys swept at this shape, one after the other */
   const char *phase;            /* "compile" (before the shape's compiles), "time" (after each) */
-  int done, total;              /* configurations of this shape */
+  int done, total;              /* configurations of this kernel at this shape */
   const yk_tune_record *record; /* "time": the configuration just finished */
   const yk_tune_record *best;   /* the fastest checked one so far, or NULL */
   double default_ms;            /* 0 until the default is timed */
@@ -32,14 +38,15 @@ typedef struct yk_tune_options {
   void *user;
 } yk_tune_options;
 
-/* One (op, shape) swept, for the report. */
+/* One kernel of an (op, shape) swept, for the report. */
 typedef struct yk_tune_swept {
   char op[40], shape[64], spec[256];
   int64_t bucket, size;
 } yk_tune_swept;
 
 typedef struct yk_tune_summary {
-  int shapes, configs; /* configurations in all, the defaults included */
+  int shapes, kernels; /* (op, shape) pairs swept; their keys swept, one a kernel the tuner varies */
+  int configs;         /* configurations in all, the defaults included */
   int timed, reused;   /* timed now; found in the database */
   int compile_failed, launch_failed, wrong;
   int rejected;           /* combinations that break their op's rules or the shared memory */
@@ -54,6 +61,19 @@ typedef struct yk_tune_summary {
   yk_tune_swept *swept;
   int swept_count;
 } yk_tune_summary;
+
+/* The kernels one call builds, as the sweep finds them: the distinct specs its call sites pass to
+ * yk_spec_finish (keys, before the op completes them), in the order first built. */
+#define YK_TUNE_KEYS_MAX 8
+typedef struct yk_tune_keys {
+  yk_spec key[YK_TUNE_KEYS_MAX];
+  int count;
+  int dropped; /* distinct specs past YK_TUNE_KEYS_MAX */
+} yk_tune_keys;
+
+/* The spec_override that finds them (user: a yk_tune_keys, zeroed first): records each spec once
+ * and leaves it as built. */
+void yk_tune_keys_capture(void *user, yk_spec *spec);
 
 /* Sweeps on ctx's GPU (YK_ERR_NO_DEVICE without one) and puts every record in db. The context's
  * tuned table is set aside meanwhile, so defaults are the op's own. The summary's swept list is

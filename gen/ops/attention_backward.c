@@ -204,7 +204,7 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
       spec.v[CAUSAL] = pr.shape.causal;
       spec.v[RAGGED] = pr.ragged_q;
     }
-    yk_spec_finish(ctx, &spec, 0);
+    yk_spec_finish(ctx, &spec, pr.shape.batch * pr.max_seqlen_q); /* as the prefill's: yk tune's size */
     const int box_rows = hopper ? yk_attention_backward_sm90_tma_rows(&spec) : 0;
     if (box_rows && walked_tile_maps(ctx, maps[i], &pr, part == PART_DQ ? &ko : &qo, part == PART_DQ ? &vo : &doo,
                                      part == PART_DQ, box_rows))

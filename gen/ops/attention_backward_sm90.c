@@ -22,6 +22,10 @@ static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hop
  * registers there). */
 static void complete(yk_spec *s) {
   const int d128 = s->v[HEAD_DIM] == 128, dkdv = s->v[PART] == YK_BACKWARD_PART_DKDV;
+  /* The row kernels (stats, dq_out) walk no tiles: their walking fields take the one value, so
+   * specs that differ only there (a pin or a sweep setting them for every part) are one kernel. */
+  if (s->v[PART] == YK_BACKWARD_PART_STATS || s->v[PART] == YK_BACKWARD_PART_DQ_OUT)
+    s->v[TILE] = s->v[STAGES] = s->v[TMA] = YK_UNSET;
   if (s->v[WARPGROUPS] == YK_UNSET) s->v[WARPGROUPS] = 2;
   if (s->v[TILE] == YK_UNSET) s->v[TILE] = d128 && dkdv ? 64 : 128;
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = d128 && dkdv ? 3 : 2;
