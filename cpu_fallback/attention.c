@@ -4,7 +4,8 @@
  *
  * Tiles live on the stack: every tile buffer holds TILE_FLOATS floats, so a tile has
  * TILE_FLOATS / head_dim rows (64 at head_dim 64, 32 at 128, 4 at 1024) and no pass takes more
- * than about 80 KiB of a thread's stack whatever head_dim is. Nothing is allocated, so a call that
+ * than about 90 KiB of a thread's stack whatever head_dim is (the forward: four tiles, a tile's
+ * scores and one key row). Nothing is allocated, so a call that
  * cannot report an error cannot fail half-way either. */
 #include "cpu_fallback/attention.h"
 
@@ -43,6 +44,133 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {
 
 static inline void scale_row(float *y, float a, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] *= a;
+}
+
+/* The forward's two products, blocked so that each value loaded feeds several multiply-adds (a
+ * row-by-row dot and axpy load two values a multiply-add, and ran at ~20 GFLOP/s on two cores).
+ * Scores: s[r * n + c] = q_r . k_c for R rows from r0 and the 8 keys from c0, kt_t holding the
+ * tile's keys transposed (element i of key c at i * n + c) so the 8 keys sit in two 4-float vectors
+ * (GNU C vectors: what the compiler keeps in registers, where an accumulator array stayed in
+ * memory); each sum runs over i in order, so results do not depend on the blocking. */
+typedef float f32x4 __attribute__((vector_size(16)));
+
+static inline f32x4 load4(const float *p) {
+  f32x4 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* e^x for four floats, Cephes' expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
+ * 2^n by the exponent bits): within 2 ulp of expf for x in [-87, 88], clamped outside. The
+ * softmax's exponentials, one a score, cost as much as a head_dim of 64's products with expf. */
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+
+static inline f32x4 exp4(f32x4 x) {
+  const f32x4 hi = {88.3762626647949f, 88.3762626647949f, 88.3762626647949f, 88.3762626647949f};
+  const f32x4 lo = {-87.3365447504f, -87.3365447504f, -87.3365447504f, -87.3365447504f};
+  i32x4 m = x > hi; /* -1 where true: select by bits (C has no ?: on vectors) */
+  x = (f32x4)(((i32x4)x & ~m) | ((i32x4)hi & m));
+  m = x < lo;
+  x = (f32x4)(((i32x4)x & ~m) | ((i32x4)lo & m));
+  const f32x4 fx = x * 1.44269504088896341f + 0.5f;
+  i32x4 n = __builtin_convertvector(fx, i32x4); /* toward zero; floor below */
+  f32x4 fn = __builtin_convertvector(n, f32x4);
+  const i32x4 over = fn > fx; /* -1 where truncation rounded up */
+  n += over;
+  fn = __builtin_convertvector(n, f32x4);
+  x = x - fn * 0.693359375f - fn * -2.12194440e-4f;
+  f32x4 y = 1.9875691500e-4f * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * x * x + x + 1.0f;
+  const i32x4 bits = (n + 127) << 23;
+  f32x4 scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+static inline void scores_block(float *s, const float *q, const float *kt_t, int64_t d, int64_t n, int64_t r0, int R,
+                                int64_t c0) {
+  f32x4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, c0v = {0}, c1v = {0}, d0 = {0}, d1 = {0};
+  const int64_t step = R == 4 ? d : 0; /* one row: no pointer past the tile's rows */
+  const float *q0 = q + r0 * d, *q1 = q0 + step, *q2 = q1 + step, *q3 = q2 + step;
+  for (int64_t i = 0; i < d; i++) {
+    const f32x4 k0 = load4(kt_t + i * n + c0), k1 = load4(kt_t + i * n + c0 + 4);
+    a0 += q0[i] * k0, a1 += q0[i] * k1;
+    if (R == 4) {
+      b0 += q1[i] * k0, b1 += q1[i] * k1;
+      c0v += q2[i] * k0, c1v += q2[i] * k1;
+      d0 += q3[i] * k0, d1 += q3[i] * k1;
+    }
+  }
+  const f32x4 out[4][2] = {{a0, a1}, {b0, b1}, {c0v, c1v}, {d0, d1}};
+  for (int r = 0; r < R; r++) memcpy(s + (r0 + r) * n + c0, out[r], sizeof out[r]);
+}
+
+/* s[r * n + c] = q_r . k_c for every row and key of the tile. With four rows or more, k holds the
+ * keys transposed: blocks of four rows and eight keys, the keys past the last eight one by one in
+ * the same order. With fewer (decode: one query a tile), transposing would cost more than it
+ * saves: k holds the keys' rows, and each score is a dot. */
+static void tile_scores(float *s, const float *q, const float *kt_t, int64_t rows, int64_t n, int64_t d) {
+  if (rows < 4) {
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, kt_t + c * d, d);
+    return;
+  }
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t c0 = 0; c0 < n8; c0 += 8) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) scores_block(s, q, kt_t, d, n, r0, 4, c0);
+    for (; r0 < rows; r0++) scores_block(s, q, kt_t, d, n, r0, 1, c0);
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = n8; c < n; c++) {
+      float sum = 0;
+      for (int64_t i = 0; i < d; i++) sum += q[r * d + i] * kt_t[i * n + c];
+      s[r * n + c] = sum;
+    }
+}
+
+/* o[r * d + i] += sum over c of p[r * n + c] v[c * d + i] for every row and column: blocks of four
+ * rows and eight columns held in registers over the tile's keys, each value of v loaded feeding
+ * four rows; the columns past the last eight one by one, in the same order. */
+static inline void pv_block(float *o, const float *p, const float *v, int64_t n, int64_t d, int64_t r0, int R,
+                            int64_t i0) {
+  const int64_t o_step = R == 4 ? d : 0, p_step = R == 4 ? n : 0; /* one row: no pointer past the rows */
+  float *o0 = o + r0 * d + i0, *o1 = o0 + o_step, *o2 = o1 + o_step, *o3 = o2 + o_step;
+  const float *p0 = p + r0 * n, *p1 = p0 + p_step, *p2 = p1 + p_step, *p3 = p2 + p_step;
+  f32x4 a0 = load4(o0), a1 = load4(o0 + 4), b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0}, d0 = {0}, d1 = {0};
+  if (R == 4)
+    b0 = load4(o1), b1 = load4(o1 + 4), c0 = load4(o2), c1 = load4(o2 + 4), d0 = load4(o3), d1 = load4(o3 + 4);
+  for (int64_t c = 0; c < n; c++) {
+    const f32x4 v0 = load4(v + c * d + i0), v1 = load4(v + c * d + i0 + 4);
+    a0 += p0[c] * v0, a1 += p0[c] * v1;
+    if (R == 4) {
+      b0 += p1[c] * v0, b1 += p1[c] * v1;
+      c0 += p2[c] * v0, c1 += p2[c] * v1;
+      d0 += p3[c] * v0, d1 += p3[c] * v1;
+    }
+  }
+  const f32x4 out[4][2] = {{a0, a1}, {b0, b1}, {c0, c1}, {d0, d1}};
+  float *rows[4] = {o0, o1, o2, o3};
+  for (int r = 0; r < R; r++) memcpy(rows[r], out[r], sizeof out[r]);
+}
+
+static void tile_pv(float *o, const float *p, const float *v, int64_t rows, int64_t n, int64_t d) {
+  const int64_t d8 = d / 8 * 8;
+  for (int64_t i0 = 0; i0 < d8; i0 += 8) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) pv_block(o, p, v, n, d, r0, 4, i0);
+    for (; r0 < rows; r0++) pv_block(o, p, v, n, d, r0, 1, i0);
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t i = d8; i < d; i++) {
+      float sum = o[r * d + i];
+      for (int64_t c = 0; c < n; c++) sum += p[r * n + c] * v[c * d + i];
+      o[r * d + i] = sum;
+    }
 }
 
 /* One sequence of a batch: where its queries and keys start on the token axes and how many there
@@ -93,7 +221,8 @@ static int64_t longest(const yk_attention_shape *s, int keys) {
 static inline char *row_at(const yk_attn_operand *o, int64_t elem, int64_t b, int64_t token, int64_t h) {
   if (o->pages) {
     const int64_t block = yk_page_map_block(o->pages, b, token / o->pages->page_size);
-    return o->data + elem * (block * o->block_stride + token % o->pages->page_size * o->seq_stride + h * o->head_stride);
+    return o->data +
+           elem * (block * o->block_stride + token % o->pages->page_size * o->seq_stride + h * o->head_stride);
   }
   return o->data + elem * (b * o->batch_stride + token * o->seq_stride + h * o->head_stride);
 }
@@ -140,8 +269,8 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
   const int64_t d = s->head_dim, bn = j->rows;
-  float q[TILE_FLOATS], acc[TILE_FLOATS], kt[TILE_FLOATS], vt[TILE_FLOATS], score[MAX_TILE_ROWS];
-  float m[MAX_TILE_ROWS], l[MAX_TILE_ROWS];
+  float q[TILE_FLOATS], acc[TILE_FLOATS], kt_t[TILE_FLOATS], vt[TILE_FLOATS], key[MAX_HEAD_DIM];
+  float scores[MAX_TILE_ROWS * MAX_TILE_ROWS], m[MAX_TILE_ROWS], l[MAX_TILE_ROWS];
   for (int64_t task = begin; task < end; task++) {
     int64_t b, h, i0, rows;
     seq_span g;
@@ -153,28 +282,43 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
     const int64_t keys = keys_seen(s, &g, i0 + rows - 1); /* the last row sees the most */
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
-      load_rows(j, &j->k, b, g.k0 + k0, n, kvh, kt);
+      if (rows < 4) /* as tile_scores takes them */
+        load_rows(j, &j->k, b, g.k0 + k0, n, kvh, kt_t);
+      else
+        for (int64_t c = 0; c < n; c++) {
+          load_rows(j, &j->k, b, g.k0 + k0 + c, 1, kvh, key);
+          for (int64_t i = 0; i < d; i++) kt_t[i * n + c] = key[i];
+        }
       load_rows(j, &j->v, b, g.k0 + k0, n, kvh, vt);
+      tile_scores(scores, q, kt_t, rows, n, d);
+      /* each row's probabilities in place of its scores, 0 for the keys it does not see; its
+       * output rescaled to the new maximum; then P V for the whole tile */
       for (int64_t r = 0; r < rows; r++) {
         const int64_t seen = min64(n, keys_seen(s, &g, i0 + r) - k0);
-        if (seen <= 0) continue;
-        float top = m[r];
+        float *score = scores + r * n, top = m[r];
         for (int64_t c = 0; c < seen; c++) {
-          score[c] = s->scale * dot(q + r * d, kt + c * d, d);
+          score[c] *= s->scale;
           if (score[c] > top) top = score[c];
         }
-        if (top == -INFINITY) continue;
-        float *o = acc + r * d, sum = 0;
-        const float rescale = expf(m[r] - top); /* 0 for the first tile a row sees */
-        if (rescale != 1.f) scale_row(o, rescale, d);
-        for (int64_t c = 0; c < seen; c++) {
-          const float e = expf(score[c] - top);
-          sum += e;
-          axpy(o, e, vt + c * d, d);
+        if (seen <= 0 || top == -INFINITY) {
+          memset(score, 0, (size_t)n * sizeof *score);
+          continue;
         }
+        float sum = 0;
+        const float rescale = expf(m[r] - top); /* 0 for the first tile a row sees */
+        if (rescale != 1.f) scale_row(acc + r * d, rescale, d);
+        int64_t c = 0;
+        for (; c + 4 <= seen; c += 4) {
+          const f32x4 e = exp4(load4(score + c) - top);
+          memcpy(score + c, &e, sizeof e);
+          sum += (e[0] + e[1]) + (e[2] + e[3]);
+        }
+        for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
+        for (; c < n; c++) score[c] = 0;
         l[r] = l[r] * rescale + sum;
         m[r] = top;
       }
+      tile_pv(acc, scores, vt, rows, n, d);
     }
     for (int64_t r = 0; r < rows; r++) {
       /* l is 0 only for a row that saw no key: out 0, lse -inf */

@@ -1,0 +1,34 @@
+"""The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy float32
+arrays: prefill (causal and not) and decode, the median of 5 calls after one warm call, in GFLOP/s
+(4 B H Sq Sk D, halved for causal) or GB/s of K and V (decode). No GPU needed:
+    YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py"""
+import statistics
+import time
+
+import numpy as np
+
+import yaie_kernels as yk
+
+
+def median_s(f, reps=5):
+    f()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+rng = np.random.default_rng(0)
+for b, s, h, kv, d, causal in [(1, 1024, 32, 8, 128, True), (1, 2048, 16, 16, 64, False), (1, 1024, 8, 8, 256, False)]:
+    q = rng.standard_normal((b, h, s, d), dtype=np.float32)
+    k, v = (rng.standard_normal((b, kv, s, d), dtype=np.float32) for _ in range(2))
+    t = median_s(lambda: yk.flash_attention_forward(q, k, v, causal_mask=causal))
+    flops = 4 * b * h * s * s * d / (2 if causal else 1)
+    print(f"prefill B{b} S{s} q{h} kv{kv} d{d} causal={int(causal)}  {t * 1e3:8.1f} ms  {flops / t / 1e9:6.1f} GFLOP/s")
+for b, s, h, kv, d in [(8, 4096, 32, 8, 128), (1, 32768, 32, 8, 128)]:
+    q = rng.standard_normal((b, h, d), dtype=np.float32)
+    k, v = (rng.standard_normal((b, s, kv, d), dtype=np.float32) for _ in range(2))
+    t = median_s(lambda: yk.attention_decode(q, k, v))
+    print(f"decode B{b} L{s} q{h} kv{kv} d{d}  {t * 1e3:8.1f} ms  {2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")
