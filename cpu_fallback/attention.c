@@ -48,10 +48,10 @@ static inline void scale_row(float *y, float a, int64_t n) {
 
 /* The forward's two products, blocked so that each value loaded feeds several multiply-adds (a
  * row-by-row dot and axpy load two values a multiply-add, and ran at ~20 GFLOP/s on two cores).
- * Scores: s[r * n + c] = q_r . k_c for R rows from r0 and the 8 keys from c0, kt_t holding the
- * tile's keys transposed (element i of key c at i * n + c) so the 8 keys sit in two 4-float vectors
- * (GNU C vectors: what the compiler keeps in registers, where an accumulator array stayed in
- * memory); each sum runs over i in order, so results do not depend on the blocking. */
+ * Both are one matrix product (matrix_product): S = Q K^T over the keys transposed, and O += P V,
+ * in blocks held in GNU C 4-float vectors (what the compiler keeps in registers, where an
+ * accumulator array stayed in memory); each sum runs over its terms in order, so results do not
+ * depend on the blocking. */
 typedef float f32x4 __attribute__((vector_size(16)));
 
 static inline f32x4 load4(const float *p) {
@@ -91,86 +91,62 @@ static inline f32x4 exp4(f32x4 x) {
   return y * scale;
 }
 
-static inline void scores_block(float *s, const float *q, const float *kt_t, int64_t d, int64_t n, int64_t r0, int R,
-                                int64_t c0) {
-  f32x4 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, c0v = {0}, c1v = {0}, d0 = {0}, d1 = {0};
-  const int64_t step = R == 4 ? d : 0; /* one row: no pointer past the tile's rows */
-  const float *q0 = q + r0 * d, *q1 = q0 + step, *q2 = q1 + step, *q3 = q2 + step;
-  for (int64_t i = 0; i < d; i++) {
-    const f32x4 k0 = load4(kt_t + i * n + c0), k1 = load4(kt_t + i * n + c0 + 4);
-    a0 += q0[i] * k0, a1 += q0[i] * k1;
+/* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over k of a[r * lda + k] b[k * ldb + j]
+ * for rows R (4 or 1) from row 0 and the 8 columns from j = 0, held in registers over k; each value
+ * of b loaded feeds R rows, each sum runs over k in order. */
+static inline void product_block(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                                 int64_t k, int R, int accumulate) {
+  const int64_t a_step = R == 4 ? lda : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */
+  const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;
+  float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};
+  f32x4 acc[4][2] = {{{0}}};
+  for (int r = 0; accumulate && r < R; r++) acc[r][0] = load4(rows[r]), acc[r][1] = load4(rows[r] + 4);
+  f32x4 x0 = acc[0][0], x1 = acc[0][1], y0 = acc[1][0], y1 = acc[1][1], z0 = acc[2][0], z1 = acc[2][1], w0 = acc[3][0],
+        w1 = acc[3][1]; /* named: what the compiler keeps in registers */
+  for (int64_t i = 0; i < k; i++) {
+    const f32x4 b0 = load4(b + i * ldb), b1 = load4(b + i * ldb + 4);
+    x0 += a0[i] * b0, x1 += a0[i] * b1;
     if (R == 4) {
-      b0 += q1[i] * k0, b1 += q1[i] * k1;
-      c0v += q2[i] * k0, c1v += q2[i] * k1;
-      d0 += q3[i] * k0, d1 += q3[i] * k1;
+      y0 += a1[i] * b0, y1 += a1[i] * b1;
+      z0 += a2[i] * b0, z1 += a2[i] * b1;
+      w0 += a3[i] * b0, w1 += a3[i] * b1;
     }
   }
-  const f32x4 out[4][2] = {{a0, a1}, {b0, b1}, {c0v, c1v}, {d0, d1}};
-  for (int r = 0; r < R; r++) memcpy(s + (r0 + r) * n + c0, out[r], sizeof out[r]);
-}
-
-/* s[r * n + c] = q_r . k_c for every row and key of the tile. With four rows or more, k holds the
- * keys transposed: blocks of four rows and eight keys, the keys past the last eight one by one in
- * the same order. With fewer (decode: one query a tile), transposing would cost more than it
- * saves: k holds the keys' rows, and each score is a dot. */
-static void tile_scores(float *s, const float *q, const float *kt_t, int64_t rows, int64_t n, int64_t d) {
-  if (rows < 4) {
-    for (int64_t r = 0; r < rows; r++)
-      for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, kt_t + c * d, d);
-    return;
-  }
-  const int64_t n8 = n / 8 * 8;
-  for (int64_t c0 = 0; c0 < n8; c0 += 8) {
-    int64_t r0 = 0;
-    for (; r0 + 4 <= rows; r0 += 4) scores_block(s, q, kt_t, d, n, r0, 4, c0);
-    for (; r0 < rows; r0++) scores_block(s, q, kt_t, d, n, r0, 1, c0);
-  }
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t c = n8; c < n; c++) {
-      float sum = 0;
-      for (int64_t i = 0; i < d; i++) sum += q[r * d + i] * kt_t[i * n + c];
-      s[r * n + c] = sum;
-    }
-}
-
-/* o[r * d + i] += sum over c of p[r * n + c] v[c * d + i] for every row and column: blocks of four
- * rows and eight columns held in registers over the tile's keys, each value of v loaded feeding
- * four rows; the columns past the last eight one by one, in the same order. */
-static inline void pv_block(float *o, const float *p, const float *v, int64_t n, int64_t d, int64_t r0, int R,
-                            int64_t i0) {
-  const int64_t o_step = R == 4 ? d : 0, p_step = R == 4 ? n : 0; /* one row: no pointer past the rows */
-  float *o0 = o + r0 * d + i0, *o1 = o0 + o_step, *o2 = o1 + o_step, *o3 = o2 + o_step;
-  const float *p0 = p + r0 * n, *p1 = p0 + p_step, *p2 = p1 + p_step, *p3 = p2 + p_step;
-  f32x4 a0 = load4(o0), a1 = load4(o0 + 4), b0 = {0}, b1 = {0}, c0 = {0}, c1 = {0}, d0 = {0}, d1 = {0};
-  if (R == 4)
-    b0 = load4(o1), b1 = load4(o1 + 4), c0 = load4(o2), c1 = load4(o2 + 4), d0 = load4(o3), d1 = load4(o3 + 4);
-  for (int64_t c = 0; c < n; c++) {
-    const f32x4 v0 = load4(v + c * d + i0), v1 = load4(v + c * d + i0 + 4);
-    a0 += p0[c] * v0, a1 += p0[c] * v1;
-    if (R == 4) {
-      b0 += p1[c] * v0, b1 += p1[c] * v1;
-      c0 += p2[c] * v0, c1 += p2[c] * v1;
-      d0 += p3[c] * v0, d1 += p3[c] * v1;
-    }
-  }
-  const f32x4 out[4][2] = {{a0, a1}, {b0, b1}, {c0, c1}, {d0, d1}};
-  float *rows[4] = {o0, o1, o2, o3};
+  const f32x4 out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};
   for (int r = 0; r < R; r++) memcpy(rows[r], out[r], sizeof out[r]);
 }
 
-static void tile_pv(float *o, const float *p, const float *v, int64_t rows, int64_t n, int64_t d) {
-  const int64_t d8 = d / 8 * 8;
-  for (int64_t i0 = 0; i0 < d8; i0 += 8) {
-    int64_t r0 = 0;
-    for (; r0 + 4 <= rows; r0 += 4) pv_block(o, p, v, n, d, r0, 4, i0);
-    for (; r0 < rows; r0++) pv_block(o, p, v, n, d, r0, 1, i0);
+/* The same for a rows x cols block: blocks of four rows by eight columns, then the rows and the
+ * columns left over one by one, each sum in the same order. */
+static void matrix_product(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb,
+                           int64_t rows, int64_t cols, int64_t k, int accumulate) {
+  const int64_t cols8 = cols / 8 * 8;
+  for (int64_t j = 0; j < cols8; j += 8) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) product_block(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, k, 4, accumulate);
+    for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, k, 1, accumulate);
   }
   for (int64_t r = 0; r < rows; r++)
-    for (int64_t i = d8; i < d; i++) {
-      float sum = o[r * d + i];
-      for (int64_t c = 0; c < n; c++) sum += p[r * n + c] * v[c * d + i];
-      o[r * d + i] = sum;
+    for (int64_t j = cols8; j < cols; j++) {
+      float sum = accumulate ? c[r * ldc + j] : 0;
+      for (int64_t i = 0; i < k; i++) sum += a[r * lda + i] * b[i * ldb + j];
+      c[r * ldc + j] = sum;
     }
+}
+
+/* Scores of fewer query rows than this take the keys' rows, a dot a score: transposing a tile
+ * costs more than it saves there (decode, one query a tile: 0.6x). From it on, the keys come
+ * transposed (element i of key c at i * n + c) so that eight keys sit in vector lanes. */
+#define TRANSPOSED_KEYS_FROM_ROWS 4
+
+/* s[r * n + c] = q_r . k_c for every row and key of the tile, k in the layout the rows take. */
+static void tile_scores(float *s, const float *q, const float *k, int64_t rows, int64_t n, int64_t d) {
+  if (rows >= TRANSPOSED_KEYS_FROM_ROWS) {
+    matrix_product(s, n, q, d, k, n, rows, n, d, 0);
+    return;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, k + c * d, d);
 }
 
 /* One sequence of a batch: where its queries and keys start on the token axes and how many there
@@ -282,7 +258,7 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
     const int64_t keys = keys_seen(s, &g, i0 + rows - 1); /* the last row sees the most */
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
-      if (rows < 4) /* as tile_scores takes them */
+      if (rows < TRANSPOSED_KEYS_FROM_ROWS) /* as tile_scores takes them */
         load_rows(j, &j->k, b, g.k0 + k0, n, kvh, kt_t);
       else
         for (int64_t c = 0; c < n; c++) {
@@ -318,7 +294,7 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
         l[r] = l[r] * rescale + sum;
         m[r] = top;
       }
-      tile_pv(acc, scores, vt, rows, n, d);
+      matrix_product(acc, d, scores, n, vt, d, rows, d, n, 1); /* acc += P V */
     }
     for (int64_t r = 0; r < rows; r++) {
       /* l is 0 only for a row that saw no key: out 0, lse -inf */
