@@ -232,11 +232,12 @@ static yk_status sweep_shape(sweep *w, yk_tune_case *c) {
   const double t0 = now_s();
   yk_status st = find_keys(w, c, &keys);
   w->s->setup_seconds += now_s() - t0;
-  int known = 0;
-  for (int k = 0; k < keys.count; k++) known += yk_tune_space_known(keys.key[k].op);
-  for (int k = 0; st == YK_OK && k < keys.count; k++)
-    if (yk_tune_space_known(keys.key[k].op)) st = sweep_key(w, c, &keys.key[k], known);
-  if (st == YK_OK && !known)
+  const yk_spec *varied[YK_TUNE_KEYS_MAX];
+  int count = 0;
+  for (int k = 0; k < keys.count; k++)
+    if (yk_tune_space_known(keys.key[k].op)) varied[count++] = &keys.key[k];
+  for (int k = 0; st == YK_OK && k < count; k++) st = sweep_key(w, c, varied[k], count);
+  if (st == YK_OK && !count)
     st = yk_error(w->ctx, YK_ERR_INTERNAL, "tune: %s %s launched no kernel the tuner varies", c->op->name, c->shape);
   w->s->shapes += st == YK_OK;
   return st;
