@@ -1,6 +1,8 @@
-"""The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy float32
-arrays: prefill (causal and not) and decode, the median of 5 calls after one warm call, in GFLOP/s
-(4 B H Sq Sk D, halved for causal) or GB/s of K and V (decode). No GPU needed:
+"""The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy arrays:
+prefill (causal and not) and its backward in float32, decode in float32 and float16; the median of
+5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for the forward, 2.5 times that for the
+backward as `yk bench --backward` counts it, halved for causal) or GB/s of K and V (decode). No GPU
+needed:
     YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py"""
 import statistics
 import time
@@ -27,8 +29,14 @@ for b, s, h, kv, d, causal in [(1, 1024, 32, 8, 128, True), (1, 2048, 16, 16, 64
     t = median_s(lambda: yk.flash_attention_forward(q, k, v, causal_mask=causal))
     flops = 4 * b * h * s * s * d / (2 if causal else 1)
     print(f"prefill B{b} S{s} q{h} kv{kv} d{d} causal={int(causal)}  {t * 1e3:8.1f} ms  {flops / t / 1e9:6.1f} GFLOP/s")
-for b, s, h, kv, d in [(8, 4096, 32, 8, 128), (1, 32768, 32, 8, 128)]:
-    q = rng.standard_normal((b, h, d), dtype=np.float32)
-    k, v = (rng.standard_normal((b, s, kv, d), dtype=np.float32) for _ in range(2))
-    t = median_s(lambda: yk.attention_decode(q, k, v))
-    print(f"decode B{b} L{s} q{h} kv{kv} d{d}  {t * 1e3:8.1f} ms  {2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")
+    out = yk.flash_attention_forward(q, k, v, causal_mask=causal)
+    dout = rng.standard_normal(out.shape, dtype=np.float32)
+    t = median_s(lambda: yk.flash_attention_backward(dout, q, k, v, out, causal=causal))
+    print(f"backward B{b} S{s} q{h} kv{kv} d{d} causal={int(causal)} {t * 1e3:8.1f} ms  {2.5 * flops / t / 1e9:6.1f} GFLOP/s")
+for dtype in (np.float32, np.float16):
+    for b, s, h, kv, d in [(8, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (4, 4096, 32, 32, 128)]:
+        q = rng.standard_normal((b, h, d), dtype=np.float32).astype(dtype)
+        k, v = (rng.standard_normal((b, s, kv, d), dtype=np.float32).astype(dtype) for _ in range(2))
+        t = median_s(lambda: yk.attention_decode(q, k, v))
+        print(f"decode {np.dtype(dtype).name} B{b} L{s} q{h} kv{kv} d{d}  {t * 1e3:8.1f} ms  "
+              f"{2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")

@@ -2,11 +2,12 @@
  * tiles, the backward as two passes that each own their outputs, the merge of partial attentions,
  * and the float64 references.
  *
- * Tiles live on the stack: every tile buffer holds TILE_FLOATS floats, so a tile has
- * TILE_FLOATS / head_dim rows (64 at head_dim 64, 32 at 128, 4 at 1024) and no pass takes more
- * than about 90 KiB of a thread's stack whatever head_dim is (the forward: four tiles, a tile's
- * scores and one key row). Nothing is allocated, so a call that
- * cannot report an error cannot fail half-way either. */
+ * Tiles live on the stack: a query tile buffer holds TILE_FLOATS floats, so a tile has
+ * TILE_FLOATS / head_dim rows (64 at head_dim 64, 32 at 128, 4 at 1024), and the rows are the q
+ * heads of a kv head's group over a run of tokens, so the group shares each key and value loaded.
+ * No pass takes more than about 100 KiB of a thread's stack whatever head_dim is (the backward's
+ * first: three query tiles, three key tiles of half the size, two score blocks and one row).
+ * Nothing is allocated, so a call that cannot report an error cannot fail half-way either. */
 #include "cpu_fallback/attention.h"
 
 #include <math.h>
@@ -17,11 +18,13 @@
 
 #define MAX_HEAD_DIM 1024
 #define TILE_FLOATS 4096
-#define MAX_TILE_ROWS 64
+#define MAX_TILE_ROWS (TILE_FLOATS / 64)
 
-static int64_t tile_rows(int64_t head_dim) {
-  const int64_t rows = TILE_FLOATS / head_dim;
-  return rows < 1 ? 1 : rows > MAX_TILE_ROWS ? MAX_TILE_ROWS : rows;
+/* Rows of a tile whose buffers hold tile_floats floats, at most tile_floats / 64 (a score block
+ * then holds rows x rows floats, no more than a tile buffer). */
+static int64_t tile_rows(int64_t head_dim, int64_t tile_floats) {
+  const int64_t rows = tile_floats / head_dim, most = tile_floats / 64;
+  return rows < 1 ? 1 : rows > most ? most : rows;
 }
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -91,12 +94,14 @@ static inline f32x4 exp4(f32x4 x) {
   return y * scale;
 }
 
-/* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over k of a[r * lda + k] b[k * ldb + j]
- * for rows R (4 or 1) from row 0 and the 8 columns from j = 0, held in registers over k; each value
- * of b loaded feeds R rows, each sum runs over k in order. */
-static inline void product_block(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb,
-                                 int64_t k, int R, int accumulate) {
-  const int64_t a_step = R == 4 ? lda : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */
+/* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over i < k of a(r, i) b[i * ldb + j] for
+ * rows R (4 or 1) from row 0 and the 8 columns from j = 0, held in registers over i, with a(r, i) at
+ * a[r * a_row + i * a_k] (a_k 1: a's rows; a_row 1: a transposed, which the backward's P^T and dS^T
+ * are); each value of b loaded feeds R rows, each sum runs over i in order. */
+static inline __attribute__((always_inline)) void product_block(float *c, int64_t ldc, const float *a, int64_t a_row,
+                                                                int64_t a_k, const float *b, int64_t ldb, int64_t k,
+                                                                int R, int accumulate) {
+  const int64_t a_step = R == 4 ? a_row : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */
   const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;
   float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};
   f32x4 acc[4][2] = {{{0}}};
@@ -105,11 +110,12 @@ static inline void product_block(float *c, int64_t ldc, const float *a, int64_t 
         w1 = acc[3][1]; /* named: what the compiler keeps in registers */
   for (int64_t i = 0; i < k; i++) {
     const f32x4 b0 = load4(b + i * ldb), b1 = load4(b + i * ldb + 4);
-    x0 += a0[i] * b0, x1 += a0[i] * b1;
+    const int64_t at = i * a_k;
+    x0 += a0[at] * b0, x1 += a0[at] * b1;
     if (R == 4) {
-      y0 += a1[i] * b0, y1 += a1[i] * b1;
-      z0 += a2[i] * b0, z1 += a2[i] * b1;
-      w0 += a3[i] * b0, w1 += a3[i] * b1;
+      y0 += a1[at] * b0, y1 += a1[at] * b1;
+      z0 += a2[at] * b0, z1 += a2[at] * b1;
+      w0 += a3[at] * b0, w1 += a3[at] * b1;
     }
   }
   const f32x4 out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};
@@ -118,35 +124,24 @@ static inline void product_block(float *c, int64_t ldc, const float *a, int64_t 
 
 /* The same for a rows x cols block: blocks of four rows by eight columns, then the rows and the
  * columns left over one by one, each sum in the same order. */
-static void matrix_product(float *c, int64_t ldc, const float *a, int64_t lda, const float *b, int64_t ldb,
-                           int64_t rows, int64_t cols, int64_t k, int accumulate) {
+static void matrix_product(float *c, int64_t ldc, const float *a, int64_t a_row, int64_t a_k, const float *b,
+                           int64_t ldb, int64_t rows, int64_t cols, int64_t k, int accumulate) {
   const int64_t cols8 = cols / 8 * 8;
   for (int64_t j = 0; j < cols8; j += 8) {
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) product_block(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, k, 4, accumulate);
-    for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * lda, lda, b + j, ldb, k, 1, accumulate);
+    for (; r + 4 <= rows; r += 4)
+      if (a_k == 1) /* a's rows, the forward's case: a constant step */
+        product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4, accumulate);
+      else
+        product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4, accumulate);
+    for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1, accumulate);
   }
   for (int64_t r = 0; r < rows; r++)
     for (int64_t j = cols8; j < cols; j++) {
       float sum = accumulate ? c[r * ldc + j] : 0;
-      for (int64_t i = 0; i < k; i++) sum += a[r * lda + i] * b[i * ldb + j];
+      for (int64_t i = 0; i < k; i++) sum += a[r * a_row + i * a_k] * b[i * ldb + j];
       c[r * ldc + j] = sum;
     }
-}
-
-/* Scores of fewer query rows than this take the keys' rows, a dot a score: transposing a tile
- * costs more than it saves there (decode, one query a tile: 0.6x). From it on, the keys come
- * transposed (element i of key c at i * n + c) so that eight keys sit in vector lanes. */
-#define TRANSPOSED_KEYS_FROM_ROWS 4
-
-/* s[r * n + c] = q_r . k_c for every row and key of the tile, k in the layout the rows take. */
-static void tile_scores(float *s, const float *q, const float *k, int64_t rows, int64_t n, int64_t d) {
-  if (rows >= TRANSPOSED_KEYS_FROM_ROWS) {
-    matrix_product(s, n, q, d, k, n, rows, n, d, 0);
-    return;
-  }
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, k + c * d, d);
 }
 
 /* One sequence of a batch: where its queries and keys start on the token axes and how many there
@@ -203,74 +198,177 @@ static inline char *row_at(const yk_attn_operand *o, int64_t elem, int64_t b, in
   return o->data + elem * (b * o->batch_stride + token * o->seq_stride + h * o->head_stride);
 }
 
+/* How a call is cut into tiles. A query tile holds `tokens` tokens of a sequence for `heads` q
+ * heads of one kv head's group, so the heads that share keys and values share every key tile
+ * loaded (decode: a tile is the group, which each key then feeds four rows at once); a key tile
+ * holds `keys` keys. rows = tokens x heads <= the rows a tile buffer holds. */
 typedef struct attn_job {
   const yk_attention_shape *s;
   yk_attn_operand q, k, v, out, lse, dout, dq, dk, dv;
-  int64_t elem, group, rows, tiles; /* rows a tile, tiles a (sequence, head) */
+  int64_t elem, group, keys;
+  int64_t heads, chunks, tokens, tiles; /* heads a query tile, such chunks a group, tokens a tile, tiles a chunk */
+  int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
+  int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
 } attn_job;
 
-/* Loads count rows starting at token first of head h into dst (count x head_dim floats). */
-static void load_rows(const attn_job *j, const yk_attn_operand *o, int64_t b, int64_t first, int64_t count, int64_t h,
-                      float *dst) {
+typedef struct query_tile {
+  int64_t b, kvh, h0, heads, t0, tokens, rows; /* row r: token t0 + r / heads, head h0 + r % heads */
+  seq_span g;
+} query_tile;
+
+static int64_t row_token(const query_tile *t, int64_t r) { return t->t0 + r / t->heads; }
+static int64_t row_head(const query_tile *t, int64_t r) { return t->h0 + r % t->heads; }
+
+/* The tile of chunk c (heads_a_chunk heads from the group's first) over tokens [t0, t0 + tokens)
+ * of sequence b, kv head kvh; 0 if it holds no token. */
+static int query_tile_of(const attn_job *j, int64_t b, int64_t kvh, int64_t c, int64_t heads_a_chunk, int64_t t0,
+                         query_tile *t) {
+  t->b = b, t->kvh = kvh, t->g = sequence(j->s, b, 0);
+  t->h0 = kvh * j->group + c * heads_a_chunk;
+  t->heads = min64(heads_a_chunk, (kvh + 1) * j->group - t->h0);
+  t->t0 = t0;
+  t->tokens = min64(j->tokens, t->g.len_q - t0);
+  t->rows = t->tokens * t->heads;
+  return t->tokens > 0;
+}
+
+/* Tasks are (sequence, kv head, chunk, token tile) with the tile fastest. */
+static int query_task(const attn_job *j, int64_t task, query_tile *t) {
+  const int64_t tile = task % j->tiles, c = task / j->tiles % j->chunks;
+  const int64_t kvh = task / j->tiles / j->chunks % j->s->kv_heads, b = task / j->tiles / j->chunks / j->s->kv_heads;
+  return query_tile_of(j, b, kvh, c, j->heads, tile * j->tokens, t);
+}
+
+/* Moves a query tile's rows between an operand and rows x head_dim floats. */
+static void load_tile(const attn_job *j, const yk_attn_operand *o, const query_tile *t, float *dst) {
   const int64_t d = j->s->head_dim;
-  for (int64_t r = 0; r < count; r++) yk_load_floats(j->s->dtype, row_at(o, j->elem, b, first + r, h), dst + r * d, d);
+  for (int64_t r = 0; r < t->rows; r++)
+    yk_load_floats(j->s->dtype, row_at(o, j->elem, t->b, t->g.q0 + row_token(t, r), row_head(t, r)), dst + r * d, d);
 }
 
-static void store_rows(const attn_job *j, const yk_attn_operand *o, int64_t b, int64_t first, int64_t count, int64_t h,
-                       const float *src) {
+static void store_tile(const attn_job *j, const yk_attn_operand *o, const query_tile *t, const float *src) {
   const int64_t d = j->s->head_dim;
-  for (int64_t r = 0; r < count; r++) yk_store_floats(j->s->dtype, row_at(o, j->elem, b, first + r, h), src + r * d, d);
+  for (int64_t r = 0; r < t->rows; r++)
+    yk_store_floats(j->s->dtype, row_at(o, j->elem, t->b, t->g.q0 + row_token(t, r), row_head(t, r)), src + r * d, d);
 }
 
-static inline float *lse_at(const attn_job *j, int64_t b, int64_t token, int64_t h) {
-  return (float *)(void *)row_at(&j->lse, 4, b, token, h);
+static inline float *lse_at(const attn_job *j, const query_tile *t, int64_t r) {
+  return (float *)(void *)row_at(&j->lse, 4, t->b, t->g.q0 + row_token(t, r), row_head(t, r));
 }
 
-/* Tasks are (sequence, head, tile) with the tile fastest. Returns 0 for a tile past the end of its
- * sequence's axis (queries: keys 0; keys: keys 1). */
-static int task_tile(const attn_job *j, int64_t task, int64_t heads, int keys, int64_t *b, int64_t *h, seq_span *g,
-                     int64_t *first, int64_t *count) {
-  const int64_t tile = task % j->tiles;
-  *h = task / j->tiles % heads;
-  *b = task / j->tiles / heads;
-  *g = sequence(j->s, *b, 0);
-  const int64_t len = keys ? g->len_k : g->len_q;
-  *first = tile * j->rows;
-  if (*first >= len) return 0;
-  *count = min64(j->rows, len - *first);
-  return 1;
+/* count keys from key k0 of kv head kvh: as rows (count x head_dim), or transposed (element i of
+ * key c at i * count + c, through one row of scratch) so that eight keys sit in vector lanes. The
+ * same number of keys after them is prefetched, up to the sequence's end: a kv head's rows lie a
+ * page or more apart (heads x head_dim apart), where the hardware's prefetchers stop, and decode
+ * waited on every row (float16 decode: 60% of its time on the loads' first bytes). */
+static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t k0, int64_t count,
+                      int transposed, float *dst, float *scratch) {
+  const int64_t d = j->s->head_dim, row_bytes = d * j->elem;
+  for (int64_t c = k0 + count; c < k0 + 2 * count && c < t->g.len_k; c++) {
+    const char *ahead = row_at(o, j->elem, t->b, t->g.k0 + c, t->kvh);
+    for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(ahead + at);
+  }
+  for (int64_t c = 0; c < count; c++) {
+    const char *row = row_at(o, j->elem, t->b, t->g.k0 + k0 + c, t->kvh);
+    if (!transposed) {
+      yk_load_floats(j->s->dtype, row, dst + c * d, d);
+      continue;
+    }
+    yk_load_floats(j->s->dtype, row, scratch, d);
+    for (int64_t i = 0; i < d; i++) dst[i * count + c] = scratch[i];
+  }
 }
+
+/* s[r * ld] = dot(q_r, k) for the four rows q_r at q + r * d, each sum in dot's order (eight
+ * lanes, then their fixed pairing), so that a row's score does not depend on its neighbours; each
+ * element of k loaded feeds four rows. */
+static inline void dots4(float *s, int64_t ld, const float *q, const float *k, int64_t d) {
+  f32x4 lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
+  int64_t i = 0;
+  for (; i + 8 <= d; i += 8) {
+    const f32x4 k0 = load4(k + i), k1 = load4(k + i + 4);
+    lo0 += load4(q + i) * k0, hi0 += load4(q + i + 4) * k1;
+    lo1 += load4(q + d + i) * k0, hi1 += load4(q + d + i + 4) * k1;
+    lo2 += load4(q + 2 * d + i) * k0, hi2 += load4(q + 2 * d + i + 4) * k1;
+    lo3 += load4(q + 3 * d + i) * k0, hi3 += load4(q + 3 * d + i + 4) * k1;
+  }
+  const f32x4 lanes[4] = {lo0 + hi0, lo1 + hi1, lo2 + hi2, lo3 + hi3};
+  for (int r = 0; r < 4; r++) {
+    float tail = 0;
+    for (int64_t t = i; t < d; t++) tail += q[r * d + t] * k[t];
+    s[r * ld] = (lanes[r][0] + lanes[r][1]) + (lanes[r][2] + lanes[r][3]) + tail;
+  }
+}
+
+/* Scores s[r * n + c] = q_r . k_c of a tile's rows against n keys, the keys as load_keys gave them. */
+static void tile_scores(const attn_job *j, float *s, const float *q, const float *k, int64_t rows, int64_t n) {
+  const int64_t d = j->s->head_dim;
+  if (j->transposed) {
+    matrix_product(s, n, q, d, 1, k, n, rows, n, d, 0);
+    return;
+  }
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    for (int64_t c = 0; c < n; c++) dots4(s + r * n + c, n, q + r * d, k + c * d, d);
+  for (; r < rows; r++)
+    for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, k + c * d, d);
+}
+
+/* Scores of tiles of fewer rows than this take the keys' rows, four rows a key at once (dots4) or
+ * one: transposing the keys costs more than it saves there (decode of a GQA group of four, four
+ * rows a tile: 0.7x; without GQA, one row: 0.6x). */
+#define TRANSPOSED_KEYS_FROM_ROWS 8
+
+/* The tiles of a call: rows_a_tile rows a query tile, the group's heads in as few chunks as fit,
+ * and keys_a_tile keys a key tile. With fewer tasks than threads (a batch-1 decode) a tile takes fewer heads, down
+ * to one: more reads of each key, more threads reading. Only the heads change with the thread
+ * count, never the tokens, the keys or the transposition, so each row's sums keep one order and
+ * results do not depend on the thread count. */
+static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64_t keys_a_tile, int threads) {
+  attn_job j = {.s = s};
+  j.elem = (int64_t)yk_dtype_size((yk_dtype)s->dtype);
+  j.group = s->q_heads / s->kv_heads;
+  j.keys = keys_a_tile;
+  j.whole_heads = min64(j.group, rows_a_tile);
+  j.whole_chunks = (j.group + j.whole_heads - 1) / j.whole_heads;
+  j.tokens = rows_a_tile / j.whole_heads;
+  const int64_t most_tokens = longest(s, 0);
+  j.tiles = (most_tokens + j.tokens - 1) / j.tokens;
+  j.transposed = min64(j.tokens, most_tokens) * j.whole_heads >= TRANSPOSED_KEYS_FROM_ROWS;
+  j.heads = j.whole_heads;
+  for (;;) {
+    j.chunks = (j.group + j.heads - 1) / j.heads;
+    if (j.heads == 1 || s->batch * s->kv_heads * j.chunks * j.tiles >= threads) break;
+    j.heads = (j.heads + 1) / 2;
+  }
+  return j;
+}
+
+static int64_t query_tasks(const attn_job *j) { return j->s->batch * j->s->kv_heads * j->chunks * j->tiles; }
 
 static void forward_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
-  const int64_t d = s->head_dim, bn = j->rows;
-  float q[TILE_FLOATS], acc[TILE_FLOATS], kt_t[TILE_FLOATS], vt[TILE_FLOATS], key[MAX_HEAD_DIM];
+  const int64_t d = s->head_dim, bn = j->keys;
+  float q[TILE_FLOATS], acc[TILE_FLOATS], kt[TILE_FLOATS], vt[TILE_FLOATS], key[MAX_HEAD_DIM];
   float scores[MAX_TILE_ROWS * MAX_TILE_ROWS], m[MAX_TILE_ROWS], l[MAX_TILE_ROWS];
   for (int64_t task = begin; task < end; task++) {
-    int64_t b, h, i0, rows;
-    seq_span g;
-    if (!task_tile(j, task, s->q_heads, 0, &b, &h, &g, &i0, &rows)) continue;
-    const int64_t kvh = h / j->group;
-    load_rows(j, &j->q, b, g.q0 + i0, rows, h, q);
+    query_tile t;
+    if (!query_task(j, task, &t)) continue;
+    const int64_t rows = t.rows;
+    load_tile(j, &j->q, &t, q);
     memset(acc, 0, (size_t)(rows * d) * sizeof *acc);
     for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
-    const int64_t keys = keys_seen(s, &g, i0 + rows - 1); /* the last row sees the most */
+    const int64_t keys = keys_seen(s, &t.g, t.t0 + t.tokens - 1); /* the last token sees the most */
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
-      if (rows < TRANSPOSED_KEYS_FROM_ROWS) /* as tile_scores takes them */
-        load_rows(j, &j->k, b, g.k0 + k0, n, kvh, kt_t);
-      else
-        for (int64_t c = 0; c < n; c++) {
-          load_rows(j, &j->k, b, g.k0 + k0 + c, 1, kvh, key);
-          for (int64_t i = 0; i < d; i++) kt_t[i * n + c] = key[i];
-        }
-      load_rows(j, &j->v, b, g.k0 + k0, n, kvh, vt);
-      tile_scores(scores, q, kt_t, rows, n, d);
+      load_keys(j, &j->k, &t, k0, n, j->transposed, kt, key);
+      load_keys(j, &j->v, &t, k0, n, 0, vt, NULL);
+      tile_scores(j, scores, q, kt, rows, n);
       /* each row's probabilities in place of its scores, 0 for the keys it does not see; its
        * output rescaled to the new maximum; then P V for the whole tile */
       for (int64_t r = 0; r < rows; r++) {
-        const int64_t seen = min64(n, keys_seen(s, &g, i0 + r) - k0);
+        const int64_t seen = min64(n, keys_seen(s, &t.g, row_token(&t, r)) - k0);
         float *score = scores + r * n, top = m[r];
         for (int64_t c = 0; c < seen; c++) {
           score[c] *= s->scale;
@@ -294,114 +392,140 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
         l[r] = l[r] * rescale + sum;
         m[r] = top;
       }
-      matrix_product(acc, d, scores, n, vt, d, rows, d, n, 1); /* acc += P V */
+      matrix_product(acc, d, scores, n, 1, vt, d, rows, d, n, 1); /* acc += P V */
     }
     for (int64_t r = 0; r < rows; r++) {
       /* l is 0 only for a row that saw no key: out 0, lse -inf */
       scale_row(acc + r * d, l[r] > 0 ? 1.f / l[r] : 0.f, d);
-      if (j->lse.data) *lse_at(j, b, g.q0 + i0 + r, h) = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+      if (j->lse.data) *lse_at(j, &t, r) = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
     }
-    store_rows(j, &j->out, b, g.q0 + i0, rows, h, acc);
+    store_tile(j, &j->out, &t, acc);
   }
-}
-
-static attn_job make_job(const yk_attention_shape *s, int keys) {
-  attn_job j = {.s = s};
-  j.elem = (int64_t)yk_dtype_size((yk_dtype)s->dtype);
-  j.group = s->q_heads / s->kv_heads;
-  j.rows = tile_rows(s->head_dim);
-  j.tiles = (longest(s, keys) + j.rows - 1) / j.rows;
-  return j;
 }
 
 void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
                               yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
-  attn_job j = make_job(shape, 0);
+  const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
+  attn_job j = make_job(shape, rows, rows, pool->threads);
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
-  yk_parallel_for(pool, shape->batch * shape->q_heads * j.tiles, 1, forward_tiles, &j);
+  yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles, &j);
 }
 
 /* ---- backward ----
- * P = exp(score - lse) recomputed from the forward's lse; D_i = dout_i . out_i;
- * dS = P (dout_i . v_j - D_i). Pass one owns query rows (dq), pass two owns key rows of a kv head
- * (dk, dv) and walks every q head of its group in order, so each output has one writer and a fixed
- * order of summation. */
+ * P = exp(scale S - lse) recomputed from the forward's lse with S = Q K^T; D_i = dout_i . out_i;
+ * dS = P (dP - D) with dP = dO V^T; dq = scale dS K, dk = scale dS^T Q, dv = P^T dO. Pass one owns
+ * query tiles (dq), pass two owns key tiles of a kv head (dk, dv) and walks the query tiles of
+ * every q head of its group in a fixed order, so each output has one writer and a fixed order of
+ * summation. Both compute S and dP as the forward computes S (keys and values transposed, every
+ * tile: see make_job), so a row's sums do not depend on the tiles; tiles hold half the forward's
+ * rows, as each pass keeps six tiles and two score blocks. */
+#define KEY_TILE_FLOATS (TILE_FLOATS / 2)
+#define MAX_KEY_TILE_ROWS (KEY_TILE_FLOATS / 64)
+
+/* A query tile's D (from dout and out, out loaded a row at a time through scratch) and lse. */
+static void tile_delta_lse(const attn_job *j, const query_tile *t, const float *dout, float *delta, float *lse,
+                           float *scratch) {
+  const int64_t d = j->s->head_dim;
+  for (int64_t r = 0; r < t->rows; r++) {
+    yk_load_floats(j->s->dtype, row_at(&j->out, j->elem, t->b, t->g.q0 + row_token(t, r), row_head(t, r)), scratch, d);
+    delta[r] = dot(dout + r * d, scratch, d);
+    lse[r] = *lse_at(j, t, r);
+  }
+}
+
+/* From S in sp and dP in ds, a tile's rows against keys [k0, k0 + n): P in place of S and dS in
+ * place of dP, both 0 where a row does not see the key or saw none in the forward (lse -inf, where
+ * exp(-inf - -inf) would be NaN). */
+static void probs_and_grads(const attn_job *j, const query_tile *t, int64_t k0, int64_t n, float *sp, float *ds,
+                            const float *lse, const float *delta) {
+  const float scale = j->s->scale;
+  for (int64_t r = 0; r < t->rows; r++) {
+    float *p = sp + r * n, *g = ds + r * n;
+    int64_t seen = lse[r] == -INFINITY ? 0 : min64(n, keys_seen(j->s, &t->g, row_token(t, r)) - k0), c = 0;
+    for (; c + 4 <= seen; c += 4) {
+      const f32x4 pr = exp4(load4(p + c) * scale - lse[r]), dsr = pr * (load4(g + c) - delta[r]);
+      memcpy(p + c, &pr, sizeof pr);
+      memcpy(g + c, &dsr, sizeof dsr);
+    }
+    for (; c < seen; c++) {
+      p[c] = expf(p[c] * scale - lse[r]);
+      g[c] = p[c] * (g[c] - delta[r]);
+    }
+    for (c = seen > 0 ? seen : 0; c < n; c++) p[c] = g[c] = 0;
+  }
+}
 
 static void backward_dq_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
-  const int64_t d = s->head_dim, bn = j->rows;
-  float q[TILE_FLOATS], dout[TILE_FLOATS], dq[TILE_FLOATS], kt[TILE_FLOATS], vt[TILE_FLOATS];
+  const int64_t d = s->head_dim, bn = j->keys;
+  float q[TILE_FLOATS], dout[TILE_FLOATS], dq[TILE_FLOATS];
+  float kt[KEY_TILE_FLOATS], k_rows[KEY_TILE_FLOATS], vt[KEY_TILE_FLOATS], row[MAX_HEAD_DIM];
+  float sp[MAX_TILE_ROWS * MAX_KEY_TILE_ROWS], ds[MAX_TILE_ROWS * MAX_KEY_TILE_ROWS];
   float lse[MAX_TILE_ROWS], delta[MAX_TILE_ROWS];
   for (int64_t task = begin; task < end; task++) {
-    int64_t b, h, i0, rows;
-    seq_span g;
-    if (!task_tile(j, task, s->q_heads, 0, &b, &h, &g, &i0, &rows)) continue;
-    const int64_t kvh = h / j->group;
-    load_rows(j, &j->q, b, g.q0 + i0, rows, h, q);
-    load_rows(j, &j->dout, b, g.q0 + i0, rows, h, dout);
-    load_rows(j, &j->out, b, g.q0 + i0, rows, h, dq); /* out only for D; dq is cleared after */
-    for (int64_t r = 0; r < rows; r++) {
-      delta[r] = dot(dout + r * d, dq + r * d, d);
-      lse[r] = *lse_at(j, b, g.q0 + i0 + r, h);
-    }
-    memset(dq, 0, (size_t)(rows * d) * sizeof *dq);
-    const int64_t keys = keys_seen(s, &g, i0 + rows - 1);
+    query_tile t;
+    if (!query_task(j, task, &t)) continue;
+    load_tile(j, &j->q, &t, q);
+    load_tile(j, &j->dout, &t, dout);
+    tile_delta_lse(j, &t, dout, delta, lse, row);
+    memset(dq, 0, (size_t)(t.rows * d) * sizeof *dq);
+    const int64_t keys = keys_seen(s, &t.g, t.t0 + t.tokens - 1);
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
-      load_rows(j, &j->k, b, g.k0 + k0, n, kvh, kt);
-      load_rows(j, &j->v, b, g.k0 + k0, n, kvh, vt);
-      for (int64_t r = 0; r < rows; r++) {
-        if (lse[r] == -INFINITY) continue; /* saw no key in the forward: exp(-inf - -inf) is NaN */
-        const int64_t seen = min64(n, keys_seen(s, &g, i0 + r) - k0);
-        for (int64_t c = 0; c < seen; c++) {
-          const float pr = expf(s->scale * dot(q + r * d, kt + c * d, d) - lse[r]);
-          const float ds = pr * (dot(dout + r * d, vt + c * d, d) - delta[r]);
-          axpy(dq + r * d, ds, kt + c * d, d);
-        }
-      }
+      load_keys(j, &j->k, &t, k0, n, 0, k_rows, NULL);
+      for (int64_t c = 0; c < n; c++)
+        for (int64_t i = 0; i < d; i++) kt[i * n + c] = k_rows[c * d + i];
+      load_keys(j, &j->v, &t, k0, n, 1, vt, row);
+      matrix_product(sp, n, q, d, 1, kt, n, t.rows, n, d, 0);    /* S */
+      matrix_product(ds, n, dout, d, 1, vt, n, t.rows, n, d, 0); /* dP */
+      probs_and_grads(j, &t, k0, n, sp, ds, lse, delta);
+      matrix_product(dq, d, ds, n, 1, k_rows, d, t.rows, d, n, 1); /* dq += dS K */
     }
-    scale_row(dq, s->scale, rows * d);
-    store_rows(j, &j->dq, b, g.q0 + i0, rows, h, dq);
+    scale_row(dq, s->scale, t.rows * d);
+    store_tile(j, &j->dq, &t, dq);
   }
 }
 
+/* Tasks are (sequence, kv head, key tile); each walks every chunk of its group's heads, and the
+ * query tiles from the first that sees its keys, in order. */
 static void backward_dkdv_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
-  const int64_t d = s->head_dim;
-  float kt[TILE_FLOATS], vt[TILE_FLOATS], dk[TILE_FLOATS], dv[TILE_FLOATS];
-  float q[MAX_HEAD_DIM], dout[MAX_HEAD_DIM], out[MAX_HEAD_DIM];
+  const int64_t d = s->head_dim, bn = j->keys, key_tiles = (longest(s, 1) + bn - 1) / bn;
+  float kt[KEY_TILE_FLOATS], vt[KEY_TILE_FLOATS], dk[KEY_TILE_FLOATS], dv[KEY_TILE_FLOATS];
+  float q[TILE_FLOATS], dout[TILE_FLOATS], row[MAX_HEAD_DIM];
+  float sp[MAX_TILE_ROWS * MAX_KEY_TILE_ROWS], ds[MAX_TILE_ROWS * MAX_KEY_TILE_ROWS];
+  float lse[MAX_TILE_ROWS], delta[MAX_TILE_ROWS];
   for (int64_t task = begin; task < end; task++) {
-    int64_t b, kvh, j0, n;
-    seq_span g;
-    if (!task_tile(j, task, s->kv_heads, 1, &b, &kvh, &g, &j0, &n)) continue;
-    load_rows(j, &j->k, b, g.k0 + j0, n, kvh, kt);
-    load_rows(j, &j->v, b, g.k0 + j0, n, kvh, vt);
+    const int64_t j0 = task % key_tiles * bn, kvh = task / key_tiles % s->kv_heads, b = task / key_tiles / s->kv_heads;
+    query_tile t;
+    query_tile_of(j, b, kvh, 0, j->whole_heads, 0, &t); /* the sequence, for the keys */
+    if (j0 >= t.g.len_k) continue;
+    const int64_t n = min64(bn, t.g.len_k - j0);
+    load_keys(j, &j->k, &t, j0, n, 1, kt, row);
+    load_keys(j, &j->v, &t, j0, n, 1, vt, row);
     memset(dk, 0, (size_t)(n * d) * sizeof *dk);
     memset(dv, 0, (size_t)(n * d) * sizeof *dv);
     /* the first query that sees key j0: i + len_k - len_q >= j0 */
-    const int64_t first = s->causal ? j0 - (g.len_k - g.len_q) : 0;
-    for (int64_t h = kvh * j->group; h < (kvh + 1) * j->group; h++)
-      for (int64_t i = first > 0 ? first : 0; i < g.len_q; i++) {
-        const float lse = *lse_at(j, b, g.q0 + i, h);
-        if (lse == -INFINITY) continue;
-        load_rows(j, &j->q, b, g.q0 + i, 1, h, q);
-        load_rows(j, &j->dout, b, g.q0 + i, 1, h, dout);
-        load_rows(j, &j->out, b, g.q0 + i, 1, h, out);
-        const float delta = dot(dout, out, d);
-        const int64_t seen = min64(n, keys_seen(s, &g, i) - j0);
-        for (int64_t c = 0; c < seen; c++) {
-          const float pr = expf(s->scale * dot(q, kt + c * d, d) - lse);
-          const float ds = pr * (dot(dout, vt + c * d, d) - delta);
-          axpy(dv + c * d, pr, dout, d);
-          axpy(dk + c * d, ds, q, d);
-        }
+    const int64_t first = s->causal ? j0 - (t.g.len_k - t.g.len_q) : 0;
+    for (int64_t c = 0; c < j->whole_chunks; c++)
+      for (int64_t t0 = first > 0 ? first : 0; query_tile_of(j, b, kvh, c, j->whole_heads, t0, &t); t0 += j->tokens) {
+        load_tile(j, &j->q, &t, q);
+        load_tile(j, &j->dout, &t, dout);
+        tile_delta_lse(j, &t, dout, delta, lse, row);
+        matrix_product(sp, n, q, d, 1, kt, n, t.rows, n, d, 0);    /* S */
+        matrix_product(ds, n, dout, d, 1, vt, n, t.rows, n, d, 0); /* dP */
+        probs_and_grads(j, &t, j0, n, sp, ds, lse, delta);
+        matrix_product(dv, d, sp, 1, n, dout, d, n, d, t.rows, 1); /* dv += P^T dO */
+        matrix_product(dk, d, ds, 1, n, q, d, n, d, t.rows, 1);    /* dk += dS^T Q */
       }
     scale_row(dk, s->scale, n * d);
-    store_rows(j, &j->dk, b, g.k0 + j0, n, kvh, dk);
-    store_rows(j, &j->dv, b, g.k0 + j0, n, kvh, dv);
+    for (int64_t c = 0; c < n; c++) {
+      yk_store_floats(s->dtype, row_at(&j->dk, j->elem, b, t.g.k0 + j0 + c, kvh), dk + c * d, d);
+      yk_store_floats(s->dtype, row_at(&j->dv, j->elem, b, t.g.k0 + j0 + c, kvh), dv + c * d, d);
+    }
   }
 }
 
@@ -409,11 +533,13 @@ void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *s
                                yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
                                yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
-  attn_job j = make_job(shape, 0);
+  attn_job j = make_job(shape, tile_rows(shape->head_dim, TILE_FLOATS), tile_rows(shape->head_dim, KEY_TILE_FLOATS),
+                        pool->threads);
+  j.transposed = 1; /* the backward's scores always take the keys transposed */
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse, j.dout = dout, j.dq = dq, j.dk = dk, j.dv = dv;
-  yk_parallel_for(pool, shape->batch * shape->q_heads * j.tiles, 1, backward_dq_tiles, &j);
-  j.tiles = (longest(shape, 1) + j.rows - 1) / j.rows;
-  yk_parallel_for(pool, shape->batch * shape->kv_heads * j.tiles, 1, backward_dkdv_tiles, &j);
+  yk_parallel_for(pool, query_tasks(&j), 1, backward_dq_tiles, &j);
+  yk_parallel_for(pool, shape->batch * shape->kv_heads * ((longest(shape, 1) + j.keys - 1) / j.keys), 1,
+                  backward_dkdv_tiles, &j);
 }
 
 /* ---- merge ---- */

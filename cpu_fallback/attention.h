@@ -59,7 +59,8 @@ typedef struct yk_attn_operand {
 
 /* out (and lse, if wanted) for every query row. Rows that see no key (causal, len_q > len_k) get
  * out = 0 and lse = -inf. Tiled over keys with an online softmax in float32, parallel over
- * (sequence, q head, query tile). */
+ * (sequence, kv head, the group's q heads in one or more chunks, query tile). Results do not
+ * depend on the pool's thread count. */
 void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
                               yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse);
 

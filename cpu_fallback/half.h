@@ -60,6 +60,28 @@ static inline float yk_round_to(int dtype, float f) {
   return f;
 }
 
+/* yk_f16_to_float of four values at once, each case computed and the right one kept by masks:
+ * the compiler does not vectorise the branches of the one at a time (1.4 ns a value, which made
+ * float16 attention on the CPU a third as fast as float32). */
+typedef uint16_t yk_u16x4 __attribute__((vector_size(8)));
+typedef uint32_t yk_u32x4 __attribute__((vector_size(16)));
+typedef int32_t yk_i32x4 __attribute__((vector_size(16)));
+typedef float yk_f32x4 __attribute__((vector_size(16)));
+
+static inline void yk_f16x4_to_floats(const uint16_t *src, float *dst) {
+  yk_u16x4 h;
+  memcpy(&h, src, sizeof h);
+  const yk_u32x4 x = __builtin_convertvector(h, yk_u32x4), e = x & 0x7c00u, m = (x & 0x7fffu) << 13;
+  const yk_u32x4 normal = m + ((127u - 15u) << 23), special = m | 0x7f800000u;
+  const yk_f32x4 subnormal = __builtin_convertvector((yk_i32x4)(x & 0x3ffu), yk_f32x4) * 5.9604644775390625e-8f;
+  yk_u32x4 sub_bits;
+  memcpy(&sub_bits, &subnormal, sizeof sub_bits);
+  const yk_u32x4 is_special = (yk_u32x4)(e == 0x7c00u), is_sub = (yk_u32x4)(e == 0u);
+  const yk_u32x4 bits =
+      (special & is_special) | (sub_bits & is_sub) | (normal & ~(is_special | is_sub)) | (x & 0x8000u) << 16;
+  memcpy(dst, &bits, sizeof bits);
+}
+
 static inline void yk_load_floats(int dtype, const void *src, float *dst, int64_t n) {
   if (dtype == YK_F32) {
     memcpy(dst, src, (size_t)n * sizeof(float));
@@ -68,7 +90,9 @@ static inline void yk_load_floats(int dtype, const void *src, float *dst, int64_
     for (int64_t i = 0; i < n; i++) dst[i] = yk_bf16_to_float(s[i]);
   } else {
     const uint16_t *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = yk_f16_to_float(s[i]);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) yk_f16x4_to_floats(s + i, dst + i);
+    for (; i < n; i++) dst[i] = yk_f16_to_float(s[i]);
   }
 }
 

@@ -52,7 +52,7 @@ static void *worker_main(void *p) {
   return NULL;
 }
 
-/* Workers' stacks: the attention fallback keeps its tiles on the stack (about 80 KiB), more than
+/* Workers' stacks: the attention fallback keeps its tiles on the stack (about 100 KiB), more than
  * some C libraries give a thread by default (musl: 128 KiB, with the rest of the call chain). */
 #define WORKER_STACK_BYTES ((size_t)1 << 20)
 
