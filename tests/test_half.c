@@ -1,0 +1,138 @@
+/* The CPU's float16 and bfloat16 conversions (cpu_fallback/half.h), which every CPU op's loads and
+ * stores go through: every one of the 65536 bit patterns against values computed another way, the
+ * row loads (four at a time) against the one-value conversions at every offset and tail length,
+ * and stores rounding to nearest even as the GPU's cvt.rn does. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cpu_fallback/half.h"
+
+/* float16's value by its definition: sign, 5 exponent bits biased by 15, 10 mantissa bits. */
+static double f16_value(uint16_t h) {
+  const int sign = h >> 15, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  double v;
+  if (exponent == 0x1f)
+    v = mantissa ? NAN : INFINITY;
+  else if (exponent == 0)
+    v = ldexp(mantissa, -24);
+  else
+    v = ldexp(1024 + mantissa, exponent - 25);
+  return sign ? -v : v;
+}
+
+static uint16_t all_patterns[65536];
+
+static void fill_patterns(void) {
+  for (int i = 0; i < 65536; i++) all_patterns[i] = (uint16_t)i;
+}
+
+Test(half, f16_to_float_every_pattern) {
+  for (int i = 0; i < 65536; i++) {
+    const float got = yk_f16_to_float((uint16_t)i);
+    const double want = f16_value((uint16_t)i);
+    if (isnan(want)) {
+      cr_assert(isnan(got), "0x%04x: %g, want NaN", i, got);
+      cr_assert_eq(signbit(got) != 0, (i >> 15) != 0, "0x%04x: NaN's sign", i);
+    } else {
+      cr_assert_eq((double)got, want, "0x%04x: %.9g, want %.9g", i, got, want);
+      cr_assert_eq(signbit(got) != 0, (i >> 15) != 0, "0x%04x: sign of %g", i, got); /* -0 stays -0 */
+    }
+  }
+}
+
+/* The row load converts four at a time by masks: the same bits as one at a time, whatever the
+ * offset into the row and however many values are left over. */
+Test(half, row_loads_match_one_at_a_time) {
+  fill_patterns();
+  static float got[65536 + 8];
+  for (int offset = 0; offset < 4; offset++)
+    for (int tail = 0; tail < 4; tail++) {
+      const int64_t n = 65536 - offset - 4 + tail;
+      for (int k = 0; k < 2; k++) {
+        const int dtype = k ? YK_BF16 : YK_F16;
+        memset(got, 0xff, sizeof got);
+        yk_load_floats(dtype, all_patterns + offset, got, n);
+        for (int64_t i = 0; i < n; i++) {
+          const uint16_t h = all_patterns[offset + i];
+          const float want = dtype == YK_F16 ? yk_f16_to_float(h) : yk_bf16_to_float(h);
+          cr_assert_eq(yk_float_to_bits(got[i]), yk_float_to_bits(want), "%s 0x%04x (offset %d, n %lld)",
+                       dtype == YK_F16 ? "f16" : "bf16", h, offset, (long long)n);
+        }
+        cr_assert_eq(yk_float_to_bits(got[n]), 0xffffffffu, "wrote past the row (offset %d, n %lld)", offset,
+                     (long long)n);
+      }
+    }
+}
+
+Test(half, bf16_to_float_is_the_top_half) {
+  for (int i = 0; i < 65536; i++)
+    cr_assert_eq(yk_float_to_bits(yk_bf16_to_float((uint16_t)i)), (uint32_t)i << 16, "0x%04x", i);
+}
+
+/* Every value each type holds survives a store and a load; values between two neighbours round to
+ * the nearer, ties to the even mantissa; past the largest finite value, infinity. */
+Test(half, stores_round_to_nearest_even) {
+  for (int i = 0; i < 65536; i++) {
+    const uint16_t h = (uint16_t)i;
+    const float f = yk_f16_to_float(h), b = yk_bf16_to_float(h);
+    if (!isnan(f)) cr_assert_eq(yk_float_to_f16(f), h, "f16 0x%04x did not survive a round trip", i);
+    if (!isnan(b)) cr_assert_eq(yk_float_to_bf16(b), h, "bf16 0x%04x did not survive a round trip", i);
+  }
+  for (uint16_t h = 0; h < 0x7bff; h++) { /* positive finite f16 and its next */
+    const double lo = f16_value(h), hi = f16_value((uint16_t)(h + 1)), mid = (lo + hi) / 2;
+    const uint16_t even = (h & 1) ? (uint16_t)(h + 1) : h;
+    cr_assert_eq(yk_float_to_f16((float)mid), even, "f16 tie between 0x%04x and the next", h);
+    cr_assert_eq(yk_float_to_f16(nextafterf((float)mid, (float)hi)), h + 1, "above the tie after 0x%04x", h);
+    cr_assert_eq(yk_float_to_f16(nextafterf((float)mid, (float)lo)), h, "below the tie after 0x%04x", h);
+  }
+  cr_assert_eq(yk_float_to_f16(65520.f), 0x7c00, "65520 (the tie past 65504) rounds to infinity");
+  cr_assert_eq(yk_float_to_f16(65519.f), 0x7bff);
+  cr_assert_eq(yk_float_to_f16(-INFINITY), 0xfc00);
+  cr_assert_eq(yk_float_to_f16(NAN) & 0x7e00, 0x7e00, "NaN stays a quiet NaN");
+  cr_assert_eq(yk_float_to_bf16(yk_bits_to_float(0x3f808000u)), 0x3f80, "bf16 tie to even (down)");
+  cr_assert_eq(yk_float_to_bf16(yk_bits_to_float(0x3f818000u)), 0x3f82, "bf16 tie to even (up)");
+  cr_assert_eq(yk_float_to_bf16(yk_bits_to_float(0x7f7fffffu)), 0x7f80, "the largest float rounds to infinity");
+  cr_assert_eq(yk_float_to_bf16(NAN) & 0x7fc0, 0x7fc0, "NaN stays a quiet NaN");
+}
+
+/* The row store rounds four at a time by masks: the same bits as one at a time, for floats of
+ * every kind (each float16's value, the ties between neighbours and a float either side, values
+ * past the range, subnormals of both types, infinities, NaNs, random bits), at every offset and
+ * tail length. */
+Test(half, row_stores_match_one_at_a_time) {
+  enum { N = 65536 * 4 + 64 };
+  static float values[N];
+  static uint16_t got[N + 8];
+  int64_t n = 0;
+  for (int i = 0; i < 65536; i++) {
+    const float f = yk_f16_to_float((uint16_t)i), next = yk_f16_to_float((uint16_t)(i + 1));
+    const float mid = (float)(((double)f + next) / 2);
+    values[n++] = f, values[n++] = mid, values[n++] = nextafterf(mid, INFINITY),
+    values[n++] = nextafterf(mid, -INFINITY);
+  }
+  const float specials[] = {65504.f, 65519.f, 65520.f, 1e30f, -1e30f, 1e-30f, 1.4e-45f, -0.f, INFINITY, -INFINITY, NAN};
+  for (size_t i = 0; i < sizeof specials / sizeof specials[0]; i++) values[n++] = specials[i];
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  while (n < N) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    values[n++] = yk_bits_to_float((uint32_t)(state >> 32));
+  }
+  for (int offset = 0; offset < 4; offset++)
+    for (int tail = 0; tail < 4; tail++) {
+      const int64_t count = N - offset - 4 + tail;
+      for (int k = 0; k < 2; k++) {
+        const int dtype = k ? YK_BF16 : YK_F16;
+        memset(got, 0xff, sizeof got);
+        yk_store_floats(dtype, got, values + offset, count);
+        for (int64_t i = 0; i < count; i++) {
+          const float f = values[offset + i];
+          const uint16_t want = dtype == YK_F16 ? yk_float_to_f16(f) : yk_float_to_bf16(f);
+          cr_assert_eq(got[i], want, "%s of 0x%08x: 0x%04x, want 0x%04x (offset %d, n %lld)",
+                       dtype == YK_F16 ? "f16" : "bf16", yk_float_to_bits(f), got[i], want, offset, (long long)count);
+        }
+        cr_assert_eq(got[count], 0xffff, "wrote past the row (offset %d, n %lld)", offset, (long long)count);
+      }
+    }
+}
