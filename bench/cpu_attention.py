@@ -3,7 +3,9 @@ prefill (causal and not) and its backward in float32, decode in float32 and floa
 5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for the forward, 2.5 times that for the
 backward as `yk bench --backward` counts it, halved for causal) or GB/s of K and V (decode). No GPU
 needed:
-    YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py"""
+    YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py
+On x86-64 the library runs its AVX2 + FMA build of the kernels where the CPU has them;
+YK_CPU_ISA=plain times the build for every CPU instead."""
 import statistics
 import time
 

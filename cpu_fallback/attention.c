@@ -16,6 +16,26 @@
 
 #include "cpu_fallback/half.h"
 
+/* The tile kernels are built twice on x86-64: here, for every CPU (names ending _plain), and by
+ * attention_wide.c for CPUs with AVX2, FMA and F16C, which includes this file with YK_CPU_WIDE
+ * defined (names ending _wide; 2.1-2.6x at prefill and backward, float16 decode 2x). The pool
+ * says which one a call runs (yk_thread_pool.wide). */
+#ifdef YK_CPU_WIDE
+#define ISA_NAME(name) name##_wide
+#else
+#define ISA_NAME(name) name##_plain
+#endif
+void yk_cpu_attention_forward_plain(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
+                                    yk_attn_operand, yk_attn_operand, yk_attn_operand);
+void yk_cpu_attention_backward_plain(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
+                                     yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,
+                                     yk_attn_operand, yk_attn_operand, yk_attn_operand);
+void yk_cpu_attention_forward_wide(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
+                                   yk_attn_operand, yk_attn_operand, yk_attn_operand);
+void yk_cpu_attention_backward_wide(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
+                                    yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,
+                                    yk_attn_operand, yk_attn_operand);
+
 #define MAX_HEAD_DIM 1024
 #define TILE_FLOATS 4096
 #define MAX_TILE_ROWS (TILE_FLOATS / 64)
@@ -29,118 +49,140 @@ static int64_t tile_rows(int64_t head_dim, int64_t tile_floats) {
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Eight partial sums let the compiler keep them in vector lanes without -ffast-math; the fixed
- * order of the final additions keeps results the same on every run. */
-static inline float dot(const float *a, const float *b, int64_t n) {
-  float s[8] = {0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int u = 0; u < 8; u++) s[u] += a[i + u] * b[i + u];
-  float tail = 0;
-  for (; i < n; i++) tail += a[i] * b[i];
-  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
-}
-
-static inline void axpy(float *y, float a, const float *x, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 static inline void scale_row(float *y, float a, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] *= a;
 }
 
-/* The forward's two products, blocked so that each value loaded feeds several multiply-adds (a
- * row-by-row dot and axpy load two values a multiply-add, and ran at ~20 GFLOP/s on two cores).
- * Both are one matrix product (matrix_product): S = Q K^T over the keys transposed, and O += P V,
- * in blocks held in GNU C 4-float vectors (what the compiler keeps in registers, where an
- * accumulator array stayed in memory); each sum runs over its terms in order, so results do not
- * depend on the blocking. */
-typedef float f32x4 __attribute__((vector_size(16)));
+/* The products, blocked so that each value loaded feeds several multiply-adds (a dot a score and
+ * an axpy an update load two values a multiply-add, and ran at ~20 GFLOP/s on two cores). All are one
+ * matrix product (matrix_product): S = Q K^T over the keys transposed, O += P V and the
+ * backward's, in blocks held in GNU C vectors of LANES floats (what the compiler keeps in
+ * registers, where an accumulator array stayed in memory); each sum runs over its terms in order,
+ * so results do not depend on the blocking. LANES is 8 where this file is built for AVX2
+ * (attention_wide.c), else 4 (SSE2, which every x86-64 has; NEON). */
+#ifdef __AVX__
+#define LANES 8
+#else
+#define LANES 4
+#endif
+typedef float f32v __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t i32v __attribute__((vector_size(LANES * sizeof(float))));
 
-static inline f32x4 load4(const float *p) {
-  f32x4 v;
+static inline f32v loadv(const float *p) {
+  f32v v;
   memcpy(&v, p, sizeof v);
   return v;
 }
 
-/* e^x for four floats, Cephes' expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
+/* The lanes' sum, in pairs. */
+static inline float lane_sum(f32v v) {
+  float sum = 0;
+  for (int i = 0; i < LANES; i += 4) sum += (v[i] + v[i + 1]) + (v[i + 2] + v[i + 3]);
+  return sum;
+}
+
+/* Two vectors of partial sums (lo over the first LANES of each 2 x LANES elements, hi the next)
+ * keep two chains of adds in flight without -ffast-math (in the AVX2 build one vector is one chain
+ * of fused multiply-adds, waiting on each one's latency); the fixed order of the final additions
+ * keeps results the same on every run. */
+static inline float dot(const float *a, const float *b, int64_t n) {
+  f32v lo = {0}, hi = {0};
+  int64_t i = 0;
+  for (; i + 2 * LANES <= n; i += 2 * LANES)
+    lo += loadv(a + i) * loadv(b + i), hi += loadv(a + i + LANES) * loadv(b + i + LANES);
+  float tail = 0;
+  for (; i < n; i++) tail += a[i] * b[i];
+  return lane_sum(lo + hi) + tail;
+}
+
+/* e^x for LANES floats, Cephes' expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
  * 2^n by the exponent bits): within 2 ulp of expf for x in [-87, 88], clamped outside. The
  * softmax's exponentials, one a score, cost as much as a head_dim of 64's products with expf. */
-typedef int32_t i32x4 __attribute__((vector_size(16)));
-
-static inline f32x4 exp4(f32x4 x) {
-  const f32x4 hi = {88.3762626647949f, 88.3762626647949f, 88.3762626647949f, 88.3762626647949f};
-  const f32x4 lo = {-87.3365447504f, -87.3365447504f, -87.3365447504f, -87.3365447504f};
-  i32x4 m = x > hi; /* -1 where true: select by bits (C has no ?: on vectors) */
-  x = (f32x4)(((i32x4)x & ~m) | ((i32x4)hi & m));
+static inline f32v expv(f32v x) {
+  const f32v hi = (f32v){0} + 88.3762626647949f, lo = (f32v){0} - 87.3365447504f;
+  i32v m = x > hi; /* -1 where true: select by bits (C has no ?: on vectors) */
+  x = (f32v)(((i32v)x & ~m) | ((i32v)hi & m));
   m = x < lo;
-  x = (f32x4)(((i32x4)x & ~m) | ((i32x4)lo & m));
-  const f32x4 fx = x * 1.44269504088896341f + 0.5f;
-  i32x4 n = __builtin_convertvector(fx, i32x4); /* toward zero; floor below */
-  f32x4 fn = __builtin_convertvector(n, f32x4);
-  const i32x4 over = fn > fx; /* -1 where truncation rounded up */
+  x = (f32v)(((i32v)x & ~m) | ((i32v)lo & m));
+  const f32v fx = x * 1.44269504088896341f + 0.5f;
+  i32v n = __builtin_convertvector(fx, i32v); /* toward zero; floor below */
+  f32v fn = __builtin_convertvector(n, f32v);
+  const i32v over = fn > fx; /* -1 where truncation rounded up */
   n += over;
-  fn = __builtin_convertvector(n, f32x4);
+  fn = __builtin_convertvector(n, f32v);
   x = x - fn * 0.693359375f - fn * -2.12194440e-4f;
-  f32x4 y = 1.9875691500e-4f * x + 1.3981999507e-3f;
+  f32v y = 1.9875691500e-4f * x + 1.3981999507e-3f;
   y = y * x + 8.3334519073e-3f;
   y = y * x + 4.1665795894e-2f;
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * x * x + x + 1.0f;
-  const i32x4 bits = (n + 127) << 23;
-  f32x4 scale;
+  const i32v bits = (n + 127) << 23;
+  f32v scale;
   memcpy(&scale, &bits, sizeof scale);
   return y * scale;
 }
 
 /* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over i < k of a(r, i) b[i * ldb + j] for
- * rows R (4 or 1) from row 0 and the 8 columns from j = 0, held in registers over i, with a(r, i) at
- * a[r * a_row + i * a_k] (a_k 1: a's rows; a_row 1: a transposed, which the backward's P^T and dS^T
- * are); each value of b loaded feeds R rows, each sum runs over i in order. */
+ * rows R (4 or 1) from row 0 and the V vectors of columns (V 2 or 1, LANES columns each) from j = 0,
+ * held in registers over i, with a(r, i) at a[r * a_row + i * a_k] (a_k 1: a's rows; a_row 1: a
+ * transposed, which the backward's P^T and dS^T are); each value of b loaded feeds R rows, each sum
+ * runs over i in order. */
 static inline __attribute__((always_inline)) void product_block(float *c, int64_t ldc, const float *a, int64_t a_row,
                                                                 int64_t a_k, const float *b, int64_t ldb, int64_t k,
-                                                                int R, int accumulate) {
+                                                                int R, int V, int accumulate) {
   const int64_t a_step = R == 4 ? a_row : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */
   const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;
   float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};
-  f32x4 acc[4][2] = {{{0}}};
-  for (int r = 0; accumulate && r < R; r++) acc[r][0] = load4(rows[r]), acc[r][1] = load4(rows[r] + 4);
-  f32x4 x0 = acc[0][0], x1 = acc[0][1], y0 = acc[1][0], y1 = acc[1][1], z0 = acc[2][0], z1 = acc[2][1], w0 = acc[3][0],
-        w1 = acc[3][1]; /* named: what the compiler keeps in registers */
+  f32v acc[4][2] = {{{0}}};
+  for (int r = 0; accumulate && r < R; r++)
+    for (int v = 0; v < V; v++) acc[r][v] = loadv(rows[r] + v * LANES);
+  f32v x0 = acc[0][0], x1 = acc[0][1], y0 = acc[1][0], y1 = acc[1][1], z0 = acc[2][0], z1 = acc[2][1], w0 = acc[3][0],
+       w1 = acc[3][1]; /* named: what the compiler keeps in registers */
   for (int64_t i = 0; i < k; i++) {
-    const f32x4 b0 = load4(b + i * ldb), b1 = load4(b + i * ldb + 4);
+    const f32v b0 = loadv(b + i * ldb), b1 = V == 2 ? loadv(b + i * ldb + LANES) : b0;
     const int64_t at = i * a_k;
-    x0 += a0[at] * b0, x1 += a0[at] * b1;
+    x0 += a0[at] * b0;
+    if (V == 2) x1 += a0[at] * b1;
     if (R == 4) {
-      y0 += a1[at] * b0, y1 += a1[at] * b1;
-      z0 += a2[at] * b0, z1 += a2[at] * b1;
-      w0 += a3[at] * b0, w1 += a3[at] * b1;
+      y0 += a1[at] * b0, z0 += a2[at] * b0, w0 += a3[at] * b0;
+      if (V == 2) y1 += a1[at] * b1, z1 += a2[at] * b1, w1 += a3[at] * b1;
     }
   }
-  const f32x4 out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};
-  for (int r = 0; r < R; r++) memcpy(rows[r], out[r], sizeof out[r]);
+  const f32v out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};
+  for (int r = 0; r < R; r++) memcpy(rows[r], out[r], (size_t)V * sizeof out[r][0]);
 }
 
-/* The same for a rows x cols block: blocks of four rows by eight columns, then the rows and the
- * columns left over one by one, each sum in the same order. */
-static void matrix_product(float *c, int64_t ldc, const float *a, int64_t a_row, int64_t a_k, const float *b,
-                           int64_t ldb, int64_t rows, int64_t cols, int64_t k, int accumulate) {
-  const int64_t cols8 = cols / 8 * 8;
-  for (int64_t j = 0; j < cols8; j += 8) {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4)
-      if (a_k == 1) /* a's rows, the forward's case: a constant step */
-        product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4, accumulate);
-      else
-        product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4, accumulate);
-    for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1, accumulate);
-  }
+/* The columns [j, j + V * LANES) of every row: blocks of four rows, then the rows left over. */
+static inline __attribute__((always_inline)) void product_columns(float *c, int64_t ldc, const float *a, int64_t a_row,
+                                                                  int64_t a_k, const float *b, int64_t ldb,
+                                                                  int64_t rows, int64_t j, int64_t k, int V,
+                                                                  int accumulate) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4)
+    if (a_k == 1) /* a's rows, the forward's case: a constant step */
+      product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4, V, accumulate);
+    else
+      product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4, V, accumulate);
+  for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1, V, accumulate);
+}
+
+/* The same for a rows x cols block: columns two vectors at a time, then one vector, then the
+ * columns left over one by one, each sum in the same order. (A key tile of eight keys, the
+ * backward's at head_dim 256, is one vector of the AVX2 build: without the one-vector block all
+ * its scores went one by one, at a sixth of the speed.) */
+static inline __attribute__((always_inline)) void matrix_product(float *c, int64_t ldc, const float *a, int64_t a_row,
+                                                                 int64_t a_k, const float *b, int64_t ldb, int64_t rows,
+                                                                 int64_t cols, int64_t k, int accumulate) {
+  int64_t j = 0;
+  for (; j + 2 * LANES <= cols; j += 2 * LANES)
+    product_columns(c, ldc, a, a_row, a_k, b, ldb, rows, j, k, 2, accumulate);
+  for (; j + LANES <= cols; j += LANES) product_columns(c, ldc, a, a_row, a_k, b, ldb, rows, j, k, 1, accumulate);
   for (int64_t r = 0; r < rows; r++)
-    for (int64_t j = cols8; j < cols; j++) {
-      float sum = accumulate ? c[r * ldc + j] : 0;
-      for (int64_t i = 0; i < k; i++) sum += a[r * a_row + i * a_k] * b[i * ldb + j];
-      c[r * ldc + j] = sum;
+    for (int64_t jj = j; jj < cols; jj++) {
+      float sum = accumulate ? c[r * ldc + jj] : 0;
+      for (int64_t i = 0; i < k; i++) sum += a[r * a_row + i * a_k] * b[i * ldb + jj];
+      c[r * ldc + jj] = sum;
     }
 }
 
@@ -279,24 +321,23 @@ static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_t
   }
 }
 
-/* s[r * ld] = dot(q_r, k) for the four rows q_r at q + r * d, each sum in dot's order (eight
- * lanes, then their fixed pairing), so that a row's score does not depend on its neighbours; each
- * element of k loaded feeds four rows. */
+/* s[r * ld] = dot(q_r, k) for the four rows q_r at q + r * d, each sum in dot's order, so that a
+ * row's score does not depend on its neighbours; each element of k loaded feeds four rows. */
 static inline void dots4(float *s, int64_t ld, const float *q, const float *k, int64_t d) {
-  f32x4 lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
+  f32v lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
   int64_t i = 0;
-  for (; i + 8 <= d; i += 8) {
-    const f32x4 k0 = load4(k + i), k1 = load4(k + i + 4);
-    lo0 += load4(q + i) * k0, hi0 += load4(q + i + 4) * k1;
-    lo1 += load4(q + d + i) * k0, hi1 += load4(q + d + i + 4) * k1;
-    lo2 += load4(q + 2 * d + i) * k0, hi2 += load4(q + 2 * d + i + 4) * k1;
-    lo3 += load4(q + 3 * d + i) * k0, hi3 += load4(q + 3 * d + i + 4) * k1;
+  for (; i + 2 * LANES <= d; i += 2 * LANES) {
+    const f32v k0 = loadv(k + i), k1 = loadv(k + i + LANES);
+    lo0 += loadv(q + i) * k0, hi0 += loadv(q + i + LANES) * k1;
+    lo1 += loadv(q + d + i) * k0, hi1 += loadv(q + d + i + LANES) * k1;
+    lo2 += loadv(q + 2 * d + i) * k0, hi2 += loadv(q + 2 * d + i + LANES) * k1;
+    lo3 += loadv(q + 3 * d + i) * k0, hi3 += loadv(q + 3 * d + i + LANES) * k1;
   }
-  const f32x4 lanes[4] = {lo0 + hi0, lo1 + hi1, lo2 + hi2, lo3 + hi3};
+  const f32v sums[4] = {lo0 + hi0, lo1 + hi1, lo2 + hi2, lo3 + hi3};
   for (int r = 0; r < 4; r++) {
     float tail = 0;
     for (int64_t t = i; t < d; t++) tail += q[r * d + t] * k[t];
-    s[r * ld] = (lanes[r][0] + lanes[r][1]) + (lanes[r][2] + lanes[r][3]) + tail;
+    s[r * ld] = lane_sum(sums[r]) + tail;
   }
 }
 
@@ -382,10 +423,10 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
         const float rescale = expf(m[r] - top); /* 0 for the first tile a row sees */
         if (rescale != 1.f) scale_row(acc + r * d, rescale, d);
         int64_t c = 0;
-        for (; c + 4 <= seen; c += 4) {
-          const f32x4 e = exp4(load4(score + c) - top);
+        for (; c + LANES <= seen; c += LANES) {
+          const f32v e = expv(loadv(score + c) - top);
           memcpy(score + c, &e, sizeof e);
-          sum += (e[0] + e[1]) + (e[2] + e[3]);
+          sum += lane_sum(e);
         }
         for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
         for (; c < n; c++) score[c] = 0;
@@ -403,8 +444,9 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
   }
 }
 
-void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
-                              yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse) {
+void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
+                                        yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
+                                        yk_attn_operand lse) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
   attn_job j = make_job(shape, rows, rows, pool->threads);
@@ -443,8 +485,8 @@ static void probs_and_grads(const attn_job *j, const query_tile *t, int64_t k0, 
   for (int64_t r = 0; r < t->rows; r++) {
     float *p = sp + r * n, *g = ds + r * n;
     int64_t seen = lse[r] == -INFINITY ? 0 : min64(n, keys_seen(j->s, &t->g, row_token(t, r)) - k0), c = 0;
-    for (; c + 4 <= seen; c += 4) {
-      const f32x4 pr = exp4(load4(p + c) * scale - lse[r]), dsr = pr * (load4(g + c) - delta[r]);
+    for (; c + LANES <= seen; c += LANES) {
+      const f32v pr = expv(loadv(p + c) * scale - lse[r]), dsr = pr * (loadv(g + c) - delta[r]);
       memcpy(p + c, &pr, sizeof pr);
       memcpy(g + c, &dsr, sizeof dsr);
     }
@@ -529,9 +571,10 @@ static void backward_dkdv_tiles(void *p, int64_t begin, int64_t end) {
   }
 }
 
-void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,
-                               yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
-                               yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv) {
+void ISA_NAME(yk_cpu_attention_backward)(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,
+                                         yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
+                                         yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk,
+                                         yk_attn_operand dv) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   attn_job j = make_job(shape, tile_rows(shape->head_dim, TILE_FLOATS), tile_rows(shape->head_dim, KEY_TILE_FLOATS),
                         pool->threads);
@@ -540,6 +583,25 @@ void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *s
   yk_parallel_for(pool, query_tasks(&j), 1, backward_dq_tiles, &j);
   yk_parallel_for(pool, shape->batch * shape->kv_heads * ((longest(shape, 1) + j.keys - 1) / j.keys), 1,
                   backward_dkdv_tiles, &j);
+}
+
+#ifndef YK_CPU_WIDE /* the rest once, in the plain build */
+
+#ifdef YK_CPU_HAS_WIDE
+#define ON_ISA(pool, call) ((pool)->wide ? call##_wide : call##_plain)
+#else
+#define ON_ISA(pool, call) call##_plain
+#endif
+
+void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
+                              yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse) {
+  ON_ISA(pool, yk_cpu_attention_forward)(pool, shape, q, k, v, out, lse);
+}
+
+void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,
+                               yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
+                               yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv) {
+  ON_ISA(pool, yk_cpu_attention_backward)(pool, shape, dout, q, k, v, out, lse, dq, dk, dv);
 }
 
 /* ---- merge ---- */
@@ -688,3 +750,5 @@ void yk_reference_attention_backward(const yk_attention_shape *shape, const doub
   }
   free(p);
 }
+
+#endif /* YK_CPU_WIDE */

@@ -1,7 +1,24 @@
 #include "cpu_fallback/parallel.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+#ifdef YK_CPU_HAS_WIDE
+#include <cpuid.h>
+#endif
+
+static int cpu_runs_wide(void) {
+#ifdef YK_CPU_HAS_WIDE
+  const char *isa = getenv("YK_CPU_ISA");
+  if (isa && strcmp(isa, "plain") == 0) return 0;
+  __builtin_cpu_init();        /* before constructors have run it: a library loaded early */
+  unsigned eax, ebx, ecx, edx; /* F16C by CPUID: clang's __builtin_cpu_supports has no name for it */
+  const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+#else
+  return 0;
+#endif
+}
 
 int yk_thread_pool_init(yk_thread_pool *pool, int threads) {
   if (threads <= 0) {
@@ -11,7 +28,7 @@ int yk_thread_pool_init(yk_thread_pool *pool, int threads) {
   if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (threads <= 0) threads = 1;
   if (threads > 256) threads = 256;
-  *pool = (yk_thread_pool){.threads = threads};
+  *pool = (yk_thread_pool){.threads = threads, .wide = cpu_runs_wide()};
   if (pthread_mutex_init(&pool->run_lock, NULL)) return 1;
   if (pthread_mutex_init(&pool->lock, NULL)) goto fail_lock;
   if (pthread_cond_init(&pool->wake, NULL)) goto fail_wake;

@@ -10,6 +10,7 @@ typedef void (*yk_range_fn)(void *arg, int64_t begin, int64_t end);
 
 typedef struct yk_thread_pool {
   int threads; /* including the caller's */
+  int wide;    /* run the kernels built for AVX2, FMA and F16C (attention_wide.c) */
   int started; /* workers running */
   pthread_t *workers;
   pthread_mutex_t run_lock; /* one parallel loop at a time; a second caller runs serially */
@@ -23,7 +24,8 @@ typedef struct yk_thread_pool {
   atomic_llong next;
 } yk_thread_pool;
 
-/* threads <= 0: YK_NUM_THREADS, else the online CPUs. Workers start at the first parallel loop. */
+/* threads <= 0: YK_NUM_THREADS, else the online CPUs. Workers start at the first parallel loop.
+ * wide where the library has the AVX2 build and the CPU runs it, unless YK_CPU_ISA=plain. */
 int yk_thread_pool_init(yk_thread_pool *pool, int threads);
 void yk_thread_pool_destroy(yk_thread_pool *pool);
 

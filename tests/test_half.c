@@ -9,6 +9,10 @@
 
 #include "cpu_fallback/half.h"
 
+#ifdef YK_HAVE_F16C_ROWS
+#include <cpuid.h>
+#endif
+
 /* float16's value by its definition: sign, 5 exponent bits biased by 15, 10 mantissa bits. */
 static double f16_value(uint16_t h) {
   const int sign = h >> 15, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
@@ -64,6 +68,38 @@ Test(half, row_loads_match_one_at_a_time) {
                      (long long)n);
       }
     }
+}
+
+/* The AVX2 build of the attention kernels loads float16 rows by F16C's instruction: the same bits
+ * again, on CPUs that have it. */
+Test(half, f16c_row_loads_match_one_at_a_time) {
+#ifdef YK_HAVE_F16C_ROWS
+  __builtin_cpu_init();
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_F16C) || !__builtin_cpu_supports("avx"))
+    cr_skip_test("this CPU has no F16C");
+  fill_patterns();
+  static float got[65536 + 16];
+  for (int offset = 0; offset < 8; offset++)
+    for (int tail = 0; tail < 8; tail++) {
+      const int64_t n = 65536 - offset - 8 + tail;
+      memset(got, 0xff, sizeof got);
+      yk_f16_to_floats_f16c(all_patterns + offset, got, n);
+      for (int64_t i = 0; i < n; i++) {
+        const uint16_t h = all_patterns[offset + i];
+        const float want = yk_f16_to_float(h);
+        if (isnan(want)) /* the instruction quiets signalling NaNs */
+          cr_assert(isnan(got[i]) && signbit(got[i]) == signbit(want), "0x%04x: %g, want a NaN of its sign", h, got[i]);
+        else
+          cr_assert_eq(yk_float_to_bits(got[i]), yk_float_to_bits(want), "0x%04x (offset %d, n %lld)", h, offset,
+                       (long long)n);
+      }
+      cr_assert_eq(yk_float_to_bits(got[n]), 0xffffffffu, "wrote past the row (offset %d, n %lld)", offset,
+                   (long long)n);
+    }
+#else
+  cr_skip_test("not an x86-64 build");
+#endif
 }
 
 Test(half, bf16_to_float_is_the_top_half) {
