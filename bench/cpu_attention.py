@@ -1,10 +1,10 @@
 """The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy arrays:
-prefill (causal and not) and its backward in float32, decode in float32 and float16; the median of
-5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for the forward, 2.5 times that for the
-backward as `yk bench --backward` counts it, halved for causal) or GB/s of K and V (decode). No GPU
-needed:
+prefill (causal and not) and its backward in float32; decode, dense and paged (pages of 16 tokens),
+in float32 and float16. The median of 5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for
+the forward, 2.5 times that for the backward as `yk bench --backward` counts it, halved for causal)
+or GB/s of K and V (decode). No GPU needed:
     YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py
-On x86-64 the library runs its AVX2 + FMA build of the kernels where the CPU has them;
+On x86-64 the library runs its AVX2 + FMA + F16C build of the kernels where the CPU has them;
 YK_CPU_ISA=plain times the build for every CPU instead."""
 import statistics
 import time
@@ -42,3 +42,13 @@ for dtype in (np.float32, np.float16):
         t = median_s(lambda: yk.attention_decode(q, k, v))
         print(f"decode {np.dtype(dtype).name} B{b} L{s} q{h} kv{kv} d{d}  {t * 1e3:8.1f} ms  "
               f"{2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")
+    # the same keys in pages of 16 tokens, blocks in a random order (vLLM's NHD cache and table)
+    b, s, h, kv, d, page = 8, 4096, 32, 8, 128, 16
+    q = rng.standard_normal((b, h, d), dtype=np.float32).astype(dtype)
+    blocks = b * s // page
+    k, v = (rng.standard_normal((blocks, page, kv, d), dtype=np.float32).astype(dtype) for _ in range(2))
+    tables = rng.permutation(blocks).astype(np.int32).reshape(b, s // page)
+    lens = np.full(b, s, dtype=np.int32)
+    t = median_s(lambda: yk.paged_attention_forward(q, k, v, tables, lens, s))
+    print(f"paged decode {np.dtype(dtype).name} B{b} L{s} q{h} kv{kv} d{d} page{page}  {t * 1e3:8.1f} ms  "
+          f"{2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")
