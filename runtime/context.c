@@ -191,6 +191,7 @@ yk_status yk_ctx_get_info(yk_ctx *ctx, yk_ctx_info *out) {
       .cache_dir = ctx->cache.disk.dir,
       .cache_path = ctx->cache.disk.read_path,
       .cpu_threads = ctx->pool.threads,
+      .cpu_kernels = ctx->pool.wide ? "avx2" : "plain",
   };
   return YK_OK;
 }

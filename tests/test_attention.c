@@ -337,6 +337,11 @@ Test(attention, cpu_build_follows_the_cpu) {
 #else
   cr_assert_eq(chosen->pool.wide, 0, "no AVX2 build off x86-64");
 #endif
+  yk_ctx_info info;
+  cr_assert_eq(yk_ctx_get_info(chosen, &info), YK_OK);
+  cr_assert_str_eq(info.cpu_kernels, chosen->pool.wide ? "avx2" : "plain", "yk_ctx_info names another build");
+  cr_assert_eq(yk_ctx_get_info(plain, &info), YK_OK);
+  cr_assert_str_eq(info.cpu_kernels, "plain");
   yk_ctx_destroy(chosen), yk_ctx_destroy(plain);
 }
 

@@ -42,7 +42,7 @@ int cmd_info(int argc, char **argv) {
   if (info.cache_path[0])
     printf("read-only:   %s: %.0f entries, %s\n", info.cache_path, totals[2], cli_bytes(totals[3], b2, sizeof b2));
   if (invalid) printf("             %d entries fail their header checks (yk cache verify)\n", invalid);
-  printf("cpu threads: %d\nops:         ", info.cpu_threads);
+  printf("cpu threads: %d, %s attention kernels\nops:         ", info.cpu_threads, info.cpu_kernels);
   for (int i = 0; i < yk_op_count(); i++) printf("%s%s", i ? ", " : "", yk_op_name(i));
   printf("\n");
   yk_ctx_destroy(ctx);
