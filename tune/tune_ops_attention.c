@@ -52,10 +52,15 @@ static yk_status define_prefill(yk_tune_case *c, const yk_model_preset *m, yk_tu
   return YK_OK;
 }
 
-static yk_status invoke_prefill(yk_tune_case *c, DLTensor *const *t, void *stream) {
+/* The causal forward on t's q, k, v into out (and lse, where given). */
+static yk_status causal_forward(yk_tune_case *c, DLTensor *const *t, DLTensor *lse, void *stream) {
   yk_attention_params p = {0};
   p.causal = 1;
-  return yk_flash_attention_forward(c->ctx, t[Q], t[K], t[V], &p, t[OUT], NULL, stream);
+  return yk_flash_attention_forward(c->ctx, t[Q], t[K], t[V], &p, t[OUT], lse, stream);
+}
+
+static yk_status invoke_prefill(yk_tune_case *c, DLTensor *const *t, void *stream) {
+  return causal_forward(c, t, NULL, stream);
 }
 
 /* The backward's buffers after q, k, v and out (the forward's, as lse). */
@@ -95,9 +100,7 @@ static yk_status define_backward(yk_tune_case *c, const yk_model_preset *m, yk_t
 }
 
 static yk_status prepare_backward(yk_tune_case *c, DLTensor *const *t, void *stream) {
-  yk_attention_params p = {0};
-  p.causal = 1;
-  return yk_flash_attention_forward(c->ctx, t[Q], t[K], t[V], &p, t[OUT], t[LSE], stream);
+  return causal_forward(c, t, t[LSE], stream);
 }
 
 static yk_status invoke_backward(yk_tune_case *c, DLTensor *const *t, void *stream) {
