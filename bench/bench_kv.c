@@ -174,7 +174,7 @@ static yk_status append_call(void *p) {
   append_case *a = p;
   const yk_append_kv_index index = {.slot_mapping = &a->slots.dl};
   const yk_append_kv_rope rope = {&a->positions.dl, &a->table.dl, YK_ROPE_NEOX};
-  return yk_append_kv(a->ctx, &a->k.dl, &a->v.dl, &a->kc, &a->vc, YK_KV_NHD, &index, a->rope ? &rope : NULL, NULL);
+  return yk_append_kv(a->ctx, &a->k.dl, &a->v.dl, &a->kc, &a->vc, YK_KV_NHD, &index, a->rope ? &rope : NULL, NULL, NULL);
 }
 
 /* A decode step (64 tokens, each in its own block) and a prefill chunk (8192 tokens filling the

@@ -13,7 +13,7 @@ int yh_tensor_init(yh_tensor *t, yk_ctx *ctx, int type, int ndim, const int64_t 
   memset(t, 0, sizeof *t);
   t->ctx = ctx;
   t->type = type;
-  t->elem_bytes = type == YK_F32 || type == YK_I32 ? 4 : type == YK_I64 ? 8 : 2;
+  t->elem_bytes = type == YK_F32 || type == YK_I32 ? 4 : type == YK_I64 ? 8 : type == YK_E4M3 ? 1 : 2;
   t->numel = 1;
   int64_t compact = 1, span = 1;
   for (int i = ndim - 1; i >= 0; i--) {
@@ -36,7 +36,10 @@ int yh_tensor_init(yh_tensor *t, yk_ctx *ctx, int type, int ndim, const int64_t 
   t->dl.ndim = ndim;
   t->dl.dtype.lanes = 1;
   t->dl.dtype.bits = (uint8_t)(8 * t->elem_bytes);
-  t->dl.dtype.code = type == YK_BF16 ? kDLBfloat : (type == YK_I32 || type == YK_I64) ? kDLInt : kDLFloat;
+  t->dl.dtype.code = type == YK_BF16                      ? kDLBfloat
+                     : type == YK_E4M3                    ? YK_DL_FLOAT8_E4M3FN
+                     : (type == YK_I32 || type == YK_I64) ? kDLInt
+                                                          : kDLFloat;
   t->dl.shape = t->shape;
   t->dl.strides = t->strides;
   return 0;
@@ -76,6 +79,7 @@ static void put(const yh_tensor *t, int64_t at, double v) {
     memcpy(p, &h, 2);
     break;
   }
+  case YK_E4M3: *(uint8_t *)p = yk_float_to_e4m3((float)v); break;
   case YK_I32: {
     int32_t i = (int32_t)v;
     memcpy(p, &i, 4);
@@ -100,6 +104,7 @@ static double get(const yh_tensor *t, int64_t at) {
   }
   case YK_F16: memcpy(&h, p, 2); return yk_f16_to_float(h);
   case YK_BF16: memcpy(&h, p, 2); return yk_bf16_to_float(h);
+  case YK_E4M3: return yk_e4m3_to_float(*(const uint8_t *)p);
   case YK_I32: {
     int32_t i;
     memcpy(&i, p, 4);

@@ -19,8 +19,15 @@ typedef struct yk_append_kv_where {
   int64_t page_size, num_blocks;
 } yk_append_kv_where;
 
+/* The longest head (the GPU spec's bound too): float8 writes rotate a head through a stack copy. */
+#define YK_APPEND_KV_MAX_HEAD_DIM 4096
+
 typedef struct yk_append_kv_args {
-  int elem_bytes;
+  int dtype, elem_bytes; /* of k and v */
+  /* 1: the caches are float8 e4m3, each value stored times its inverse scale (the rotation, if any,
+   * rounded to k's dtype first); 0: the caches are k's dtype, copied */
+  int float8;
+  float k_inv_scale, v_inv_scale;
   int64_t tokens, kv_heads, head_dim;
   const char *k, *v; /* strides in elements */
   int64_t k_token_stride, k_head_stride, v_token_stride, v_head_stride;

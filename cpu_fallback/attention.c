@@ -248,6 +248,9 @@ typedef struct attn_job {
   const yk_attention_shape *s;
   yk_attn_operand q, k, v, out, lse, dout, dq, dk, dv;
   int64_t elem, group, keys;
+  int64_t kv_elem;                      /* bytes of a key or value element: elem, or 1 (float8) */
+  int kv_type;                          /* their type: the dtype, or YK_E4M3 */
+  float score_scale, out_scale;         /* the softmax scale (times k_scale), and v_scale */
   int64_t heads, chunks, tokens, tiles; /* heads a query tile, such chunks a group, tokens a tile, tiles a chunk */
   int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
   int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
@@ -300,9 +303,9 @@ static inline float *lse_at(const attn_job *j, const query_tile *t, int64_t r) {
 
 /* Prefetches count keys from key k0 of kv head kvh, up to the sequence's end. */
 static void prefetch_keys(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t k0, int64_t count) {
-  const int64_t row_bytes = j->s->head_dim * j->elem;
+  const int64_t row_bytes = j->s->head_dim * j->kv_elem;
   for (int64_t c = k0; c < k0 + count && c < t->g.len_k; c++) {
-    const char *ahead = row_at(o, j->elem, t->b, t->g.k0 + c, t->kvh);
+    const char *ahead = row_at(o, j->kv_elem, t->b, t->g.k0 + c, t->kvh);
     for (int64_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(ahead + at);
   }
 }
@@ -317,12 +320,12 @@ static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_t
   const int64_t d = j->s->head_dim;
   prefetch_keys(j, o, t, k0 + count, count);
   for (int64_t c = 0; c < count; c++) {
-    const char *row = row_at(o, j->elem, t->b, t->g.k0 + k0 + c, t->kvh);
+    const char *row = row_at(o, j->kv_elem, t->b, t->g.k0 + k0 + c, t->kvh);
     if (!transposed) {
-      yk_load_floats(j->s->dtype, row, dst + c * d, d);
+      yk_load_floats(j->kv_type, row, dst + c * d, d);
       continue;
     }
-    yk_load_floats(j->s->dtype, row, scratch, d);
+    yk_load_floats(j->kv_type, row, scratch, d);
     for (int64_t i = 0; i < d; i++) dst[i * count + c] = scratch[i];
   }
 }
@@ -332,7 +335,7 @@ static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_t
  * 1.1x; the keys read in place instead cost the GQA-4 decode's scores 20%.) */
 static const float *value_rows(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t k0,
                                int64_t count, float *buf, int64_t *ld) {
-  if (j->s->dtype != YK_F32 || o->pages) {
+  if (j->kv_type != YK_F32 || o->pages) {
     load_keys(j, o, t, k0, count, 0, buf, NULL);
     *ld = j->s->head_dim;
     return buf;
@@ -389,6 +392,10 @@ static void tile_scores(const attn_job *j, float *s, const float *q, const float
 static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64_t keys_a_tile, int threads) {
   attn_job j = {.s = s};
   j.elem = (int64_t)yk_dtype_size((yk_dtype)s->dtype);
+  j.kv_elem = s->kv_float8 ? 1 : j.elem;
+  j.kv_type = s->kv_float8 ? YK_E4M3 : s->dtype;
+  j.score_scale = s->kv_float8 ? s->scale * s->k_scale : s->scale;
+  j.out_scale = s->kv_float8 ? s->v_scale : 1.f;
   j.group = s->q_heads / s->kv_heads;
   j.keys = keys_a_tile;
   j.whole_heads = min64(j.group, rows_a_tile);
@@ -434,7 +441,7 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
         const int64_t seen = min64(n, keys_seen(s, &t.g, row_token(&t, r)) - k0);
         float *score = scores + r * n, top = m[r];
         for (int64_t c = 0; c < seen; c++) {
-          score[c] *= s->scale;
+          score[c] *= j->score_scale;
           if (score[c] > top) top = score[c];
         }
         if (seen <= 0 || top == -INFINITY) {
@@ -459,7 +466,7 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
     }
     for (int64_t r = 0; r < rows; r++) {
       /* l is 0 only for a row that saw no key: out 0, lse -inf */
-      scale_row(acc + r * d, l[r] > 0 ? 1.f / l[r] : 0.f, d);
+      scale_row(acc + r * d, l[r] > 0 ? j->out_scale / l[r] : 0.f, d);
       if (j->lse.data) *lse_at(j, &t, r) = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
     }
     store_tile(j, &j->out, &t, acc);

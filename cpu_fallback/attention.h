@@ -41,6 +41,10 @@ typedef struct yk_attention_shape {
   int causal; /* bottom-right: query i of a sequence sees keys j <= i + len_k - len_q */
   float scale;
   const yk_page_map *kv_pages; /* paged keys: their lengths come from the table (cu_seqlens_k NULL) */
+  /* Forward only: k and v hold float8 e4m3 (a paged cache's), read as stored * k_scale (v_scale);
+   * else they are dtype and the scales unused. */
+  int kv_float8;
+  float k_scale, v_scale;
 } yk_attention_shape;
 
 /* Where a tensor's rows are. Token s of sequence b, head h starts at
@@ -93,9 +97,9 @@ void yk_cpu_merge_attention_states(yk_thread_pool *pool, const yk_merge_args *ar
  * q, out, dout, dq: [total_q, q_heads, head_dim]; k, v, dk, dv: [total_k, kv_heads, head_dim];
  * lse: [q_heads, total_q]; total = batch * seq (dense) or cu_seqlens[batch] (ragged). The
  * straightforward softmax(q k^T * scale) v, materialising the scores, in double. */
-void yk_reference_attention_forward(const yk_attention_shape *shape, const double *q, const double *k,
-                                    const double *v, double *out, double *lse);
-void yk_reference_attention_backward(const yk_attention_shape *shape, const double *q, const double *k,
-                                     const double *v, const double *dout, double *dq, double *dk, double *dv);
+void yk_reference_attention_forward(const yk_attention_shape *shape, const double *q, const double *k, const double *v,
+                                    double *out, double *lse);
+void yk_reference_attention_backward(const yk_attention_shape *shape, const double *q, const double *k, const double *v,
+                                     const double *dout, double *dq, double *dk, double *dv);
 
 #endif

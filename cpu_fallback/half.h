@@ -1,5 +1,5 @@
-/* float16 and bfloat16 on the CPU: conversions rounding to nearest even, as the GPU's cvt.rn does,
- * and row loads and stores through float buffers that the compiler vectorises. */
+/* float16, bfloat16 and float8 e4m3 on the CPU: conversions rounding to nearest even, as the GPU's
+ * cvt.rn does, and row loads and stores through float buffers that the compiler vectorises. */
 #ifndef YK_CPU_HALF_H
 #define YK_CPU_HALF_H
 
@@ -58,8 +58,38 @@ static inline uint16_t yk_float_to_f16(float f) {
   return sign | (uint16_t)(u >> 13);
 }
 
+/* float8 e4m3fn (OCP FP8, as vLLM's and FlashInfer's float8 KV caches and torch.float8_e4m3fn):
+ * sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities, NaN only at S.1111.111, largest
+ * finite 448, smallest subnormal 2^-9. Every value is exact in float16, bfloat16 and float32.
+ * The 7 bits below the sign, placed at a float's bit 20, read as the value times 2^-120 for
+ * normal and subnormal patterns alike; multiplying by 2^120 is exact. */
+static inline float yk_e4m3_to_float(uint8_t b) {
+  const float magnitude = yk_bits_to_float((uint32_t)(b & 0x7fu) << 20) * 0x1p120f;
+  const float v = (b & 0x7fu) == 0x7fu ? __builtin_nanf("") : magnitude;
+  return b & 0x80u ? -v : v;
+}
+
+/* Rounds to nearest even and saturates to +-448, as the GPU's cvt.rn.satfinite.e4m3x2.f32 (and
+ * vLLM's float8 cache writes): a value past the largest finite one becomes 448, not NaN; NaN stays
+ * NaN. */
+static inline uint8_t yk_float_to_e4m3(float f) {
+  uint32_t u = yk_float_to_bits(f);
+  const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return sign | 0x7fu;
+  if (u >= 0x43e00000u) return sign | 0x7eu; /* 448 and up, inf */
+  if (u < 0x3c800000u) {                     /* below 2^-6: a multiple of 2^-9; adding 2^14 lets the FPU round */
+    const float v = yk_bits_to_float(u) + 0x1p14f;
+    return sign | (uint8_t)(yk_float_to_bits(v) - yk_float_to_bits(0x1p14f));
+  }
+  const uint32_t odd = (u >> 20) & 1u;
+  u += ((uint32_t)(7 - 127) << 23) + 0x7ffffu + odd;
+  return sign | (uint8_t)(u >> 20);
+}
+
 /* The value a store of dtype keeps. */
 static inline float yk_round_to(int dtype, float f) {
+  if (dtype == YK_E4M3) return yk_e4m3_to_float(yk_float_to_e4m3(f));
   if (dtype == YK_BF16) return yk_bf16_to_float(yk_float_to_bf16(f));
   if (dtype == YK_F16) return yk_f16_to_float(yk_float_to_f16(f));
   return f;
@@ -102,6 +132,9 @@ __attribute__((target("avx,f16c"))) static inline void yk_f16_to_floats_f16c(con
 static inline void yk_load_floats(int dtype, const void *src, float *dst, int64_t n) {
   if (dtype == YK_F32) {
     memcpy(dst, src, (size_t)n * sizeof(float));
+  } else if (dtype == YK_E4M3) {
+    const uint8_t *s = src;
+    for (int64_t i = 0; i < n; i++) dst[i] = yk_e4m3_to_float(s[i]);
   } else if (dtype == YK_BF16) {
     const uint16_t *s = src;
     for (int64_t i = 0; i < n; i++) dst[i] = yk_bf16_to_float(s[i]);
@@ -141,6 +174,9 @@ static inline void yk_floats_to_f16x4(const float *src, uint16_t *dst) {
 static inline void yk_store_floats(int dtype, void *dst, const float *src, int64_t n) {
   if (dtype == YK_F32) {
     memcpy(dst, src, (size_t)n * sizeof(float));
+  } else if (dtype == YK_E4M3) {
+    uint8_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = yk_float_to_e4m3(src[i]);
   } else if (dtype == YK_BF16) { /* vectorised by the compiler as it stands */
     uint16_t *d = dst;
     for (int64_t i = 0; i < n; i++) d[i] = yk_float_to_bf16(src[i]);

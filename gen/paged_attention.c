@@ -24,6 +24,7 @@ typedef struct paged_keys {
   int64_t max_len;   /* the longest sequence, where host_readable; else the caller's bound (or 0) */
   yk_page_map map;   /* the table's pointers (host ones for the CPU path) */
   yk_page_table_args table;
+  float k_scale, v_scale; /* float8 caches' (1 for others) */
 } paged_keys;
 
 /* Every entry of a table the host can read: lengths within the table, block ids within the cache. */
@@ -122,10 +123,11 @@ static yk_status check_caches(yk_ctx *ctx, const char *op, const yk_paged_kv *kv
   *pk = (paged_keys){0};
   if (!kv) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: kv is NULL", op);
   yk_status st;
-  if ((st = yk_view_of(ctx, op, "k_cache", kv->k_cache, YK_ACCEPT_FLOAT, 4, 4, &pk->k)) ||
-      (st = yk_view_of(ctx, op, "v_cache", kv->v_cache, YK_ACCEPT_FLOAT, 4, 4, &pk->v)) ||
+  if ((st = yk_view_of(ctx, op, "k_cache", kv->k_cache, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 4, 4, &pk->k)) ||
+      (st = yk_view_of(ctx, op, "v_cache", kv->v_cache, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 4, 4, &pk->v)) ||
       (st = yk_view_same_type(ctx, op, "k_cache", &pk->k, "v_cache", &pk->v)) ||
-      (st = yk_view_same_shape(ctx, op, "k_cache", &pk->k, "v_cache", &pk->v)))
+      (st = yk_view_same_shape(ctx, op, "k_cache", &pk->k, "v_cache", &pk->v)) ||
+      (st = yk_kv_scales_of(ctx, op, &kv->scales, pk->k.type == YK_E4M3, &pk->k_scale, &pk->v_scale)))
     return st;
   if (kv->layout != YK_KV_NHD && kv->layout != YK_KV_HND)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: layout %d is neither YK_KV_NHD nor YK_KV_HND", op,
@@ -165,13 +167,20 @@ static yk_status check_queries(yk_ctx *ctx, const char *op, const DLTensor *q, c
   pr->ragged_q = params->cu_seqlens_q != NULL;
   const int q_dims = decode || pr->ragged_q ? 3 : 4;
   yk_status st;
+  const int float8 = pk->k.type == YK_E4M3;
   if ((st = yk_view_of(ctx, op, "q", q, YK_ACCEPT_FLOAT, q_dims, q_dims, &pr->q)) ||
-      (st = yk_view_same_type(ctx, op, "q", &pr->q, "k_cache", &pk->k)))
+      (!float8 && (st = yk_view_same_type(ctx, op, "q", &pr->q, "k_cache", &pk->k))))
     return st;
   const yk_view *all[] = {&pr->q, &pk->k, &pk->v};
   if ((st = yk_views_placement(ctx, op, all, 3, &pr->on_device))) return st;
+  if (float8 && pr->on_device)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED,
+                    "%s: float8_e4m3fn caches in GPU memory: the GPU kernels read 16-bit caches only (the CPU "
+                    "fallback reads float8 caches in host memory)",
+                    op);
   yk_attention_shape *s = &pr->shape;
   s->dtype = pr->q.type;
+  s->kv_float8 = float8, s->k_scale = pk->k_scale, s->v_scale = pk->v_scale;
   s->q_heads = pr->q.shape[q_dims - 2];
   s->kv_heads = pk->kv_heads;
   s->head_dim = pr->q.shape[q_dims - 1];
@@ -505,6 +514,10 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   if ((st = check_caches(ctx, op, shared, &prefix))) return st;
   if (prefix.k.data != pk.k.data || prefix.v.data != pk.v.data)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared and unique must page the same caches", op);
+  if (prefix.k_scale != pk.k_scale || prefix.v_scale != pk.v_scale)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: shared's scales (%g, %g) are not unique's (%g, %g): they page the same caches", op,
+                    (double)prefix.k_scale, (double)prefix.v_scale, (double)pk.k_scale, (double)pk.v_scale);
   if ((st = check_table(ctx, op, shared, pr.on_device, &prefix))) return st;
   if (prefix.batch != 1)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared has %lld sequences; the prefix is one", op,

@@ -14,6 +14,10 @@
 
 typedef enum yk_dtype { YK_F32 = 0, YK_F16 = 1, YK_BF16 = 2, YK_DTYPE_COUNT = 3 } yk_dtype;
 
+/* A storage type past yk_dtype, which no kernel computes in: float8 e4m3fn, a KV cache's elements
+ * at a byte each (include/yk/kv.h). Views and the CPU's row loads and stores know it. */
+enum { YK_E4M3 = 18 };
+
 typedef struct yk_op_def yk_op_def;
 
 /* No padding (8 + 4 + 52 bytes), so two specs are equal exactly when their bytes are: the memory

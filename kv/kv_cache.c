@@ -8,6 +8,7 @@
 #include "runtime/error.h"
 #include "runtime/module.h"
 #include "runtime/pool.h"
+#include "runtime/tensor.h"
 
 void yk_kv_cache_config_init(yk_kv_cache_config *c) {
   *c = (yk_kv_cache_config){
@@ -26,9 +27,11 @@ static yk_status check_config(yk_ctx *ctx, const yk_kv_cache_config *c) {
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: page_size %d is not in 1..%d", op, c->page_size,
                     YK_KV_PAGE_SIZE_MAX);
   const DLDataType t = c->dtype;
-  if (t.lanes != 1 || t.bits != 16 || (t.code != kDLFloat && t.code != kDLBfloat))
-    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: dtype (code %u, %u bits, %u lanes) is not float16 or bfloat16", op,
-                    t.code, t.bits, t.lanes);
+  const int type = yk_type_of(t, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3);
+  if (type != YK_F16 && type != YK_BF16 && type != YK_E4M3)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED,
+                    "%s: dtype (code %u, %u bits, %u lanes) is not float16, bfloat16 or float8_e4m3fn", op, t.code,
+                    t.bits, t.lanes);
   if (c->layout != YK_KV_NHD && c->layout != YK_KV_HND)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: layout %d is not YK_KV_NHD or YK_KV_HND", op, (int)c->layout);
   if (c->num_blocks < 0 || c->host_blocks < 0)
@@ -44,7 +47,7 @@ static yk_status check_config(yk_ctx *ctx, const yk_kv_cache_config *c) {
 static yk_status size_cache(yk_kv_cache *c) {
   const char *op = "yk_kv_cache_create";
   yk_kv_cache_config *k = &c->config;
-  c->elem_bytes = 2;
+  c->elem_bytes = k->dtype.bits / 8;
   const uint64_t page_elems = (uint64_t)k->page_size * (uint64_t)k->kv_heads * (uint64_t)k->head_dim;
   const uint64_t block_bytes = 2ull * (uint64_t)k->layers * page_elems * (uint64_t)c->elem_bytes;
   if (page_elems > ((uint64_t)1 << 40) || block_bytes > ((uint64_t)1 << 40))

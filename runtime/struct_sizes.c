@@ -18,7 +18,7 @@ static const struct {
     SIZE_OF(yk_paged_kv),        SIZE_OF(yk_paged_plan_shape),   SIZE_OF(yk_pool_options),
     SIZE_OF(yk_pool_stats),      SIZE_OF(yk_prefix_cache_stats), SIZE_OF(yk_radix_page_owner),
     SIZE_OF(yk_radix_node),      SIZE_OF(yk_radix_match),        SIZE_OF(yk_radix_insert_result),
-    SIZE_OF(yk_radix_stats),
+    SIZE_OF(yk_radix_stats),     SIZE_OF(yk_kv_scales),
 };
 
 size_t yk_struct_size(const char *name) {

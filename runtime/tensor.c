@@ -1,16 +1,19 @@
 #include "runtime/tensor.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 
 #include "runtime/context.h"
 #include "runtime/error.h"
+#include "yk/kv.h"
 
 const char *yk_view_type_name(int type) {
   switch (type) {
   case YK_F32: return "float32";
   case YK_F16: return "float16";
   case YK_BF16: return "bfloat16";
+  case YK_E4M3: return "float8_e4m3fn";
   case YK_I32: return "int32";
   case YK_I64: return "int64";
   }
@@ -31,6 +34,7 @@ int yk_type_of(DLDataType t, int accept) {
     if (t.code == kDLFloat && t.bits == 16) return YK_F16;
     if (t.code == kDLBfloat && t.bits == 16) return YK_BF16;
   }
+  if ((accept & YK_ACCEPT_E4M3) && t.code == YK_DL_FLOAT8_E4M3FN && t.bits == 8) return YK_E4M3;
   if (accept & YK_ACCEPT_INDEX) {
     if (t.code == kDLInt && t.bits == 32) return YK_I32;
     if (t.code == kDLInt && t.bits == 64) return YK_I64;
@@ -40,8 +44,14 @@ int yk_type_of(DLDataType t, int accept) {
 
 static const char *dl_type_text(DLDataType t, char *buf, size_t size) {
   static const char *codes[] = {"int", "uint", "float", "opaque", "bfloat", "complex", "bool"};
-  snprintf(buf, size, "%s%u%s", t.code < sizeof codes / sizeof codes[0] ? codes[t.code] : "code?", t.bits,
-           t.lanes == 1 ? "" : "xN");
+  static const char *float8s[] = {"float8_e3m4",     "float8_e4m3", "float8_e4m3b11fnuz", "float8_e4m3fn",
+                                  "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"};
+  const unsigned n_codes = sizeof codes / sizeof codes[0], n_float8s = sizeof float8s / sizeof float8s[0];
+  const char *lanes = t.lanes == 1 ? "" : "xN";
+  if (t.code >= n_codes && t.code < n_codes + n_float8s && t.bits == 8)
+    snprintf(buf, size, "%s%s", float8s[t.code - n_codes], lanes);
+  else
+    snprintf(buf, size, "%s%u%s", t.code < n_codes ? codes[t.code] : "code?", t.bits, lanes);
   return buf;
 }
 
@@ -60,7 +70,9 @@ __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const c
   if (!t->shape) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: shape is NULL", op, name);
   if (yk_type_of(t->dtype, accept) < 0) {
     char got[32];
-    const char *want = accept == YK_ACCEPT_INDEX ? "int32 or int64" : "float32, float16 or bfloat16";
+    const char *want = accept == YK_ACCEPT_INDEX ? "int32 or int64"
+                       : accept & YK_ACCEPT_E4M3 ? "float32, float16, bfloat16 or float8_e4m3fn"
+                                                 : "float32, float16 or bfloat16";
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: expected dtype %s, got %s", op, name, want,
                     dl_type_text(t->dtype, got, sizeof got));
   }
@@ -106,9 +118,11 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
     numel *= n;
     compact *= n;
   }
-  if (__builtin_expect(bad < 0 || (!(accept & YK_ACCEPT_STRIDED) && ndim > 0 && out->shape[ndim - 1] > 1 && out->stride[ndim - 1] != 1) ||
-                           (!t->data && numel > 0),
-                       0))
+  if (__builtin_expect(
+          bad < 0 ||
+              (!(accept & YK_ACCEPT_STRIDED) && ndim > 0 && out->shape[ndim - 1] > 1 && out->stride[ndim - 1] != 1) ||
+              (!t->data && numel > 0),
+          0))
     goto fail;
   out->device_id = t->device.device_id;
   out->type = type;
@@ -229,5 +243,24 @@ yk_status yk_views_placement(yk_ctx *ctx, const char *op, const yk_view *const *
                         views[i]->device_id, ctx->ordinal);
   }
   *on_device = device;
+  return YK_OK;
+}
+
+yk_status yk_kv_scales_of(yk_ctx *ctx, const char *op, const yk_kv_scales *scales, int float8, float *k, float *v) {
+  const float given[2] = {scales ? scales->k : 0.f, scales ? scales->v : 0.f};
+  float *out[2] = {k, v};
+  for (int i = 0; i < 2; i++) {
+    const float s = given[i] == 0.f ? 1.f : given[i];
+    const char *name = i ? "v" : "k";
+    if (!(s > 0.f) || isinf(s))
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: the %s scale %g is not positive and finite", op, name,
+                      (double)given[i]);
+    if (!float8 && s != 1.f)
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                      "%s: the %s scale is %g, but scales apply to float8_e4m3fn caches only (these hold 16-bit "
+                      "values: give 0 or 1)",
+                      op, name, (double)s);
+    *out[i] = s;
+  }
   return YK_OK;
 }

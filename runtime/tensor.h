@@ -11,10 +11,14 @@
 
 #define YK_VIEW_MAX_DIMS 8
 
-/* Element types a view can have: the float types of yk_dtype, and index types. */
+/* Element types a view can have: the float types of yk_dtype, YK_E4M3 (gen/spec.h), and index types. */
 enum { YK_I32 = 16, YK_I64 = 17 };
-/* YK_ACCEPT_STRIDED: one value a row (an lse), so the last dimension may be strided too. */
-enum { YK_ACCEPT_FLOAT = 1, YK_ACCEPT_INDEX = 2, YK_ACCEPT_STRIDED = 4 };
+/* YK_ACCEPT_STRIDED: one value a row (an lse), so the last dimension may be strided too.
+ * YK_ACCEPT_E4M3: float8 e4m3fn (DLPack code 10), which KV caches may hold. */
+enum { YK_ACCEPT_FLOAT = 1, YK_ACCEPT_INDEX = 2, YK_ACCEPT_STRIDED = 4, YK_ACCEPT_E4M3 = 8 };
+
+/* DLPack 1.0's code of float8 e4m3fn, which older dlpack.h headers (Debian's) lack. */
+#define YK_DL_FLOAT8_E4M3FN 10
 
 typedef struct yk_view {
   char *data; /* data + byte_offset */
@@ -35,7 +39,7 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
 
 int64_t yk_view_numel(const yk_view *v);
 
-/* The yk_dtype (or YK_I32, YK_I64) of a DLPack type among those accept allows; -1 for others. */
+/* The yk_dtype (or YK_E4M3, YK_I32, YK_I64) of a DLPack type among those accept allows; -1 for others. */
 int yk_type_of(DLDataType t, int accept);
 
 /* For outputs: refuses a view two of whose elements share an address (a stride of 0, or strides
@@ -56,6 +60,12 @@ yk_status yk_view_type_error(yk_ctx *ctx, const char *op, const char *a_name, co
                              const yk_view *b);
 yk_status yk_view_shape_error(yk_ctx *ctx, const char *op, const char *a_name, const yk_view *a, const char *b_name,
                               const yk_view *b);
+
+/* A call's float8 cache scales (include/yk/kv.h) as two floats: NULL or a member 0 reads as 1;
+ * each must be positive and finite, and caches not of float8 take 1 only. */
+struct yk_kv_scales;
+yk_status yk_kv_scales_of(yk_ctx *ctx, const char *op, const struct yk_kv_scales *scales, int float8, float *k,
+                          float *v);
 
 /* Fails unless b has a's type. */
 static inline yk_status yk_view_same_type(yk_ctx *ctx, const char *op, const char *a_name, const yk_view *a,

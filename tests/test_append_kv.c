@@ -2,6 +2,7 @@
  * byte for byte, on the CPU and on the GPU (against the CPU fallback); both index forms; padding
  * skipped; RoPE fused equal to yk_rope then append; bad input leaving the cache as it was; and
  * the kernels' specs compiling with NVRTC alone. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,9 +12,11 @@
 #include "tests/kv_support.h"
 
 typedef struct {
-  int dtype; /* YK_F16 or YK_BF16 */
+  int dtype; /* of k and v: YK_F16 or YK_BF16 (the cache's too, unless float8) */
   yk_kv_layout layout;
   int page, heads, dim;
+  int float8;          /* 1: a float8_e4m3fn cache, written with scales */
+  yk_kv_scales scales; /* {0, 0}: 1 */
 } cache_shape;
 
 #define SEQS 3
@@ -34,6 +37,7 @@ typedef struct {
   yh_tensor slots64, slots32, batch, positions, indptr, indices; /* both index forms */
   yh_tensor table, rope_pos; /* cos_sin_cache [max_position, rot_dim] and rope positions */
   int64_t seqs[SEQS];
+  cache_shape shape;
   size_t bytes;          /* of all device blocks */
   unsigned char *before; /* their contents before the step */
 } step;
@@ -72,9 +76,11 @@ static void step_init(step *s, yk_ctx *ctx, cache_shape sh, int rot_dim, uint64_
   memset(s, 0, sizeof *s);
   s->ctx = ctx;
   s->on_device = ctx->device == YK_DEVICE_CUDA;
+  s->shape = sh;
   yh_rng rng = {seed};
   yk_kv_cache_config config = kv_test_config(2, sh.heads, sh.dim, sh.page, 400 / sh.page + 3 * SEQS, 0);
-  config.dtype = (DLDataType){sh.dtype == YK_BF16 ? kDLBfloat : kDLFloat, 16, 1};
+  config.dtype = sh.float8 ? (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1}
+                           : (DLDataType){sh.dtype == YK_BF16 ? kDLBfloat : kDLFloat, 16, 1};
   config.layout = sh.layout;
   s->cache = kv_test_cache(ctx, &config);
   cr_assert_eq(yk_kv_cache_layer(s->cache, LAYER, &s->kc, &s->vc), YK_OK);
@@ -137,6 +143,17 @@ static size_t token_offset(const yk_kv_cache *c, int is_v, int32_t block, int64_
          (size_t)(in_page * k->head_dim) * c->elem_bytes;
 }
 
+/* A row of k or v as a float8 cache holds it: each value times 1 / scale, rounded (half.h's
+ * rounding, which test_half checks against a search of every float8 value). */
+static void quantized_row(unsigned char *to, const char *from, int dtype, int64_t n, float scale) {
+  const float inv = 1.f / (scale == 0.f ? 1.f : scale);
+  for (int64_t i = 0; i < n; i++) {
+    float x;
+    yk_load_floats(dtype, from + 2 * i, &x, 1);
+    to[i] = yk_float_to_e4m3(x * inv);
+  }
+}
+
 /* The blocks as they must be after appending k (or k_written: a rotated copy) and v: the
  * poisoned contents with every placed token's rows put where its sequence's table says. */
 static unsigned char *expected_blocks(step *s, yh_tensor *k_written) {
@@ -145,6 +162,7 @@ static unsigned char *expected_blocks(step *s, yh_tensor *k_written) {
   yh_download(k_written), yh_download(&s->v);
   const yk_kv_cache_config *c = &s->cache->config;
   const size_t es = 2, row = (size_t)c->head_dim * es;
+  const cache_shape *sh = &s->shape;
   for (int64_t t = 0; t < s->tokens; t++) {
     if (s->seq_of[t] < 0) continue;
     const yk_kv_seq_info info = kv_seq(s->cache, s->seqs[s->seq_of[t]]);
@@ -152,8 +170,15 @@ static unsigned char *expected_blocks(step *s, yh_tensor *k_written) {
     const int64_t offset = s->position[t] % c->page_size;
     for (int64_t h = 0; h < c->kv_heads; h++) {
       const size_t in = (size_t)(t * k_written->strides[0] + h * k_written->strides[1]) * es;
-      memcpy(out + token_offset(s->cache, 0, block, offset, h), (char *)k_written->host + in, row);
-      memcpy(out + token_offset(s->cache, 1, block, offset, h), (char *)s->v.host + in, row);
+      unsigned char *k_at = out + token_offset(s->cache, 0, block, offset, h);
+      unsigned char *v_at = out + token_offset(s->cache, 1, block, offset, h);
+      if (sh->float8) {
+        quantized_row(k_at, (char *)k_written->host + in, sh->dtype, c->head_dim, sh->scales.k);
+        quantized_row(v_at, (char *)s->v.host + in, sh->dtype, c->head_dim, sh->scales.v);
+        continue;
+      }
+      memcpy(k_at, (char *)k_written->host + in, row);
+      memcpy(v_at, (char *)s->v.host + in, row);
     }
   }
   return out;
@@ -167,7 +192,8 @@ static yk_status append(step *s, int form, const yk_append_kv_rope *rope) {
     index.batch_indices = &s->batch.dl, index.positions = &s->positions.dl;
     index.kv_indptr = &s->indptr.dl, index.kv_indices = &s->indices.dl;
   }
-  return yk_append_kv(s->ctx, &s->k.dl, &s->v.dl, &s->kc, &s->vc, s->cache->config.layout, &index, rope, NULL);
+  return yk_append_kv(s->ctx, &s->k.dl, &s->v.dl, &s->kc, &s->vc, s->cache->config.layout, &index, rope,
+                      s->shape.float8 ? &s->shape.scales : NULL, NULL);
 }
 
 static void assert_blocks(step *s, const unsigned char *want, const char *what) {
@@ -187,21 +213,33 @@ static const cache_shape shapes[] = {
 };
 #define SHAPE_COUNT (int)(sizeof shapes / sizeof shapes[0])
 
+/* float8 caches: k and v of either 16-bit type, scales of 1 (given as 0), below 1 (values up to
+ * 2 / 0.25 = 8) and above (values down to 2^-9 x 3 read as 0 more often). */
+static const cache_shape float8_shapes[] = {
+    {YK_BF16, YK_KV_NHD, 16, 8, 128, 1, {0, 0}},         {YK_F16, YK_KV_HND, 16, 8, 128, 1, {0.25f, 0.5f}},
+    {YK_BF16, YK_KV_NHD, 1, 2, 64, 1, {3.f, 0.75f}},     {YK_F16, YK_KV_HND, 7, 2, 5, 1, {1.5f, 1.f}},
+    {YK_BF16, YK_KV_NHD, 128, 1, 33, 1, {0.01f, 100.f}},
+};
+#define FLOAT8_SHAPE_COUNT (int)(sizeof float8_shapes / sizeof float8_shapes[0])
+
 static void name_of(char *buf, size_t n, cache_shape sh, int form, uint64_t seed) {
   static const char *forms[] = {"int64 slots", "int32 slots", "csr"};
-  snprintf(buf, n, "%s %s page %d heads %d dim %d, %s (seed %llu)", ts_type_name(sh.dtype),
-           sh.layout == YK_KV_NHD ? "NHD" : "HND", sh.page, sh.heads, sh.dim, forms[form], (unsigned long long)seed);
+  int at = snprintf(buf, n, "%s %s page %d heads %d dim %d, %s (seed %llu)", ts_type_name(sh.dtype),
+                    sh.layout == YK_KV_NHD ? "NHD" : "HND", sh.page, sh.heads, sh.dim, forms[form],
+                    (unsigned long long)seed);
+  if (sh.float8 && at > 0 && (size_t)at < n)
+    snprintf(buf + at, n - (size_t)at, ", float8 cache, scales %g %g", (double)sh.scales.k, (double)sh.scales.v);
 }
 
 /* Every shape and index form lands every token where its table says, and nothing else changes. */
-static void check_plain(yk_ctx *ctx, const char *seed_name) {
+static void check_plain(yk_ctx *ctx, const char *seed_name, const cache_shape *list, int count) {
   const uint64_t seed = ts_seed(seed_name);
-  for (int i = 0; i < SHAPE_COUNT; i++)
+  for (int i = 0; i < count; i++)
     for (int form = 0; form < 3; form++) {
       step s;
-      step_init(&s, ctx, shapes[i], 0, seed + (uint64_t)i);
-      char what[160];
-      name_of(what, sizeof what, shapes[i], form, seed + (uint64_t)i);
+      step_init(&s, ctx, list[i], 0, seed + (uint64_t)i);
+      char what[192];
+      name_of(what, sizeof what, list[i], form, seed + (uint64_t)i);
       cr_assert_eq(append(&s, form, NULL), YK_OK, "%s: %s", what, yk_ctx_last_error(ctx));
       unsigned char *want = expected_blocks(&s, &s.k);
       assert_blocks(&s, want, what);
@@ -212,7 +250,69 @@ static void check_plain(yk_ctx *ctx, const char *seed_name) {
 
 Test(append_kv, cpu_tokens_land_where_their_tables_say) {
   yk_ctx *ctx = ts_cpu_ctx();
-  check_plain(ctx, "append_kv.cpu");
+  check_plain(ctx, "append_kv.cpu", shapes, SHAPE_COUNT);
+  yk_ctx_destroy(ctx);
+}
+
+/* A float8 cache gets each value times 1 / scale, rounded to float8, every token where its table
+ * says. */
+Test(append_kv, cpu_float8_cache_holds_scaled_values) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  check_plain(ctx, "append_kv.cpu_float8", float8_shapes, FLOAT8_SHAPE_COUNT);
+  yk_ctx_destroy(ctx);
+}
+
+/* An engine's own tensors: k and v float32 [tokens, heads, dim], its caches of cache_type
+ * [num_blocks, page_size, heads, dim], int32 slots [tokens]; all on the host. */
+typedef struct {
+  yh_tensor k, v, kc, vc, slots;
+} engine_tensors;
+
+static void engine_init(engine_tensors *e, yk_ctx *ctx, int cache_type, const int64_t *kv_shape,
+                        const int64_t *cache_dims) {
+  cr_assert_eq(yh_tensor_init(&e->k, ctx, YK_F32, 3, kv_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&e->v, ctx, YK_F32, 3, kv_shape, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&e->kc, ctx, cache_type, 4, cache_dims, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&e->vc, ctx, cache_type, 4, cache_dims, NULL, 0), 0);
+  cr_assert_eq(yh_tensor_init(&e->slots, ctx, YK_I32, 1, kv_shape, NULL, 0), 0);
+}
+
+static void engine_free(engine_tensors *e) {
+  yh_tensor_free(&e->k), yh_tensor_free(&e->v), yh_tensor_free(&e->kc), yh_tensor_free(&e->vc);
+  yh_tensor_free(&e->slots);
+}
+
+/* Known answers, worked by hand from the format (sign, 4 exponent bits biased by 7, 3 mantissa
+ * bits), for float32 k and v written into an engine's own float8 cache with scale 2 (k) and 0.5
+ * (v). */
+Test(append_kv, cpu_float8_known_answers) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  const int64_t kv_shape[3] = {1, 1, 6}, cache_shape_[4] = {2, 1, 1, 6};
+  engine_tensors e;
+  engine_init(&e, ctx, YK_E4M3, kv_shape, cache_shape_);
+  const float values[6] = {1.f, 100.f, 500.f, -0.001f, 0.3f, 2000.f};
+  memcpy(e.k.host, values, sizeof values), memcpy(e.v.host, values, sizeof values);
+  memset(e.kc.host, 0xee, 12), memset(e.vc.host, 0xee, 12);
+  ((int32_t *)e.slots.host)[0] = 1;
+  const yk_append_kv_index index = {.slot_mapping = &e.slots.dl};
+  const yk_kv_scales scales = {2.f, 0.5f};
+  cr_assert_eq(yk_append_kv(ctx, &e.k.dl, &e.v.dl, &e.kc.dl, &e.vc.dl, YK_KV_NHD, &index, NULL, &scales, NULL), YK_OK,
+               "%s", yk_ctx_last_error(ctx));
+  /* k / 2: 0.5 = 2^-1 (exponent 6); 50 = 2^5 x 1.5625 ties between mantissas 4 and 5: even 4 (48);
+   * 250 rounds up to 2^8 (exponent 15, mantissa 0); -0.0005 is below half of 2^-9: -0; 0.15 =
+   * 2^-3 x 1.2 rounds to mantissa 2 (0.15625); 1000 saturates to 448 */
+  const uint8_t k_want[6] = {0x30, 0x64, 0x78, 0x80, 0x22, 0x7e};
+  /* v / 0.5: 2 = 2^1; 200 = 2^7 x 1.5625: even 4 (192); 1000 saturates; -0.002 = -2^-9 x 1.024:
+   * the smallest subnormal; 0.6 = 2^-1 x 1.2: mantissa 2; 4000 saturates */
+  const uint8_t v_want[6] = {0x40, 0x74, 0x7e, 0x81, 0x32, 0x7e};
+  const uint8_t *kg = (const uint8_t *)e.kc.host, *vg = (const uint8_t *)e.vc.host;
+  for (int i = 0; i < 6; i++) {
+    cr_assert_eq(kg[6 + i], k_want[i], "k[%d] = %g: 0x%02x, want 0x%02x", i, (double)values[i], kg[6 + i], k_want[i]);
+    cr_assert_eq(vg[6 + i], v_want[i], "v[%d] = %g: 0x%02x, want 0x%02x", i, (double)values[i], vg[6 + i], v_want[i]);
+    cr_assert_eq(kg[i], 0xee, "block 0 untouched");
+    cr_assert_eq(vg[i], 0xee, "block 0 untouched");
+  }
+  engine_free(&e);
   yk_ctx_destroy(ctx);
 }
 
@@ -224,12 +324,18 @@ static void check_rope(yk_ctx *ctx, const char *seed_name) {
     cache_shape shape;
     int rot_dim, style, form;
   } cases[] = {
-      {{YK_BF16, YK_KV_NHD, 16, 8, 128}, 0, YK_ROPE_NEOX, 0},  {{YK_F16, YK_KV_HND, 16, 8, 128}, 0, YK_ROPE_GPTJ, 2},
-      {{YK_BF16, YK_KV_HND, 7, 2, 64}, 32, YK_ROPE_NEOX, 2},   {{YK_F16, YK_KV_NHD, 1, 4, 80}, 48, YK_ROPE_GPTJ, 1},
+      {{YK_BF16, YK_KV_NHD, 16, 8, 128}, 0, YK_ROPE_NEOX, 0},
+      {{YK_F16, YK_KV_HND, 16, 8, 128}, 0, YK_ROPE_GPTJ, 2},
+      {{YK_BF16, YK_KV_HND, 7, 2, 64}, 32, YK_ROPE_NEOX, 2},
+      {{YK_F16, YK_KV_NHD, 1, 4, 80}, 48, YK_ROPE_GPTJ, 1},
       {{YK_BF16, YK_KV_NHD, 128, 1, 256}, 0, YK_ROPE_NEOX, 0},
+      /* float8 caches (CPU only): rotated in k's dtype, then scaled and rounded */
+      {{YK_BF16, YK_KV_NHD, 16, 8, 128, 1, {0.5f, 2.f}}, 0, YK_ROPE_NEOX, 0},
+      {{YK_F16, YK_KV_HND, 7, 2, 64, 1, {3.f, 0}}, 32, YK_ROPE_GPTJ, 2},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int table_f32 = 0; table_f32 <= 1; table_f32++) {
+      if (cases[i].shape.float8 && ctx->device == YK_DEVICE_CUDA) continue;
       step s;
       step_init(&s, ctx, cases[i].shape, cases[i].rot_dim, seed + i);
       if (!table_f32) { /* the table in k's dtype */
@@ -274,30 +380,26 @@ Test(append_kv, cpu_fused_rope_equals_rope_then_append) {
 Test(append_kv, cpu_engine_cache_compact_f32) {
   yk_ctx *ctx = ts_cpu_ctx();
   yh_rng rng = {ts_seed("append_kv.engine")};
-  const int64_t kv_shape[3] = {4, 2, 6}, cache_shape_[4] = {3, 5, 2, 6}, n = 4;
-  yh_tensor k, v, kc, vc, slots;
-  cr_assert_eq(yh_tensor_init(&k, ctx, YK_F32, 3, kv_shape, NULL, 0), 0);
-  cr_assert_eq(yh_tensor_init(&v, ctx, YK_F32, 3, kv_shape, NULL, 0), 0);
-  cr_assert_eq(yh_tensor_init(&kc, ctx, YK_F32, 4, cache_shape_, NULL, 0), 0);
-  cr_assert_eq(yh_tensor_init(&vc, ctx, YK_F32, 4, cache_shape_, NULL, 0), 0);
-  cr_assert_eq(yh_tensor_init(&slots, ctx, YK_I32, 1, &n, NULL, 0), 0);
-  yh_fill_uniform(&k, &rng, -2, 2), yh_fill_uniform(&v, &rng, -2, 2);
-  yh_fill_uniform(&kc, &rng, -2, 2), yh_fill_uniform(&vc, &rng, -2, 2);
+  const int64_t kv_shape[3] = {4, 2, 6}, cache_shape_[4] = {3, 5, 2, 6};
+  engine_tensors e;
+  engine_init(&e, ctx, YK_F32, kv_shape, cache_shape_);
+  yh_fill_uniform(&e.k, &rng, -2, 2), yh_fill_uniform(&e.v, &rng, -2, 2);
+  yh_fill_uniform(&e.kc, &rng, -2, 2), yh_fill_uniform(&e.vc, &rng, -2, 2);
   const int32_t slot[4] = {14, -1, 0, 7};
-  memcpy(slots.host, slot, sizeof slot);
-  float *kc_before = yh_snapshot(&kc), *vc_before = yh_snapshot(&vc);
-  const yk_append_kv_index index = {.slot_mapping = &slots.dl};
-  cr_assert_eq(yk_append_kv(ctx, &k.dl, &v.dl, &kc.dl, &vc.dl, YK_KV_NHD, &index, NULL, NULL), YK_OK, "%s",
-               yk_ctx_last_error(ctx));
+  memcpy(e.slots.host, slot, sizeof slot);
+  float *kc_before = yh_snapshot(&e.kc), *vc_before = yh_snapshot(&e.vc);
+  const yk_append_kv_index index = {.slot_mapping = &e.slots.dl};
+  cr_assert_eq(yk_append_kv(ctx, &e.k.dl, &e.v.dl, &e.kc.dl, &e.vc.dl, YK_KV_NHD, &index, NULL, NULL, NULL), YK_OK,
+               "%s", yk_ctx_last_error(ctx));
   for (int t = 0; t < 4; t++)
     if (slot[t] >= 0) {
-      memcpy(kc_before + slot[t] * 12, (float *)k.host + t * 12, 12 * sizeof(float));
-      memcpy(vc_before + slot[t] * 12, (float *)v.host + t * 12, 12 * sizeof(float));
+      memcpy(kc_before + slot[t] * 12, (float *)e.k.host + t * 12, 12 * sizeof(float));
+      memcpy(vc_before + slot[t] * 12, (float *)e.v.host + t * 12, 12 * sizeof(float));
     }
-  cr_assert_eq(memcmp(kc.host, kc_before, (size_t)kc.numel * 4), 0);
-  cr_assert_eq(memcmp(vc.host, vc_before, (size_t)vc.numel * 4), 0);
+  cr_assert_eq(memcmp(e.kc.host, kc_before, (size_t)e.kc.numel * 4), 0);
+  cr_assert_eq(memcmp(e.vc.host, vc_before, (size_t)e.vc.numel * 4), 0);
   free(kc_before), free(vc_before);
-  yh_tensor_free(&k), yh_tensor_free(&v), yh_tensor_free(&kc), yh_tensor_free(&vc), yh_tensor_free(&slots);
+  engine_free(&e);
   yk_ctx_destroy(ctx);
 }
 
@@ -318,45 +420,46 @@ Test(append_kv, cpu_bad_inputs_write_nothing) {
     ts_assert_rejected(ctx, call, status, needle);                                                                     \
     assert_blocks(&s, s.before, needle);                                                                               \
   } while (0)
-  cr_assert_eq(yk_append_kv(NULL, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT);
-  REJECT(yk_append_kv(ctx, NULL, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  cr_assert_eq(yk_append_kv(NULL, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL),
+               YK_ERR_INVALID_ARGUMENT);
+  REJECT(yk_append_kv(ctx, NULL, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "append_kv: k is NULL");
   t = s.v.dl, t.dtype.code = kDLBfloat;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &t, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &t, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "v is bfloat16 but k is float16");
   memcpy(shape, s.v.shape, 3 * sizeof *shape), shape[0] = 2, t = s.v.dl, t.shape = shape;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &t, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &t, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "v has shape [2, 4, 64], expected");
   cache.dtype.code = kDLBfloat;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &cache, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &cache, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "k_cache is bfloat16 but k is float16");
   memcpy(shape, s.k.shape, 3 * sizeof *shape), shape[2] = 32, t = s.k.dl, t.shape = shape;
   yh_tensor v32;
   cr_assert_eq(yh_tensor_init(&v32, ctx, YK_F16, 3, shape, NULL, 0), 0);
-  REJECT(yk_append_kv(ctx, &t, &v32.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &t, &v32.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "k_cache (NHD) holds 4 kv heads of head_dim 64, k has 4 of 32");
   yh_tensor_free(&v32);
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, YK_KV_HND, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
-         "k_cache (HND) holds 16 kv heads");
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, (yk_kv_layout)7, &slots, NULL, NULL),
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, YK_KV_HND, &slots, NULL, NULL, NULL),
+         YK_ERR_INVALID_ARGUMENT, "k_cache (HND) holds 16 kv heads");
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, (yk_kv_layout)7, &slots, NULL, NULL, NULL),
          YK_ERR_INVALID_ARGUMENT, "layout 7");
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, NULL, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "index is NULL");
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &both, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &both, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "sets both slot_mapping and the CSR form");
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &none, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &none, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "sets neither");
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &partial, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &partial, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "kv_indices is NULL");
   partial.kv_indices = &s.slots64.dl;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &partial, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &partial, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "kv_indices must be int32");
   yk_append_kv_index short_slots = {.slot_mapping = &s.slots64.dl};
   shape[0] = s.tokens - 1, t = s.slots64.dl, t.shape = shape, short_slots.slot_mapping = &t;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &short_slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
-         "slot_mapping has 25 entries for 26 tokens");
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &short_slots, NULL, NULL, NULL),
+         YK_ERR_INVALID_ARGUMENT, "slot_mapping has 25 entries for 26 tokens");
   t = s.k.dl, t.device.device_type = kDLCUDA;
-  REJECT(yk_append_kv(ctx, &t, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &t, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "tensors mix host and device memory");
 
   /* Host-readable index values, checked before anything is written: the bad token is the last. */
@@ -367,44 +470,74 @@ Test(append_kv, cpu_bad_inputs_write_nothing) {
   char needle[128];
   snprintf(needle, sizeof needle, "slot_mapping[%lld] = %lld is past the cache's %lld slots", (long long)last,
            (long long)slots_total, (long long)slots_total);
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL), YK_ERR_INVALID_ARGUMENT, needle);
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+         needle);
   slot[last] = kept;
   yk_append_kv_index csr = {NULL, &s.batch.dl, &s.positions.dl, &s.indptr.dl, &s.indices.dl};
   int32_t *batch = s.batch.host, *positions = s.positions.host, *indices = s.indices.host, *indptr = s.indptr.host;
   batch[last] = SEQS;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "batch_indices[25] = 3 is not a sequence of kv_indptr (0..2)");
   batch[last] = 2, positions[last] += 16 * 3;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "positions[25] = 197 is past the 10 blocks of sequence 2");
   positions[last] -= 16 * 3;
   const int32_t kept_block = indices[indptr[2] + positions[last] / 16];
   indices[indptr[2] + positions[last] / 16] = (int32_t)s.cache->config.num_blocks;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "is not a block of the cache");
   indices[indptr[2] + positions[last] / 16] = kept_block;
   indptr[3] = 1000;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &csr, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "is not a range of kv_indices' 256 entries");
   yk_append_kv_rope bad = rope;
   bad.style = 3;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "rope style 3");
   t = s.table.dl, t.dtype.code = kDLBfloat, t.dtype.bits = 16, bad = rope, bad.cos_sin_cache = &t;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "cos_sin_cache must be float32 or k's dtype float16, not bfloat16");
   shape[0] = MAX_POSITION, shape[1] = 63, t = s.table.dl, t.shape = shape, bad = rope, bad.cos_sin_cache = &t;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &bad, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "the rotary dim 63");
   int64_t *rope_pos = s.rope_pos.host;
   rope_pos[last] = MAX_POSITION;
-  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &rope, NULL), YK_ERR_INVALID_ARGUMENT,
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &rope, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
          "rope positions[25] = 512 is outside [0, 512)");
   rope_pos[0] = -5; /* a padding token's position is never read */
   rope_pos[last] = 3;
-  cr_assert_eq(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &rope, NULL), YK_OK, "%s",
+  const yk_kv_scales half = {0.5f, 0}, unit = {1.f, 0.f};
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, &half, NULL), YK_ERR_INVALID_ARGUMENT,
+         "the k scale is 0.5, but scales apply to float8_e4m3fn caches only");
+  t = s.k.dl, t.dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
+  REJECT(yk_append_kv(ctx, &t, &s.v.dl, &s.kc, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+         "k: expected dtype float32, float16 or bfloat16, got float8_e4m3fn");
+  cache = s.kc, cache.dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &cache, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+         "v_cache is float16 but k_cache is float8_e4m3fn");
+  cache.dtype = (DLDataType){12, 8, 1}; /* float8 e5m2 */
+  REJECT(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &cache, &s.vc, nhd, &slots, NULL, NULL, NULL), YK_ERR_INVALID_ARGUMENT,
+         "k_cache: expected dtype float32, float16, bfloat16 or float8_e4m3fn, got float8_e5m2");
+  cr_assert_eq(yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, nhd, &slots, &rope, &unit, NULL), YK_OK, "%s",
                yk_ctx_last_error(ctx));
 #undef REJECT
+  step_free(&s);
+
+  /* a float8 cache: scales that are not positive and finite */
+  step_init(&s, ctx, (cache_shape){YK_BF16, YK_KV_HND, 16, 4, 64, 1, {0, 0}}, 0, 6);
+  const yk_kv_scales bad_scales[] = {{-1.f, 1.f}, {1.f, NAN}, {INFINITY, 1.f}, {1.f, -0.f}};
+  const char *const why[] = {"the k scale -1 is not positive", "the v scale nan is not positive",
+                             "the k scale inf is not positive", NULL};
+  for (int i = 0; i < 4; i++) {
+    const yk_status st =
+        yk_append_kv(ctx, &s.k.dl, &s.v.dl, &s.kc, &s.vc, YK_KV_HND, &slots, NULL, &bad_scales[i], NULL);
+    if (!why[i]) { /* -0 == 0: reads as 1 */
+      cr_assert_eq(st, YK_OK, "%s", yk_ctx_last_error(ctx));
+      continue;
+    }
+    ts_assert_rejected(ctx, st, YK_ERR_INVALID_ARGUMENT, why[i]);
+    assert_blocks(&s, s.before, why[i]);
+  }
   step_free(&s);
   yk_ctx_destroy(ctx);
 }
@@ -414,7 +547,7 @@ Test(append_kv, cpu_bad_inputs_write_nothing) {
 Test(append_kv, gpu_tokens_land_where_their_tables_say) {
   yk_ctx *ctx = ts_gpu_ctx();
   TS_REQUIRE_GPU(ctx);
-  check_plain(ctx, "append_kv.gpu");
+  check_plain(ctx, "append_kv.gpu", shapes, SHAPE_COUNT);
   yk_ctx_destroy(ctx);
 }
 
@@ -422,6 +555,18 @@ Test(append_kv, gpu_fused_rope_equals_rope_then_append) {
   yk_ctx *ctx = ts_gpu_ctx();
   TS_REQUIRE_GPU(ctx);
   check_rope(ctx, "append_kv.gpu_rope");
+  yk_ctx_destroy(ctx);
+}
+
+/* The GPU kernel writes 16-bit caches only: a float8 cache in device memory is refused, untouched. */
+Test(append_kv, gpu_float8_caches_are_refused) {
+  yk_ctx *ctx = ts_gpu_ctx();
+  TS_REQUIRE_GPU(ctx);
+  step s;
+  step_init(&s, ctx, float8_shapes[1], 0, 7);
+  ts_assert_rejected(ctx, append(&s, 0, NULL), YK_ERR_UNSUPPORTED, "float8_e4m3fn caches in GPU memory");
+  assert_blocks(&s, s.before, "refused float8 append");
+  step_free(&s);
   yk_ctx_destroy(ctx);
 }
 

@@ -79,6 +79,7 @@ Test(copy_blocks, cpu_copies_like_memcpy) {
   check_copies(ctx, 1, YK_F16, 16, 0, 5, "copy_blocks.cpu1");
   check_copies(ctx, 3, YK_F32, 64, 5, 30, "copy_blocks.cpu3");
   check_copies(ctx, 70, YK_BF16, 2100, 8, 1000, "copy_blocks.cpu70"); /* > 64 caches, > 1 launch of pairs */
+  check_copies(ctx, 2, YK_E4M3, 32, 3, 9, "copy_blocks.cpu_float8");  /* float8 caches, odd block stride */
   yk_ctx_destroy(ctx);
 }
 
@@ -163,7 +164,7 @@ static void append_tokens(yk_kv_cache *c, const int64_t *slots, int64_t n, yh_rn
   DLTensor kc, vc;
   cr_assert_eq(yk_kv_cache_layer(c, 0, &kc, &vc), YK_OK);
   const yk_append_kv_index index = {.slot_mapping = &s.dl};
-  cr_assert_eq(yk_append_kv(c->ctx, &k->dl, &v->dl, &kc, &vc, c->config.layout, &index, NULL, NULL), YK_OK, "%s",
+  cr_assert_eq(yk_append_kv(c->ctx, &k->dl, &v->dl, &kc, &vc, c->config.layout, &index, NULL, NULL, NULL), YK_OK, "%s",
                yk_ctx_last_error(c->ctx));
   yh_sync(c->ctx);
   yh_tensor_free(&s);
@@ -244,6 +245,18 @@ Test(copy_blocks, gpu_copies_like_memcpy) {
   check_copies(ctx, 1, YK_F16, 16, 0, 5, "copy_blocks.gpu1");
   check_copies(ctx, 3, YK_F32, 64, 5, 30, "copy_blocks.gpu3");        /* odd padding: narrow words */
   check_copies(ctx, 40, YK_BF16, 2100, 8, 1000, "copy_blocks.gpu40"); /* > 32 caches and > 478 pairs a launch */
+  check_copies(ctx, 2, YK_E4M3, 32, 2, 9, "copy_blocks.gpu_float8");  /* float8 blocks as 16-bit words */
+  /* float8 blocks an odd number of bytes apart: refused, nothing copied */
+  yh_rng rng = {5};
+  yh_tensor caches[1];
+  DLTensor *list[1];
+  make_caches(caches, list, 1, ctx, YK_E4M3, 8, 1, &rng);
+  void *before = yh_snapshot(&caches[0]);
+  const int32_t pair[2] = {0, 5};
+  ts_assert_rejected(ctx, yk_copy_blocks(ctx, list, 1, pair, 1, NULL), YK_ERR_UNSUPPORTED,
+                     "float8 blocks of an odd number of bytes");
+  cr_assert_eq(yh_bytes_changed(&caches[0], before), 0);
+  free(before), yh_tensor_free(&caches[0]);
   yk_ctx_destroy(ctx);
 }
 

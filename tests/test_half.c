@@ -1,7 +1,8 @@
-/* The CPU's float16 and bfloat16 conversions (cpu_fallback/half.h), which every CPU op's loads and
- * stores go through: every one of the 65536 bit patterns against values computed another way, the
+/* The CPU's float16, bfloat16 and float8 e4m3 conversions (cpu_fallback/half.h), which every CPU
+ * op's loads and stores go through: every bit pattern against values computed another way, the
  * row loads (four at a time) against the one-value conversions at every offset and tail length,
- * and stores rounding to nearest even as the GPU's cvt.rn does. */
+ * and stores rounding to nearest even as the GPU's cvt.rn does (float8: saturating, as
+ * cvt.rn.satfinite). */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
@@ -171,4 +172,101 @@ Test(half, row_stores_match_one_at_a_time) {
         cr_assert_eq(got[count], 0xffff, "wrote past the row (offset %d, n %lld)", offset, (long long)count);
       }
     }
+}
+
+/* float8 e4m3fn's value by its definition: sign, 4 exponent bits biased by 7, 3 mantissa bits;
+ * S.1111.111 is NaN, and there is no infinity. */
+static double e4m3_value(uint8_t b) {
+  const int sign = b >> 7, exponent = (b >> 3) & 15, mantissa = b & 7;
+  double v;
+  if (exponent == 15 && mantissa == 7)
+    v = NAN;
+  else if (exponent == 0)
+    v = ldexp(mantissa, -9);
+  else
+    v = ldexp(8 + mantissa, exponent - 10);
+  return sign ? -v : v;
+}
+
+Test(half, e4m3_to_float_every_pattern) {
+  for (int i = 0; i < 256; i++) {
+    const float got = yk_e4m3_to_float((uint8_t)i);
+    const double want = e4m3_value((uint8_t)i);
+    if (isnan(want))
+      cr_assert(isnan(got), "0x%02x: %g, want NaN", i, got);
+    else
+      cr_assert_eq((double)got, want, "0x%02x: %.9g, want %.9g", i, got, want);
+    cr_assert_eq(signbit(got) != 0, (i >> 7) != 0, "0x%02x: sign of %g", i, got);
+  }
+  cr_assert_eq(yk_e4m3_to_float(0x7e), 448.f);
+  cr_assert_eq(yk_e4m3_to_float(0x01), 0x1p-9f);
+  cr_assert_eq(yk_e4m3_to_float(0x08), 0x1p-6f);
+}
+
+/* The pattern x rounds to, by search: the nearest of the 127 finite magnitudes, a tie to the even
+ * pattern (mantissa's last bit 0), 448 and above (infinity too) saturating to 448, NaN to NaN. */
+static uint8_t e4m3_by_search(float x) {
+  const uint8_t sign = signbit(x) ? 0x80 : 0;
+  if (isnan(x)) return sign | 0x7f;
+  const double a = fabs((double)x);
+  if (a >= 448) return sign | 0x7e;
+  int best = 0;
+  for (int i = 1; i <= 0x7e; i++) {
+    const double d = fabs(e4m3_value((uint8_t)i) - a), d_best = fabs(e4m3_value((uint8_t)best) - a);
+    if (d < d_best || (d == d_best && !(i & 1))) best = i;
+  }
+  return sign | (uint8_t)best;
+}
+
+static void assert_rounds(float x) {
+  const uint8_t got = yk_float_to_e4m3(x), want = e4m3_by_search(x);
+  cr_assert_eq(got, want, "%a (%.9g): 0x%02x, want 0x%02x", (double)x, x, got, want);
+}
+
+Test(half, e4m3_stores_round_to_nearest_even_and_saturate) {
+  /* every float16 value: ties between every neighbouring pair, subnormals, overflow, infinities */
+  for (int i = 0; i < 65536; i++) assert_rounds(yk_f16_to_float((uint16_t)i));
+  /* each float8 value, the midpoints to its neighbours and one float32 step either side of them */
+  for (int i = 0; i < 0x7e; i++) {
+    const float lo = yk_e4m3_to_float((uint8_t)i), hi = yk_e4m3_to_float((uint8_t)(i + 1));
+    const float mid = (float)(((double)lo + hi) / 2);
+    const float probes[] = {lo, mid, nextafterf(mid, 0), nextafterf(mid, 1000), hi};
+    for (size_t p = 0; p < sizeof probes / sizeof probes[0]; p++) assert_rounds(probes[p]), assert_rounds(-probes[p]);
+  }
+  const float edges[] = {448, 449, 463.9f, 464, 479, 480, 1e30f, INFINITY, 0x1p-10f, 0x1.8p-10f, 0x1p-11f, 1e-30f, 0.f};
+  for (size_t e = 0; e < sizeof edges / sizeof edges[0]; e++) assert_rounds(edges[e]), assert_rounds(-edges[e]);
+  cr_assert_eq(yk_float_to_e4m3(INFINITY), 0x7e, "saturates, not NaN");
+  cr_assert_eq(yk_float_to_e4m3(-INFINITY), 0xfe);
+  cr_assert_eq(yk_float_to_e4m3(0x1p-10f), 0x00, "half the smallest subnormal ties to 0");
+  cr_assert_eq(yk_float_to_e4m3(0x1.8p-9f), 0x02, "1.5 x 2^-9 ties to the even 2 x 2^-9");
+  cr_assert_eq(yk_float_to_e4m3(-0.f), 0x80, "-0 keeps its sign");
+  cr_assert_eq(yk_float_to_e4m3(NAN) & 0x7f, 0x7f);
+  /* a spread of random float32 values over the whole range */
+  uint32_t state = 12345;
+  for (int i = 0; i < 100000; i++) {
+    state = state * 1664525u + 1013904223u;
+    const float x = ldexpf((float)(state >> 8) / (float)(1 << 24), (int)(state % 40) - 20);
+    assert_rounds(state & 1 ? -x : x);
+  }
+}
+
+/* Rows in and out of float8 go through the same conversions, at any length. */
+Test(half, e4m3_rows_match_one_at_a_time) {
+  uint8_t patterns[256 + 3], back[256 + 3];
+  float values[256 + 3];
+  for (int i = 0; i < 256 + 3; i++) patterns[i] = (uint8_t)(i * 37 + 11);
+  for (int64_t n = 0; n <= 256 + 3; n += 37) {
+    memset(values, 0xff, sizeof values);
+    yk_load_floats(YK_E4M3, patterns, values, n);
+    for (int64_t i = 0; i < n; i++) {
+      const float want = yk_e4m3_to_float(patterns[i]);
+      cr_assert(memcmp(&values[i], &want, sizeof want) == 0 || (isnan(want) && isnan(values[i])), "n %lld, [%lld]",
+                (long long)n, (long long)i);
+    }
+    memset(back, 0xaa, sizeof back);
+    yk_store_floats(YK_E4M3, back, values, n);
+    for (int64_t i = 0; i < n; i++) cr_assert_eq(back[i], yk_float_to_e4m3(values[i]), "[%lld]", (long long)i);
+    if (n < 256 + 3) cr_assert_eq(back[n], 0xaa, "nothing written past the row");
+  }
+  cr_assert_eq(yk_round_to(YK_E4M3, 100.f), 96.f, "100 lies between 96 and 104: nearest even is 96");
 }

@@ -3,6 +3,7 @@
  * and the GPU are in test_kv_swap.c, the randomized run in test_kv_random.c. */
 #include <string.h>
 
+#include "runtime/tensor.h"
 #include "tests/kv_support.h"
 
 Test(kv_cache, layer_tensors_describe_the_block_layout) {
@@ -49,6 +50,54 @@ Test(kv_cache, layer_tensors_describe_the_block_layout) {
   const int64_t hnd_shape[4] = {7, 2, 4, 8}, hnd_strides[4] = {384, 32, 8, 1};
   for (int i = 0; i < 4; i++) cr_assert(k.shape[i] == hnd_shape[i] && k.strides[i] == hnd_strides[i], "dim %d", i);
   ts_assert_rejected(ctx, yk_kv_cache_host_layer(cache, 0, &k, &v), YK_ERR_INVALID_ARGUMENT, "no host blocks");
+  kv_done(ctx, cache);
+}
+
+/* A float8_e4m3fn cache: a byte an element (twice the blocks of a 16-bit cache in the same
+ * bytes), layer tensors of that type that the ops accept, and copy-on-write copies and swaps that
+ * move its bytes unchanged. */
+Test(kv_cache, float8_cache_is_a_byte_an_element) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  yk_kv_cache_config config = kv_test_config(3, 2, 8, 4, 0, 4);
+  config.dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
+  config.device_bytes = 2 * 3 * 4 * 2 * 8 * 2 * 5; /* five float16 blocks */
+  yk_kv_cache *cache = kv_test_cache(ctx, &config);
+  yk_kv_cache_info info = kv_info(cache);
+  cr_assert_eq(info.elem_bytes, 1);
+  cr_assert_eq(info.block_bytes, 2 * 3 * 4 * 2 * 8, "K and V of 3 layers, 4 tokens, 2 heads, 8 dims, a byte each");
+  cr_assert_eq(info.num_blocks, 10, "twice the float16 blocks in the same bytes");
+  DLTensor k, v;
+  cr_assert_eq(yk_kv_cache_layer(cache, 1, &k, &v), YK_OK);
+  cr_assert(k.dtype.code == YK_DL_FLOAT8_E4M3FN && k.dtype.bits == 8 && k.dtype.lanes == 1);
+  const int64_t strides[4] = {384, 16, 8, 1}; /* blocks of 384 bytes */
+  for (int i = 0; i < 4; i++) cr_assert_eq(k.strides[i], strides[i], "dim %d", i);
+  cr_assert_eq((const char *)v.data - (const char *)cache->device_base, 3 * 64, "layer 1's V: the fourth page");
+  yk_view view;
+  cr_assert_eq(yk_view_of(ctx, "test", "k", &k, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 4, 4, &view), YK_OK);
+  cr_assert_eq(view.type, YK_E4M3);
+  cr_assert_eq(view.elem_bytes, 1);
+  ts_assert_rejected(ctx, yk_view_of(ctx, "test", "k", &k, YK_ACCEPT_FLOAT, 4, 4, &view), YK_ERR_INVALID_ARGUMENT,
+                     "k: expected dtype float32, float16 or bfloat16, got float8_e4m3fn");
+
+  /* fork, copy-on-write, swap out and in: the bytes travel as they are */
+  kv_fill_device(cache, "kv_cache.float8");
+  const int64_t a = kv_add(cache);
+  kv_append(cache, a, 6, NULL);
+  int64_t b;
+  cr_assert_eq(yk_kv_seq_fork(cache, a, &b), YK_OK);
+  kv_append(cache, b, 1, NULL);
+  const int32_t copy = kv_seq(cache, b).table[1];
+  cr_assert_eq(yk_kv_cache_copy_blocks(cache, NULL), YK_OK, "%s", yk_ctx_last_error(ctx));
+  cr_assert_eq(memcmp(kv_block_bytes(cache, 0, copy), kv_block_bytes(cache, 0, 1), cache->block_bytes), 0);
+  unsigned char before[2 * 384];
+  memcpy(before, kv_block_bytes(cache, 0, kv_seq(cache, a).table[0]), 384);
+  memcpy(before + 384, kv_block_bytes(cache, 0, kv_seq(cache, a).table[1]), 384);
+  cr_assert_eq(yk_kv_seq_swap_out(cache, a, NULL), YK_OK, "%s", yk_ctx_last_error(ctx));
+  cr_assert_eq(yk_kv_seq_free(cache, b), YK_OK);
+  memset(kv_block_bytes(cache, 0, 0), 0x5a, cache->block_bytes * 10); /* every device block overwritten */
+  cr_assert_eq(yk_kv_seq_swap_in(cache, a, NULL), YK_OK, "%s", yk_ctx_last_error(ctx));
+  cr_assert_eq(memcmp(before, kv_block_bytes(cache, 0, kv_seq(cache, a).table[0]), 384), 0);
+  cr_assert_eq(memcmp(before + 384, kv_block_bytes(cache, 0, kv_seq(cache, a).table[1]), 384), 0);
   kv_done(ctx, cache);
 }
 
@@ -226,9 +275,14 @@ Test(kv_cache, bad_configurations_are_refused) {
   ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_INVALID_ARGUMENT, "page_size 129");
   c.page_size = 16;
   c.dtype = (DLDataType){kDLFloat, 32, 1};
-  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED, "not float16 or bfloat16");
+  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED,
+                     "(code 2, 32 bits, 1 lanes) is not float16, bfloat16 or float8_e4m3fn");
   c.dtype = (DLDataType){kDLInt, 16, 1};
-  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED, "not float16 or bfloat16");
+  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED, "not float16, bfloat16 or float8");
+  c.dtype = (DLDataType){10, 16, 1}; /* float8 e4m3fn's code with 16 bits */
+  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED, "not float16, bfloat16 or float8");
+  c.dtype = (DLDataType){11, 8, 1}; /* float8 e4m3fnuz: another float8 */
+  ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_UNSUPPORTED, "not float16, bfloat16 or float8");
   c.dtype = (DLDataType){kDLBfloat, 16, 1};
   c.layers = 0;
   ts_assert_rejected(ctx, yk_kv_cache_create(ctx, &c, &cache), YK_ERR_INVALID_ARGUMENT, "must be >= 1");

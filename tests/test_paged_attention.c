@@ -33,6 +33,10 @@ typedef struct scenario {
   int32_t *table;   /* block_tables [batch][max_blocks], unused entries past the cache */
   int32_t *indices; /* CSR kv_indices: the same blocks */
   double *q, *k, *v, *k_cache, *v_cache;
+  /* float8 caches: k, v and the caches hold stored * scale (float8_scenario), the caches'
+   * tensors the stored values */
+  int float8;
+  yk_kv_scales scales;
 } scenario;
 
 /* Tensors of a scenario in one memory. */
@@ -111,6 +115,20 @@ static void place_tokens(scenario *s) {
         }
 }
 
+/* Every key and value (and the caches' noise) replaced by what a float8 cache with these scales
+ * gives back: the nearest float8 value of x / scale, times scale. */
+static void float8_scenario(scenario *s, yk_kv_scales scales) {
+  s->float8 = 1, s->scales = scales;
+  const int64_t row = s->c.kv_heads * s->c.head_dim, cache = s->num_blocks * s->c.page_size * row;
+  double *all[4] = {s->k, s->v, s->k_cache, s->v_cache};
+  const int64_t n[4] = {s->total_k * row, s->total_k * row, cache, cache};
+  for (int i = 0; i < 4; i++) {
+    const double scale = i % 2 ? scales.v : scales.k;
+    for (int64_t e = 0; e < n[i]; e++)
+      all[i][e] = yk_e4m3_to_float(yk_float_to_e4m3((float)(all[i][e] / scale))) * scale;
+  }
+}
+
 static void free_scenario(scenario *s) {
   free(s->table), free(s->indices), free(s->q), free(s->k), free(s->v), free(s->k_cache), free(s->v_cache);
 }
@@ -134,12 +152,24 @@ static void make_tensors(paged_tensors *t, yk_ctx *ctx, const scenario *s, int d
   const int64_t nhd[4] = {s->num_blocks, P, H, D}, hnd[4] = {s->num_blocks, H, P, D};
   const int64_t *shape = s->layout == YK_KV_NHD ? nhd : hnd;
   const int64_t strides[4] = {P * H * D + CACHE_PAD, shape[2] * D, D, 1};
-  cr_assert_eq(yh_tensor_init(&t->k_cache, ctx, dtype, 4, shape, strides, on_device), 0);
-  cr_assert_eq(yh_tensor_init(&t->v_cache, ctx, dtype, 4, shape, strides, on_device), 0);
+  const int cache_type = s->float8 ? YK_E4M3 : dtype;
+  cr_assert_eq(yh_tensor_init(&t->k_cache, ctx, cache_type, 4, shape, strides, on_device), 0);
+  cr_assert_eq(yh_tensor_init(&t->v_cache, ctx, cache_type, 4, shape, strides, on_device), 0);
   yh_rng pad = {99};
   yh_fill_uniform(&t->k_cache, &pad, -1, 1), yh_fill_uniform(&t->v_cache, &pad, -1, 1); /* the gaps too */
-  yh_from_double(&t->k_cache, s->k_cache), yh_from_double(&t->v_cache, s->v_cache);
+  if (s->float8) { /* the stored values: x / scale, which float8 holds exactly */
+    const int64_t n = s->num_blocks * P * H * D;
+    double *stored = malloc((size_t)n * sizeof *stored);
+    for (int64_t e = 0; e < n; e++) stored[e] = s->k_cache[e] / s->scales.k;
+    yh_from_double(&t->k_cache, stored);
+    for (int64_t e = 0; e < n; e++) stored[e] = s->v_cache[e] / s->scales.v;
+    yh_from_double(&t->v_cache, stored);
+    free(stored);
+  } else {
+    yh_from_double(&t->k_cache, s->k_cache), yh_from_double(&t->v_cache, s->v_cache);
+  }
   t->kv = (yk_paged_kv){.k_cache = &t->k_cache.dl, .v_cache = &t->v_cache.dl, .layout = s->layout};
+  if (s->float8) t->kv.scales = s->scales;
   if (s->csr) {
     const int64_t n_indptr = B + 1, n_last = B;
     index_tensor(&t->indptr, ctx, 1, &n_indptr, s->indptr, on_device);
@@ -173,7 +203,8 @@ static yk_status run_paged(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_
   yk_attention_params p = {.causal = s->causal, .num_splits = num_splits};
   if (s->decode) return yk_paged_attention_decode(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
   p.cu_seqlens_q = &cu_q->dl;
-  for (int b = 0; b < s->c.batch; b++) p.max_seqlen_q = s->c.lens_q[b] > p.max_seqlen_q ? s->c.lens_q[b] : p.max_seqlen_q;
+  for (int b = 0; b < s->c.batch; b++)
+    p.max_seqlen_q = s->c.lens_q[b] > p.max_seqlen_q ? s->c.lens_q[b] : p.max_seqlen_q;
   return yk_paged_attention_prefill(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
 }
 
@@ -330,6 +361,66 @@ Test(paged_attention, gpu_prefill_matches_dense) {
     paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
     yk_ctx_destroy(gpu);
   }
+  yk_ctx_destroy(cpu);
+}
+
+/* ---- float8 caches ---- */
+
+/* Paged attention over a float8 cache against dense attention over the values it holds (stored *
+ * scale, in q's dtype). Scales that are powers of two make every product of the scaled path exact,
+ * so the CPU must agree bit for bit; others (float32 q) within float32's rounding. */
+static void float8_matches_dense(yk_ctx *cpu, int decode, uint64_t seed) {
+  yh_rng rng = {seed};
+  const paged_case *cases = decode ? decode_cases : prefill_cases;
+  const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases);
+  static const yk_kv_scales scales[] = {{1.f, 1.f}, {0.5f, 4.f}, {0.0625f, 2.f}, {0.3f, 1.7f}};
+  for (int i = 0; i < count; i++)
+    for (int variant = 0; variant < 4; variant++)
+      for (int causal = 0; causal <= !decode; causal++) {
+        const int sc = (variant + causal + i) % 4, bitwise = sc < 3; /* every case meets each scale */
+        scenario s;
+        make_scenario(&s, &cases[i], decode, causal, variant & 1, variant & 2 ? YK_KV_HND : YK_KV_NHD, &rng);
+        float8_scenario(&s, scales[sc]);
+        for (int dtype = YK_F32; dtype <= (bitwise ? YK_BF16 : YK_F32); dtype++) {
+          paged_tensors t;
+          yh_tensor cu_q;
+          make_tensors(&t, cpu, &s, dtype, 0);
+          if (sc == 0) t.kv.scales = (yk_kv_scales){0, 0}; /* 0 reads as 1 */
+          cu_q_tensor(&cu_q, cpu, &s, 0);
+          yh_poison(&t.out), yh_poison(&t.lse);
+          cr_assert_eq(run_paged(cpu, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
+          dense_result want = dense_cpu(cpu, &s, dtype);
+          char label[160];
+          label_of(label, sizeof label, decode ? "float8 decode" : "float8 prefill", &s, dtype, i);
+          snprintf(label + strlen(label), sizeof label - strlen(label), " scales %g %g", (double)s.scales.k,
+                   (double)s.scales.v);
+          double *got = as_doubles(&t.out);
+          if (bitwise) {
+            for (int64_t e = 0; e < t.out.numel; e++)
+              cr_assert(got[e] == want.out[e], "%s: out[%lld] %g, dense %g (seed %llu)", label, (long long)e, got[e],
+                        want.out[e], (unsigned long long)seed);
+            check_lse(&t.lse, want.lse, 0, label, seed);
+          } else {
+            const double err = ts_gpu_error(got, want.out, t.out.numel);
+            cr_assert(err < 1e-5, "%s: relative error %.3g (seed %llu)", label, err, (unsigned long long)seed);
+            check_lse(&t.lse, want.lse, 1e-5, label, seed);
+          }
+          free(got), free_result(&want);
+          yh_tensor_free(&cu_q), free_tensors(&t);
+        }
+        free_scenario(&s);
+      }
+}
+
+Test(paged_attention, cpu_float8_decode_matches_dense) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  float8_matches_dense(cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, cpu_float8_prefill_matches_dense) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  float8_matches_dense(cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
   yk_ctx_destroy(cpu);
 }
 
@@ -702,6 +793,63 @@ Test(paged_attention, bad_input_gpu) {
   yk_ctx_destroy(gpu);
 }
 
+/* float8 caches refused with the reason, nothing written: q of float8, caches of two types, scales
+ * on 16-bit caches or not positive and finite; on the GPU, every float8 cache (its kernels read
+ * 16-bit caches). */
+static void float8_bad_input(yk_ctx *ctx, int on_device) {
+  yh_rng rng = {17};
+  static const paged_case c = {2, {40, 17}, {5, 17}, 8, 2, 64, 16};
+  for (int decode = 0; decode <= 1; decode++) {
+    scenario s;
+    make_scenario(&s, &c, decode, 0, 0, YK_KV_NHD, &rng);
+    float8_scenario(&s, (yk_kv_scales){0.5f, 2.f});
+    paged_tensors t;
+    yh_tensor cu_q;
+    make_tensors(&t, ctx, &s, YK_BF16, on_device);
+    cu_q_tensor(&cu_q, ctx, &s, on_device);
+    yh_poison(&t.out), yh_poison(&t.lse);
+    if (on_device) {
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_UNSUPPORTED, "float8_e4m3fn caches in GPU memory");
+    } else {
+      const DLTensor q = t.q.dl, v = t.v_cache.dl;
+      t.q.dl.dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "q: expected dtype float32, float16 or bfloat16");
+      t.q.dl = q, t.v_cache.dl.dtype = (DLDataType){kDLBfloat, 16, 1};
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "v_cache is bfloat16 but k_cache is float8_e4m3fn");
+      t.v_cache.dl = v, t.kv.scales = (yk_kv_scales){-0.5f, 2.f};
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "the k scale -0.5 is not positive and finite");
+      t.kv.scales = (yk_kv_scales){0.5f, INFINITY};
+      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "the v scale inf is not positive and finite");
+      /* 16-bit caches take no scale */
+      paged_tensors plain;
+      s.float8 = 0;
+      make_tensors(&plain, ctx, &s, YK_BF16, 0);
+      plain.kv.scales = (yk_kv_scales){1.f, 0.5f};
+      yh_poison(&plain.out), yh_poison(&plain.lse);
+      expect_rejected(ctx, &s, &plain, &cu_q, YK_ERR_INVALID_ARGUMENT,
+                      "the v scale is 0.5, but scales apply to float8_e4m3fn caches only");
+      plain.kv.scales = (yk_kv_scales){1.f, 0};
+      cr_assert_eq(run_paged(ctx, &s, &plain, &cu_q, 0), YK_OK, "scales of 1 (or 0) are no scales: %s",
+                   yk_ctx_last_error(ctx));
+      free_tensors(&plain);
+    }
+    yh_tensor_free(&cu_q), free_tensors(&t), free_scenario(&s);
+  }
+}
+
+Test(paged_attention, float8_bad_input_cpu) {
+  yk_ctx *cpu = ts_cpu_ctx();
+  float8_bad_input(cpu, 0);
+  yk_ctx_destroy(cpu);
+}
+
+Test(paged_attention, float8_refused_on_gpu) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  float8_bad_input(gpu, 1);
+  yk_ctx_destroy(gpu);
+}
+
 /* ---- cascade decode ---- */
 
 /* Every sequence of s begins with the same prefix_pages pages (sequence 0's blocks, and its keys). */
@@ -716,13 +864,15 @@ static void share_prefix(scenario *s, int prefix_pages) {
   place_tokens(s);
 }
 
-static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed) {
+/* float8: over a float8 cache (CPU only), where shared and unique must carry the same scales. */
+static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed, int float8) {
   yh_rng rng = {seed};
   const int gpu = ctx->device == YK_DEVICE_CUDA, prefix_pages = 20;
   static const paged_case c = {5, {320 + 37, 320 + 1, 320, 320 + 200, 320 + 16}, {0}, 8, 2, 128, 16};
   scenario s;
   make_scenario(&s, &c, 1, 0, 0, YK_KV_NHD, &rng);
   share_prefix(&s, prefix_pages);
+  if (float8) float8_scenario(&s, (yk_kv_scales){0.5f, 3.f});
   for (int dtype = gpu ? YK_F16 : YK_F32; dtype <= YK_BF16; dtype++) {
     paged_tensors t;
     make_tensors(&t, ctx, &s, dtype, gpu);
@@ -783,6 +933,14 @@ static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed) {
     /* a shared table of more than one sequence is refused */
     ts_assert_rejected(ctx, yk_cascade_attention_decode(ctx, &t.q.dl, &unique, &unique, &p, &t.out.dl, NULL, NULL),
                        YK_ERR_INVALID_ARGUMENT, "the prefix is one");
+    if (float8) {
+      void *kept = yh_snapshot(&t.out);
+      shared.scales.v = 2.f;
+      ts_assert_rejected(ctx, yk_cascade_attention_decode(ctx, &t.q.dl, &shared, &unique, &p, &t.out.dl, NULL, NULL),
+                         YK_ERR_INVALID_ARGUMENT, "shared's scales (0.5, 2) are not unique's (0.5, 3)");
+      cr_assert_eq(yh_bytes_changed(&t.out, kept), 0, "a refused call wrote out");
+      free(kept);
+    }
     free(want), free(want_lse), free(got);
     yh_tensor_free(&shared_table), yh_tensor_free(&shared_len), yh_tensor_free(&unique_table);
     yh_tensor_free(&unique_lens), free_tensors(&t);
@@ -792,13 +950,14 @@ static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed) {
 
 Test(paged_attention, cpu_cascade_matches_paged_decode) {
   yk_ctx *cpu = ts_cpu_ctx();
-  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade"));
+  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade"), 0);
+  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade_float8"), 1);
   yk_ctx_destroy(cpu);
 }
 
 Test(paged_attention, gpu_cascade_matches_paged_decode) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
-  cascade_matches_paged(gpu, ts_seed("paged_attention.gpu_cascade"));
+  cascade_matches_paged(gpu, ts_seed("paged_attention.gpu_cascade"), 0);
   yk_ctx_destroy(gpu);
 }

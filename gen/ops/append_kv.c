@@ -15,7 +15,7 @@
 enum { HEAD_DIM, ROT_DIM, ROPE, VEC, THREADS, INDEX, CACHE_TYPE, POS_TYPE };
 enum { NONE = 0, NEOX = 1, GPTJ = 2 };
 enum { SLOTS32 = 0, SLOTS64 = 1, CSR = 2 };
-#define MAX_HEAD_DIM 4096
+#define MAX_HEAD_DIM YK_APPEND_KV_MAX_HEAD_DIM
 #define MAX_ROT_DIM 512 /* the CPU rope rotates a head through a 512-float stack buffer */
 static const char *const ropes[] = {"none", "neox", "gptj"};
 static const char *const indexes[] = {"slots32", "slots64", "csr"};
@@ -117,6 +117,8 @@ typedef struct {
   int64_t tokens, heads, dim, page, blocks, rot_dim;
   int64_t kc_stride[3], vc_stride[3]; /* block, token in its page, head */
   int on_device;
+  int float8;             /* float8_e4m3fn caches: k and v quantized on the way */
+  float k_scale, v_scale; /* their scales (1 for 16-bit caches) */
 } append_call;
 
 static const char *const csr_names[4] = {"batch_indices", "positions", "kv_indptr", "kv_indices"};
@@ -126,11 +128,11 @@ static yk_status check_tensors(yk_ctx *ctx, const char *op, const DLTensor *k, c
   yk_status st;
   if ((st = yk_view_of(ctx, op, "k", k, YK_ACCEPT_FLOAT, 3, 3, &c->k)) ||
       (st = yk_view_of(ctx, op, "v", v, YK_ACCEPT_FLOAT, 3, 3, &c->v)) ||
-      (st = yk_view_of(ctx, op, "k_cache", k_cache, YK_ACCEPT_FLOAT, 4, 4, &c->kc)) ||
-      (st = yk_view_of(ctx, op, "v_cache", v_cache, YK_ACCEPT_FLOAT, 4, 4, &c->vc)) ||
+      (st = yk_view_of(ctx, op, "k_cache", k_cache, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 4, 4, &c->kc)) ||
+      (st = yk_view_of(ctx, op, "v_cache", v_cache, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 4, 4, &c->vc)) ||
       (st = yk_view_same_type(ctx, op, "k", &c->k, "v", &c->v)) ||
       (st = yk_view_same_shape(ctx, op, "k", &c->k, "v", &c->v)) ||
-      (st = yk_view_same_type(ctx, op, "k", &c->k, "k_cache", &c->kc)) ||
+      (c->kc.type != YK_E4M3 && (st = yk_view_same_type(ctx, op, "k", &c->k, "k_cache", &c->kc))) ||
       (st = yk_view_same_type(ctx, op, "k_cache", &c->kc, "v_cache", &c->vc)) ||
       (st = yk_view_same_shape(ctx, op, "k_cache", &c->kc, "v_cache", &c->vc)))
     return st;
@@ -231,6 +233,11 @@ static yk_status check_rope(yk_ctx *ctx, const char *op, const yk_append_kv_rope
   return YK_OK;
 }
 
+static yk_status check_scales(yk_ctx *ctx, const char *op, const yk_kv_scales *scales, append_call *c) {
+  c->float8 = c->kc.type == YK_E4M3;
+  return yk_kv_scales_of(ctx, op, scales, c->float8, &c->k_scale, &c->v_scale);
+}
+
 static yk_status check_placement(yk_ctx *ctx, const char *op, append_call *c) {
   const yk_view *all[10] = {&c->k, &c->v, &c->kc, &c->vc, &c->index[0]};
   int n = 5;
@@ -274,7 +281,11 @@ __attribute__((cold)) static yk_status refused(yk_ctx *ctx, const char *op, cons
 
 static yk_status run_cpu(yk_ctx *ctx, const char *op, const append_call *c) {
   yk_append_kv_args a = {
+      .dtype = c->k.type,
       .elem_bytes = c->k.elem_bytes,
+      .float8 = c->float8,
+      .k_inv_scale = 1.f / c->k_scale,
+      .v_inv_scale = 1.f / c->v_scale,
       .tokens = c->tokens,
       .kv_heads = c->heads,
       .head_dim = c->dim,
@@ -360,6 +371,11 @@ static int vector_width(const append_call *c, const yk_spec *spec) {
 }
 
 static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void *stream) {
+  if (c->float8)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED,
+                    "%s: float8_e4m3fn caches in GPU memory: the GPU kernel writes 16-bit caches only (the CPU "
+                    "fallback takes float8 caches in host memory)",
+                    op);
   yk_spec spec;
   yk_spec_init(&spec, &yk_op_append_kv, (yk_dtype)c->k.type);
   spec.v[HEAD_DIM] = (int32_t)c->dim;
@@ -415,13 +431,14 @@ static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void
 
 yk_status yk_append_kv(yk_ctx *ctx, const DLTensor *k, const DLTensor *v, DLTensor *k_cache, DLTensor *v_cache,
                        yk_kv_layout layout, const yk_append_kv_index *index, const yk_append_kv_rope *rope,
-                       void *stream) {
+                       const yk_kv_scales *scales, void *stream) {
   static const char op[] = "append_kv";
   if (!ctx) return YK_ERR_INVALID_ARGUMENT;
   append_call c;
   yk_status st;
   if ((st = check_tensors(ctx, op, k, v, k_cache, v_cache, layout, &c)) || (st = check_index(ctx, op, index, &c)) ||
-      (st = check_rope(ctx, op, rope, &c)) || (st = check_placement(ctx, op, &c)))
+      (st = check_rope(ctx, op, rope, &c)) || (st = check_scales(ctx, op, scales, &c)) ||
+      (st = check_placement(ctx, op, &c)))
     return st;
   if (c.tokens == 0) return YK_OK;
   return c.on_device ? run_gpu(ctx, op, &c, stream) : run_cpu(ctx, op, &c);

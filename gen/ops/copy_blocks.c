@@ -108,7 +108,8 @@ static yk_status check_block(yk_ctx *ctx, const char *op, const yk_view *v, copy
 static yk_status check_caches(yk_ctx *ctx, const char *op, DLTensor *const *caches, int num_caches, copy_call *c) {
   if (!caches || num_caches < 1)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: caches is NULL or num_caches %d is below 1", op, num_caches);
-  yk_status st = yk_view_of(ctx, op, "caches[0]", caches[0], YK_ACCEPT_FLOAT, 1, YK_VIEW_MAX_DIMS, &c->first);
+  yk_status st =
+      yk_view_of(ctx, op, "caches[0]", caches[0], YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 1, YK_VIEW_MAX_DIMS, &c->first);
   if (st || (st = check_block(ctx, op, &c->first, c))) return st;
   const yk_view *pair[2] = {&c->first, &c->first};
   if ((st = yk_views_placement(ctx, op, pair, 1, &c->on_device))) return st;
@@ -117,7 +118,7 @@ static yk_status check_caches(yk_ctx *ctx, const char *op, DLTensor *const *cach
     char name[32];
     snprintf(name, sizeof name, "caches[%d]", i);
     yk_view v;
-    if ((st = yk_view_of(ctx, op, name, caches[i], YK_ACCEPT_FLOAT, 1, YK_VIEW_MAX_DIMS, &v)) ||
+    if ((st = yk_view_of(ctx, op, name, caches[i], YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3, 1, YK_VIEW_MAX_DIMS, &v)) ||
         (st = yk_view_same_type(ctx, op, "caches[0]", &c->first, name, &v)) ||
         (st = yk_view_same_shape(ctx, op, "caches[0]", &c->first, name, &v)))
       return st;
@@ -198,9 +199,15 @@ static void run_cpu(yk_ctx *ctx, const copy_call *c, DLTensor *const *caches, in
 
 static yk_status run_gpu(yk_ctx *ctx, const char *op, const copy_call *c, DLTensor *const *caches, int num_caches,
                          const int32_t *mapping, int64_t n, void *stream) {
-  const int es = c->first.elem_bytes;
+  /* float8 blocks move as 16-bit words: the copy is of bytes, and the kernels have no 8-bit type */
+  const int float8 = c->first.type == YK_E4M3, es = float8 ? 2 : c->first.elem_bytes;
+  if (float8 && ((c->address_bits | (uint64_t)c->stride_bytes | (uint64_t)c->block_bytes) & 1))
+    return yk_error(ctx, YK_ERR_UNSUPPORTED,
+                    "%s: float8 blocks of an odd number of bytes (%zu, block stride %lld) or at odd addresses: the GPU "
+                    "copies 16-bit words",
+                    op, c->block_bytes, (long long)c->stride_bytes);
   yk_spec spec;
-  yk_spec_init(&spec, &yk_op_copy_blocks, (yk_dtype)c->first.type);
+  yk_spec_init(&spec, &yk_op_copy_blocks, float8 ? YK_F16 : (yk_dtype)c->first.type);
   spec.v[VEC] = yk_vec_width(c->address_bits | (uint64_t)c->stride_bytes | (uint64_t)c->block_bytes, es);
   yk_spec_finish(ctx, &spec, 0);
   yk_kernel *kern;

@@ -58,7 +58,8 @@ typedef enum yk_kv_layout {
 typedef struct yk_kv_cache_config {
   int layers, kv_heads, head_dim; /* each >= 1 */
   int page_size;                  /* tokens a block, 1..128; default 16 */
-  DLDataType dtype;               /* float16 or bfloat16; default bfloat16 */
+  DLDataType dtype;               /* float16, bfloat16 or float8_e4m3fn (DLPack code 10, 8 bits: see
+                                     yk_kv_scales); default bfloat16 */
   yk_kv_layout layout;            /* default NHD */
   int64_t num_blocks;             /* device blocks; 0: as many as device_bytes holds */
   size_t device_bytes;            /* with num_blocks 0: the budget for device blocks */
@@ -201,6 +202,22 @@ YK_API yk_status yk_kv_cache_block_tables(yk_kv_cache *cache, const int64_t *seq
 YK_API yk_status yk_kv_cache_csr(yk_kv_cache *cache, const int64_t *seqs, int64_t num_seqs, int32_t *kv_indptr,
                                  int32_t *kv_indices, int64_t capacity, int32_t *kv_last_page_len);
 
+/* ---- float8 caches ----
+ *
+ * A cache of float8_e4m3fn (OCP FP8 E4M3: bias 7, no infinities, largest finite 448) holds each
+ * value times 1 / scale, rounded to nearest even and saturated to +-448 (NaN stays NaN); attention
+ * reads stored * scale. One scale for a layer's K and one for its V, as vLLM's k_scale and
+ * v_scale (from a checkpoint, or calibrated by the engine). A member 0 means 1. Scales must be
+ * positive and finite; caches of 16-bit types take none (0 or 1). Half the bytes of bfloat16: twice
+ * the tokens a pool holds, and half the bytes decode reads.
+ *
+ * Where float8 caches run: on the CPU fallback (every op over caches), and on the GPU for the
+ * cache's memory operations (copy-on-write copies, swaps). The GPU attention and append kernels
+ * refuse them (YK_ERR_UNSUPPORTED) until their float8 forms have been checked on a GPU. */
+typedef struct yk_kv_scales {
+  float k, v;
+} yk_kv_scales;
+
 /* ---- kernels on the cache ----
  *
  * Ops over cache tensors: yk_kv_cache_layer's (block stride larger than a page: only strides
@@ -232,7 +249,9 @@ typedef struct yk_append_kv_rope {
 
 /* Writes the new tokens' K and V into their pages: k_cache[block, offset] = k[t] (rotated when
  * rope is set) and v_cache likewise, for every token t the index places.
- * k, v: [tokens, kv_heads, head_dim], the cache's dtype (float16 or bfloat16; float32 too).
+ * k, v: [tokens, kv_heads, head_dim], the cache's dtype (float16 or bfloat16; float32 too); for a
+ *   float8_e4m3fn cache float32, float16 or bfloat16, quantized on the way with scales (NULL: 1, 1),
+ *   after rope: the cache receives yk_rope's bits of k, times 1 / scale, rounded to float8.
  * k_cache, v_cache: one layer, NHD [num_blocks, page_size, kv_heads, head_dim] or HND
  *   [num_blocks, kv_heads, page_size, head_dim] as layout says.
  * rope: NULL for none.
@@ -243,7 +262,7 @@ typedef struct yk_append_kv_rope {
  * of range writes that token's k unrotated (as yk_rope leaves it). */
 YK_API yk_status yk_append_kv(yk_ctx *ctx, const DLTensor *k, const DLTensor *v, DLTensor *k_cache, DLTensor *v_cache,
                               yk_kv_layout layout, const yk_append_kv_index *index, const yk_append_kv_rope *rope,
-                              void *stream);
+                              const yk_kv_scales *scales, void *stream);
 
 /* vLLM's copy_blocks(key_caches, value_caches, block_mapping): in each of num_caches tensors,
  * block block_mapping[2 * i] is copied over block block_mapping[2 * i + 1], for i < num_pairs.

@@ -143,7 +143,8 @@ YK_API yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, con
  * Keys and values in a paged KV cache: one layer's K and V caches, as yk_kv_cache_layer gives them
  * (or an engine's own, any strides with the last dimension contiguous), and a page table saying
  * which blocks hold each sequence's tokens, in either form engines keep: set one and leave the
- * other's tensors NULL. Token t of sequence i is in block table_i[t / page_size] at offset
+ * other's tensors NULL. q is the caches' dtype; caches of float8_e4m3fn (yk/kv.h: read as stored
+ * times scales, on the CPU fallback for now) take q of float32, float16 or bfloat16. Token t of sequence i is in block table_i[t / page_size] at offset
  * t % page_size. Page tables are int32 and contiguous; on the GPU in device, pinned or managed
  * memory. Where the host can read them (host, pinned, managed) every entry is checked before
  * anything runs; in device memory the kernels check them instead: a sequence whose entry is out
@@ -159,6 +160,7 @@ typedef struct yk_paged_kv {
   const DLTensor *kv_last_page_len; /*   [batch]: tokens in the last block, 1..page_size */
   int max_context_len;              /* decode from tables the host cannot read: the longest sequence
                                        (vLLM's max_context_len), which sizes the key splits */
+  yk_kv_scales scales;              /* float8_e4m3fn caches: value = stored * scale (yk/kv.h); {0, 0}: 1 */
 } yk_paged_kv;
 
 /* Decode over pages: one query token a sequence, q, out [batch, q_heads, head_dim], lse

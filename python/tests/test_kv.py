@@ -290,7 +290,7 @@ def test_creation(cache):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(dtype="float32"), ValueError, "dtype 'float32' is not float16 or bfloat16"),
+    (dict(dtype="float32"), ValueError, "dtype 'float32' is not float16, bfloat16 or float8_e4m3fn"),
     (dict(block_size=200), yk.InvalidArgumentError, "page_size 200 is not in 1..128"),
     (dict(num_heads=0), yk.InvalidArgumentError, "kv_heads (0) and head_dim (8) must be >= 1"),
     (dict(num_blocks=None), yk.InvalidArgumentError, "set num_blocks or device_bytes"),

@@ -148,6 +148,72 @@ def test_paged_attention_over_a_kv_cache_manager(rng, layout):
         np.testing.assert_array_equal(att.run(q, m.layer(1)), out)
 
 
+def e4m3(x):
+    """float8 e4m3fn by its definition, with numpy alone: the nearest of its 127 finite magnitudes
+    (ties to the even pattern), 448 and above saturating to 448, as a float8 cache keeps x."""
+    patterns = np.arange(127)
+    exponent, mantissa = patterns >> 3, patterns & 7
+    values = np.where(exponent == 0, mantissa * 2.0 ** -9, (8 + mantissa) * 2.0 ** (exponent - 10))
+    a = np.abs(np.asarray(x, np.float64))[..., None]
+    distance = np.abs(values - a)
+    nearest_ones = distance == distance.min(axis=-1, keepdims=True)  # two on a tie: one even, one odd
+    even = nearest_ones & (patterns % 2 == 0)
+    nearest = values[np.where(even.any(-1), np.argmax(even, -1), np.argmax(nearest_ones, -1))]
+    return np.copysign(np.where(a[..., 0] >= 448, 448.0, nearest), x)
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_float8_cache_end_to_end(rng, layout):
+    """A float8_e4m3fn KVCacheManager on the CPU: append_kv quantizes k and v with their scales,
+    paged decode (both table forms) and prefill read them back as stored * scale, against float64
+    attention over those values."""
+    page, heads, kv_heads, dim, k_scale, v_scale = 4, 4, 2, 16, 0.25, 3.0
+    with yk.KVCacheManager(16, page, kv_heads, dim, "float8_e4m3fn", layout=layout, device="cpu") as m:
+        assert m.dtype == "float8_e4m3fn" and m.elem_bytes == 1
+        seqs, lens = [m.add_sequence() for _ in range(3)], (9, 4, 1)
+        kc, vc = m.layer(0)
+        assert kc.dtype == "float8_e4m3fn"
+        held_k = np.zeros((16, page, kv_heads, dim)) if layout == "NHD" else np.zeros((16, kv_heads, page, dim))
+        held_v = held_k.copy()
+        for i, (s, n) in enumerate(zip(seqs, lens)):
+            slots = m.append(s, n)
+            dtype = (np.float32, np.float16)[i % 2]  # k and v of either type go into float8
+            k = (randn(rng, (n, kv_heads, dim), np.float32) * 40).astype(dtype)  # past 448 * k_scale: some saturate
+            v = randn(rng, (n, kv_heads, dim), dtype)
+            yk.append_kv(k, v, kc, vc, slots, layout=layout, k_scale=k_scale, v_scale=v_scale)
+            for t, slot in enumerate(slots):
+                block, offset = slot // page, slot % page
+                where = (block, offset) if layout == "NHD" else (block, slice(None), offset)
+                # times 1 / scale in float32, as libyk multiplies, then rounded to float8
+                held_k[where] = e4m3(k[t].astype(np.float32) * np.float32(1 / k_scale)) * k_scale
+                held_v[where] = e4m3(v[t].astype(np.float32) * np.float32(1 / v_scale)) * v_scale
+        assert np.abs(held_k).max() == 448 * k_scale  # saturation was met
+        blocks = [m.seq_info(s).block_table for s in seqs]
+        bt, cl = m.block_tables(seqs)
+        q = randn(rng, (3, heads, dim), np.float32)
+        want, want_lse = decode_ref(q, held_k, held_v, layout, blocks, list(lens), page)
+        out, lse = yk.paged_attention_forward(q, kc, vc, bt, cl, 9, layout=layout, k_scale=k_scale,
+                                              v_scale=v_scale, return_lse=True)
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+        att = yk.FlashInferPagedAttention(heads, kv_heads, dim, page, layout=layout)
+        att.plan(*m.csr(seqs))
+        np.testing.assert_array_equal(att.run(q, (kc, vc), k_scale=k_scale, v_scale=v_scale), out)
+        # the wrong scales give another answer; none given reads the stored values as they are
+        assert np.abs(att.run(q, (kc, vc), k_scale=k_scale) - out).max() > 1e-2
+        # prefill of each sequence's last token over its pages: the same as decode
+        last = np.array([0, 1, 2, 3], np.int32)
+        pre = att.prefill(q, (kc, vc), last, *m.csr(seqs), causal=True, k_scale=k_scale, v_scale=v_scale)
+        np.testing.assert_allclose(pre, out, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match="k_scale is -1"):
+            yk.append_kv(k, v, kc, vc, slots, k_scale=-1)
+        with pytest.raises(ValueError, match="scales apply to float8_e4m3fn caches only"):
+            with yk.KVCacheManager(4, page, kv_heads, dim, "float16", device="cpu") as plain:
+                pk, pv = plain.layer(0)
+                x = v.astype(np.float16)
+                yk.append_kv(x, x, pk, pv, np.array([0], np.int64), v_scale=2.0)
+
+
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_flash_infer_prefill_over_pages(rng, layout, causal):

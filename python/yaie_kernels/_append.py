@@ -7,7 +7,7 @@ import ctypes
 
 from ._lib import C, c_struct, raise_status
 from ._ops import _style
-from ._paged import _layout
+from ._paged import _layout, kv_scales
 from ._tensor import adapter, describe, pack, place, scratch, written
 
 __all__ = ["append_kv"]
@@ -28,11 +28,19 @@ class _Rope(ctypes.Structure):
     _fields_ = [("positions", ctypes.c_void_p), ("cos_sin_cache", ctypes.c_void_p), ("style", ctypes.c_int)]
 
 
+@c_struct("yk_kv_scales")
+class _Scales(ctypes.Structure):
+    """yk_kv_scales (include/yk/kv.h)."""
+
+    _fields_ = [("k", ctypes.c_float), ("v", ctypes.c_float)]
+
+
 _CSR = ("batch_indices", "positions", "kv_indptr", "kv_indices")
 
 
 def append_kv(k, v, k_cache, v_cache, slot_mapping=None, *, layout="NHD", batch_indices=None, positions=None,
-              kv_indptr=None, kv_indices=None, rope_positions=None, cos_sin_cache=None, rope_style="neox"):
+              kv_indptr=None, kv_indices=None, rope_positions=None, cos_sin_cache=None, rope_style="neox", k_scale=None,
+              v_scale=None):
     """Writes token t's k[t] and v[t] into the page its index names, in place; returns None.
 
     k, v [tokens, kv_heads, head_dim] in the caches' dtype; k_cache, v_cache one layer's blocks as
@@ -46,9 +54,14 @@ def append_kv(k, v, k_cache, v_cache, slot_mapping=None, *, layout="NHD", batch_
     then sin in each row, as rope()'s) rotate k on its way in (k itself is unchanged): the cache
     gets exactly the bits rope() then a plain append would write.
 
+    Float8 caches (float8_e4m3fn; the CPU fallback for now): k and v are float32, float16 or
+    bfloat16, and the cache gets each value times 1 / k_scale (1 / v_scale), rounded to nearest
+    even and saturated to +-448, as vLLM's reshape_and_cache with its scales; None means 1.
+
     Index values the host can read are checked first (a slot or block outside the cache fails
     with nothing written); in device memory a token whose slot lies outside is skipped."""
     op = "append_kv"
+    k_s, v_s = kv_scales(k_scale, v_scale, op)
     given = [n for n, x in zip(_CSR, (batch_indices, positions, kv_indptr, kv_indices)) if x is not None]
     if slot_mapping is not None and given:
         raise ValueError(f"{op}: give slot_mapping or FlashInfer's (batch_indices, positions, kv_indptr, "
@@ -83,8 +96,10 @@ def append_kv(k, v, k_cache, v_cache, slot_mapping=None, *, layout="NHD", batch_
     if rope_positions is not None:
         rope = _Rope(pack(buf, base, slot, describe(rope_positions, op, "rope_positions")),
                      pack(buf, base, slot + 1, describe(cos_sin_cache, op, "cos_sin_cache")), style)
+    scales = _Scales(k_s, v_s) if (k_s, v_s) != (0.0, 0.0) else None
     st = C.yk_append_kv(ctx, pk, pv, pkc, pvc, code, ctypes.addressof(index),
-                        ctypes.addressof(rope) if rope is not None else None, stream)
+                        ctypes.addressof(rope) if rope is not None else None,
+                        ctypes.addressof(scales) if scales is not None else None, stream)
     if st:
         raise_status(st, ctx, op)
     written(k_cache, op, "k_cache")

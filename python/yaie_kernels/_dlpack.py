@@ -21,7 +21,7 @@ __all__ = ["BufferView"]
 
 _READ_ONLY_FLAG = 1  # DLPACK_FLAG_BITMASK_READ_ONLY
 _DTYPE_NAMES = {(2, 16): "float16", (4, 16): "bfloat16", (2, 32): "float32", (1, 8): "uint8", (0, 32): "int32",
-                (0, 64): "int64"}
+                (0, 64): "int64", (10, 8): "float8_e4m3fn"}
 _DEVICE_NAMES = {1: "cpu", 2: "cuda", 3: "cuda_host"}
 
 _DELETER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)

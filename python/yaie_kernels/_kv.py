@@ -26,7 +26,9 @@ from ._tensor import DLTensor, _DLDataType
 
 __all__ = ["KVCacheManager", "KVCacheBlock", "KVCacheInfo", "SeqInfo"]
 
-_DTYPES = {"float16": (2, 16), "half": (2, 16), "fp16": (2, 16), "bfloat16": (4, 16), "bf16": (4, 16)}
+_DTYPES = {"float16": (2, 16), "half": (2, 16), "fp16": (2, 16), "bfloat16": (4, 16), "bf16": (4, 16),
+           "float8_e4m3fn": (10, 8), "fp8": (10, 8), "fp8_e4m3": (10, 8)}
+_DTYPE_OF_CODE = {(2, 16): "float16", (4, 16): "bfloat16", (10, 8): "float8_e4m3fn"}
 _LAYOUTS = {"NHD": 0, "HND": 1}
 
 
@@ -110,7 +112,7 @@ def _dtype_code(dtype, op):
         name = str(dtype)  # torch.float16, numpy.dtype('float16')
     code = _DTYPES.get(name.lower().replace("torch.", ""))
     if code is None:
-        raise ValueError(f"{op}: dtype {dtype!r} is not float16 or bfloat16, the KV cache's dtypes")
+        raise ValueError(f"{op}: dtype {dtype!r} is not float16, bfloat16 or float8_e4m3fn, the KV cache's dtypes")
     return code
 
 
@@ -124,7 +126,9 @@ class KVCacheManager(Closable):
     """The paged KV cache (yk_kv_cache_create).
 
     num_blocks blocks of block_size tokens (1..128) of K and V, for num_layers layers of num_heads
-    KV heads of head_dim, in dtype (float16 or bfloat16: a string, torch or numpy dtype).
+    KV heads of head_dim, in dtype (float16, bfloat16 or float8_e4m3fn: a string, torch or numpy
+    dtype). A float8 cache holds a byte an element, written by append_kv with k_scale and v_scale
+    and read by the paged attention calls with the same scales (on the CPU fallback for now).
     num_blocks None: as many as device_bytes holds. layout "NHD" (a block's page is
     [block_size, heads, head_dim]) or "HND". host_blocks: host blocks for swapping (pinned on
     CUDA). pool: carve the blocks from a MemoryPool (its device is the cache's). device: as
@@ -179,7 +183,7 @@ class KVCacheManager(Closable):
                                                                            i.block_size)
         self.num_blocks, self.host_blocks, self.layout = i.num_blocks, i.host_blocks, i.layout
         self.block_bytes, self.elem_bytes = i.block_bytes, i.elem_bytes
-        self.dtype = "float16" if cfg.dtype.code == 2 else "bfloat16"
+        self.dtype = _DTYPE_OF_CODE[(cfg.dtype.code, cfg.dtype.bits)]
 
     # ---- plumbing ----
 

@@ -255,7 +255,7 @@ _PROTOTYPES = {
     "yk_kv_cache_block_tables": (_i, [_p, _p, _i64, _p, _i64, _p]),
     "yk_kv_cache_csr": (_i, [_p, _p, _i64, _p, _p, _i64, _p]),
     "yk_copy_blocks": (_i, [_p, _p, _i, _p, _i64, _p]),
-    "yk_append_kv": (_i, [_p, _p, _p, _p, _p, _i, _p, _p, _p]),
+    "yk_append_kv": (_i, [_p, _p, _p, _p, _p, _i, _p, _p, _p, _p]),
     # paged attention (yk/ops.h)
     "yk_paged_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p]),
     "yk_paged_attention_prefill": (_i, [_p, _p, _p, _p, _p, _p, _p]),

@@ -28,7 +28,7 @@ class PagedKV(ctypes.Structure):
     _fields_ = [("k_cache", ctypes.c_void_p), ("v_cache", ctypes.c_void_p), ("layout", ctypes.c_int),
                 ("block_tables", ctypes.c_void_p), ("context_lens", ctypes.c_void_p), ("kv_indptr", ctypes.c_void_p),
                 ("kv_indices", ctypes.c_void_p), ("kv_last_page_len", ctypes.c_void_p),
-                ("max_context_len", ctypes.c_int)]
+                ("max_context_len", ctypes.c_int), ("k_scale", ctypes.c_float), ("v_scale", ctypes.c_float)]
 
 
 @c_struct("yk_paged_plan_shape")
@@ -92,9 +92,25 @@ def _table(table, op, name):
     return names, [describe(t, op, n) for t, n in zip(table, names)]
 
 
-def _paged_kv(buf, base, slot, k_ptr, v_ptr, layout, names, descs, max_context_len):
+def kv_scales(k_scale, v_scale, op):
+    """(k, v) scales of a float8 cache as C floats, None reading as 1 (sent as 0): positive and
+    finite, else ValueError here (libyk refuses them too, and scales on 16-bit caches)."""
+    out = []
+    for value, name in ((k_scale, "k_scale"), (v_scale, "v_scale")):
+        if value is None:
+            out.append(0.0)
+            continue
+        v = float(value)
+        if not (v > 0.0 and v != float("inf")):
+            raise ValueError(f"{op}: {name} is {value!r}; a float8 cache's scale is positive and finite")
+        out.append(v)
+    return tuple(out)
+
+
+def _paged_kv(buf, base, slot, k_ptr, v_ptr, layout, names, descs, max_context_len, scales=(0.0, 0.0)):
     """A yk_paged_kv with the table's DLTensors packed from slot on; returns it and the next slot."""
-    kv = PagedKV(k_cache=k_ptr, v_cache=v_ptr, layout=layout, max_context_len=max_context_len)
+    kv = PagedKV(k_cache=k_ptr, v_cache=v_ptr, layout=layout, max_context_len=max_context_len, k_scale=scales[0],
+                 v_scale=scales[1])
     for name, d in zip(names, descs):
         setattr(kv, name, pack(buf, base, slot, d))
         slot += 1
@@ -125,7 +141,7 @@ def _finish(op, out, out_given, lse, lse_given, want_lse):
 
 
 def _decode(op, ad, q, qd, kd, vd, layout, names, tables, max_context_len, params, out, lse, return_lse, plan=None,
-            workspace=None):
+            workspace=None, scales=(0.0, 0.0)):
     """One paged decode: yk_paged_attention_decode, or yk_paged_decode_run when a plan is given
     (plan: (yk_paged_plan*, its context))."""
     out, out_given, lse, lse_given, want_lse = _outputs(op, ad, q, qd, out, lse, return_lse, tuple(qd[5][:2]))
@@ -135,7 +151,7 @@ def _decode(op, ad, q, qd, kd, vd, layout, names, tables, max_context_len, param
     ctx, stream = place(ad, qd)
     buf, base = scratch()
     kv, slot = _paged_kv(buf, base, 4, pack(buf, base, 2, kd), pack(buf, base, 3, vd), layout, names, tables,
-                         max_context_len)
+                         max_context_len, scales)
     pq, po = pack(buf, base, 0, qd), pack(buf, base, 1, od)
     pl = pack(buf, base, slot, ld) if ld else None
     if plan is None:
@@ -150,7 +166,8 @@ def _decode(op, ad, q, qd, kd, vd, layout, names, tables, max_context_len, param
 
 
 def paged_attention_forward(q, k_cache, v_cache, block_tables, context_lens, max_context_len, *, layout="NHD",
-                            scale=None, num_splits=0, out=None, lse=None, return_lse=False):
+                            scale=None, num_splits=0, out=None, lse=None, return_lse=False, k_scale=None,
+                            v_scale=None):
     """Decode over a paged KV cache, vLLM's call (yk_paged_attention_decode): one query token a
     sequence against the context_lens[i] tokens its block table row names.
 
@@ -161,7 +178,8 @@ def paged_attention_forward(q, k_cache, v_cache, block_tables, context_lens, max
     offset t % page_size), context_lens int32 [num_seqs]. max_context_len: the longest context
     (vLLM's), which sizes the key splits on the GPU when the tables are in device memory; tables
     the host can read are checked and measured by libyk, and it is then not used. float16 or
-    bfloat16 on the GPU, also float32 on the CPU.
+    bfloat16 on the GPU, also float32 on the CPU. Caches of float8_e4m3fn (CPU for now) are read
+    as stored * k_scale (v_scale), vLLM's scales; q is then float32, float16 or bfloat16.
 
     Returns out like q (a new tensor of q's type, or out= written), and (out, lse) when lse= (a
     float32 [num_seqs, q_heads] tensor to write) or return_lse=True. scale: default
@@ -173,7 +191,8 @@ def paged_attention_forward(q, k_cache, v_cache, block_tables, context_lens, max
     tables = [describe(block_tables, op, "block_tables"), describe(context_lens, op, "context_lens")]
     params = AttentionParams(scale=_scale(scale), num_splits=_c_int(num_splits, op, "num_splits"))
     return _decode(op, ad, q, qd, kd, vd, _layout(layout, op), _DENSE, tables,
-                   _length(max_context_len, op, "max_context_len"), params, out, lse, return_lse)
+                   _length(max_context_len, op, "max_context_len"), params, out, lse, return_lse,
+                   scales=kv_scales(k_scale, v_scale, op))
 
 
 def _plan_dtype(dtype, op):
@@ -330,10 +349,12 @@ class FlashInferPagedAttention:
             self.workspace = adapter(kv_indptr, op, "kv_indptr").empty(kv_indptr, (floats.value,), "float32")
         self._planned = (key, tables, lens)
 
-    def run(self, q, paged_kv_cache, *, out=None, lse=None, return_lse=False):
+    def run(self, q, paged_kv_cache, *, out=None, lse=None, return_lse=False, k_scale=None, v_scale=None):
         """Decode over the planned tables: q [batch, q_heads, head_dim]; returns out like q, and
-        (out, lse) with lse= (float32 [batch, q_heads]) or return_lse=True."""
+        (out, lse) with lse= (float32 [batch, q_heads]) or return_lse=True. k_scale, v_scale: a
+        float8 cache's scales (FlashInfer's), None for 1."""
         op = "FlashInferPagedAttention.run"
+        scales = kv_scales(k_scale, v_scale, op)
         if self._planned is None:
             raise ValueError(f"{op}: no plan: call plan() first")
         key, tables, lens = self._planned
@@ -345,21 +366,22 @@ class FlashInferPagedAttention:
         longest = int(lens.max()) if lens.shape[0] else 0
         if key < 0:
             return _decode(op, ad, q, qd, kd, vd, self._layout, _CSR, descs, longest, self._params(), out, lse,
-                           return_lse)
+                           return_lse, scales=scales)
         plan = self._plan
         workspace = self.workspace if self.workspace_floats else None
         return _decode(op, ad, q, qd, kd, vd, self._layout, _CSR, descs, longest, None, out, lse, return_lse,
-                       plan=(plan[0].ptr, plan[1]), workspace=workspace)
+                       plan=(plan[0].ptr, plan[1]), workspace=workspace, scales=scales)
 
     forward = run
 
     # ---- prefill and cascade ----
 
     def prefill(self, q, paged_kv_cache, qo_indptr, kv_indptr, kv_indices, kv_last_page_len, *, causal=None,
-                max_seqlen_q=0, out=None, return_lse=False):
+                max_seqlen_q=0, out=None, return_lse=False, k_scale=None, v_scale=None):
         """Paged prefill (see the class): no plan needed. max_seqlen_q: the longest query run,
-        needed on the GPU when qo_indptr is in device memory."""
+        needed on the GPU when qo_indptr is in device memory. k_scale, v_scale: a float8 cache's."""
         op = "FlashInferPagedAttention.prefill"
+        scales = kv_scales(k_scale, v_scale, op)
         ad = adapter(q, op, "q")
         qd = ad.describe(q, op, "q")
         kd, vd = _caches(paged_kv_cache, op)
@@ -380,7 +402,7 @@ class FlashInferPagedAttention:
         ctx, stream = place(ad, qd)
         buf, base = scratch()
         kv, slot = _paged_kv(buf, base, 4, pack(buf, base, 2, kd), pack(buf, base, 3, vd), self._layout, _CSR, tables,
-                             0)
+                             0, scales)
         params = AttentionParams(causal=1 if (self.causal if causal is None else causal) else 0,
                                  scale=_scale(self.scale), cu_seqlens_q=pack(buf, base, slot, cq) if cq else None,
                                  max_seqlen_q=_length(max_seqlen_q, op, "max_seqlen_q"))
@@ -402,7 +424,7 @@ class FlashInferPagedAttention:
                                                          self.head_dim, max_suffix_len, self.num_splits))
 
     def cascade_decode(self, q, paged_kv_cache, shared_kv, unique_kv, *, prefix_len=0, max_suffix_len=0, out=None,
-                       lse=None, return_lse=False, workspace=None):
+                       lse=None, return_lse=False, workspace=None, k_scale=None, v_scale=None):
         """Cascade decode (see the class): q [batch, q_heads, head_dim]; returns out like q, and
         (out, lse) with lse= or return_lse=True. For tables in device memory, which the host
         cannot measure: prefix_len, exactly the prefix's tokens (with a dense shared table the GPU
@@ -410,8 +432,9 @@ class FlashInferPagedAttention:
         on the suffixes (it sizes their key splits); 0 for unknown. Unused where the host reads the
         tables. workspace: float32, at least cascade_workspace_floats(batch, max_suffix_len)
         elements in q's memory; without it the GPU's scratch is allocated on the stream for the
-        call."""
+        call. k_scale, v_scale: a float8 cache's."""
         op = "FlashInferPagedAttention.cascade_decode"
+        scales = kv_scales(k_scale, v_scale, op)
         ad = adapter(q, op, "q")
         qd = ad.describe(q, op, "q")
         kd, vd = _caches(paged_kv_cache, op)
@@ -425,9 +448,9 @@ class FlashInferPagedAttention:
         buf, base = scratch()
         pk, pv = pack(buf, base, 2, kd), pack(buf, base, 3, vd)
         skv, slot = _paged_kv(buf, base, 4, pk, pv, self._layout, shared_names, shared,
-                              _length(prefix_len, op, "prefix_len"))
+                              _length(prefix_len, op, "prefix_len"), scales)
         ukv, slot = _paged_kv(buf, base, slot, pk, pv, self._layout, unique_names, unique,
-                              _length(max_suffix_len, op, "max_suffix_len"))
+                              _length(max_suffix_len, op, "max_suffix_len"), scales)
         params = self._params()  # held here: C reads it through its address
         if workspace is not None:
             params.workspace = pack(buf, base, slot + 1, describe(workspace, op, "workspace"))

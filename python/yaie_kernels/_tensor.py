@@ -30,7 +30,7 @@ _SHAPE_AT, _STRIDES_AT = 48, 48 + 8 * MAX_DIMS
 # byte_offset; then the shape and stride arrays the two pointers point at.
 _PACKERS = [struct.Struct(f"<QiiiBBHQQQ{n}q{(MAX_DIMS - n) * 8}x{n}q") for n in range(MAX_DIMS + 1)]
 
-DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_BOOL = 0, 1, 2, 4, 6
+DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT, DL_BOOL, DL_FLOAT8_E4M3FN = 0, 1, 2, 4, 6, 10
 
 
 class _Scratch(threading.local):
@@ -89,6 +89,8 @@ class _Torch:
         self.dtypes = {t.float32: (DL_FLOAT, 32), t.float16: (DL_FLOAT, 16), t.bfloat16: (DL_BFLOAT, 16),
                        t.float64: (DL_FLOAT, 64), t.int32: (DL_INT, 32), t.int64: (DL_INT, 64),
                        t.int16: (DL_INT, 16), t.int8: (DL_INT, 8), t.uint8: (DL_UINT, 8), t.bool: (DL_BOOL, 8)}
+        if hasattr(t, "float8_e4m3fn"):  # float8 KV caches (torch 2.1 and later)
+            self.dtypes[t.float8_e4m3fn] = (DL_FLOAT8_E4M3FN, 8)
         graph = getattr(getattr(torch, "autograd", None), "graph", None)
         self.increment_version = getattr(graph, "increment_version", None) or torch._C._increment_version
         raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
@@ -159,6 +161,9 @@ class _Numpy:
         if c is None:
             if dt.name == "bfloat16" and dt.itemsize == 2:  # ml_dtypes' bfloat16
                 c = (DL_BFLOAT, 16)
+                self.dtypes[dt] = c
+            elif dt.name == "float8_e4m3fn" and dt.itemsize == 1:  # ml_dtypes' float8, for KV caches
+                c = (DL_FLOAT8_E4M3FN, 8)
                 self.dtypes[dt] = c
             else:
                 raise ValueError(f"{op}: {name} has dtype {dt.str}, which DLPack cannot carry here "
