@@ -1,6 +1,6 @@
 """The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy arrays:
 prefill (causal and not) and its backward in float32; decode, dense and paged (pages of 16 tokens),
-in float32 and float16. The median of 5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for
+in float32 and float16, and paged over a float8 cache (float16 queries). The median of 5 calls after one warm call, in GFLOP/s (4 B H Sq Sk D for
 the forward, 2.5 times that for the backward as `yk bench --backward` counts it, halved for causal)
 or GB/s of K and V (decode). No GPU needed:
     YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py
@@ -52,3 +52,18 @@ for dtype in (np.float32, np.float16):
     t = median_s(lambda: yk.paged_attention_forward(q, k, v, tables, lens, s))
     print(f"paged decode {np.dtype(dtype).name} B{b} L{s} q{h} kv{kv} d{d} page{page}  {t * 1e3:8.1f} ms  "
           f"{2 * k.nbytes / t / 1e9:6.1f} GB/s of K and V")
+# a float8_e4m3fn cache (KVCacheManager's, written by append_kv from float16 with scales): half the
+# bytes of float16, so the same time is twice the GB/s of float16 keys
+b, s, h, kv, d, page = 8, 4096, 32, 8, 128, 16
+with yk.KVCacheManager(b * s // page, page, kv, d, "float8_e4m3fn", device="cpu") as m:
+    seqs = [m.add_sequence() for _ in range(b)]
+    kc, vc = m.layer(0)
+    for seq in seqs:
+        k, v = (rng.standard_normal((s, kv, d), dtype=np.float32).astype(np.float16) for _ in range(2))
+        yk.append_kv(k, v, kc, vc, m.append(seq, s), k_scale=0.5, v_scale=0.5)
+    tables, lens = m.block_tables(seqs)
+    q = rng.standard_normal((b, h, d), dtype=np.float32).astype(np.float16)
+    t = median_s(lambda: yk.paged_attention_forward(q, kc, vc, tables, lens, s, k_scale=0.5, v_scale=0.5))
+    nbytes = 2 * b * s * kv * d  # a byte an element
+    print(f"paged decode float8 B{b} L{s} q{h} kv{kv} d{d} page{page}  {t * 1e3:8.1f} ms  "
+          f"{nbytes / t / 1e9:6.1f} GB/s of K and V ({2 * nbytes / t / 1e9:6.1f} as float16 bytes)")

@@ -61,12 +61,47 @@ static inline uint16_t yk_float_to_f16(float f) {
 /* float8 e4m3fn (OCP FP8, as vLLM's and FlashInfer's float8 KV caches and torch.float8_e4m3fn):
  * sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities, NaN only at S.1111.111, largest
  * finite 448, smallest subnormal 2^-9. Every value is exact in float16, bfloat16 and float32.
- * The 7 bits below the sign, placed at a float's bit 20, read as the value times 2^-120 for
- * normal and subnormal patterns alike; multiplying by 2^120 is exact. */
-static inline float yk_e4m3_to_float(uint8_t b) {
-  const float magnitude = yk_bits_to_float((uint32_t)(b & 0x7fu) << 20) * 0x1p120f;
-  const float v = (b & 0x7fu) == 0x7fu ? __builtin_nanf("") : magnitude;
-  return b & 0x80u ? -v : v;
+ * Loads read a table of the 256 values, made by the compiler from the definition: computed per
+ * value (bits to float, sign, NaN) the loads were not vectorised, 3 ns a value, and float8 decode
+ * ran at a seventh of float16's speed. */
+#define YK_E4M3_MAGNITUDE(b)                                                                                           \
+  ((((b) >> 3) & 15) == 0 ? ((b)&7) / 512.0f                                                                           \
+   : ((b)&0x7f) == 0x7f   ? __builtin_nanf("")                                                                         \
+                          : (float)((8 + ((b)&7)) * (double)(1 << (((b) >> 3) & 15)) / 1024.0))
+#define YK_E4M3_VALUE(b) ((b)&0x80 ? -YK_E4M3_MAGNITUDE(b) : YK_E4M3_MAGNITUDE(b))
+#define YK_E4M3_4(b) YK_E4M3_VALUE(b), YK_E4M3_VALUE((b) + 1), YK_E4M3_VALUE((b) + 2), YK_E4M3_VALUE((b) + 3)
+#define YK_E4M3_16(b) YK_E4M3_4(b), YK_E4M3_4((b) + 4), YK_E4M3_4((b) + 8), YK_E4M3_4((b) + 12)
+#define YK_E4M3_64(b) YK_E4M3_16(b), YK_E4M3_16((b) + 16), YK_E4M3_16((b) + 32), YK_E4M3_16((b) + 48)
+static const float yk_e4m3_values[256] = {YK_E4M3_64(0), YK_E4M3_64(64), YK_E4M3_64(128), YK_E4M3_64(192)};
+
+static inline float yk_e4m3_to_float(uint8_t b) { return yk_e4m3_values[b]; }
+
+/* Eight at a time by the bits, in vectors (the table's loads are one a value): the 7 bits below the
+ * sign, placed at a float's bit 20, read as the value times 2^-120, normal and subnormal alike, and
+ * multiplying by 2^120 is exact; then the sign, and NaN for S.1111.111. */
+typedef uint8_t yk_u8x8 __attribute__((vector_size(8)));
+typedef uint32_t yk_u32x8 __attribute__((vector_size(32)));
+typedef float yk_f32x8 __attribute__((vector_size(32)));
+static inline void yk_e4m3x8_to_floats(const uint8_t *src, float *dst) {
+  yk_u32x8 x;
+#ifdef __AVX2__ /* the compiler's own widening went through general registers, a byte at a time */
+  const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)src));
+  memcpy(&x, &wide, sizeof x);
+#else
+  yk_u8x8 b;
+  memcpy(&b, src, sizeof b);
+  x = __builtin_convertvector(b, yk_u32x8);
+#endif
+  const yk_u32x8 low = x & 0x7fu;
+  const yk_u32x8 magnitude_bits = low << 20;
+  yk_f32x8 magnitude;
+  memcpy(&magnitude, &magnitude_bits, sizeof magnitude);
+  magnitude *= 0x1p120f;
+  yk_u32x8 bits;
+  memcpy(&bits, &magnitude, sizeof bits);
+  const yk_u32x8 nan = (yk_u32x8)(low == 0x7fu);
+  bits = ((bits & ~nan) | (0x7fc00000u & nan)) | (x & 0x80u) << 24;
+  memcpy(dst, &bits, sizeof bits);
 }
 
 /* Rounds to nearest even and saturates to +-448, as the GPU's cvt.rn.satfinite.e4m3x2.f32 (and
@@ -134,7 +169,9 @@ static inline void yk_load_floats(int dtype, const void *src, float *dst, int64_
     memcpy(dst, src, (size_t)n * sizeof(float));
   } else if (dtype == YK_E4M3) {
     const uint8_t *s = src;
-    for (int64_t i = 0; i < n; i++) dst[i] = yk_e4m3_to_float(s[i]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) yk_e4m3x8_to_floats(s + i, dst + i);
+    for (; i < n; i++) dst[i] = yk_e4m3_to_float(s[i]);
   } else if (dtype == YK_BF16) {
     const uint16_t *s = src;
     for (int64_t i = 0; i < n; i++) dst[i] = yk_bf16_to_float(s[i]);
