@@ -142,13 +142,19 @@ __device__ __forceinline__ void yk_load_bytes(unsigned char *smem, int valid, in
 // Two float8 e4m3 values (the low byte first) as a pair of T (the first in the low half), exactly:
 // every e4m3 value is a float16 and a bfloat16.
 __device__ __forceinline__ unsigned yk_e4m3x2_to_pair(unsigned two) {
-  if constexpr (DTYPE == YK_F16) { // sm_89 and later convert a pair an instruction
-#if __CUDA_ARCH__ >= 890
-    unsigned pair;
+#if __CUDA_ARCH__ >= 890 // a pair an instruction to float16 (and bfloat16 through float32)
+  unsigned pair;
+  if constexpr (DTYPE == YK_F16) {
     asm("{ .reg .b16 x; cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 %0, x; }" : "=r"(pair) : "r"(two));
-    return pair;
-#endif
+  } else {
+    asm("{ .reg .b16 x, lo, hi; .reg .b32 h; .reg .f32 a, b;\n"
+        "  cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 h, x; mov.b32 {lo, hi}, h;\n"
+        "  cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; cvt.rn.bf16x2.f32 %0, b, a; }"
+        : "=r"(pair)
+        : "r"(two));
   }
+  return pair;
+#endif
   const yk_e4m3 lo = {(unsigned char)two}, hi = {(unsigned char)(two >> 8)};
   return (unsigned)yk_from_float<T>(yk_to_float(lo)).bits | (unsigned)yk_from_float<T>(yk_to_float(hi)).bits << 16;
 }
