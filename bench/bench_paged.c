@@ -31,8 +31,8 @@ static yk_status run(void *p) {
 }
 
 static void free_bench(paged_bench *b) {
-  yh_tensor *all[] = {&b->q,       &b->out,     &b->k_cache, &b->v_cache,      &b->table,     &b->lens,
-                      &b->indptr,  &b->indices, &b->last,    &b->ws,           &b->shared_table, &b->shared_len};
+  yh_tensor *all[] = {&b->q,      &b->out,     &b->k_cache, &b->v_cache, &b->table,        &b->lens,
+                      &b->indptr, &b->indices, &b->last,    &b->ws,      &b->shared_table, &b->shared_len};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) yh_tensor_free(all[i]);
   yk_paged_plan_destroy(b->plan);
 }
@@ -44,9 +44,9 @@ static int index_tensor(yh_tensor *t, yk_ctx *ctx, int ndim, const int64_t *shap
 }
 
 /* batch sequences of len tokens each (the first prefix of them shared, in the same blocks), over
- * a cache of exactly the blocks they need, handed out shuffled. */
-static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_t prefix, int page, int csr,
-                 int hnd, yh_rng *rng) {
+ * a cache of exactly the blocks they need, handed out shuffled; float8: a float8_e4m3fn cache. */
+static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_t prefix, int page, int csr, int hnd,
+                 int float8, yh_rng *rng) {
   memset(b, 0, sizeof *b);
   b->ctx = ctx;
   const int64_t per_seq = (len + page - 1) / page, shared = prefix / page;
@@ -54,14 +54,16 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
   const int64_t qd[3] = {batch, Q_HEADS, HEAD_DIM}, nhd[4] = {blocks, page, KV_HEADS, HEAD_DIM},
                 hnd_shape[4] = {blocks, KV_HEADS, page, HEAD_DIM}, *cd = hnd ? hnd_shape : nhd;
   if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
-      yh_tensor_init(&b->k_cache, ctx, YK_BF16, 4, cd, NULL, 1) ||
-      yh_tensor_init(&b->v_cache, ctx, YK_BF16, 4, cd, NULL, 1))
+      yh_tensor_init(&b->k_cache, ctx, float8 ? YK_E4M3 : YK_BF16, 4, cd, NULL, 1) ||
+      yh_tensor_init(&b->v_cache, ctx, float8 ? YK_E4M3 : YK_BF16, 4, cd, NULL, 1))
     return 1;
   yh_fill_uniform(&b->q, rng, -1, 1);
-  /* the caches' values do not change the time: a constant (bf16 0.5 pairs) instead of a gigabyte
-   * of host random numbers */
-  if (ctx->cu.cuMemsetD32Async(b->k_cache.device, 0x3f003f00u, (size_t)b->k_cache.numel / 2, NULL) ||
-      ctx->cu.cuMemsetD32Async(b->v_cache.device, 0x3f003f00u, (size_t)b->v_cache.numel / 2, NULL))
+  /* the caches' values do not change the time: a constant (0.5 in every element: bf16 0x3f00 or
+   * float8 0x30) instead of a gigabyte of host random numbers */
+  const unsigned half = float8 ? 0x30303030u : 0x3f003f00u;
+  const size_t words = (size_t)b->k_cache.numel * (size_t)b->k_cache.elem_bytes / 4;
+  if (ctx->cu.cuMemsetD32Async(b->k_cache.device, half, words, NULL) ||
+      ctx->cu.cuMemsetD32Async(b->v_cache.device, half, words, NULL))
     return 1;
   int32_t *order = malloc((size_t)blocks * sizeof *order), *table = malloc((size_t)(batch * per_seq) * sizeof *table);
   int32_t *lens = malloc((size_t)batch * sizeof *lens), *indptr = malloc((size_t)(batch + 1) * sizeof *indptr);
@@ -86,7 +88,9 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
           index_tensor(&b->last, ctx, 1, &batch, last);
   else
     bad = index_tensor(&b->table, ctx, 2, td, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
-  b->kv = (yk_paged_kv){.k_cache = &b->k_cache.dl, .v_cache = &b->v_cache.dl, .layout = hnd ? YK_KV_HND : YK_KV_NHD,
+  b->kv = (yk_paged_kv){.k_cache = &b->k_cache.dl,
+                        .v_cache = &b->v_cache.dl,
+                        .layout = hnd ? YK_KV_HND : YK_KV_NHD,
                         .max_context_len = (int)len};
   if (csr)
     b->kv.kv_indptr = &b->indptr.dl, b->kv.kv_indices = &b->indices.dl, b->kv.kv_last_page_len = &b->last.dl;
@@ -101,8 +105,9 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
     }
     const int64_t ud[2] = {batch, per_seq - shared};
     yh_tensor_free(&b->table), yh_tensor_free(&b->lens);
-    bad = index_tensor(&b->shared_table, ctx, 2, sd, order) || index_tensor(&b->shared_len, ctx, 1, &one, &prefix_len) ||
-          index_tensor(&b->table, ctx, 2, ud, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
+    bad = index_tensor(&b->shared_table, ctx, 2, sd, order) ||
+          index_tensor(&b->shared_len, ctx, 1, &one, &prefix_len) || index_tensor(&b->table, ctx, 2, ud, table) ||
+          index_tensor(&b->lens, ctx, 1, &batch, lens);
     b->shared = b->kv;
     b->shared.block_tables = &b->shared_table.dl, b->shared.context_lens = &b->shared_len.dl;
     b->shared.max_context_len = (int)prefix;
@@ -112,7 +117,8 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
     b->cascade = 1;
     bad = bad || yh_tensor_init(&b->ws, ctx, YK_F32, 1, &floats, NULL, 1);
   } else if (!bad) {
-    const yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, Q_HEADS, KV_HEADS, HEAD_DIM, page, csr, 0, 0};
+    yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, Q_HEADS, KV_HEADS, HEAD_DIM, page, csr, 0, 0};
+    if (float8) shape.kv_dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
     size_t floats = 0;
     bad = yk_paged_plan_create(ctx, &b->plan) || yk_paged_decode_plan(b->plan, &shape, lens, batch, &floats);
     const int64_t n = (int64_t)floats;
@@ -138,29 +144,34 @@ static double time_case(bench_timer *t, bench_results *r, paged_bench *b, const 
 
 int bench_paged(bench_timer *t, bench_results *r) {
   yh_rng rng = {31};
+  /* float8 rows: GB/s of the bytes read (half the bfloat16 ones), so the same GB/s is twice the tokens */
   static const struct {
     int64_t batch, len;
-    int page, csr, hnd;
-  } shapes[] = {{64, 4096, 16, 0, 0}, {64, 4096, 16, 1, 0}, {64, 4096, 1, 0, 0},   {64, 4096, 16, 0, 1},
-                {1, 32768, 16, 0, 0}, {1, 32768, 1, 0, 0},  {1, 32768, 16, 0, 1},  {256, 1024, 16, 0, 0},
-                {256, 1024, 1, 0, 0}, {256, 1024, 16, 0, 1}};
+    int page, csr, hnd, float8;
+  } shapes[] = {{64, 4096, 16, 0, 0, 0}, {64, 4096, 16, 1, 0, 0},  {64, 4096, 1, 0, 0, 0},  {64, 4096, 16, 0, 1, 0},
+                {1, 32768, 16, 0, 0, 0}, {1, 32768, 1, 0, 0, 0},   {1, 32768, 16, 0, 1, 0}, {256, 1024, 16, 0, 0, 0},
+                {256, 1024, 1, 0, 0, 0}, {256, 1024, 16, 0, 1, 0}, {64, 4096, 16, 0, 0, 1}, {1, 32768, 16, 0, 0, 1},
+                {256, 1024, 16, 0, 0, 1}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     paged_bench b;
     char name[96];
-    snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s%s", (long long)shapes[i].batch,
-             (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table", shapes[i].hnd ? " hnd" : "");
-    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, shapes[i].hnd, &rng))
+    snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s%s%s", (long long)shapes[i].batch,
+             (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table", shapes[i].hnd ? " hnd" : "",
+             shapes[i].float8 ? " float8" : "");
+    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, shapes[i].hnd,
+              shapes[i].float8, &rng))
       fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
     else
-      time_case(t, r, &b, name, 2.0 * shapes[i].batch * shapes[i].len * KV_HEADS * HEAD_DIM * 2);
+      time_case(t, r, &b, name,
+                2.0 * shapes[i].batch * shapes[i].len * KV_HEADS * HEAD_DIM * (shapes[i].float8 ? 1 : 2));
     free_bench(&b);
   }
   /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
   paged_bench plain, cascade;
   double plain_ms = -1, cascade_ms = -1;
-  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, 0, &rng))
+  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, 0, 0, &rng))
     plain_ms = time_case(t, r, &plain, "shared prefix 4096+256 x64: paged decode", 0);
-  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, 0, &rng))
+  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, 0, 0, &rng))
     cascade_ms = time_case(t, r, &cascade, "shared prefix 4096+256 x64: cascade decode", 0);
   else
     fprintf(stderr, "  cascade: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
@@ -180,7 +191,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
   yh_rng rng = {32};
   paged_bench b;
   const int64_t len = 32768;
-  if (setup(&b, t->ctx, 1, len, 0, 16, 0, 0, &rng)) {
+  if (setup(&b, t->ctx, 1, len, 0, 16, 0, 0, 0, &rng)) {
     fprintf(stderr, "  paged B1: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
   } else {
     const double bytes = 2.0 * len * KV_HEADS * HEAD_DIM * 2;

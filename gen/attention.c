@@ -223,7 +223,10 @@ yk_attention_operands yk_attention_operands_of(const yk_attention_problem *pr, y
                                  .k = k,
                                  .v = v,
                                  .out = yk_attention_rows(out, pr, 0),
-                                 .lse = yk_attention_lse_rows(lse, pr)};
+                                 .lse = yk_attention_lse_rows(lse, pr),
+                                 .kv_float8 = s->kv_float8,
+                                 .k_scale = s->k_scale,
+                                 .v_scale = s->v_scale};
 }
 
 yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *pr, int is_k) {
@@ -267,30 +270,32 @@ yk_status yk_attention_check_aligned(yk_ctx *ctx, const char *op, const yk_view 
     if (bits & 15)
       return yk_error(ctx, YK_ERR_UNSUPPORTED,
                       "%s: rows of the %s tensor must start on 16-byte boundaries (the "
-                      "base address and every stride a multiple of 8 elements)",
+                      "base address and every stride a multiple of 16 bytes)",
                       op, names[i]);
   }
   return YK_OK;
 }
 
 void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
-                       int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user) {
+                       int float8_field, int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user) {
   for (int d = YK_F16; d <= YK_BF16; d++) {
     if (!(req->dtypes & (1u << d))) continue;
     for (int m = 0; m < req->model_count; m++) {
       if (accepts && !accepts(req->models[m]->head_dim)) continue;
       for (int paged = 0; paged <= (paged_field >= 0 ? 2 : 0); paged++)
-        for (int variant = 0; variant < 4; variant++) {
-          yk_spec s;
-          char why[256];
-          yk_spec_init(&s, op, (yk_dtype)d);
-          s.v[0] = req->models[m]->head_dim;
-          s.v[flag_a] = variant & 1;
-          s.v[flag_b] = variant >> 1;
-          if (paged_field >= 0) s.v[paged_field] = paged, s.v[paged_field + 1] = paged ? YK_KV_PAGE_SIZE_DEFAULT : 0;
-          op->complete(&s);
-          if (!op->valid(&s, why, sizeof why)) emit(user, &s);
-        }
+        for (int float8 = 0; float8 <= (paged && float8_field >= 0); float8++) /* float8 KV caches are paged */
+          for (int variant = 0; variant < 4; variant++) {
+            yk_spec s;
+            char why[256];
+            yk_spec_init(&s, op, (yk_dtype)d);
+            s.v[0] = req->models[m]->head_dim;
+            s.v[flag_a] = variant & 1;
+            s.v[flag_b] = variant >> 1;
+            if (paged_field >= 0) s.v[paged_field] = paged, s.v[paged_field + 1] = paged ? YK_KV_PAGE_SIZE_DEFAULT : 0;
+            if (float8_field >= 0) s.v[float8_field] = float8;
+            op->complete(&s);
+            if (!op->valid(&s, why, sizeof why)) emit(user, &s);
+          }
     }
   }
 }

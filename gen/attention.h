@@ -69,9 +69,10 @@ yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view 
 /* The warm matrix of an attention op (head_dim its field 0): f16 and bf16, each model's head dim
  * that accepts() allows (NULL: all), the four combinations of the 0/1 fields flag_a and flag_b,
  * each with contiguous keys and paged ones of both table forms at the default page size (fields
- * paged_field and paged_field + 1; -1: the op has none); combinations the op refuses are left out. */
+ * paged_field and paged_field + 1; -1: the op has none), the paged ones over 16-bit and float8
+ * caches (field float8_field; -1: none); combinations the op refuses are left out. */
 void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
-                       int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user);
+                       int float8_field, int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user);
 
 /* The Hopper prefill's spec before completion, and the query rows its blocks own
  * (gen/ops/attention_prefill_sm90.c). */
@@ -131,7 +132,16 @@ typedef struct yk_attention_operands {
   int64_t batch, q_heads, kv_heads, head_dim;
   float scale;
   yk_attn_operand q, k, v, out, lse;
+  int kv_float8;          /* k and v are a float8 cache's */
+  float k_scale, v_scale; /* its scales */
 } yk_attention_operands;
+
+/* The kernels' softmax scale (a float8 cache's k scale folded in) and the factor of O (its v scale;
+ * 1 for 16-bit keys and values). */
+static inline float yk_attention_score_scale(const yk_attention_operands *a) {
+  return a->kv_float8 ? a->scale * a->k_scale : a->scale;
+}
+static inline float yk_attention_out_scale(const yk_attention_operands *a) { return a->kv_float8 ? a->v_scale : 1.f; }
 
 /* pr's shape, q, out (like q) and lse (views with data NULL: none) rows, with k and v as given:
  * pr's own, or a paged cache's. */

@@ -173,11 +173,6 @@ static yk_status check_queries(yk_ctx *ctx, const char *op, const DLTensor *q, c
     return st;
   const yk_view *all[] = {&pr->q, &pk->k, &pk->v};
   if ((st = yk_views_placement(ctx, op, all, 3, &pr->on_device))) return st;
-  if (float8 && pr->on_device)
-    return yk_error(ctx, YK_ERR_UNSUPPORTED,
-                    "%s: float8_e4m3fn caches in GPU memory: the GPU kernels read 16-bit caches only (the CPU "
-                    "fallback reads float8 caches in host memory)",
-                    op);
   yk_attention_shape *s = &pr->shape;
   s->dtype = pr->q.type;
   s->kv_float8 = float8, s->k_scale = pk->k_scale, s->v_scale = pk->v_scale;
@@ -330,6 +325,7 @@ struct yk_paged_plan {
   int planned;
   yk_paged_plan_shape shape;
   int dtype;
+  int kv_float8; /* the caches are float8 */
   int64_t batch;
   int splits;
   size_t workspace_floats;
@@ -360,6 +356,9 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   const int dtype = yk_type_of(shape->dtype, YK_ACCEPT_FLOAT);
   if (dtype != YK_F16 && dtype != YK_BF16)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the GPU kernels take float16 or bfloat16", op);
+  const int kv_type = shape->kv_dtype.bits ? yk_type_of(shape->kv_dtype, YK_ACCEPT_FLOAT | YK_ACCEPT_E4M3) : dtype;
+  if (kv_type != dtype && kv_type != YK_E4M3)
+    return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: the caches' kv_dtype must be the dtype or float8_e4m3fn", op);
   if (batch < 0 || batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is outside 0..65535", op, (long long)batch);
   if (shape->page_size < 1 || shape->page_size > YK_KV_PAGE_SIZE_MAX)
@@ -383,7 +382,7 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   }
   const int splits = yk_decode_splits(ctx, batch, shape->q_heads, shape->kv_heads, longest, shape->num_splits);
   /* compile now, so that running never does */
-  yk_decode_launch L = {.a = {.dtype = dtype, .head_dim = shape->head_dim},
+  yk_decode_launch L = {.a = {.dtype = dtype, .head_dim = shape->head_dim, .kv_float8 = kv_type == YK_E4M3},
                         .paged = shape->csr ? 2 : 1,
                         .page_size = shape->page_size,
                         .splits = splits};
@@ -396,6 +395,7 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   plan->shape = *shape;
   plan->shape.scale = pr.shape.scale;
   plan->dtype = dtype;
+  plan->kv_float8 = kv_type == YK_E4M3;
   plan->batch = batch;
   plan->splits = splits;
   plan->workspace_floats = floats;
@@ -420,14 +420,16 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
   if (!pr.on_device) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: the tensors are not on the device", op);
   if (pk.batch != plan->batch || pr.shape.q_heads != s->q_heads || pk.kv_heads != s->kv_heads ||
       pk.head_dim != s->head_dim || pk.page_size != s->page_size || (pk.form == 2) != (s->csr != 0) ||
-      plan->dtype != pr.shape.dtype)
+      plan->dtype != pr.shape.dtype || plan->kv_float8 != pr.shape.kv_float8)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
-                    "%s: the tensors (batch %lld, heads %lld/%lld, head_dim %lld, page_size %lld, %s) are not the "
-                    "plan's (batch %lld, heads %d/%d, head_dim %d, page_size %d, %s)",
+                    "%s: the tensors (batch %lld, heads %lld/%lld, head_dim %lld, page_size %lld, %s, %s over %s "
+                    "caches) are not the plan's (batch %lld, heads %d/%d, head_dim %d, page_size %d, %s, %s over %s "
+                    "caches)",
                     op, (long long)pk.batch, (long long)pr.shape.q_heads, (long long)pk.kv_heads,
                     (long long)pk.head_dim, (long long)pk.page_size, pk.form == 2 ? "csr" : "block table",
-                    (long long)plan->batch, s->q_heads, s->kv_heads, s->head_dim, s->page_size,
-                    s->csr ? "csr" : "block table");
+                    yk_view_type_name(pr.shape.dtype), yk_view_type_name(pk.k.type), (long long)plan->batch, s->q_heads,
+                    s->kv_heads, s->head_dim, s->page_size, s->csr ? "csr" : "block table",
+                    yk_view_type_name(plan->dtype), yk_view_type_name(plan->kv_float8 ? YK_E4M3 : plan->dtype));
   if (pk.batch == 0) return YK_OK;
   yk_decode_launch L = decode_launch(&pr, &pk, &ov, &lv, plan->splits);
   if (plan->workspace_floats) {

@@ -119,6 +119,65 @@ __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAdd
   }
 }
 
+// ---- float8 e4m3 keys and values (a float8 KV cache) ----
+// The element type of K and V rows: T, or a byte each (KV_FLOAT8 kernels).
+template <bool FLOAT8> struct yk_kv_element { typedef T type; };
+template <> struct yk_kv_element<true> { typedef unsigned char type; };
+
+// Copies rows [0, valid) of a ROWS x HEAD_DIM tile of float8 bytes to shared memory, compact rows
+// HEAD_DIM bytes apart; rows past valid are zeros. Every thread calls src as often as the others
+// (a paged src shuffles across the warp), whatever ROWS * HEAD_DIM / 16 is.
+template <int ROWS, int THREADS, int HINT = 0, class RowAddress>
+__device__ __forceinline__ void yk_load_bytes(unsigned char *smem, int valid, int tid, RowAddress src) {
+  constexpr int CHUNKS = HEAD_DIM / 16, PIECES = ROWS * CHUNKS;
+#pragma unroll
+  for (int it = 0; it < (PIECES + THREADS - 1) / THREADS; ++it) {
+    const int i = tid + it * THREADS, r = i / CHUNKS, c = (i % CHUNKS) * 16;
+    const bool ok = i < PIECES && r < valid;
+    const unsigned char *row = src(ok ? r : 0);
+    if (i < PIECES) yk_cp_async16<HINT>(smem + r * HEAD_DIM + c, ok ? row + c : row, ok ? 16 : 0);
+  }
+}
+
+// Two float8 e4m3 values (the low byte first) as a pair of T (the first in the low half), exactly:
+// every e4m3 value is a float16 and a bfloat16.
+__device__ __forceinline__ unsigned yk_e4m3x2_to_pair(unsigned two) {
+#if __CUDA_ARCH__ >= 890 // a pair an instruction to float16 (and bfloat16 through float32)
+  unsigned pair;
+  if constexpr (DTYPE == YK_F16) {
+    asm("{ .reg .b16 x; cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 %0, x; }" : "=r"(pair) : "r"(two));
+  } else {
+    asm("{ .reg .b16 x, lo, hi; .reg .b32 h; .reg .f32 a, b;\n"
+        "  cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 h, x; mov.b32 {lo, hi}, h;\n"
+        "  cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; cvt.rn.bf16x2.f32 %0, b, a; }"
+        : "=r"(pair)
+        : "r"(two));
+  }
+  return pair;
+#endif
+  const yk_e4m3 lo = {(unsigned char)two}, hi = {(unsigned char)(two >> 8)};
+  return (unsigned)yk_from_float<T>(yk_to_float(lo)).bits | (unsigned)yk_from_float<T>(yk_to_float(hi)).bits << 16;
+}
+
+// A tile of float8 rows (yk_load_bytes's) as T in a padded or SWIZZLED tile, by the THREADS
+// threads of a team: 16 bytes in, two 16-byte chunks of T out.
+template <int ROWS, int THREADS, bool SWIZZLED>
+__device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, int tid) {
+  constexpr int CHUNKS = HEAD_DIM / 16, PIECES = ROWS * CHUNKS;
+#pragma unroll 2
+  for (int i = tid; i < PIECES; i += THREADS) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 16;
+    const uint4 bytes = *reinterpret_cast<const uint4 *>(src + r * HEAD_DIM + c);
+    const unsigned words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
+    unsigned out[8];
+#pragma unroll
+    for (int w = 0; w < 4; ++w)
+      out[2 * w] = yk_e4m3x2_to_pair(words[w]), out[2 * w + 1] = yk_e4m3x2_to_pair(words[w] >> 16);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c)) = make_uint4(out[0], out[1], out[2], out[3]);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c + 8)) = make_uint4(out[4], out[5], out[6], out[7]);
+  }
+}
+
 __device__ __forceinline__ float yk_quad_max(float v) {
   v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
   return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -188,12 +247,12 @@ __device__ __forceinline__ bool yk_locate_keys(yk_sequence &s, const int *&pages
 
 // Key (or value) row j of one kv head: contiguous rows (PAGE_SIZE 0: base is the sequence's first
 // row) or rows of pages (base is the cache, row j in block pages[j / PAGE_SIZE]).
-template <int PAGE_SIZE> struct yk_key_rows {
-  const T *base;
+template <int PAGE_SIZE, class E = T> struct yk_key_rows { // E: the rows' element type (T, or float8 bytes)
+  const E *base;
   long long row, block; // elements between rows (within a page), between blocks
   const int *pages;
   int num_blocks;
-  __device__ __forceinline__ const T *at(int j) const {
+  __device__ __forceinline__ const E *at(int j) const {
     if (PAGE_SIZE == 0) return base + (long long)j * row;
     return in_page(page(j), j);
   }
@@ -202,19 +261,18 @@ template <int PAGE_SIZE> struct yk_key_rows {
     const int id = __ldg(pages + j / (PAGE_SIZE ? PAGE_SIZE : 1));
     return (unsigned)id < (unsigned)num_blocks ? id : 0;
   }
-  __device__ __forceinline__ const T *in_page(int id, int j) const {
+  __device__ __forceinline__ const E *in_page(int id, int j) const {
     return base + (long long)id * block + (long long)(j % (PAGE_SIZE ? PAGE_SIZE : 1)) * row;
   }
 };
 
 // The key (or value) rows of kv head kv_head of sequence `batch`: contiguous from the sequence's
 // first key (k_start on its token axis), or through its pages (base is then the whole cache).
-template <int PAGE_SIZE>
-__device__ __forceinline__ yk_key_rows<PAGE_SIZE> yk_rows_of(const T *base, long long b_stride, long long s_stride,
-                                                             long long h_stride, long long block_stride, int batch,
-                                                             int k_start, int kv_head, const int *pages,
-                                                             int num_blocks) {
-  const T *first = PAGE_SIZE ? base : base + batch * b_stride + (long long)k_start * s_stride;
+template <int PAGE_SIZE, class E>
+__device__ __forceinline__ yk_key_rows<PAGE_SIZE, E>
+yk_rows_of(const E *base, long long b_stride, long long s_stride, long long h_stride, long long block_stride, int batch,
+           int k_start, int kv_head, const int *pages, int num_blocks) {
+  const E *first = PAGE_SIZE ? base : base + batch * b_stride + (long long)k_start * s_stride;
   return {first + kv_head * h_stride, s_stride, block_stride, pages, num_blocks};
 }
 

@@ -16,11 +16,14 @@
 //     of paged decode replays with new tables).
 //   - Paged keys (PAGED 1 or 2, attention_common.cuh) are read through the page table, a tile of
 //     BLOCK_N rows gathering from as many pages as it spans.
+//   - Float8 keys and values (KV_FLOAT8, a float8 KV cache) stream as bytes, half the bytes of
+//     T, into their own stages; the team widens each tile to T in one tile of its own before the
+//     mma steps read it. Their scales: k's is in scale_log2, v's (out_scale) multiplies O.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
 // K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles, head dims a multiple of 64; 0:
-// padded; attention_common.cuh), PAGED, PAGE_SIZE.
+// padded; attention_common.cuh), PAGED, PAGE_SIZE, KV_FLOAT8.
 
 constexpr int THREADS = WARPS * 32;
 constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
@@ -29,7 +32,13 @@ constexpr int S_TILES = BLOCK_N / 8;
 constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output columns
 constexpr bool SWIZZLED = SWIZZLE;
 constexpr int ROW = yk_row_stride<SWIZZLED>();
-constexpr int TEAM_SMEM = STAGES * 2 * BLOCK_N * ROW;        // elements of one team's K and V stages
+typedef typename yk_kv_element<KV_FLOAT8>::type KV;
+// One team's K and V, in bytes: STAGES stages of T; or STAGES stages of float8 bytes, then one
+// tile each of K and V widened to T.
+constexpr int TEAM_RAW = KV_FLOAT8 ? STAGES * 2 * BLOCK_N * HEAD_DIM : 0;
+constexpr int TEAM_BYTES =
+    KV_FLOAT8 ? TEAM_RAW + 2 * BLOCK_N * ROW * (int)sizeof(T) : STAGES * 2 * BLOCK_N * ROW * (int)sizeof(T);
+constexpr int T_STAGES = KV_FLOAT8 ? 1 : STAGES; // tiles of T a team keeps
 static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
@@ -39,12 +48,12 @@ __device__ __forceinline__ void team_sync(int team) {
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    attention_decode(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
+    attention_decode(const T *__restrict__ q, const KV *__restrict__ k, const KV *__restrict__ v, T *__restrict__ out,
                      float *__restrict__ lse, float *__restrict__ part_o, float *__restrict__ part_lse,
                      const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
                      long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
-                     float scale_log2, yk_page_table pt) {
+                     float scale_log2, yk_page_table pt, float out_scale) {
   if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
@@ -60,8 +69,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
-  T *sK = reinterpret_cast<T *>(smem_raw) + team * TEAM_SMEM;
-  T *sV = sK + STAGES * BLOCK_N * ROW;
+  unsigned char *team_smem = smem_raw + team * TEAM_BYTES;
+  unsigned char *rawK = team_smem, *rawV = team_smem + TEAM_RAW / 2; // float8 stages (KV_FLOAT8)
+  T *sK = reinterpret_cast<T *>(team_smem + TEAM_RAW);
+  T *sV = sK + T_STAGES * BLOCK_N * ROW;
   // Paged: the block's stretch of the page table into L2 first. The warps read it a tile ahead
   // (fetch_ids below), but a 128-byte line of it first touched there waits on DRAM behind the
   // stream of K and V, longer than a tile takes at batch 1.
@@ -89,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // Q as A fragments, rows past the group zero: straight from global memory into registers, or
   // into shared memory (after every warp's pipeline) for ldmatrix each tile
   unsigned qf[Q_IN_REGS ? KSTEPS : 1][4];
-  T *sQ = reinterpret_cast<T *>(smem_raw) + TEAMS * TEAM_SMEM;
+  T *sQ = reinterpret_cast<T *>(smem_raw + TEAMS * TEAM_BYTES);
   if (Q_IN_REGS) {
 #pragma unroll
     for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
@@ -138,12 +149,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   };
   auto load = [&](int i) { // the team's i-th tile into stage i % STAGES (paged: with ids of tile i)
     const int key0 = key0_of(i), stage = i % STAGES;
-    yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sK + stage * BLOCK_N * ROW, last - key0, team_tid, [&](int r) {
-      return PAGED ? kr.in_page(row_id(r), key0 + r) : kr.at(key0 + r);
-    });
-    yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sV + stage * BLOCK_N * ROW, last - key0, team_tid, [&](int r) {
-      return PAGED ? vr.in_page(row_id(r), key0 + r) : vr.at(key0 + r);
-    });
+    // (the casts are no-ops: each kernel compiles one of the two paths' types, KV being T or bytes)
+    auto k_row = [&](int r) { return PAGED ? kr.in_page(row_id(r), key0 + r) : kr.at(key0 + r); };
+    auto v_row = [&](int r) { return PAGED ? vr.in_page(row_id(r), key0 + r) : vr.at(key0 + r); };
+    if (KV_FLOAT8) {
+      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT>(rawK + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
+                                                    [&](int r) { return (const unsigned char *)k_row(r); });
+      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT>(rawV + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
+                                                    [&](int r) { return (const unsigned char *)v_row(r); });
+    } else {
+      yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sK + stage * BLOCK_N * ROW, last - key0, team_tid,
+                                                             [&](int r) { return (const T *)k_row(r); });
+      yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sV + stage * BLOCK_N * ROW, last - key0, team_tid,
+                                                             [&](int r) { return (const T *)v_row(r); });
+    }
   };
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
@@ -163,7 +182,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit();
     yk_cp_async_wait<STAGES - 1>();
     team_sync(team);
-    const T *k_tile = sK + (i % STAGES) * BLOCK_N * ROW, *v_tile = sV + (i % STAGES) * BLOCK_N * ROW;
+    if constexpr (KV_FLOAT8) { // the stage's bytes widened into the team's one tile of T
+      yk_widen_tile<BLOCK_N, TEAM_THREADS, SWIZZLED>(sK, rawK + (i % STAGES) * BLOCK_N * HEAD_DIM, team_tid);
+      yk_widen_tile<BLOCK_N, TEAM_THREADS, SWIZZLED>(sV, rawV + (i % STAGES) * BLOCK_N * HEAD_DIM, team_tid);
+      team_sync(team);
+    }
+    const T *k_tile = sK + (i % T_STAGES) * BLOCK_N * ROW, *v_tile = sV + (i % T_STAGES) * BLOCK_N * ROW;
     const int key0 = first + (team + i * TEAMS) * BLOCK_N;
 
     float s[S_TILES][4];
@@ -183,6 +207,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   // merge the teams' states through shared memory (the pipelines' space, now free)
   __syncthreads();
+  if constexpr (KV_FLOAT8) { // O in units of the values' scale
+#pragma unroll
+    for (int nt = 0; nt < O_TILES; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[nt][e] *= out_scale;
+  }
   float *sO = reinterpret_cast<float *>(smem_raw);               // [TEAMS][16][HEAD_DIM]
   float *sM = sO + TEAMS * 16 * HEAD_DIM, *sL = sM + TEAMS * 16; // [TEAMS][16] each
 #pragma unroll

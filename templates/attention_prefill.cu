@@ -9,10 +9,13 @@
 //
 // Paged keys (PAGED 1 or 2: paged prefill, attention_common.cuh) come through the page table; the
 // queries are then ragged (RAGGED) or dense, and each sequence's key count is its table's.
+// Float8 keys and values (KV_FLOAT8: a float8 KV cache's pages) stream as bytes into their own
+// stages and are widened to T in one tile each before the mma steps read them; k's scale is in
+// scale_log2, v's (out_scale) multiplies O.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS (BLOCK_M / 16), STAGES, CAUSAL, RAGGED,
 // Q_IN_REGS (Q fragments kept in registers; 0 re-reads them from shared memory, for head_dim 256),
-// PAGED, PAGE_SIZE.
+// PAGED, PAGE_SIZE, KV_FLOAT8.
 
 constexpr int THREADS = WARPS * 32;
 constexpr int KSTEPS = HEAD_DIM / 16;
@@ -20,13 +23,16 @@ constexpr int S_TILES = BLOCK_N / 8;
 constexpr int O_TILES = HEAD_DIM / 8;
 static_assert(BLOCK_M == 16 * WARPS, "a warp owns 16 query rows");
 static_assert(BLOCK_N % 16 == 0 && HEAD_DIM % 16 == 0, "tiles are whole mma steps");
+typedef typename yk_kv_element<KV_FLOAT8>::type KV;
+constexpr int T_STAGES = KV_FLOAT8 ? 1 : STAGES; // tiles of T kept of K and of V
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    attention_prefill(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ out,
+    attention_prefill(const T *__restrict__ q, const KV *__restrict__ k, const KV *__restrict__ v, T *__restrict__ out,
                       float *__restrict__ lse, const int *__restrict__ cu_q, const int *__restrict__ cu_k,
                       long long q_b, long long q_s, long long q_h, long long k_b, long long k_s, long long k_h,
                       long long v_b, long long v_s, long long v_h, long long o_b, long long o_s, long long o_h,
-                      long long l_b, long long l_s, long long l_h, int seq_q, int seq_k, int group, float scale_log2, yk_page_table pt) {
+                      long long l_b, long long l_s, long long l_h, int seq_q, int seq_k, int group, float scale_log2,
+                      yk_page_table pt, float out_scale) {
   const int head = blockIdx.y, batch = blockIdx.z, kv_head = head / group;
   yk_sequence sq;
   const int *pages;
@@ -45,15 +51,25 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T *sQ = reinterpret_cast<T *>(smem_raw);
   T *sK = sQ + BLOCK_M * YK_ROW;
-  T *sV = sK + STAGES * BLOCK_N * YK_ROW;
+  T *sV = sK + T_STAGES * BLOCK_N * YK_ROW;
+  unsigned char *rawK = reinterpret_cast<unsigned char *>(sV + T_STAGES * BLOCK_N * YK_ROW); // float8 stages
+  unsigned char *rawV = rawK + STAGES * BLOCK_N * HEAD_DIM;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   auto load_kv = [&](int tile) {
     const int first = tile * BLOCK_N, stage = tile % STAGES;
-    yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                   [&](int r) { return kr.at(first + r); });
-    yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
-                                   [&](int r) { return vr.at(first + r); });
+    // (the casts are no-ops: each kernel compiles one of the two paths' types, KV being T or bytes)
+    if (KV_FLOAT8) {
+      yk_load_bytes<BLOCK_N, THREADS>(rawK + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
+                                      [&](int r) { return (const unsigned char *)kr.at(first + r); });
+      yk_load_bytes<BLOCK_N, THREADS>(rawV + stage * BLOCK_N * HEAD_DIM, n_end - first, tid,
+                                      [&](int r) { return (const unsigned char *)vr.at(first + r); });
+    } else {
+      yk_load_tile<BLOCK_N, THREADS>(sK + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                     [&](int r) { return (const T *)kr.at(first + r); });
+      yk_load_tile<BLOCK_N, THREADS>(sV + stage * BLOCK_N * YK_ROW, n_end - first, tid,
+                                     [&](int r) { return (const T *)vr.at(first + r); });
+    }
   };
 
   // group 0: Q and the first tile; then one group a tile, empty groups past the end keep the count
@@ -84,8 +100,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit();
     yk_cp_async_wait<STAGES - 1>();
     __syncthreads();
-    const T *k_tile = sK + (j % STAGES) * BLOCK_N * YK_ROW;
-    const T *v_tile = sV + (j % STAGES) * BLOCK_N * YK_ROW;
+    if constexpr (KV_FLOAT8) { // the stage's bytes widened into the one tile of T
+      yk_widen_tile<BLOCK_N, THREADS, false>(sK, rawK + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
+      yk_widen_tile<BLOCK_N, THREADS, false>(sV, rawV + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
+      __syncthreads();
+    }
+    const T *k_tile = sK + (j % T_STAGES) * BLOCK_N * YK_ROW;
+    const T *v_tile = sV + (j % T_STAGES) * BLOCK_N * YK_ROW;
 
     float s[S_TILES][4];
     yk_zero(s);
@@ -101,6 +122,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads(); // every warp is done with this stage before it is loaded again
   }
 
+  if constexpr (KV_FLOAT8) { // O in units of the values' scale
+#pragma unroll
+    for (int nt = 0; nt < O_TILES; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[nt][e] *= out_scale;
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = my_row + 8 * r;

@@ -52,11 +52,42 @@ template <> __device__ __forceinline__ yk_bf16 yk_from_float<yk_bf16>(float f) {
   return h;
 }
 
+// float8 e4m3fn, a float8 KV cache's element (include/yk/kv.h): stored, never computed in. The
+// conversions are cpu_fallback/half.h's, bit for bit: the 7 bits below the sign at a float's bit
+// 20 read as the value times 2^-120; stores round to nearest even and saturate to +-448.
+struct yk_e4m3 {
+  unsigned char bits;
+};
+__device__ __forceinline__ float yk_to_float(yk_e4m3 x) {
+  const unsigned b = x.bits;
+  const float magnitude =
+      (b & 0x7fu) == 0x7fu ? __int_as_float(0x7fc00000) : __uint_as_float((b & 0x7fu) << 20) * 0x1p120f;
+  return b & 0x80u ? -magnitude : magnitude;
+}
+template <> __device__ __forceinline__ yk_e4m3 yk_from_float<yk_e4m3>(float f) {
+  unsigned u = __float_as_uint(f);
+  const unsigned sign = (u >> 24) & 0x80u;
+  u &= 0x7fffffffu;
+  unsigned bits;
+  if (u > 0x7f800000u)
+    bits = 0x7fu; // NaN
+  else if (u >= 0x43e00000u)
+    bits = 0x7eu;           // 448 and up: saturated
+  else if (u < 0x3c800000u) // below 2^-6: a multiple of 2^-9, rounded by the FPU
+    bits = __float_as_uint(__fadd_rn(__uint_as_float(u), 0x1p14f)) - __float_as_uint(0x1p14f);
+  else
+    bits = (u + ((unsigned)(7 - 127) << 23) + 0x7ffffu + ((u >> 20) & 1u)) >> 20;
+  yk_e4m3 e;
+  e.bits = (unsigned char)(sign | bits);
+  return e;
+}
+
 // Rounds through T and back: the value a store of T would keep.
 template <class T> __device__ __forceinline__ float yk_round(float f) { return yk_to_float(yk_from_float<T>(f)); }
 
 // ---- vector access: N elements of T in pieces of at most 16 bytes ----
 template <int BYTES> struct yk_word;
+template <> struct yk_word<1> { typedef unsigned char type; };
 template <> struct yk_word<2> { typedef unsigned short type; };
 template <> struct yk_word<4> { typedef unsigned type; };
 template <> struct yk_word<8> { typedef uint2 type; };
@@ -112,6 +143,10 @@ template <class T, int N> __device__ __forceinline__ void yk_store(T *p, const f
       for (int i = 0; i < P::BYTES / 4; ++i) {
         if constexpr (sizeof(T) == 2)
           w[i] = (unsigned)yk_from_float<T>(f[2 * i]).bits | (unsigned)yk_from_float<T>(f[2 * i + 1]).bits << 16;
+        else if constexpr (sizeof(T) == 1)
+          w[i] = (unsigned)yk_from_float<T>(f[4 * i]).bits | (unsigned)yk_from_float<T>(f[4 * i + 1]).bits << 8 |
+                 (unsigned)yk_from_float<T>(f[4 * i + 2]).bits << 16 |
+                 (unsigned)yk_from_float<T>(f[4 * i + 3]).bits << 24;
         else
           w[i] = __float_as_uint(f[i]);
       }

@@ -329,13 +329,12 @@ static void check_rope(yk_ctx *ctx, const char *seed_name) {
       {{YK_BF16, YK_KV_HND, 7, 2, 64}, 32, YK_ROPE_NEOX, 2},
       {{YK_F16, YK_KV_NHD, 1, 4, 80}, 48, YK_ROPE_GPTJ, 1},
       {{YK_BF16, YK_KV_NHD, 128, 1, 256}, 0, YK_ROPE_NEOX, 0},
-      /* float8 caches (CPU only): rotated in k's dtype, then scaled and rounded */
+      /* float8 caches: rotated in k's dtype, then scaled and rounded */
       {{YK_BF16, YK_KV_NHD, 16, 8, 128, 1, {0.5f, 2.f}}, 0, YK_ROPE_NEOX, 0},
       {{YK_F16, YK_KV_HND, 7, 2, 64, 1, {3.f, 0}}, 32, YK_ROPE_GPTJ, 2},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (int table_f32 = 0; table_f32 <= 1; table_f32++) {
-      if (cases[i].shape.float8 && ctx->device == YK_DEVICE_CUDA) continue;
       step s;
       step_init(&s, ctx, cases[i].shape, cases[i].rot_dim, seed + i);
       if (!table_f32) { /* the table in k's dtype */
@@ -558,15 +557,11 @@ Test(append_kv, gpu_fused_rope_equals_rope_then_append) {
   yk_ctx_destroy(ctx);
 }
 
-/* The GPU kernel writes 16-bit caches only: a float8 cache in device memory is refused, untouched. */
-Test(append_kv, gpu_float8_caches_are_refused) {
+/* The GPU quantizes with the CPU's arithmetic: the same bytes as the host's conversions. */
+Test(append_kv, gpu_float8_cache_holds_scaled_values) {
   yk_ctx *ctx = ts_gpu_ctx();
   TS_REQUIRE_GPU(ctx);
-  step s;
-  step_init(&s, ctx, float8_shapes[1], 0, 7);
-  ts_assert_rejected(ctx, append(&s, 0, NULL), YK_ERR_UNSUPPORTED, "float8_e4m3fn caches in GPU memory");
-  assert_blocks(&s, s.before, "refused float8 append");
-  step_free(&s);
+  check_plain(ctx, "append_kv.gpu_float8", float8_shapes, FLOAT8_SHAPE_COUNT);
   yk_ctx_destroy(ctx);
 }
 
@@ -661,6 +656,9 @@ Test(append_kv, specs_compile_with_nvrtc_alone, .timeout = 600) {
       "append_kv:dtype=bf16,head_dim=80,rope=gptj,rot_dim=48,cache_type=f32,pos_type=int32,index=csr",
       "append_kv:dtype=f32,head_dim=256,rope=neox,rot_dim=64,threads=256",
       "append_kv:dtype=bf16,head_dim=64,rope=neox,rot_dim=32,vec=2,cache_type=bf16",
+      "append_kv:dtype=f16,head_dim=80,rope=gptj,rot_dim=48,vec=2,kv_float8=1",
+      "append_kv:dtype=f32,head_dim=64,rope=neox,rot_dim=64,kv_float8=1",
+      "append_kv:dtype=bf16,head_dim=5,vec=1,kv_float8=1",
       "copy_blocks:dtype=f16,vec=1",
       "copy_blocks:dtype=f32,vec=4,caches=1,pairs=509",
   };
@@ -675,7 +673,8 @@ Test(append_kv, specs_compile_with_nvrtc_alone, .timeout = 600) {
   yk_warm_options w = {.archs = "sm_80,sm_90", .ops = "append_kv,copy_blocks", .dtypes = "bf16", .jobs = 2};
   yk_warm_result r;
   cr_assert_eq(yk_warm(ctx, &w, &r), YK_OK, "%s", yk_ctx_last_error(ctx));
-  cr_assert_eq(r.total, 2 * (4 * 2 + 1), "2 archs x (4 append forms x head dims 128, 256 + copy_blocks)");
+  cr_assert_eq(r.total, 2 * (2 * 4 * 2 + 1),
+               "2 archs x (16-bit and float8 caches x 4 append forms x head dims 128, 256 + copy_blocks)");
   for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
     for (int a = 0; a < 2; a++) {
       int compiled;

@@ -339,11 +339,14 @@ Test(paged_attention, cpu_prefill_matches_dense) {
   yk_ctx_destroy(cpu);
 }
 
+static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed); /* float8 caches, below */
+
 Test(paged_attention, gpu_decode_matches_dense) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
   paged_matches_dense(gpu, cpu, 1, ts_seed("paged_attention.gpu_decode"));
+  float8_matches_dense(gpu, cpu, 1, ts_seed("paged_attention.gpu_float8_decode"));
   yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
 }
 
@@ -352,6 +355,8 @@ Test(paged_attention, gpu_prefill_matches_dense) {
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
   paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
+  /* float8 caches: the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
+  float8_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_float8_prefill"));
   yk_ctx_destroy(gpu);
   /* the Hopper prefill's producer-warpgroup loops read pages too */
   static const char *const loops[2] = {"pipeline=1,warpgroups=1", "pipeline=2,warpgroups=2"};
@@ -367,12 +372,14 @@ Test(paged_attention, gpu_prefill_matches_dense) {
 /* ---- float8 caches ---- */
 
 /* Paged attention over a float8 cache against dense attention over the values it holds (stored *
- * scale, in q's dtype). Scales that are powers of two make every product of the scaled path exact,
- * so the CPU must agree bit for bit; others (float32 q) within float32's rounding. */
-static void float8_matches_dense(yk_ctx *cpu, int decode, uint64_t seed) {
+ * scale, in q's dtype) on the CPU. Scales that are powers of two make every product of the scaled
+ * path exact, so the CPU must agree bit for bit; others (float32 q) within float32's rounding. The
+ * GPU (ctx != cpu; float16 and bfloat16) against the CPU over the same cache, within the attention
+ * tolerances. */
+static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed) {
   yh_rng rng = {seed};
   const paged_case *cases = decode ? decode_cases : prefill_cases;
-  const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases);
+  const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases), gpu = ctx != cpu;
   static const yk_kv_scales scales[] = {{1.f, 1.f}, {0.5f, 4.f}, {0.0625f, 2.f}, {0.3f, 1.7f}};
   for (int i = 0; i < count; i++)
     for (int variant = 0; variant < 4; variant++)
@@ -381,21 +388,37 @@ static void float8_matches_dense(yk_ctx *cpu, int decode, uint64_t seed) {
         scenario s;
         make_scenario(&s, &cases[i], decode, causal, variant & 1, variant & 2 ? YK_KV_HND : YK_KV_NHD, &rng);
         float8_scenario(&s, scales[sc]);
-        for (int dtype = YK_F32; dtype <= (bitwise ? YK_BF16 : YK_F32); dtype++) {
+        const int first = gpu ? YK_F16 : YK_F32, last = gpu || bitwise ? YK_BF16 : YK_F32;
+        for (int dtype = first; dtype <= last; dtype++) {
           paged_tensors t;
           yh_tensor cu_q;
-          make_tensors(&t, cpu, &s, dtype, 0);
+          make_tensors(&t, ctx, &s, dtype, gpu);
           if (sc == 0) t.kv.scales = (yk_kv_scales){0, 0}; /* 0 reads as 1 */
-          cu_q_tensor(&cu_q, cpu, &s, 0);
+          cu_q_tensor(&cu_q, ctx, &s, gpu);
           yh_poison(&t.out), yh_poison(&t.lse);
-          cr_assert_eq(run_paged(cpu, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
+          cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
+          cr_assert_eq(yh_sync(ctx), 0, "kernel failed");
           dense_result want = dense_cpu(cpu, &s, dtype);
           char label[160];
           label_of(label, sizeof label, decode ? "float8 decode" : "float8 prefill", &s, dtype, i);
           snprintf(label + strlen(label), sizeof label - strlen(label), " scales %g %g", (double)s.scales.k,
                    (double)s.scales.v);
           double *got = as_doubles(&t.out);
-          if (bitwise) {
+          if (gpu) { /* against the CPU fallback over the same float8 cache: dense keys in q's 16-bit
+                        dtype round stored * scale where the scale is not a power of two */
+            paged_tensors c;
+            yh_tensor c_cu_q;
+            make_tensors(&c, cpu, &s, dtype, 0);
+            c.kv.scales = t.kv.scales;
+            cu_q_tensor(&c_cu_q, cpu, &s, 0);
+            cr_assert_eq(run_paged(cpu, &s, &c, &c_cu_q, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
+            double *ref = as_doubles(&c.out), *ref_lse = as_doubles(&c.lse);
+            const double err = ts_gpu_error(got, ref, t.out.numel);
+            cr_assert(err < ts_gpu_tolerance(dtype), "%s: error %.3g (seed %llu)", label, err,
+                      (unsigned long long)seed);
+            check_lse(&t.lse, ref_lse, 1e-3, label, seed);
+            free(ref), free(ref_lse), yh_tensor_free(&c_cu_q), free_tensors(&c);
+          } else if (bitwise) {
             for (int64_t e = 0; e < t.out.numel; e++)
               cr_assert(got[e] == want.out[e], "%s: out[%lld] %g, dense %g (seed %llu)", label, (long long)e, got[e],
                         want.out[e], (unsigned long long)seed);
@@ -414,14 +437,53 @@ static void float8_matches_dense(yk_ctx *cpu, int decode, uint64_t seed) {
 
 Test(paged_attention, cpu_float8_decode_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
-  float8_matches_dense(cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
+  float8_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
   yk_ctx_destroy(cpu);
 }
 
 Test(paged_attention, cpu_float8_prefill_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
-  float8_matches_dense(cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
+  float8_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
   yk_ctx_destroy(cpu);
+}
+
+/* A plan for float8 caches (kv_dtype) runs what a direct call computes, bit for bit; a plan for
+ * 16-bit caches refuses them. */
+Test(paged_attention, gpu_float8_plan_run) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yh_rng rng = {ts_seed("paged_attention.gpu_float8_plan")};
+  static const paged_case c = {2, {3000, 41}, {0}, 32, 8, 128, 16};
+  scenario s;
+  make_scenario(&s, &c, 1, 0, 1, YK_KV_NHD, &rng);
+  float8_scenario(&s, (yk_kv_scales){0.5f, 3.f});
+  paged_tensors t;
+  make_tensors(&t, gpu, &s, YK_BF16, 1);
+  const yk_attention_params p = {0};
+  cr_assert_eq(yk_paged_attention_decode(gpu, &t.q.dl, &t.kv, &p, &t.out.dl, &t.lse.dl, NULL), YK_OK, "%s",
+               yk_ctx_last_error(gpu));
+  cr_assert_eq(yh_sync(gpu), 0);
+  void *direct = yh_snapshot(&t.out);
+  yk_paged_plan *plan;
+  cr_assert_eq(yk_paged_plan_create(gpu, &plan), YK_OK);
+  yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, 32, 8, 128, 16, 1, 0, 0, {YK_DL_FLOAT8_E4M3FN, 8, 1}};
+  size_t floats = 0;
+  cr_assert_eq(yk_paged_decode_plan(plan, &shape, c.lens_k, c.batch, &floats), YK_OK, "%s", yk_ctx_last_error(gpu));
+  yh_tensor ws;
+  const int64_t n = floats ? (int64_t)floats : 1;
+  cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &n, NULL, 1), 0);
+  yh_poison(&t.out);
+  cr_assert_eq(yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, &t.lse.dl, floats ? &ws.dl : NULL, NULL), YK_OK,
+               "%s", yk_ctx_last_error(gpu));
+  cr_assert_eq(yh_sync(gpu), 0);
+  cr_assert_eq(yh_bytes_changed(&t.out, direct), 0, "planned and direct float8 decode differ");
+  shape.kv_dtype = (DLDataType){0, 0, 0};
+  cr_assert_eq(yk_paged_decode_plan(plan, &shape, c.lens_k, c.batch, &floats), YK_OK, "%s", yk_ctx_last_error(gpu));
+  ts_assert_rejected(gpu, yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, &t.lse.dl, &ws.dl, NULL),
+                     YK_ERR_INVALID_ARGUMENT, "bfloat16 over float8_e4m3fn caches) are not the plan's");
+  yk_paged_plan_destroy(plan);
+  free(direct), yh_tensor_free(&ws), free_tensors(&t), free_scenario(&s);
+  yk_ctx_destroy(gpu);
 }
 
 /* ---- plan / run and CUDA graphs ---- */
@@ -794,8 +856,7 @@ Test(paged_attention, bad_input_gpu) {
 }
 
 /* float8 caches refused with the reason, nothing written: q of float8, caches of two types, scales
- * on 16-bit caches or not positive and finite; on the GPU, every float8 cache (its kernels read
- * 16-bit caches). */
+ * on 16-bit caches or not positive and finite. */
 static void float8_bad_input(yk_ctx *ctx, int on_device) {
   yh_rng rng = {17};
   static const paged_case c = {2, {40, 17}, {5, 17}, 8, 2, 64, 16};
@@ -808,9 +869,7 @@ static void float8_bad_input(yk_ctx *ctx, int on_device) {
     make_tensors(&t, ctx, &s, YK_BF16, on_device);
     cu_q_tensor(&cu_q, ctx, &s, on_device);
     yh_poison(&t.out), yh_poison(&t.lse);
-    if (on_device) {
-      expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_UNSUPPORTED, "float8_e4m3fn caches in GPU memory");
-    } else {
+    {
       const DLTensor q = t.q.dl, v = t.v_cache.dl;
       t.q.dl.dtype = (DLDataType){YK_DL_FLOAT8_E4M3FN, 8, 1};
       expect_rejected(ctx, &s, &t, &cu_q, YK_ERR_INVALID_ARGUMENT, "q: expected dtype float32, float16 or bfloat16");
@@ -823,7 +882,7 @@ static void float8_bad_input(yk_ctx *ctx, int on_device) {
       /* 16-bit caches take no scale */
       paged_tensors plain;
       s.float8 = 0;
-      make_tensors(&plain, ctx, &s, YK_BF16, 0);
+      make_tensors(&plain, ctx, &s, YK_BF16, on_device);
       plain.kv.scales = (yk_kv_scales){1.f, 0.5f};
       yh_poison(&plain.out), yh_poison(&plain.lse);
       expect_rejected(ctx, &s, &plain, &cu_q, YK_ERR_INVALID_ARGUMENT,
@@ -843,7 +902,7 @@ Test(paged_attention, float8_bad_input_cpu) {
   yk_ctx_destroy(cpu);
 }
 
-Test(paged_attention, float8_refused_on_gpu) {
+Test(paged_attention, float8_bad_input_gpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
   float8_bad_input(gpu, 1);

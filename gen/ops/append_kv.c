@@ -12,7 +12,7 @@
 #include "yk/kv.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, ROT_DIM, ROPE, VEC, THREADS, INDEX, CACHE_TYPE, POS_TYPE };
+enum { HEAD_DIM, ROT_DIM, ROPE, VEC, THREADS, INDEX, CACHE_TYPE, POS_TYPE, KV_FLOAT8 };
 enum { NONE = 0, NEOX = 1, GPTJ = 2 };
 enum { SLOTS32 = 0, SLOTS64 = 1, CSR = 2 };
 #define MAX_HEAD_DIM YK_APPEND_KV_MAX_HEAD_DIM
@@ -31,6 +31,7 @@ static void complete(yk_spec *s) {
   if (s->v[INDEX] == YK_UNSET) s->v[INDEX] = SLOTS64;
   if (s->v[CACHE_TYPE] == YK_UNSET) s->v[CACHE_TYPE] = s->dtype;
   if (s->v[POS_TYPE] == YK_UNSET) s->v[POS_TYPE] = 1;
+  if (s->v[KV_FLOAT8] == YK_UNSET) s->v[KV_FLOAT8] = 0;
   /* A token of Llama 3 8B (8 heads of 128, K and V) is 256 vectors of 16 bytes: two a thread. */
   if (s->v[THREADS] == YK_UNSET) s->v[THREADS] = 128;
   if (s->v[VEC] == YK_UNSET && s->v[HEAD_DIM] > 0) {
@@ -70,7 +71,7 @@ const yk_op_def yk_op_append_kv = {
                "RoPE of k fused",
     .includes = includes,
     .dtypes = 1u << YK_F32 | 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 8,
+    .field_count = 9,
     .fields =
         {
             {"head_dim", "elements a head", 1, MAX_HEAD_DIM, 0, 0, NULL},
@@ -82,6 +83,7 @@ const yk_op_def yk_op_append_kv = {
              indexes},
             {"cache_type", "dtype of cos_sin_cache", 0, 2, 0, 1, cache_types},
             {"pos_type", "dtype of the rope positions", 0, 1, 0, 1, pos_types},
+            {"kv_float8", "1: the caches are float8 e4m3, written times their inverse scales", 0, 1, 0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -95,15 +97,17 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
   for (int d = 0; d < YK_DTYPE_COUNT; d++) {
     if (!(req->dtypes & (1u << d))) continue;
     for (int m = 0; m < req->model_count; m++)
-      for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
-        yk_spec s;
-        yk_spec_init(&s, &yk_op_append_kv, (yk_dtype)d);
-        s.v[HEAD_DIM] = req->models[m]->head_dim;
-        s.v[ROPE] = forms[f][0], s.v[INDEX] = forms[f][1];
-        if (forms[f][0] != NONE) s.v[POS_TYPE] = forms[f][2]; /* as the call leaves it: the default */
-        complete(&s);
-        emit(user, &s);
-      }
+      for (int float8 = 0; float8 <= (d != YK_F32); float8++) /* 16-bit k and v into float8 caches too */
+        for (size_t f = 0; f < sizeof forms / sizeof forms[0]; f++) {
+          yk_spec s;
+          yk_spec_init(&s, &yk_op_append_kv, (yk_dtype)d);
+          s.v[HEAD_DIM] = req->models[m]->head_dim;
+          s.v[ROPE] = forms[f][0], s.v[INDEX] = forms[f][1];
+          s.v[KV_FLOAT8] = float8;
+          if (forms[f][0] != NONE) s.v[POS_TYPE] = forms[f][2]; /* as the call leaves it: the default */
+          complete(&s);
+          emit(user, &s);
+        }
   }
 }
 
@@ -347,17 +351,21 @@ typedef struct {
   int64_t k_token, k_head, v_token, v_head;
   int64_t kc_block, kc_offset, kc_head, vc_block, vc_offset, vc_head;
   int64_t kv_heads, page_size, num_blocks, batch, num_indices, table_row_stride, max_position;
+  float k_inv_scale, v_inv_scale; /* float8 caches */
 } append_kv_params;
-_Static_assert(sizeof(append_kv_params) == 29 * 8, "append_kv_params: 29 members of 8 bytes, as the template's");
+_Static_assert(sizeof(append_kv_params) == 30 * 8,
+               "append_kv_params: 29 members of 8 bytes and two floats, as the template's");
 
 /* The widest vector every address, stride and span allows (16 bytes at most). */
 static int vector_width(const append_call *c, const yk_spec *spec) {
   const uint64_t es = (uint64_t)c->k.elem_bytes;
   uint64_t strides = (uint64_t)(c->k.stride[0] | c->k.stride[1] | c->v.stride[0] | c->v.stride[1]);
-  for (int i = 0; i < 3; i++) strides |= (uint64_t)(c->kc_stride[i] | c->vc_stride[i]);
+  uint64_t cache_strides = 0; /* a float8 cache's vectors are half as wide: held to k's alignment here */
+  for (int i = 0; i < 3; i++) cache_strides |= (uint64_t)(c->kc_stride[i] | c->vc_stride[i]);
   const uint64_t bits = (uint64_t)(uintptr_t)c->k.data | (uint64_t)(uintptr_t)c->v.data |
                         (uint64_t)(uintptr_t)c->kc.data | (uint64_t)(uintptr_t)c->vc.data | strides * es |
-                        (uint64_t)c->dim * es | (c->rope ? (uint64_t)rotated_span(spec) * es : 0);
+                        cache_strides * (uint64_t)c->kc.elem_bytes | (uint64_t)c->dim * es |
+                        (c->rope ? (uint64_t)rotated_span(spec) * es : 0);
   int vec = yk_vec_width(bits, c->k.elem_bytes);
   if (!c->rope) return vec;
   /* cos and sin vectors: VEC (NEOX) or VEC / 2 (GPT-J) elements of the table's type, as rope. */
@@ -371,11 +379,6 @@ static int vector_width(const append_call *c, const yk_spec *spec) {
 }
 
 static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void *stream) {
-  if (c->float8)
-    return yk_error(ctx, YK_ERR_UNSUPPORTED,
-                    "%s: float8_e4m3fn caches in GPU memory: the GPU kernel writes 16-bit caches only (the CPU "
-                    "fallback takes float8 caches in host memory)",
-                    op);
   yk_spec spec;
   yk_spec_init(&spec, &yk_op_append_kv, (yk_dtype)c->k.type);
   spec.v[HEAD_DIM] = (int32_t)c->dim;
@@ -386,6 +389,7 @@ static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void
     spec.v[CACHE_TYPE] = c->table.type;
     spec.v[POS_TYPE] = c->rope_positions.type == YK_I64;
   }
+  spec.v[KV_FLOAT8] = c->float8;
   spec.v[VEC] = vector_width(c, &spec);
   yk_spec_finish(ctx, &spec, 0);
   if (spec.v[ROPE] == GPTJ && spec.v[VEC] < 2)
@@ -412,6 +416,8 @@ static yk_status run_gpu(yk_ctx *ctx, const char *op, const append_call *c, void
       .kv_heads = c->heads,
       .page_size = c->page,
       .num_blocks = c->blocks,
+      .k_inv_scale = 1.f / c->k_scale,
+      .v_inv_scale = 1.f / c->v_scale,
   };
   if (c->csr) {
     p.batch_indices = c->index[0].data, p.positions = c->index[1].data;

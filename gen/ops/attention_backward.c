@@ -115,7 +115,7 @@ const yk_op_def yk_op_attention_backward = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, -1, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_backward, PART, CAUSAL, -1, -1, NULL, emit, user);
 }
 
 /* The tensor maps of a Hopper kernel's walked tiles: K and V (dq) or q and dout (dk/dv), each

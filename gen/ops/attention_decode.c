@@ -11,7 +11,21 @@
 #include "runtime/launch.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS, KV_HINT, SWIZZLE, PAGED, PAGE_SIZE };
+enum {
+  HEAD_DIM,
+  BLOCK_N,
+  WARPS,
+  D_SPLIT,
+  STAGES,
+  RAGGED,
+  SPLIT,
+  Q_IN_REGS,
+  KV_HINT,
+  SWIZZLE,
+  PAGED,
+  PAGE_SIZE,
+  KV_FLOAT8
+};
 static const char *const includes[] = {"attention_common.cuh", NULL};
 enum { HINT_NONE, HINT_PREFETCH128, HINT_PREFETCH256, HINT_EVICT_FIRST }; /* yk_cp_async16's HINT */
 static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "evict_first"};
@@ -21,6 +35,7 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 
 static void complete(yk_spec *s) {
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
+  if (s->v[KV_FLOAT8] == YK_UNSET) s->v[KV_FLOAT8] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
   if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 16;
@@ -67,8 +82,11 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 static unsigned smem_bytes(const yk_spec *s) {
   const unsigned row = (unsigned)(s->v[HEAD_DIM] + (s->v[SWIZZLE] ? 0 : 8)) * 2u;
   const int teams = s->v[WARPS] / s->v[D_SPLIT];
-  const unsigned pipelines = (unsigned)(teams * s->v[STAGES] * 2 * s->v[BLOCK_N]) * row +
-                             (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
+  /* a team's stages: of T; or of float8 bytes, and one tile of T each for K and V (the template's TEAM_BYTES) */
+  const unsigned team = s->v[KV_FLOAT8] ? (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N] * s->v[HEAD_DIM]) +
+                                              (unsigned)(2 * s->v[BLOCK_N]) * row
+                                        : (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * row;
+  const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
   const unsigned combine = (unsigned)((teams * 16 * s->v[HEAD_DIM] + 2 * teams * 16) * 4);
   return pipelines > combine ? pipelines : combine;
 }
@@ -80,7 +98,7 @@ const yk_op_def yk_op_attention_decode = {
     .summary = "decode attention: one query a sequence, GQA-packed tiles, split-KV merged by lse",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 12,
+    .field_count = 13,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -94,6 +112,8 @@ const yk_op_def yk_op_attention_decode = {
             {"kv_hint", "L2 hint of K and V's loads", 0, 3, 0, 1, kv_hints},
             {"swizzle", "1: swizzled shared-memory tiles (head dims a multiple of 64), else padded", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
+            {"kv_float8", "1: K and V are float8 e4m3 (a float8 KV cache), widened to the dtype in shared memory", 0, 1,
+             0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -102,7 +122,7 @@ const yk_op_def yk_op_attention_decode = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, KV_FLOAT8, NULL, emit, user);
 }
 
 /* Splits a sequence's keys when the blocks of the batch alone would leave SMs idle: the largest
@@ -143,6 +163,7 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   spec->v[SPLIT] = L->splits > 1;
   spec->v[PAGED] = L->paged;
   spec->v[PAGE_SIZE] = L->page_size;
+  spec->v[KV_FLOAT8] = L->a.kv_float8;
   yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
@@ -168,10 +189,10 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   long long l_b = L->a.lse.batch_stride, l_h = L->a.lse.head_stride;
   int batch = (int)L->a.batch, q_heads = (int)L->a.q_heads, grp = (int)group, rb = (int)row_blocks,
       seq_k = (int)L->max_seqlen_k;
-  float scale_log2 = L->a.scale * 1.4426950408889634f;
-  void *args[] = {&qp,   &kp,   &vp,    &op_,     &lp,   &po,   &pl,    &ck,         &s[0],
-                  &s[1], &s[2], &s[3],  &s[4],    &s[5], &s[6], &s[7],  &s[8],       &s[9],
-                  &l_b,  &l_h,  &batch, &q_heads, &grp,  &rb,   &seq_k, &scale_log2, &table};
+  float scale_log2 = yk_attention_score_scale(&L->a) * 1.4426950408889634f, out_scale = yk_attention_out_scale(&L->a);
+  void *args[] = {&qp,    &kp,      &vp,   &op_,  &lp,    &po,         &pl,    &ck,       &s[0], &s[1],
+                  &s[2],  &s[3],    &s[4], &s[5], &s[6],  &s[7],       &s[8],  &s[9],     &l_b,  &l_h,
+                  &batch, &q_heads, &grp,  &rb,   &seq_k, &scale_log2, &table, &out_scale};
   st = yk_launch(ctx, kern, (unsigned)(L->a.kv_heads * row_blocks), (unsigned)batch, (unsigned)L->splits, stream, args);
   if (st == YK_OK && L->splits > 1)
     st = yk_merge_partials(ctx, L->a.dtype, L->a.batch, L->a.q_heads, L->a.head_dim, L->splits, part_o, part_lse,

@@ -12,13 +12,14 @@
 #include "runtime/launch.h"
 #include "yk/ops.h"
 
-enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE };
+enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE, KV_FLOAT8 };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
-/* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, and YK_PREFILL_KERNEL
- * not asking for mma.sync. Both kernels take the same arguments; the Hopper one two tensor maps more. */
-static int use_wgmma(const yk_ctx *ctx, int64_t head_dim) {
-  return ctx->target_arch_specific[0] && yk_attention_sm90_head_dim((int)head_dim) && !ctx->prefill_mma_sync;
+/* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, keys and values of T
+ * (float8 ones go to the mma.sync kernel), and YK_PREFILL_KERNEL not asking for mma.sync. Both kernels take the same arguments; the Hopper one two tensor maps more. */
+static int use_wgmma(const yk_ctx *ctx, const yk_attention_operands *a) {
+  return ctx->target_arch_specific[0] && yk_attention_sm90_head_dim((int)a->head_dim) && !ctx->prefill_mma_sync &&
+         !a->kv_float8;
 }
 
 static void complete(yk_spec *s) {
@@ -33,6 +34,7 @@ static void complete(yk_spec *s) {
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = d <= 128;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
+  if (s->v[KV_FLOAT8] == YK_UNSET) s->v[KV_FLOAT8] = 0;
 }
 
 /* Floats a thread holds: O (head_dim / 2), S (block_n / 2), Q fragments (head_dim / 4 if kept). */
@@ -53,8 +55,11 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   return 0;
 }
 
+/* Q and the K and V stages of T; or Q, one tile each of T, and the stages of float8 bytes. */
 static unsigned smem_bytes(const yk_spec *s) {
-  return (unsigned)((s->v[BLOCK_M] + 2 * s->v[STAGES] * s->v[BLOCK_N]) * (s->v[HEAD_DIM] + 8) * 2);
+  const int t_stages = s->v[KV_FLOAT8] ? 1 : s->v[STAGES];
+  const int raw = s->v[KV_FLOAT8] ? 2 * s->v[STAGES] * s->v[BLOCK_N] * s->v[HEAD_DIM] : 0;
+  return (unsigned)((s->v[BLOCK_M] + 2 * t_stages * s->v[BLOCK_N]) * (s->v[HEAD_DIM] + 8) * 2 + raw);
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user);
@@ -64,7 +69,7 @@ const yk_op_def yk_op_attention_prefill = {
     .summary = "flash_attention_forward: tiled online-softmax attention on tensor cores (causal, GQA, ragged)",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 10,
+    .field_count = 11,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -76,6 +81,8 @@ const yk_op_def yk_op_attention_prefill = {
             {"ragged", "1: sequences located by cu_seqlens (paged: the queries only)", 0, 1, 0, 1, NULL},
             {"q_in_regs", "1: Q fragments stay in registers", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
+            {"kv_float8", "1: K and V are float8 e4m3 (a float8 KV cache), widened to the dtype in shared memory", 0, 1,
+             0, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -84,7 +91,7 @@ const yk_op_def yk_op_attention_prefill = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill, CAUSAL, RAGGED, PAGED, NULL, emit, user);
+  yk_attention_warm(req, &yk_op_attention_prefill, CAUSAL, RAGGED, PAGED, KV_FLOAT8, NULL, emit, user);
 }
 
 yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
@@ -136,7 +143,7 @@ static int tensor_map(const yk_ctx *ctx, CUtensorMap *map, const yk_prefill_laun
 }
 
 yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) {
-  const int wgmma = use_wgmma(ctx, L->a.head_dim);
+  const int wgmma = use_wgmma(ctx, &L->a);
   const int ragged_q = L->cu_q != NULL;
   yk_spec spec;
   if (wgmma) {
@@ -148,6 +155,7 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
     spec.v[RAGGED] = ragged_q;
     spec.v[PAGED] = L->paged;
     spec.v[PAGE_SIZE] = L->page_size;
+    spec.v[KV_FLOAT8] = L->a.kv_float8;
   }
   yk_spec_finish(ctx, &spec, L->a.batch * L->max_seqlen_q);
   CUtensorMap maps[2]; /* the Hopper prefill's K and V, where it loads them by TMA */
@@ -170,14 +178,15 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
                            L->a.lse.batch_stride, L->a.lse.seq_stride,   L->a.lse.head_stride};
   int seq_q = (int)L->max_seqlen_q, seq_k = (int)L->max_seqlen_k;
   int group = (int)(L->a.q_heads / L->a.kv_heads);
-  float scale_log2 = L->a.scale * 1.4426950408889634f;
-  /* the Hopper kernel's parameters; the mma.sync kernel takes all but the two maps (the driver reads
-   * as many as the kernel has) */
+  float scale_log2 = yk_attention_score_scale(&L->a) * 1.4426950408889634f, out_scale = yk_attention_out_scale(&L->a);
+  /* the Hopper kernel's parameters; the mma.sync kernel's end with out_scale in place of the two
+   * maps (the driver reads as many as the kernel has) */
   void *args[] = {&qp,          &kp,          &vp,          &op_,         &lp,         &cq,
                   &ck,          &strides[0],  &strides[1],  &strides[2],  &strides[3], &strides[4],
                   &strides[5],  &strides[6],  &strides[7],  &strides[8],  &strides[9], &strides[10],
                   &strides[11], &strides[12], &strides[13], &strides[14], &seq_q,      &seq_k,
                   &group,       &scale_log2,  &table,       &maps[0],     &maps[1]};
+  if (!wgmma) args[27] = &out_scale;
   const unsigned m_blocks = (unsigned)((L->max_seqlen_q + block_m - 1) / block_m);
   return yk_launch(ctx, kern, m_blocks, (unsigned)L->a.q_heads, (unsigned)L->a.batch, stream, args);
 }

@@ -120,7 +120,8 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
 };
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, yk_attention_sm90_head_dim, emit, user);
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_sm90_head_dim, emit,
+                    user);
 }
 
 void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,

@@ -211,9 +211,10 @@ YK_API yk_status yk_kv_cache_csr(yk_kv_cache *cache, const int64_t *seqs, int64_
  * positive and finite; caches of 16-bit types take none (0 or 1). Half the bytes of bfloat16: twice
  * the tokens a pool holds, and half the bytes decode reads.
  *
- * Where float8 caches run: on the CPU fallback (every op over caches), and on the GPU for the
- * cache's memory operations (copy-on-write copies, swaps). The GPU attention and append kernels
- * refuse them (YK_ERR_UNSUPPORTED) until their float8 forms have been checked on a GPU. */
+ * Float8 caches run wherever 16-bit ones do: append_kv quantizes on the way in; paged decode and
+ * the mma.sync paged prefill stream the bytes (half the bandwidth) and widen each tile to q's
+ * dtype in shared memory (the Hopper prefill takes 16-bit caches only: a float8 call runs the
+ * mma.sync one); copies and swaps move the bytes. */
 typedef struct yk_kv_scales {
   float k, v;
 } yk_kv_scales;

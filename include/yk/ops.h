@@ -144,7 +144,7 @@ YK_API yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, con
  * (or an engine's own, any strides with the last dimension contiguous), and a page table saying
  * which blocks hold each sequence's tokens, in either form engines keep: set one and leave the
  * other's tensors NULL. q is the caches' dtype; caches of float8_e4m3fn (yk/kv.h: read as stored
- * times scales, on the CPU fallback for now) take q of float32, float16 or bfloat16. Token t of sequence i is in block table_i[t / page_size] at offset
+ * times scales) take q of float16 or bfloat16 (float32 too on the CPU). Token t of sequence i is in block table_i[t / page_size] at offset
  * t % page_size. Page tables are int32 and contiguous; on the GPU in device, pinned or managed
  * memory. Where the host can read them (host, pinned, managed) every entry is checked before
  * anything runs; in device memory the kernels check them instead: a sequence whose entry is out
@@ -191,9 +191,10 @@ typedef struct yk_paged_plan yk_paged_plan;
 typedef struct yk_paged_plan_shape {
   DLDataType dtype; /* float16 or bfloat16 */
   int q_heads, kv_heads, head_dim, page_size;
-  int csr;        /* 1: FlashInfer's table form; 0: vLLM's */
-  float scale;    /* 0: 1 / sqrt(head_dim) */
-  int num_splits; /* 0: chosen from the batch and the longest sequence */
+  int csr;             /* 1: FlashInfer's table form; 0: vLLM's */
+  float scale;         /* 0: 1 / sqrt(head_dim) */
+  int num_splits;      /* 0: chosen from the batch and the longest sequence */
+  DLDataType kv_dtype; /* the caches': float8_e4m3fn for a float8 cache; {0} (or dtype) for caches of dtype */
 } yk_paged_plan_shape;
 
 YK_API yk_status yk_paged_plan_create(yk_ctx *ctx, yk_paged_plan **out);

@@ -189,6 +189,37 @@ def test_paged_attention_forward_equals_sdpa(gen, device, dtype, layout, page):
     close(att.run(q, (k_cache, v_cache)), want, dtype)
 
 
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
+@pytest.mark.parametrize("device, dtype", CASES)
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_float8_caches_equal_torch(gen, device, dtype, layout):
+    """torch.float8_e4m3fn caches: append_kv writes torch's own float8 of k / k_scale (saturated to
+    448), paged decode (vLLM's call and FlashInfer's plan/run) reads stored * scale, against SDPA
+    over those values."""
+    page, lens, k_scale, v_scale = 16, [37, 1, 64], 0.5, 2.0
+    _, _, _, bt, cl, csr = paged_setup(device, dtype, layout, page, lens)
+    num_blocks = int(bt.max()) + 1
+    shape = (num_blocks, page, 2, 64) if layout == "NHD" else (num_blocks, 2, page, 64)
+    kc = torch.zeros(shape, device=device, dtype=torch.float8_e4m3fn)
+    vc = torch.zeros_like(kc)
+    tokens = [torch.arange(n, device=device) for n in lens]
+    slots = torch.cat([bt[i].long()[t // page] * page + t % page for i, t in enumerate(tokens)])
+    k = torch.randn(len(slots), 2, 64, device=device, dtype=dtype) * 300  # past 448 * k_scale: some saturate
+    v = torch.randn_like(k)
+    yk.append_kv(k, v, kc, vc, slots, layout=layout, k_scale=k_scale, v_scale=v_scale)
+    b, o = slots // page, slots % page
+    got_k = kc[b, o] if layout == "NHD" else kc[b, :, o]
+    want_k = (k.float() * (1 / k_scale)).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(got_k.view(torch.uint8), want_k.view(torch.uint8))
+    q = torch.randn(len(lens), 8, 64, device=device, dtype=dtype)
+    out = yk.paged_attention_forward(q, kc, vc, bt, cl, max(lens), layout=layout, k_scale=k_scale, v_scale=v_scale)
+    want = gathered_sdpa(q, kc.float() * k_scale, vc.float() * v_scale, bt, lens, page, layout)
+    close(out, want, dtype, scale=2.0)
+    att = yk.FlashInferPagedAttention(8, 2, 64, page, layout=layout, dtype=dtype)
+    att.plan(*csr, kv_data_type=torch.float8_e4m3fn)
+    close(att.run(q, (kc, vc), k_scale=k_scale, v_scale=v_scale), want, dtype, scale=2.0)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_flash_infer_paged_run_replays_in_a_cuda_graph(gen):
     """plan() once, run() captured: replays follow new queries and tables rewritten in place."""

@@ -54,7 +54,7 @@ def append_kv(k, v, k_cache, v_cache, slot_mapping=None, *, layout="NHD", batch_
     then sin in each row, as rope()'s) rotate k on its way in (k itself is unchanged): the cache
     gets exactly the bits rope() then a plain append would write.
 
-    Float8 caches (float8_e4m3fn; the CPU fallback for now): k and v are float32, float16 or
+    Float8 caches (float8_e4m3fn): k and v are float32, float16 or
     bfloat16, and the cache gets each value times 1 / k_scale (1 / v_scale), rounded to nearest
     even and saturated to +-448, as vLLM's reshape_and_cache with its scales; None means 1.
 

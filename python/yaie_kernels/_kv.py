@@ -128,7 +128,7 @@ class KVCacheManager(Closable):
     num_blocks blocks of block_size tokens (1..128) of K and V, for num_layers layers of num_heads
     KV heads of head_dim, in dtype (float16, bfloat16 or float8_e4m3fn: a string, torch or numpy
     dtype). A float8 cache holds a byte an element, written by append_kv with k_scale and v_scale
-    and read by the paged attention calls with the same scales (on the CPU fallback for now).
+    and read by the paged attention calls with the same scales.
     num_blocks None: as many as device_bytes holds. layout "NHD" (a block's page is
     [block_size, heads, head_dim]) or "HND". host_blocks: host blocks for swapping (pinned on
     CUDA). pool: carve the blocks from a MemoryPool (its device is the cache's). device: as

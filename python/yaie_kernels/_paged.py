@@ -37,7 +37,7 @@ class _PlanShape(ctypes.Structure):
 
     _fields_ = [("dtype", _DLDataType), ("q_heads", ctypes.c_int), ("kv_heads", ctypes.c_int),
                 ("head_dim", ctypes.c_int), ("page_size", ctypes.c_int), ("csr", ctypes.c_int),
-                ("scale", ctypes.c_float), ("num_splits", ctypes.c_int)]
+                ("scale", ctypes.c_float), ("num_splits", ctypes.c_int), ("kv_dtype", _DLDataType)]
 
 
 _DENSE = ("block_tables", "context_lens")
@@ -178,8 +178,8 @@ def paged_attention_forward(q, k_cache, v_cache, block_tables, context_lens, max
     offset t % page_size), context_lens int32 [num_seqs]. max_context_len: the longest context
     (vLLM's), which sizes the key splits on the GPU when the tables are in device memory; tables
     the host can read are checked and measured by libyk, and it is then not used. float16 or
-    bfloat16 on the GPU, also float32 on the CPU. Caches of float8_e4m3fn (CPU for now) are read
-    as stored * k_scale (v_scale), vLLM's scales; q is then float32, float16 or bfloat16.
+    bfloat16 on the GPU, also float32 on the CPU. Caches of float8_e4m3fn are read as stored *
+    k_scale (v_scale), vLLM's scales.
 
     Returns out like q (a new tensor of q's type, or out= written), and (out, lse) when lse= (a
     float32 [num_seqs, q_heads] tensor to write) or return_lse=True. scale: default
@@ -292,11 +292,13 @@ class FlashInferPagedAttention:
 
     # ---- decode: plan and run ----
 
-    def plan(self, kv_indptr, kv_indices, kv_last_page_len, *, kv_lens=None, q_data_type=None):
+    def plan(self, kv_indptr, kv_indices, kv_last_page_len, *, kv_lens=None, q_data_type=None, kv_data_type=None):
         """Plans the decode of len(kv_indptr) - 1 sequences over these tables, which run() then
         reads (keep them alive and in place; later steps may rewrite their contents). kv_lens:
         the sequences' token counts on the host, when the tables should not be read there (a
-        device table's copy synchronises); else computed from kv_indptr and kv_last_page_len."""
+        device table's copy synchronises); else computed from kv_indptr and kv_last_page_len.
+        kv_data_type: the caches' dtype where it is not q's (float8_e4m3fn for a float8 cache), as
+        FlashInfer's plan takes it."""
         op = "FlashInferPagedAttention.plan"
         np = _np()
         d = describe(kv_indptr, op, "kv_indptr")
@@ -335,6 +337,9 @@ class FlashInferPagedAttention:
                            page_size=self.page_size, csr=1, scale=_scale(self.scale), num_splits=self.num_splits)
         shape.dtype.code, shape.dtype.bits = _plan_dtype(q_data_type or self.dtype or "float16", op)
         shape.dtype.lanes = 1
+        if kv_data_type is not None:
+            shape.kv_dtype.code, shape.kv_dtype.bits = _dtype_code(kv_data_type, op)
+            shape.kv_dtype.lanes = 1
         floats = ctypes.c_size_t()
         st = C.yk_paged_decode_plan(plan[0].ptr, ctypes.byref(shape), _address(lens), lens.shape[0],
                                     ctypes.byref(floats))
