@@ -379,6 +379,53 @@ def test_calls_run_on_the_current_stream():
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_workspaces_come_from_torch_and_replay_in_a_graph(gen, monkeypatch):
+    """A split decode's partials and the backward's stats and float32 dq are allocated by torch's
+    caching allocator (libyk would otherwise allocate them on the stream every call); a split decode
+    captured in a CUDA graph takes its workspace from the graph's pool and replays with new keys."""
+    from yaie_kernels import _attention
+    sizes = []
+    real = _attention._workspace
+
+    def recording(ad, like, buf, base, slot, op, floats):
+        sizes.append((op, floats))
+        return real(ad, like, buf, base, slot, op, floats)
+
+    monkeypatch.setattr(_attention, "_workspace", recording)
+    q = torch.randn(1, 8, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8192, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    want = sdpa(q.float()[:, :, None], k.float().transpose(1, 2), v.float().transpose(1, 2), False)[:, :, 0]
+    close(yk.attention_decode(q, k, v), want, torch.bfloat16)
+    assert sizes[-1][0] == "attention_decode" and sizes[-1][1] > 0, sizes  # one sequence: split
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        yk.attention_decode(q, k, v)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = yk.attention_decode(q, k, v)
+    k.copy_(torch.randn_like(k))
+    graph.replay()
+    torch.cuda.synchronize()
+    close(out, sdpa(q.float()[:, :, None], k.float().transpose(1, 2), v.float().transpose(1, 2), False)[:, :, 0],
+          torch.bfloat16)
+
+    qb = torch.randn(1, 4, 300, 64, device="cuda", dtype=torch.bfloat16)
+    kb, vb = (torch.randn(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    dout = torch.randn_like(qb)
+    ob = yk.flash_attention_forward(qb, kb, vb, causal_mask=True)
+    for deterministic in (False, True):
+        dq, dk, dv = yk.flash_attention_backward(dout, qb, kb, vb, ob, deterministic=deterministic)
+        assert sizes[-1][0] == "flash_attention_backward" and sizes[-1][1] > 0, sizes
+        qf, kf, vf = (t.float().requires_grad_() for t in (qb, kb, vb))
+        sdpa(qf, kf, vf, True).backward(dout.float())
+        for got, ref in ((dq, qf.grad), (dk, kf.grad), (dv, vf.grad)):
+            close(got, ref, torch.bfloat16, 2)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_cpu_functions_refuse_device_tensors():
     x = torch.randn(2, 64, device="cuda")
     with pytest.raises(ValueError, match="cpu_rms_norm: input_tensor is in cuda:0; the cpu_ functions take host"):

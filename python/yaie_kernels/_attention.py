@@ -219,6 +219,10 @@ def flash_attention_backward(dout, q, k, v, output, *, causal=None, scale=None, 
     params = AttentionParams(causal=causal_flag, scale=scale_value, deterministic=1 if deterministic else 0)
     ctx, stream = place(ad, qd)
     buf, base = scratch()
+    if stream is not None:  # the rows' stats (and the float32 dq) from the framework's allocator
+        batch, seq_q, heads, head_dim = _sdpa_view(qd, op, "q")[0]
+        ws, params.workspace = _workspace(ad, q, buf, base, 9, op, C.yk_flash_attention_backward_workspace_floats(
+            heads, batch * seq_q, batch, head_dim, params.deterministic))
     st = C.yk_flash_attention_backward(
         ctx, pack(buf, base, 0, dod, *_sdpa_view(dod, op, "dout")), pack(buf, base, 1, qd, *_sdpa_view(qd, op, "q")),
         pack(buf, base, 2, kd, *_sdpa_view(kd, op, "k")), pack(buf, base, 3, vd, *_sdpa_view(vd, op, "v")),
@@ -229,6 +233,18 @@ def flash_attention_backward(dout, q, k, v, output, *, causal=None, scale=None, 
     if st:
         raise_status(st, ctx, op)
     return dq, dk, dv
+
+
+def _workspace(ad, like, buf, base, slot, op, floats):
+    """A device call's float32 workspace of `floats` elements, allocated like `like` (torch: by its
+    caching allocator, on the current stream), and its description packed into slot; (None, None)
+    when the call needs none. Without one libyk allocates and frees it on the stream itself, on
+    every call. The caller holds the tensor until the call is issued: freed before, another thread
+    could be given its memory first."""
+    if not floats:
+        return None, None
+    ws = ad.empty(like, (floats,), "float32")
+    return ws, pack(buf, base, slot, describe(ws, op, "workspace"))
 
 
 # ---- the C API's own layouts: decode, ragged prefill, merge ----
@@ -258,6 +274,10 @@ def attention_decode(q, k, v, *, scale=None, cu_seqlens_k=None, max_seqlen_k=0, 
     buf, base = scratch()
     params = AttentionParams(scale=_scale(scale), cu_seqlens_k=pack(buf, base, 5, cu) if cu else None,
                              max_seqlen_k=max_seqlen_k, num_splits=num_splits)
+    if stream is not None and len(qd[5]) == 3 and len(kd[5]) >= 3:  # split partials from the framework
+        seq_k = max_seqlen_k if cu else kd[5][1]
+        ws, params.workspace = _workspace(ad, q, buf, base, 6, op, C.yk_attention_decode_workspace_floats(
+            ctx, qd[5][0], qd[5][1], kd[5][-2], qd[5][2], seq_k, num_splits))
     st = C.yk_attention_decode(ctx, pack(buf, base, 0, qd), pack(buf, base, 1, kd), pack(buf, base, 2, vd),
                                ctypes.addressof(params), pack(buf, base, 3, od),
                                pack(buf, base, 4, ld) if ld else None, stream)
