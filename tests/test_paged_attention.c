@@ -327,19 +327,21 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t s
       }
 }
 
+static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed); /* float8 caches, below */
+
 Test(paged_attention, cpu_decode_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
   paged_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_decode"));
+  float8_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
   yk_ctx_destroy(cpu);
 }
 
 Test(paged_attention, cpu_prefill_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
   paged_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_prefill"));
+  float8_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
   yk_ctx_destroy(cpu);
 }
-
-static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed); /* float8 caches, below */
 
 Test(paged_attention, gpu_decode_matches_dense) {
   yk_ctx *gpu = ts_gpu_ctx();
@@ -433,18 +435,6 @@ static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t 
         }
         free_scenario(&s);
       }
-}
-
-Test(paged_attention, cpu_float8_decode_matches_dense) {
-  yk_ctx *cpu = ts_cpu_ctx();
-  float8_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
-  yk_ctx_destroy(cpu);
-}
-
-Test(paged_attention, cpu_float8_prefill_matches_dense) {
-  yk_ctx *cpu = ts_cpu_ctx();
-  float8_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
-  yk_ctx_destroy(cpu);
 }
 
 /* A plan for float8 caches (kv_dtype) runs what a direct call computes, bit for bit; a plan for
