@@ -70,7 +70,7 @@ int cmd_bench(int argc, char **argv) {
               "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
               "                [--backward] [--ops] [--lengths] [--kv] [--radix]\n"
               "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
-              "--paged: paged decode and cascade decode only.\n"
+              "--paged: paged decode and cascade decode only; with --sweep, their knobs (batch 1, float8 caches).\n"
               "--decode: dense decode (both KV layouts), then paged and cascade decode; with --sweep, the\n"
               "  decode's split counts, tiles, shared-memory layouts and L2 hints too.\n"
               "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
@@ -126,7 +126,9 @@ int cmd_bench(int argc, char **argv) {
       failures += bench_attention(&timer, &results, quick);
     failures += bench_paged(&timer, &results);
     if (!attention_only && !paged_only && !decode_only) failures += bench_jit(ctx, &results, quick);
-    if (sweep && !decode_only)
+    if (sweep && paged_only)
+      bench_paged_knobs(&timer, &results);
+    else if (sweep && !decode_only)
       failures += attention_only ? bench_attention_sweep(&timer, &results) : bench_sweep(&timer, &results);
   }
 

@@ -184,10 +184,13 @@ int bench_paged(bench_timer *t, bench_results *r) {
 }
 
 /* Paged batch 1 x 32768, page 16, under the knobs that moved its rate: teams a block and their
- * stages (8 of 2 the default; 4 of 3 the dense default), 32-key tiles, the L2 hint. */
+ * stages (8 of 2 the default; 4 of 3 the dense default), 32-key tiles, the L2 hint. Then float8
+ * caches at the three shapes under their tile and pipeline knobs (32-key tiles the default). */
 void bench_paged_knobs(bench_timer *t, bench_results *r) {
   static const char *const knobs[] = {"warps=4,stages=3",  "warps=6",      "warps=8,stages=3",
                                       "warps=12,stages=2", "kv_hint=none", "warps=4,block_n=32"};
+  static const char *const float8_knobs[] = {"block_n=16", "block_n=64", "stages=2", "stages=3", "stages=4"};
+  static const int64_t float8_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
   yh_rng rng = {32};
   paged_bench b;
   const int64_t len = 32768;
@@ -200,4 +203,18 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
       bench_sweep_one(t, r, "paged decode B1 L32768 page16", "attention_decode", knobs[k], run, &b, bytes, "GB/s");
   }
   free_bench(&b);
+  for (size_t i = 0; i < sizeof float8_shapes / sizeof float8_shapes[0]; i++) {
+    const int64_t batch = float8_shapes[i][0], keys = float8_shapes[i][1];
+    char shape[64];
+    snprintf(shape, sizeof shape, "paged decode B%lld L%lld page16 float8", (long long)batch, (long long)keys);
+    if (setup(&b, t->ctx, batch, keys, 0, 16, 0, 0, 1, &rng)) {
+      fprintf(stderr, "  %s: cannot set up: %s\n", shape, yk_ctx_last_error(t->ctx));
+    } else {
+      const double bytes = 2.0 * batch * keys * KV_HEADS * HEAD_DIM;
+      bench_sweep_one(t, r, shape, NULL, "default", run, &b, bytes, "GB/s");
+      for (size_t k = 0; k < sizeof float8_knobs / sizeof float8_knobs[0]; k++)
+        bench_sweep_one(t, r, shape, "attention_decode", float8_knobs[k], run, &b, bytes, "GB/s");
+    }
+    free_bench(&b);
+  }
 }

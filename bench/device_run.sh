@@ -5,8 +5,8 @@
 # (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
 # again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
 # bindings' tests with torch on the GPU and their per-call overhead). The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [prefill] [backward] [tune] [python] [profile] [peers]
-#   (default: tests bench python peers; decode: yk bench --decode alone; prefill: yk bench --prefill
+#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [paged] [prefill] [backward] [tune] [python] [profile] [peers]
+#   (default: tests bench python peers; decode: yk bench --decode alone; paged: yk bench --paged; prefill: yk bench --prefill
 #   --sweep, the Hopper prefill's configurations, prefill.log; backward: yk bench --backward (with
 #   sweep, its tiles), backward.log; tune: yk tune over every op at Llama 3
 #   8B's shapes and the peers on those shapes, tune.jsonl, tune.csv, tune.md; profile: ncu over the
@@ -48,6 +48,7 @@ narrow() {
   grep -v "^|" "$OUT/$name.log"
 }
 [[ $parts == *decode* ]] && narrow decode $sweep     # dense (both layouts), paged, cascade; with sweep its splits, tiles, hints
+[[ $parts == *paged* ]] && narrow paged $sweep       # paged and cascade; with sweep the paged knobs (batch 1, float8)
 [[ $parts == *prefill* ]] && narrow prefill --sweep  # the prefill rows, then every Hopper prefill configuration
 [[ $parts == *backward* ]] && narrow backward $sweep # the backward rows; with sweep its tiles
 if [[ $parts == *python* ]]; then # the bundle carries libyk.so beside the test binaries' libraries

@@ -10,16 +10,18 @@
 
 static_assert(DTYPE == YK_F16 || DTYPE == YK_BF16, "attention kernels take float16 or bfloat16");
 
-__device__ __forceinline__ unsigned yk_pack2(float lo, float hi) {
+// Two floats packed as 16-bit elements of type DT (the kernel's T unless asked), lo first.
+template <int DT = DTYPE> __device__ __forceinline__ unsigned yk_pack2(float lo, float hi) {
   unsigned r;
-  if (DTYPE == YK_BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  if (DT == YK_BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
 }
 
-// d += a * b
+// d += a * b, with a and b of type DT
+template <int DT = DTYPE>
 __device__ __forceinline__ void yk_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  if (DTYPE == YK_BF16)
+  if (DT == YK_BF16)
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -124,10 +126,23 @@ __device__ __forceinline__ void yk_load_tile(T *smem, int valid, int tid, RowAdd
 template <bool FLOAT8> struct yk_kv_element { typedef T type; };
 template <> struct yk_kv_element<true> { typedef unsigned char type; };
 
-// Copies rows [0, valid) of a ROWS x HEAD_DIM tile of float8 bytes to shared memory, compact rows
-// HEAD_DIM bytes apart; rows past valid are zeros. Every thread calls src as often as the others
-// (a paged src shuffles across the warp), whatever ROWS * HEAD_DIM / 16 is.
-template <int ROWS, int THREADS, int HINT = 0, class RowAddress>
+// Where byte b of row r of a tile of float8 rows lies: rows HEAD_DIM bytes apart, and SWIZZLED,
+// the 16-byte chunk of linear index L at (L & ~7) | ((L & 7) ^ h(key)), keyed by the row where rows
+// are whole 128-byte lines and by the line otherwise. Every global line still lands in one aligned
+// 128 bytes of shared memory (one L2 request, as yk_tile_at's swizzle), and the decode kernel's
+// fragment reads (attention_decode.cu) fall in distinct banks at head dims 64, 128 and 256. A piece
+// of 2, 4, 8 or 16 bytes at a multiple of its size never crosses a chunk.
+template <bool SWIZZLED> __device__ __forceinline__ int yk_byte_at(int r, int b) {
+  if (!SWIZZLED) return r * HEAD_DIM + b;
+  constexpr int CHUNKS = HEAD_DIM / 16;
+  const int L = r * CHUNKS + b / 16, key = CHUNKS % 8 == 0 ? r : L / 8;
+  return ((L & ~7) | ((L & 7) ^ (key & 6) ^ ((key & 1) << 2))) * 16 + b % 16;
+}
+
+// Copies rows [0, valid) of a ROWS x HEAD_DIM tile of float8 bytes to shared memory (yk_byte_at's
+// layout); rows past valid are zeros. Every thread calls src as often as the others (a paged src
+// shuffles across the warp), whatever ROWS * HEAD_DIM / 16 is.
+template <int ROWS, int THREADS, int HINT = 0, bool SWIZZLED = false, class RowAddress>
 __device__ __forceinline__ void yk_load_bytes(unsigned char *smem, int valid, int tid, RowAddress src) {
   constexpr int CHUNKS = HEAD_DIM / 16, PIECES = ROWS * CHUNKS;
 #pragma unroll
@@ -135,32 +150,49 @@ __device__ __forceinline__ void yk_load_bytes(unsigned char *smem, int valid, in
     const int i = tid + it * THREADS, r = i / CHUNKS, c = (i % CHUNKS) * 16;
     const bool ok = i < PIECES && r < valid;
     const unsigned char *row = src(ok ? r : 0);
-    if (i < PIECES) yk_cp_async16<HINT>(smem + r * HEAD_DIM + c, ok ? row + c : row, ok ? 16 : 0);
+    if (i < PIECES) yk_cp_async16<HINT>(smem + yk_byte_at<SWIZZLED>(r, c), ok ? row + c : row, ok ? 16 : 0);
   }
 }
 
-// Two float8 e4m3 values (the low byte first) as a pair of T (the first in the low half), exactly:
-// every e4m3 value is a float16 and a bfloat16.
-__device__ __forceinline__ unsigned yk_e4m3x2_to_pair(unsigned two) {
-#if __CUDA_ARCH__ >= 890 // a pair an instruction to float16 (and bfloat16 through float32)
-  unsigned pair;
-  if constexpr (DTYPE == YK_F16) {
-    asm("{ .reg .b16 x; cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 %0, x; }" : "=r"(pair) : "r"(two));
+__device__ __forceinline__ unsigned yk_prmt(unsigned a, unsigned b, unsigned selector) {
+  unsigned r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(selector));
+  return r;
+}
+
+// Four float8 e4m3 values (the bytes of w, the lowest first) as two pairs of DT (T unless asked;
+// bytes 0, 1 in pair[0], the first in its low half), exactly: every e4m3 value is a float16 and a
+// bfloat16. Float16: the hardware's pair conversion (sm_89 on). Bfloat16: the bits moved into place
+// (sign, then exponent and mantissa 4 bits lower) and multiplied by 2^120 for the exponents'
+// biases, which also makes e4m3's subnormals normal: ALU work, where converting through float16 and
+// float32 takes four conversions a pair on units that run at a quarter of the ALU's rate. (There,
+// e4m3's NaN reads as 480.)
+template <int DT = DTYPE> __device__ __forceinline__ void yk_e4m3x4_to_pairs(unsigned w, unsigned (&pair)[2]) {
+  if constexpr (DT == YK_BF16) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const unsigned y = yk_prmt(w, 0u, h ? 0x3424u : 0x1404u); // bytes 2h, 2h + 1 in the high byte of each half
+      const unsigned bits = (y & 0x80008000u) | ((y >> 4) & 0x07f007f0u);
+      asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(pair[h]) : "r"(bits), "r"(0x7b807b80u), "r"(0x80008000u));
+    }
   } else {
-    asm("{ .reg .b16 x, lo, hi; .reg .b32 h; .reg .f32 a, b;\n"
-        "  cvt.u16.u32 x, %1; cvt.rn.f16x2.e4m3x2 h, x; mov.b32 {lo, hi}, h;\n"
-        "  cvt.f32.f16 a, lo; cvt.f32.f16 b, hi; cvt.rn.bf16x2.f32 %0, b, a; }"
-        : "=r"(pair)
-        : "r"(two));
-  }
-  return pair;
+#if __CUDA_ARCH__ >= 890
+    asm("{ .reg .b16 lo, hi; mov.b32 {lo, hi}, %2; cvt.rn.f16x2.e4m3x2 %0, lo; cvt.rn.f16x2.e4m3x2 %1, hi; }"
+        : "=r"(pair[0]), "=r"(pair[1])
+        : "r"(w));
+#else
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const yk_e4m3 lo = {(unsigned char)(w >> 16 * h)}, hi = {(unsigned char)(w >> (16 * h + 8))};
+      pair[h] = (unsigned)yk_from_float<yk_f16>(yk_to_float(lo)).bits |
+                (unsigned)yk_from_float<yk_f16>(yk_to_float(hi)).bits << 16;
+    }
 #endif
-  const yk_e4m3 lo = {(unsigned char)two}, hi = {(unsigned char)(two >> 8)};
-  return (unsigned)yk_from_float<T>(yk_to_float(lo)).bits | (unsigned)yk_from_float<T>(yk_to_float(hi)).bits << 16;
+  }
 }
 
-// A tile of float8 rows (yk_load_bytes's) as T in a padded or SWIZZLED tile, by the THREADS
-// threads of a team: 16 bytes in, two 16-byte chunks of T out.
+// A tile of float8 rows (yk_load_bytes's, unswizzled) as T in a padded or SWIZZLED tile, by the
+// THREADS threads of a block: 16 bytes in, two 16-byte chunks of T out.
 template <int ROWS, int THREADS, bool SWIZZLED>
 __device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, int tid) {
   constexpr int CHUNKS = HEAD_DIM / 16, PIECES = ROWS * CHUNKS;
@@ -169,12 +201,11 @@ __device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, 
     const int r = i / CHUNKS, c = (i % CHUNKS) * 16;
     const uint4 bytes = *reinterpret_cast<const uint4 *>(src + r * HEAD_DIM + c);
     const unsigned words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
-    unsigned out[8];
+    unsigned out[4][2];
 #pragma unroll
-    for (int w = 0; w < 4; ++w)
-      out[2 * w] = yk_e4m3x2_to_pair(words[w]), out[2 * w + 1] = yk_e4m3x2_to_pair(words[w] >> 16);
-    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c)) = make_uint4(out[0], out[1], out[2], out[3]);
-    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c + 8)) = make_uint4(out[4], out[5], out[6], out[7]);
+    for (int w = 0; w < 4; ++w) yk_e4m3x4_to_pairs(words[w], out[w]);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c)) = make_uint4(out[0][0], out[0][1], out[1][0], out[1][1]);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c + 8)) = make_uint4(out[2][0], out[2][1], out[3][0], out[3][1]);
   }
 }
 
@@ -357,9 +388,11 @@ __device__ __forceinline__ void yk_mma_rows(float (&acc)[N / 8][4], const ARows 
 }
 
 // The A fragment of keys [16 kt, 16 kt + 16) of P, from its float C tiles 2 kt and 2 kt + 1.
-template <int TILES> __device__ __forceinline__ void yk_p_fragment(unsigned (&a)[4], const float (&p)[TILES][4], int kt) {
-  a[0] = yk_pack2(p[2 * kt][0], p[2 * kt][1]), a[1] = yk_pack2(p[2 * kt][2], p[2 * kt][3]);
-  a[2] = yk_pack2(p[2 * kt + 1][0], p[2 * kt + 1][1]), a[3] = yk_pack2(p[2 * kt + 1][2], p[2 * kt + 1][3]);
+// (DT: the fragment's type, T unless asked)
+template <int TILES, int DT = DTYPE>
+__device__ __forceinline__ void yk_p_fragment(unsigned (&a)[4], const float (&p)[TILES][4], int kt) {
+  a[0] = yk_pack2<DT>(p[2 * kt][0], p[2 * kt][1]), a[1] = yk_pack2<DT>(p[2 * kt][2], p[2 * kt][3]);
+  a[2] = yk_pack2<DT>(p[2 * kt + 1][0], p[2 * kt + 1][1]), a[3] = yk_pack2<DT>(p[2 * kt + 1][2], p[2 * kt + 1][3]);
 }
 
 // acc[COLS/8] += A (16 x 16, the A fragment a of k step kt) * B (rows [16 kt, 16 kt + 16) of which

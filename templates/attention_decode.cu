@@ -17,8 +17,8 @@
 //   - Paged keys (PAGED 1 or 2, attention_common.cuh) are read through the page table, a tile of
 //     BLOCK_N rows gathering from as many pages as it spans.
 //   - Float8 keys and values (KV_FLOAT8, a float8 KV cache) stream as bytes, half the bytes of
-//     T, into their own stages; the team widens each tile to T in one tile of its own before the
-//     mma steps read it. Their scales: k's is in scale_log2, v's (out_scale) multiplies O.
+//     T, and are converted in registers on their way to the mma (below, "float8"). Their scales:
+//     k's is in scale_log2, v's (out_scale) multiplies O.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
@@ -33,13 +33,68 @@ constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output 
 constexpr bool SWIZZLED = SWIZZLE;
 constexpr int ROW = yk_row_stride<SWIZZLED>();
 typedef typename yk_kv_element<KV_FLOAT8>::type KV;
-// One team's K and V, in bytes: STAGES stages of T; or STAGES stages of float8 bytes, then one
-// tile each of K and V widened to T.
-constexpr int TEAM_RAW = KV_FLOAT8 ? STAGES * 2 * BLOCK_N * HEAD_DIM : 0;
-constexpr int TEAM_BYTES =
-    KV_FLOAT8 ? TEAM_RAW + 2 * BLOCK_N * ROW * (int)sizeof(T) : STAGES * 2 * BLOCK_N * ROW * (int)sizeof(T);
-constexpr int T_STAGES = KV_FLOAT8 ? 1 : STAGES; // tiles of T a team keeps
+// One team's K and V, in bytes: STAGES stages of K's tile, then of V's (of T, or float8 bytes)
+constexpr int TEAM_BYTES = STAGES * 2 * BLOCK_N * (KV_FLOAT8 ? HEAD_DIM : ROW * (int)sizeof(T));
 static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
+
+// ---- float8 ----
+// Each K and V byte is read by one warp, so where the prefill widens a tile in shared memory for
+// the four warps that read it, decode converts in registers on the way to the mma:
+//   - S = Q K^T: the head-dim columns are permuted alike in Q and K (qk_col), which the dot
+//     products cannot tell, so that a lane's b0 and b1 of 4 k steps are 16 bytes of its key row.
+//   - O += P V, in float16 whatever T (P lies in [0, 1], and every float8 value is a float16):
+//     lane (g, t) supplies column g of each 8-column tile nt, taken as byte g * O_TILES + nt of the
+//     warp's columns of the value row, so its bytes of a row are contiguous; the two rows of b0
+//     (and of b1) are interleaved by byte permutes. O's columns are put back in order at the end
+//     (o_col).
+//   - The stages are swizzled (yk_byte_at): the 8 lanes of a quarter warp read rows 2p and 2p + 1
+//     (K), or rows 2t (+ 1, + 8, + 9) (V), in distinct banks.
+// The widening pass this replaces (two barriers and a trip through shared memory a tile) held
+// float8 decode to 0.93-1.10x bfloat16's time.
+__device__ __forceinline__ int qk_col(int c) { // the stage column of the mma's k column c
+  if (!KV_FLOAT8) return c;
+  const int ks = c / 16, w = c % 16, t = (w % 8) / 2, e = 2 * (w / 8) + w % 2;
+  const int group = ks / 4, steps = min(4, KSTEPS - 4 * group); // k steps side by side
+  return 64 * group + 4 * steps * t + 4 * (ks % 4) + e;
+}
+__device__ __forceinline__ int o_col(int nt, int c) { // the output column of O tile nt's column c
+  return KV_FLOAT8 ? c * O_TILES + nt : nt * 8 + c;
+}
+
+// Lane t4's bytes of key row r, 4 a k step (b0's pair, then b1's), as qk_col lays them out.
+__device__ __forceinline__ void fp8_key_words(unsigned (&w)[KSTEPS], const unsigned char *stage, int r, int t4) {
+  constexpr int FULL = KSTEPS / 4, REST = KSTEPS % 4;
+#pragma unroll
+  for (int q = 0; q < FULL; ++q) {
+    const uint4 x = *reinterpret_cast<const uint4 *>(stage + yk_byte_at<true>(r, 64 * q + 16 * t4));
+    w[4 * q] = x.x, w[4 * q + 1] = x.y, w[4 * q + 2] = x.z, w[4 * q + 3] = x.w;
+  }
+#pragma unroll
+  for (int i = 0; i < REST; ++i)
+    w[4 * FULL + i] = *reinterpret_cast<const unsigned *>(stage + yk_byte_at<true>(r, 64 * FULL + 4 * REST * t4 + 4 * i));
+}
+
+// The O_TILES bytes of value row r from byte `at` (a lane's columns), in the widest aligned pieces.
+constexpr int V_WORDS = (O_TILES + 3) / 4;
+__device__ __forceinline__ void fp8_value_words(unsigned (&w)[V_WORDS], const unsigned char *stage, int r, int at) {
+  constexpr int PIECE = O_TILES % 16 == 0 ? 16 : O_TILES % 8 == 0 ? 8 : O_TILES % 4 == 0 ? 4 : 2;
+#pragma unroll
+  for (int p = 0; p < O_TILES / PIECE; ++p) {
+    const unsigned char *src = stage + yk_byte_at<true>(r, at + p * PIECE);
+    if constexpr (PIECE == 16) {
+      const uint4 x = *reinterpret_cast<const uint4 *>(src);
+      w[4 * p] = x.x, w[4 * p + 1] = x.y, w[4 * p + 2] = x.z, w[4 * p + 3] = x.w;
+    } else if constexpr (PIECE == 8) {
+      const uint2 x = *reinterpret_cast<const uint2 *>(src);
+      w[2 * p] = x.x, w[2 * p + 1] = x.y;
+    } else if constexpr (PIECE == 4) {
+      w[p] = *reinterpret_cast<const unsigned *>(src);
+    } else {
+      const unsigned half = *reinterpret_cast<const unsigned short *>(src);
+      w[p / 2] = p % 2 ? w[p / 2] | half << 16 : half;
+    }
+  }
+}
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
 __device__ __forceinline__ void team_sync(int team) {
@@ -70,9 +125,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
   unsigned char *team_smem = smem_raw + team * TEAM_BYTES;
-  unsigned char *rawK = team_smem, *rawV = team_smem + TEAM_RAW / 2; // float8 stages (KV_FLOAT8)
-  T *sK = reinterpret_cast<T *>(team_smem + TEAM_RAW);
-  T *sV = sK + T_STAGES * BLOCK_N * ROW;
+  T *sK = reinterpret_cast<T *>(team_smem), *sV = sK + STAGES * BLOCK_N * ROW;           // 16-bit stages
+  unsigned char *rawK = team_smem, *rawV = team_smem + STAGES * BLOCK_N * HEAD_DIM; // float8 stages
   // Paged: the block's stretch of the page table into L2 first. The warps read it a tile ahead
   // (fetch_ids below), but a 128-byte line of it first touched there waits on DRAM behind the
   // stream of K and V, longer than a tile takes at batch 1.
@@ -106,7 +160,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = g + (e & 1) * 8, col = ks * 16 + 2 * t4 + (e >> 1) * 8;
+        const int row = g + (e & 1) * 8, col = qk_col(ks * 16 + 2 * t4 + (e >> 1) * 8);
         qf[Q_IN_REGS ? ks : 0][e] =
             row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
       }
@@ -114,7 +168,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS) {
       const int row = i / (HEAD_DIM / 2), col = 2 * (i % (HEAD_DIM / 2));
       *reinterpret_cast<unsigned *>(sQ + yk_tile_at<SWIZZLED>(row, col & ~7) + col % 8) =
-          row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
+          row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + qk_col(col)) : 0u;
     }
     __syncthreads();
   }
@@ -153,10 +207,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     auto k_row = [&](int r) { return PAGED ? kr.in_page(row_id(r), key0 + r) : kr.at(key0 + r); };
     auto v_row = [&](int r) { return PAGED ? vr.in_page(row_id(r), key0 + r) : vr.at(key0 + r); };
     if (KV_FLOAT8) {
-      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT>(rawK + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
-                                                    [&](int r) { return (const unsigned char *)k_row(r); });
-      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT>(rawV + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
-                                                    [&](int r) { return (const unsigned char *)v_row(r); });
+      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT, true>(rawK + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
+                                                          [&](int r) { return (const unsigned char *)k_row(r); });
+      yk_load_bytes<BLOCK_N, TEAM_THREADS, KV_HINT, true>(rawV + stage * BLOCK_N * HEAD_DIM, last - key0, team_tid,
+                                                          [&](int r) { return (const unsigned char *)v_row(r); });
     } else {
       yk_load_tile<BLOCK_N, TEAM_THREADS, KV_HINT, SWIZZLED>(sK + stage * BLOCK_N * ROW, last - key0, team_tid,
                                                              [&](int r) { return (const T *)k_row(r); });
@@ -182,17 +236,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_commit();
     yk_cp_async_wait<STAGES - 1>();
     team_sync(team);
-    if constexpr (KV_FLOAT8) { // the stage's bytes widened into the team's one tile of T
-      yk_widen_tile<BLOCK_N, TEAM_THREADS, SWIZZLED>(sK, rawK + (i % STAGES) * BLOCK_N * HEAD_DIM, team_tid);
-      yk_widen_tile<BLOCK_N, TEAM_THREADS, SWIZZLED>(sV, rawV + (i % STAGES) * BLOCK_N * HEAD_DIM, team_tid);
-      team_sync(team);
-    }
-    const T *k_tile = sK + (i % T_STAGES) * BLOCK_N * ROW, *v_tile = sV + (i % T_STAGES) * BLOCK_N * ROW;
+    const T *k_tile = sK + (i % STAGES) * BLOCK_N * ROW, *v_tile = sV + (i % STAGES) * BLOCK_N * ROW;
+    const unsigned char *k_stage = rawK + (i % STAGES) * BLOCK_N * HEAD_DIM, *v_stage = rawV + (i % STAGES) * BLOCK_N * HEAD_DIM;
     const int key0 = first + (team + i * TEAMS) * BLOCK_N;
 
     float s[S_TILES][4];
     yk_zero(s);
-    if (Q_IN_REGS) {
+    if constexpr (KV_FLOAT8) { // lane g's key row of each 8-key tile j, converted a k step at a time
+#pragma unroll
+      for (int j = 0; j < S_TILES; ++j) {
+        unsigned w[KSTEPS];
+        fp8_key_words(w, k_stage, 8 * j + g, t4);
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ++ks) {
+          unsigned kb[2], qa[4];
+          yk_e4m3x4_to_pairs(w[ks], kb);
+          if (Q_IN_REGS) yk_mma(s[j], qf[Q_IN_REGS ? ks : 0], kb[0], kb[1]);
+          else yk_ldmatrix_x4(qa, yk_at(q_rows, 0, ks * 16)), yk_mma(s[j], qa, kb[0], kb[1]);
+        }
+      }
+    } else if (Q_IN_REGS) {
 #pragma unroll
       for (int ks = 0; ks < KSTEPS; ++ks) yk_mma_k_step<BLOCK_N>(s, qf[Q_IN_REGS ? ks : 0], yk_b_rows<SWIZZLED>(k_tile, lane) + ks * 16);
     } else {
@@ -200,7 +263,27 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
     if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
     yk_softmax_step(s, o, m_row, l_row, scale_log2);
-    yk_mma_p_rows<BLOCK_N, COLS>(o, s, yk_bt_rows<SWIZZLED>(v_tile, lane) + col0); // this warp's columns of P V
+    if constexpr (KV_FLOAT8) { // value rows 2 t4 (+ 1, + 8, + 9) of each 16-key step
+#pragma unroll
+      for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
+        unsigned pa[4], w[4][V_WORDS];
+        yk_p_fragment<S_TILES, YK_F16>(pa, s, kt);
+#pragma unroll
+        for (int x = 0; x < 4; ++x)
+          fp8_value_words(w[x], v_stage, 16 * kt + 2 * t4 + (x & 1) + 8 * (x >> 1), col0 + g * O_TILES);
+#pragma unroll
+        for (int nt = 0; nt < O_TILES; nt += 2) { // tiles nt and nt + 1
+          const unsigned pick = nt % 4 ? 0x7362u : 0x5140u; // bytes nt % 4 and + 1 of two rows, interleaved
+          unsigned b0[2], b1[2];
+          yk_e4m3x4_to_pairs<YK_F16>(yk_prmt(w[0][nt / 4], w[1][nt / 4], pick), b0);
+          yk_e4m3x4_to_pairs<YK_F16>(yk_prmt(w[2][nt / 4], w[3][nt / 4], pick), b1);
+          yk_mma<YK_F16>(o[nt], pa, b0[0], b1[0]);
+          yk_mma<YK_F16>(o[nt + 1], pa, b0[1], b1[1]);
+        }
+      }
+    } else {
+      yk_mma_p_rows<BLOCK_N, COLS>(o, s, yk_bt_rows<SWIZZLED>(v_tile, lane) + col0); // this warp's columns of P V
+    }
     team_sync(team); // the team is done with this stage before it is loaded again
   }
   yk_cp_async_wait<0>();
@@ -221,8 +304,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const float l = yk_quad_sum(l_row[r]);
 #pragma unroll
     for (int nt = 0; nt < O_TILES; ++nt) {
-      sO[(team * 16 + row) * HEAD_DIM + col0 + nt * 8 + 2 * t4] = o[nt][2 * r];
-      sO[(team * 16 + row) * HEAD_DIM + col0 + nt * 8 + 2 * t4 + 1] = o[nt][2 * r + 1];
+      sO[(team * 16 + row) * HEAD_DIM + col0 + o_col(nt, 2 * t4)] = o[nt][2 * r];
+      sO[(team * 16 + row) * HEAD_DIM + col0 + o_col(nt, 2 * t4 + 1)] = o[nt][2 * r + 1];
     }
     if (t4 == 0 && col0 == 0) sM[team * 16 + row] = m_row[r], sL[team * 16 + row] = l;
   }

@@ -275,6 +275,10 @@ static const paged_case decode_cases[] = {
     {2, {5000, 37}, {0}, 32, 8, 128, 16}, /* splits: the long sequence's chunks, the short one's mostly empty */
     {5, {128, 256, 1, 255, 700}, {0}, 8, 1, 128, 128},
     {2, {40, 90}, {0}, 6, 2, 80, 7},
+    /* head dims whose float8 fragments take other pieces: 256 (two warps a team, Q from shared
+       memory), 112 (three k steps and 14 bytes a lane past the whole pieces) */
+    {2, {300, 33}, {0}, 8, 2, 256, 16},
+    {3, {77, 1, 520}, {0}, 4, 1, 112, 16},
 };
 static const paged_case prefill_cases[] = {
     {3, {300, 17, 64}, {45, 17, 1}, 8, 2, 128, 16},

@@ -38,7 +38,8 @@ static void complete(yk_spec *s) {
   if (s->v[KV_FLOAT8] == YK_UNSET) s->v[KV_FLOAT8] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 16;
+  /* float8: 32 keys, a tile of the same bytes as 16 of 16-bit keys */
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[KV_FLOAT8] ? 32 : 16;
   /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
   if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = s->v[HEAD_DIM] > 128 ? 2 : 1;
   /* bench --lengths, H200, batch 1 x 32768: paged keys with a split ran at 1.08x on 8 one-warp
@@ -82,10 +83,8 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 static unsigned smem_bytes(const yk_spec *s) {
   const unsigned row = (unsigned)(s->v[HEAD_DIM] + (s->v[SWIZZLE] ? 0 : 8)) * 2u;
   const int teams = s->v[WARPS] / s->v[D_SPLIT];
-  /* a team's stages: of T; or of float8 bytes, and one tile of T each for K and V (the template's TEAM_BYTES) */
-  const unsigned team = s->v[KV_FLOAT8] ? (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N] * s->v[HEAD_DIM]) +
-                                              (unsigned)(2 * s->v[BLOCK_N]) * row
-                                        : (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * row;
+  /* a team's stages of K and V tiles: of T, or of float8 bytes (the template's TEAM_BYTES) */
+  const unsigned team = (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * (s->v[KV_FLOAT8] ? (unsigned)s->v[HEAD_DIM] : row);
   const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
   const unsigned combine = (unsigned)((teams * 16 * s->v[HEAD_DIM] + 2 * teams * 16) * 4);
   return pipelines > combine ? pipelines : combine;
@@ -112,7 +111,7 @@ const yk_op_def yk_op_attention_decode = {
             {"kv_hint", "L2 hint of K and V's loads", 0, 3, 0, 1, kv_hints},
             {"swizzle", "1: swizzled shared-memory tiles (head dims a multiple of 64), else padded", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
-            {"kv_float8", "1: K and V are float8 e4m3 (a float8 KV cache), widened to the dtype in shared memory", 0, 1,
+            {"kv_float8", "1: K and V are float8 e4m3 (a float8 KV cache), converted in registers on the way to the mma", 0, 1,
              0, 1, NULL},
         },
     .complete = complete,

@@ -211,10 +211,13 @@ YK_API yk_status yk_kv_cache_csr(yk_kv_cache *cache, const int64_t *seqs, int64_
  * positive and finite; caches of 16-bit types take none (0 or 1). Half the bytes of bfloat16: twice
  * the tokens a pool holds, and half the bytes decode reads.
  *
- * Float8 caches run wherever 16-bit ones do: append_kv quantizes on the way in; paged decode and
- * the mma.sync paged prefill stream the bytes (half the bandwidth) and widen each tile to q's
- * dtype in shared memory (the Hopper prefill takes 16-bit caches only: a float8 call runs the
- * mma.sync one); copies and swaps move the bytes. */
+ * Float8 caches run wherever 16-bit ones do: append_kv quantizes on the way in; paged decode
+ * streams the bytes (half the bandwidth) and converts them in registers, the mma.sync paged
+ * prefill widens each tile to q's dtype in shared memory (the Hopper prefill takes 16-bit caches
+ * only: a float8 call runs the mma.sync one); copies and swaps move the bytes. Every float8 value
+ * is a float16 and a bfloat16, so the GPU reads them exactly, with one exception: where q is
+ * bfloat16, a NaN stored in the cache may read as +-480 on the GPU (converted to bfloat16 by
+ * moving bits, which takes no conversion unit; the CPU fallback reads NaN). */
 typedef struct yk_kv_scales {
   float k, v;
 } yk_kv_scales;
