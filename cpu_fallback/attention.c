@@ -35,6 +35,8 @@ void yk_cpu_attention_forward_wide(yk_thread_pool *, const yk_attention_shape *,
 void yk_cpu_attention_backward_wide(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
                                     yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,
                                     yk_attn_operand, yk_attn_operand);
+void yk_cpu_kv_row_floats_plain(int kv_type, const void *row, float *dst, int64_t n);
+void yk_cpu_kv_row_floats_wide(int kv_type, const void *row, float *dst, int64_t n);
 
 #define MAX_HEAD_DIM 1024
 #define TILE_FLOATS 4096
@@ -250,7 +252,8 @@ typedef struct attn_job {
   int64_t elem, group, keys;
   int64_t kv_elem;                      /* bytes of a key or value element: elem, or 1 (float8) */
   int kv_type;                          /* their type: the dtype, or YK_E4M3 */
-  float score_scale, out_scale;         /* the softmax scale (times k_scale), and v_scale */
+  float score_scale, out_scale;         /* the softmax scale (times k_scale), and v_scale: float8
+                                           rows load as values times 2^-8, both times 2^8 then */
   int64_t heads, chunks, tokens, tiles; /* heads a query tile, such chunks a group, tokens a tile, tiles a chunk */
   int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
   int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
@@ -310,6 +313,16 @@ static void prefetch_keys(const attn_job *j, const yk_attn_operand *o, const que
   }
 }
 
+/* A key or value row of n elements as floats: float8 as the values times 2^-8, the job's scales
+ * making up for it (yk_cpu_kv_row_floats). */
+void ISA_NAME(yk_cpu_kv_row_floats)(int kv_type, const void *row, float *dst, int64_t n) {
+  if (kv_type == YK_E4M3) yk_e4m3_to_floats_2m8(row, dst, n);
+  else yk_load_floats(kv_type, row, dst, n);
+}
+static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
+  ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, dst, j->s->head_dim);
+}
+
 /* count keys from key k0 of kv head kvh: as rows (count x head_dim), or transposed (element i of
  * key c at i * count + c, through one row of scratch) so that keys sit side by side in vectors. The
  * same number of keys after them is prefetched, up to the sequence's end: a kv head's rows lie a
@@ -322,10 +335,10 @@ static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_t
   for (int64_t c = 0; c < count; c++) {
     const char *row = row_at(o, j->kv_elem, t->b, t->g.k0 + k0 + c, t->kvh);
     if (!transposed) {
-      yk_load_floats(j->kv_type, row, dst + c * d, d);
+      load_kv_row(j, row, dst + c * d);
       continue;
     }
-    yk_load_floats(j->kv_type, row, scratch, d);
+    load_kv_row(j, row, scratch);
     for (int64_t i = 0; i < d; i++) dst[i * count + c] = scratch[i];
   }
 }
@@ -394,8 +407,8 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
   j.elem = (int64_t)yk_dtype_size((yk_dtype)s->dtype);
   j.kv_elem = s->kv_float8 ? 1 : j.elem;
   j.kv_type = s->kv_float8 ? YK_E4M3 : s->dtype;
-  j.score_scale = s->kv_float8 ? s->scale * s->k_scale : s->scale;
-  j.out_scale = s->kv_float8 ? s->v_scale : 1.f;
+  j.score_scale = s->kv_float8 ? s->scale * s->k_scale * 0x1p8f : s->scale; /* exact: powers of two */
+  j.out_scale = s->kv_float8 ? s->v_scale * 0x1p8f : 1.f;
   j.group = s->q_heads / s->kv_heads;
   j.keys = keys_a_tile;
   j.whole_heads = min64(j.group, rows_a_tile);
@@ -626,6 +639,11 @@ void ISA_NAME(yk_cpu_attention_backward)(yk_thread_pool *pool, const yk_attentio
 void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
                               yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse) {
   ON_ISA(pool, yk_cpu_attention_forward)(pool, shape, q, k, v, out, lse);
+}
+
+void yk_cpu_kv_row_floats(const yk_thread_pool *pool, int kv_type, const void *row, float *dst, int64_t n) {
+  (void)pool; /* (where there is no AVX2 build) */
+  ON_ISA(pool, yk_cpu_kv_row_floats)(kv_type, row, dst, n);
 }
 
 void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,

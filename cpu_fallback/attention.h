@@ -74,6 +74,11 @@ void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *s
                                yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
                                yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv);
 
+/* A key or value row of n elements of kv_type (the dtype, or YK_E4M3) as the pool's build of the
+ * tile kernels loads it: float8 as the values times 2^-8 (the kernels fold 2^8 into their scales,
+ * so that the AVX2 build converts them through F16C), other types as their values. */
+void yk_cpu_kv_row_floats(const yk_thread_pool *pool, int kv_type, const void *row, float *dst, int64_t n);
+
 /* out_o, out_lse = merge(o_a, lse_a, o_b, lse_b) for [tokens, heads] rows of head_dim: with
  * m = max(lse_a, lse_b), w_a = exp(lse_a - m), w_b = exp(lse_b - m):
  * out_o = (w_a o_a + w_b o_b) / (w_a + w_b), out_lse = m + log(w_a + w_b); both -inf gives o = 0,

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cpu_fallback/attention.h"
+#include "cpu_fallback/half.h"
 #include "runtime/context.h"
 
 #ifdef __x86_64__
@@ -345,6 +346,28 @@ Test(attention, cpu_build_follows_the_cpu) {
   cr_assert_eq(yk_ctx_get_info(plain, &info), YK_OK);
   cr_assert_str_eq(info.cpu_kernels, "plain");
   yk_ctx_destroy(chosen), yk_ctx_destroy(plain);
+}
+
+/* Float8 key and value rows load exactly in both builds: every byte as its value times 2^-8 (the
+ * tile kernels fold 2^8 into their scales), the sign of zero kept, NaN as NaN; rows of many lengths
+ * and alignments (the AVX2 build converts 16 at a time, then the tail). */
+Test(attention, cpu_float8_rows_load_exactly) {
+  yk_ctx *ctxs[2] = {cpu_ctx_of("default", 0), cpu_ctx_of("plain", 0)};
+  uint8_t bytes[256 + 64];
+  for (int i = 0; i < 256 + 64; i++) bytes[i] = (uint8_t)(i * 5 + 3); /* every value in the first 256 */
+  for (int c = 0; c < 2; c++)
+    for (int n = 1; n <= 256; n += n < 40 ? 1 : 27) {
+      const uint8_t *row = bytes + n % 64;
+      float got[256];
+      yk_cpu_kv_row_floats(&ctxs[c]->pool, YK_E4M3, row, got, n);
+      for (int i = 0; i < n; i++) {
+        const float want = yk_e4m3_to_float(row[i]) * 0x1p-8f;
+        cr_assert(isnan(want) ? isnan(got[i]) : got[i] == want && signbit(got[i]) == signbit(want),
+                  "%s build, row of %d: byte 0x%02x loads as %g, not %g", ctxs[c]->pool.wide ? "AVX2" : "plain", n,
+                  row[i], (double)got[i], (double)want);
+      }
+    }
+  yk_ctx_destroy(ctxs[0]), yk_ctx_destroy(ctxs[1]);
 }
 
 /* A known answer that shares no code with the library: with q = 0 every score is 0, so out is the
