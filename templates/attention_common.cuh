@@ -191,10 +191,9 @@ template <int DT = DTYPE> __device__ __forceinline__ void yk_e4m3x4_to_pairs(uns
   }
 }
 
-// A tile of float8 rows (yk_load_bytes's, unswizzled) as T in a padded or SWIZZLED tile, by the
-// THREADS threads of a block: 16 bytes in, two 16-byte chunks of T out.
-template <int ROWS, int THREADS, bool SWIZZLED>
-__device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, int tid) {
+// A tile of float8 rows (yk_load_bytes's, unswizzled) as T in a padded tile, by the THREADS
+// threads of a block: 16 bytes in, two 16-byte chunks of T out.
+template <int ROWS, int THREADS> __device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, int tid) {
   constexpr int CHUNKS = HEAD_DIM / 16, PIECES = ROWS * CHUNKS;
 #pragma unroll 2
   for (int i = tid; i < PIECES; i += THREADS) {
@@ -204,8 +203,8 @@ __device__ __forceinline__ void yk_widen_tile(T *dst, const unsigned char *src, 
     unsigned out[4][2];
 #pragma unroll
     for (int w = 0; w < 4; ++w) yk_e4m3x4_to_pairs(words[w], out[w]);
-    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c)) = make_uint4(out[0][0], out[0][1], out[1][0], out[1][1]);
-    *reinterpret_cast<uint4 *>(dst + yk_tile_at<SWIZZLED>(r, c + 8)) = make_uint4(out[2][0], out[2][1], out[3][0], out[3][1]);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<false>(r, c)) = make_uint4(out[0][0], out[0][1], out[1][0], out[1][1]);
+    *reinterpret_cast<uint4 *>(dst + yk_tile_at<false>(r, c + 8)) = make_uint4(out[2][0], out[2][1], out[3][0], out[3][1]);
   }
 }
 

@@ -291,10 +291,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // merge the teams' states through shared memory (the pipelines' space, now free)
   __syncthreads();
   if constexpr (KV_FLOAT8) { // O in units of the values' scale
-#pragma unroll
-    for (int nt = 0; nt < O_TILES; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[nt][e] *= out_scale;
+    const float both_rows[2] = {out_scale, out_scale};
+    yk_rescale(o, both_rows);
   }
   float *sO = reinterpret_cast<float *>(smem_raw);               // [TEAMS][16][HEAD_DIM]
   float *sM = sO + TEAMS * 16 * HEAD_DIM, *sL = sM + TEAMS * 16; // [TEAMS][16] each

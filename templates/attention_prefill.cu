@@ -101,8 +101,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     yk_cp_async_wait<STAGES - 1>();
     __syncthreads();
     if constexpr (KV_FLOAT8) { // the stage's bytes widened into the one tile of T
-      yk_widen_tile<BLOCK_N, THREADS, false>(sK, rawK + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
-      yk_widen_tile<BLOCK_N, THREADS, false>(sV, rawV + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
+      yk_widen_tile<BLOCK_N, THREADS>(sK, rawK + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
+      yk_widen_tile<BLOCK_N, THREADS>(sV, rawV + (j % STAGES) * BLOCK_N * HEAD_DIM, tid);
       __syncthreads();
     }
     const T *k_tile = sK + (j % T_STAGES) * BLOCK_N * YK_ROW;
@@ -123,10 +123,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   }
 
   if constexpr (KV_FLOAT8) { // O in units of the values' scale
-#pragma unroll
-    for (int nt = 0; nt < O_TILES; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[nt][e] *= out_scale;
+    const float both_rows[2] = {out_scale, out_scale};
+    yk_rescale(o, both_rows);
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -84,7 +84,8 @@ static unsigned smem_bytes(const yk_spec *s) {
   const unsigned row = (unsigned)(s->v[HEAD_DIM] + (s->v[SWIZZLE] ? 0 : 8)) * 2u;
   const int teams = s->v[WARPS] / s->v[D_SPLIT];
   /* a team's stages of K and V tiles: of T, or of float8 bytes (the template's TEAM_BYTES) */
-  const unsigned team = (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * (s->v[KV_FLOAT8] ? (unsigned)s->v[HEAD_DIM] : row);
+  const unsigned team =
+      (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * (s->v[KV_FLOAT8] ? (unsigned)s->v[HEAD_DIM] : row);
   const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
   const unsigned combine = (unsigned)((teams * 16 * s->v[HEAD_DIM] + 2 * teams * 16) * 4);
   return pipelines > combine ? pipelines : combine;
@@ -111,8 +112,9 @@ const yk_op_def yk_op_attention_decode = {
             {"kv_hint", "L2 hint of K and V's loads", 0, 3, 0, 1, kv_hints},
             {"swizzle", "1: swizzled shared-memory tiles (head dims a multiple of 64), else padded", 0, 1, 0, 1, NULL},
             YK_PAGED_FIELDS,
-            {"kv_float8", "1: K and V are float8 e4m3 (a float8 KV cache), converted in registers on the way to the mma", 0, 1,
-             0, 1, NULL},
+            {"kv_float8",
+             "1: K and V are float8 e4m3 (a float8 KV cache), converted in registers on the way to the mma", 0, 1, 0, 1,
+             NULL},
         },
     .complete = complete,
     .valid = valid,
