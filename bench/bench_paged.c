@@ -142,6 +142,11 @@ static double time_case(bench_timer *t, bench_results *r, paged_bench *b, const 
   return ms;
 }
 
+/* The K and V bytes a decode over these rows reads: float8 rows are one byte a value. */
+static double kv_bytes(int64_t batch, int64_t len, int float8) {
+  return 2.0 * (double)batch * (double)len * KV_HEADS * HEAD_DIM * (float8 ? 1 : 2);
+}
+
 int bench_paged(bench_timer *t, bench_results *r) {
   yh_rng rng = {31};
   /* float8 rows: GB/s of the bytes read (half the bfloat16 ones), so the same GB/s is twice the tokens */
@@ -162,8 +167,7 @@ int bench_paged(bench_timer *t, bench_results *r) {
               shapes[i].float8, &rng))
       fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
     else
-      time_case(t, r, &b, name,
-                2.0 * shapes[i].batch * shapes[i].len * KV_HEADS * HEAD_DIM * (shapes[i].float8 ? 1 : 2));
+      time_case(t, r, &b, name, kv_bytes(shapes[i].batch, shapes[i].len, shapes[i].float8));
     free_bench(&b);
   }
   /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
@@ -197,7 +201,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
   if (setup(&b, t->ctx, 1, len, 0, 16, 0, 0, 0, &rng)) {
     fprintf(stderr, "  paged B1: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
   } else {
-    const double bytes = 2.0 * len * KV_HEADS * HEAD_DIM * 2;
+    const double bytes = kv_bytes(1, len, 0);
     bench_sweep_one(t, r, "paged decode B1 L32768 page16", NULL, "default", run, &b, bytes, "GB/s");
     for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++)
       bench_sweep_one(t, r, "paged decode B1 L32768 page16", "attention_decode", knobs[k], run, &b, bytes, "GB/s");
@@ -210,7 +214,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
     if (setup(&b, t->ctx, batch, keys, 0, 16, 0, 0, 1, &rng)) {
       fprintf(stderr, "  %s: cannot set up: %s\n", shape, yk_ctx_last_error(t->ctx));
     } else {
-      const double bytes = 2.0 * batch * keys * KV_HEADS * HEAD_DIM;
+      const double bytes = kv_bytes(batch, keys, 1);
       bench_sweep_one(t, r, shape, NULL, "default", run, &b, bytes, "GB/s");
       for (size_t k = 0; k < sizeof float8_knobs / sizeof float8_knobs[0]; k++)
         bench_sweep_one(t, r, shape, "attention_decode", float8_knobs[k], run, &b, bytes, "GB/s");
