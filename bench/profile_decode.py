@@ -6,7 +6,8 @@ Shapes as yk bench's decode rows: 32 q heads, 8 kv heads, head dim 128, bf16, K 
 (NHD) or head-major (HND, the peers' contiguous layout) views of the same shape. Then cuDNN's
 decode (SDPA's cuDNN backend) on the HND tensors, the peer at 0.88-0.93x of whose speed we run:
 its DRAM throughput and stall reasons beside ours show where the difference lies. Last the same
-shape through a page table of 16-token pages (paged decode, vLLM's call)."""
+shape through a page table of 16-token pages (paged decode, vLLM's call), with bfloat16 and float8
+(e4m3fn) caches. YK_PROFILE_PAGED=1: the paged cases only."""
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -18,8 +19,9 @@ import os
 shapes = ((64, 4096), (1, 32768), (256, 1024))
 if os.environ.get("YK_PROFILE_SHAPES"):
     shapes = tuple(tuple(int(n) for n in s.split("x")) for s in os.environ["YK_PROFILE_SHAPES"].split(","))
+paged_only = os.environ.get("YK_PROFILE_PAGED") == "1"
 for batch, length in shapes:
-    for head_major in (False, True):
+    for head_major in () if paged_only else (False, True):
         q = torch.randn(batch, 32, 128, device="cuda", dtype=torch.bfloat16)
         if head_major:
             k = torch.randn(batch, 8, length, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -47,7 +49,10 @@ for batch, length in shapes:
     v_cache = torch.randn_like(k_cache)
     tables = torch.randperm(batch * pages, device="cuda", dtype=torch.int32).view(batch, pages)
     lens = torch.full((batch,), length, device="cuda", dtype=torch.int32)
-    for _ in range(2):
-        yk.paged_attention_forward(q, k_cache, v_cache, tables, lens, length)
-    torch.cuda.synchronize()
-    print(f"decode B{batch} L{length} paged16 done", flush=True)
+    q = torch.randn(batch, 32, 128, device="cuda", dtype=torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float8_e4m3fn):
+        kc, vc = k_cache.to(dtype), v_cache.to(dtype)
+        for _ in range(2):
+            yk.paged_attention_forward(q, kc, vc, tables, lens, length)
+        torch.cuda.synchronize()
+        print(f"decode B{batch} L{length} paged16 {dtype} done", flush=True)

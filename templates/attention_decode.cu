@@ -45,42 +45,86 @@ static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tile
 //   - O += P V, in float16 whatever T (P lies in [0, 1], and every float8 value is a float16):
 //     lane (g, t) supplies column g of each 8-column tile nt, taken as byte g * O_TILES + nt of the
 //     warp's columns of the value row, so its bytes of a row are contiguous; the two rows of b0
-//     (and of b1) are interleaved by byte permutes. O's columns are put back in order at the end
-//     (o_col).
+//     (and of b1) are interleaved by byte permutes. Lane (g, t) so ends with columns [2t, 2t + 2)
+//     * O_TILES of O's rows g and g + 8, which it stores in order for the teams' merge.
+//   - Q K^T runs in float16 too: bfloat16 q is taken as float16 times 2^shift (q_shift), so that
+//     every conversion of K and V is one hardware pair conversion (bfloat16 by moving bits took
+//     five ALU instructions a pair, more than the bandwidth left room for).
 //   - The stages are swizzled (yk_byte_at): the 8 lanes of a quarter warp read rows 2p and 2p + 1
 //     (K), or rows 2t (+ 1, + 8, + 9) (V), in distinct banks.
 // The widening pass this replaces (two barriers and a trip through shared memory a tile) held
-// float8 decode to 0.93-1.10x bfloat16's time.
+// float8 decode to 0.93-1.10x bfloat16's speed.
 __device__ __forceinline__ int qk_col(int c) { // the stage column of the mma's k column c
   if (!KV_FLOAT8) return c;
   const int ks = c / 16, w = c % 16, t = (w % 8) / 2, e = 2 * (w / 8) + w % 2;
   const int group = ks / 4, steps = min(4, KSTEPS - 4 * group); // k steps side by side
   return 64 * group + 4 * steps * t + 4 * (ks % 4) + e;
 }
-__device__ __forceinline__ int o_col(int nt, int c) { // the output column of O tile nt's column c
-  return KV_FLOAT8 ? c * O_TILES + nt : nt * 8 + c;
+
+// The teams' O rows in shared memory for their merge: SO_ROW floats a row, 4 more after every 32
+// columns. A warp stores its C fragments as float2s (lane (g, t) columns nt * 8 + 2t, 2t + 1) or,
+// float8, as float4s (lane (g, t) holds columns [2t, 2t + 2) * O_TILES, see above): rows 8 banks
+// apart, and for float4s groups of 32 columns 4 banks apart, put each store's lanes in distinct
+// banks at head dims 64 and 128 (rows HEAD_DIM apart put every lane of a float8 store in one bank,
+// and took a few microseconds a block).
+constexpr int SO_BASE = HEAD_DIM + HEAD_DIM / 32 * 4, SO_ROW = SO_BASE + ((KV_FLOAT8 ? 16 : 8) - SO_BASE % 32 + 32) % 32;
+__device__ __forceinline__ int so_at(int row, int col) { return row * SO_ROW + col + col / 32 * 4; }
+
+// Bfloat16 q for float16 products: the power of two that puts Q's largest magnitude (max_bits,
+// as float bits) in [2^14, 2^15), below float16's largest. Every bfloat16 value within 2^28 of
+// that largest is then a float16 exactly (8 significant bits into 11); smaller ones round as
+// float16 subnormals, on terms 2^28 below the largest. Zeros, infinities and NaN: 0.
+constexpr bool Q_TO_F16 = KV_FLOAT8 && DTYPE == YK_BF16;
+__device__ __forceinline__ int q_shift(unsigned max_bits) {
+  if (!Q_TO_F16 || max_bits == 0 || max_bits >= 0x7f800000u) return 0;
+  return min(100, 14 - ((int)(max_bits >> 23) - 127));
+}
+__device__ __forceinline__ float pow2(int e) { return __uint_as_float((unsigned)(127 + e) << 23); } // |e| < 127
+__device__ __forceinline__ unsigned abs_max_bits(unsigned pair) { // of a pair of bfloat16, as float bits
+  return max((pair << 16) & 0x7fffffffu, pair & 0x7fff0000u);
+}
+__device__ __forceinline__ unsigned q_pair(unsigned pair, float scale) { // bfloat16 pair -> float16, times scale
+  if (!Q_TO_F16) return pair;
+  return yk_pack2<YK_F16>(__uint_as_float(pair << 16) * scale, __uint_as_float(pair & 0xffff0000u) * scale);
+}
+__device__ __forceinline__ unsigned warp_max(unsigned v) {
+  unsigned r;
+  asm("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+  return r;
 }
 
-// Lane t4's bytes of key row r, 4 a k step (b0's pair, then b1's), as qk_col lays them out.
-__device__ __forceinline__ void fp8_key_words(unsigned (&w)[KSTEPS], const unsigned char *stage, int r, int t4) {
+// yk_byte_at of row r0 + r of a stage: r0 a step of an unrolled loop, r the lane's row. Where the
+// swizzle repeats every SWIZZLE_ROWS rows (head dims 64 and multiples of 128, among others), the
+// lane's part is the same every tile, and the compiler computes it once.
+constexpr int SWIZZLE_ROWS = (HEAD_DIM / 16) % 8 == 0 ? 8 : 128 % HEAD_DIM == 0 ? 1024 / HEAD_DIM : 0;
+__device__ __forceinline__ int stage_at(int r0, int r, int b) {
+  if (SWIZZLE_ROWS == 0) return yk_byte_at<true>(r0 + r, b);
+  constexpr int P = SWIZZLE_ROWS ? SWIZZLE_ROWS : 1;
+  return r0 / P * P * HEAD_DIM + yk_byte_at<true>(r0 % P + r, b);
+}
+
+// Lane t4's bytes of key row r0 + r, 4 a k step (b0's pair, then b1's), as qk_col lays them out.
+__device__ __forceinline__ void fp8_key_words(unsigned (&w)[KSTEPS], const unsigned char *stage, int r0, int r,
+                                              int t4) {
   constexpr int FULL = KSTEPS / 4, REST = KSTEPS % 4;
 #pragma unroll
   for (int q = 0; q < FULL; ++q) {
-    const uint4 x = *reinterpret_cast<const uint4 *>(stage + yk_byte_at<true>(r, 64 * q + 16 * t4));
+    const uint4 x = *reinterpret_cast<const uint4 *>(stage + stage_at(r0, r, 64 * q + 16 * t4));
     w[4 * q] = x.x, w[4 * q + 1] = x.y, w[4 * q + 2] = x.z, w[4 * q + 3] = x.w;
   }
 #pragma unroll
   for (int i = 0; i < REST; ++i)
-    w[4 * FULL + i] = *reinterpret_cast<const unsigned *>(stage + yk_byte_at<true>(r, 64 * FULL + 4 * REST * t4 + 4 * i));
+    w[4 * FULL + i] = *reinterpret_cast<const unsigned *>(stage + stage_at(r0, r, 64 * FULL + 4 * REST * t4 + 4 * i));
 }
 
-// The O_TILES bytes of value row r from byte `at` (a lane's columns), in the widest aligned pieces.
+// The O_TILES bytes of value row r0 + r from byte `at` (a lane's columns), in the widest aligned pieces.
 constexpr int V_WORDS = (O_TILES + 3) / 4;
-__device__ __forceinline__ void fp8_value_words(unsigned (&w)[V_WORDS], const unsigned char *stage, int r, int at) {
+__device__ __forceinline__ void fp8_value_words(unsigned (&w)[V_WORDS], const unsigned char *stage, int r0, int r,
+                                                int at) {
   constexpr int PIECE = O_TILES % 16 == 0 ? 16 : O_TILES % 8 == 0 ? 8 : O_TILES % 4 == 0 ? 4 : 2;
 #pragma unroll
   for (int p = 0; p < O_TILES / PIECE; ++p) {
-    const unsigned char *src = stage + yk_byte_at<true>(r, at + p * PIECE);
+    const unsigned char *src = stage + stage_at(r0, r, at + p * PIECE);
     if constexpr (PIECE == 16) {
       const uint4 x = *reinterpret_cast<const uint4 *>(src);
       w[4 * p] = x.x, w[4 * p + 1] = x.y, w[4 * p + 2] = x.z, w[4 * p + 3] = x.w;
@@ -153,25 +197,49 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   // Q as A fragments, rows past the group zero: straight from global memory into registers, or
   // into shared memory (after every warp's pipeline) for ldmatrix each tile
+  // (float8 with bfloat16 q: as float16 times 2^shift, every warp finding the same shift)
   unsigned qf[Q_IN_REGS ? KSTEPS : 1][4];
   T *sQ = reinterpret_cast<T *>(smem_raw + TEAMS * TEAM_BYTES);
+  auto q_at = [&](int row, int col) { // the pair of Q at (row, mma column col), zero past the group
+    return row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + qk_col(col)) : 0u;
+  };
+  int shift = 0;
   if (Q_IN_REGS) {
+    unsigned max_bits = 0;
 #pragma unroll
     for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = g + (e & 1) * 8, col = qk_col(ks * 16 + 2 * t4 + (e >> 1) * 8);
-        qf[Q_IN_REGS ? ks : 0][e] =
-            row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + col) : 0u;
+        qf[Q_IN_REGS ? ks : 0][e] = q_at(g + (e & 1) * 8, ks * 16 + 2 * t4 + (e >> 1) * 8);
+        if (Q_TO_F16) max_bits = max(max_bits, abs_max_bits(qf[Q_IN_REGS ? ks : 0][e]));
       }
+    if (Q_TO_F16) {
+      shift = q_shift(warp_max(max_bits));
+#pragma unroll
+      for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) qf[Q_IN_REGS ? ks : 0][e] = q_pair(qf[Q_IN_REGS ? ks : 0][e], pow2(shift));
+    }
   } else {
+    if (Q_TO_F16) { // the block's largest through a word of the pipelines' space, not yet in use
+      unsigned *block_max_bits = reinterpret_cast<unsigned *>(smem_raw);
+      if (tid == 0) *block_max_bits = 0;
+      __syncthreads();
+      unsigned max_bits = 0;
+      for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS)
+        max_bits = max(max_bits, abs_max_bits(q_at(i / (HEAD_DIM / 2), 2 * (i % (HEAD_DIM / 2)))));
+      atomicMax(block_max_bits, warp_max(max_bits));
+      __syncthreads();
+      shift = q_shift(*block_max_bits);
+    }
     for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS) {
       const int row = i / (HEAD_DIM / 2), col = 2 * (i % (HEAD_DIM / 2));
       *reinterpret_cast<unsigned *>(sQ + yk_tile_at<SWIZZLED>(row, col & ~7) + col % 8) =
-          row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + qk_col(col)) : 0u;
+          q_pair(q_at(row, col), pow2(shift));
     }
     __syncthreads();
   }
+  const float score_log2 = Q_TO_F16 ? scale_log2 * pow2(-shift) : scale_log2; // undoes 2^shift
   const auto q_rows = yk_a_rows<SWIZZLED>(sQ, lane);
 
   // this team's tiles: team, team + TEAMS, ... of the block's range
@@ -246,13 +314,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
       for (int j = 0; j < S_TILES; ++j) {
         unsigned w[KSTEPS];
-        fp8_key_words(w, k_stage, 8 * j + g, t4);
+        fp8_key_words(w, k_stage, 8 * j, g, t4);
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ++ks) {
           unsigned kb[2], qa[4];
-          yk_e4m3x4_to_pairs(w[ks], kb);
-          if (Q_IN_REGS) yk_mma(s[j], qf[Q_IN_REGS ? ks : 0], kb[0], kb[1]);
-          else yk_ldmatrix_x4(qa, yk_at(q_rows, 0, ks * 16)), yk_mma(s[j], qa, kb[0], kb[1]);
+          yk_e4m3x4_to_pairs<YK_F16>(w[ks], kb);
+          if (Q_IN_REGS) yk_mma<YK_F16>(s[j], qf[Q_IN_REGS ? ks : 0], kb[0], kb[1]);
+          else yk_ldmatrix_x4(qa, yk_at(q_rows, 0, ks * 16)), yk_mma<YK_F16>(s[j], qa, kb[0], kb[1]);
         }
       }
     } else if (Q_IN_REGS) {
@@ -262,7 +330,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows<SWIZZLED>(k_tile, lane));
     }
     if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
-    yk_softmax_step(s, o, m_row, l_row, scale_log2);
+    yk_softmax_step(s, o, m_row, l_row, score_log2);
     if constexpr (KV_FLOAT8) { // value rows 2 t4 (+ 1, + 8, + 9) of each 16-key step
 #pragma unroll
       for (int kt = 0; kt < BLOCK_N / 16; ++kt) {
@@ -270,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         yk_p_fragment<S_TILES, YK_F16>(pa, s, kt);
 #pragma unroll
         for (int x = 0; x < 4; ++x)
-          fp8_value_words(w[x], v_stage, 16 * kt + 2 * t4 + (x & 1) + 8 * (x >> 1), col0 + g * O_TILES);
+          fp8_value_words(w[x], v_stage, 16 * kt + 8 * (x >> 1), 2 * t4 + (x & 1), col0 + g * O_TILES);
 #pragma unroll
         for (int nt = 0; nt < O_TILES; nt += 2) { // tiles nt and nt + 1
           const unsigned pick = nt % 4 ? 0x7362u : 0x5140u; // bytes nt % 4 and + 1 of two rows, interleaved
@@ -294,16 +362,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const float both_rows[2] = {out_scale, out_scale};
     yk_rescale(o, both_rows);
   }
-  float *sO = reinterpret_cast<float *>(smem_raw);               // [TEAMS][16][HEAD_DIM]
-  float *sM = sO + TEAMS * 16 * HEAD_DIM, *sL = sM + TEAMS * 16; // [TEAMS][16] each
+  float *sO = reinterpret_cast<float *>(smem_raw);             // [TEAMS][16] rows, so_at
+  float *sM = sO + TEAMS * 16 * SO_ROW, *sL = sM + TEAMS * 16; // [TEAMS][16] each
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = g + 8 * r;
     const float l = yk_quad_sum(l_row[r]);
 #pragma unroll
-    for (int nt = 0; nt < O_TILES; ++nt) {
-      sO[(team * 16 + row) * HEAD_DIM + col0 + o_col(nt, 2 * t4)] = o[nt][2 * r];
-      sO[(team * 16 + row) * HEAD_DIM + col0 + o_col(nt, 2 * t4 + 1)] = o[nt][2 * r + 1];
+    for (int m = 0; m < O_TILES / 2; ++m) {
+      if constexpr (KV_FLOAT8) { // columns 4m .. 4m + 3 of the lane's 2 O_TILES
+        float v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) v[k] = o[(4 * m + k) % O_TILES][2 * r + (4 * m + k) / O_TILES];
+        *reinterpret_cast<float4 *>(sO + so_at(team * 16 + row, col0 + 2 * t4 * O_TILES + 4 * m)) =
+            make_float4(v[0], v[1], v[2], v[3]);
+      } else { // tiles 2m and 2m + 1
+#pragma unroll
+        for (int nt = 2 * m; nt < 2 * m + 2; ++nt)
+          *reinterpret_cast<float2 *>(sO + so_at(team * 16 + row, col0 + nt * 8 + 2 * t4)) =
+              make_float2(o[nt][2 * r], o[nt][2 * r + 1]);
+      }
     }
     if (t4 == 0 && col0 == 0) sM[team * 16 + row] = m_row[r], sL[team * 16 + row] = l;
   }
@@ -319,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       for (int w = 0; w < TEAMS; ++w) {
         const float scale = exp2f(sM[w * 16 + row] - m);
         l += scale * sL[w * 16 + row];
-        acc += scale * sO[(w * 16 + row) * HEAD_DIM + col];
+        acc += scale * sO[so_at(w * 16 + row, col)];
       }
     }
     const float value = l > 0.f ? acc / l : 0.f;

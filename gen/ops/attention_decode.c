@@ -87,7 +87,10 @@ static unsigned smem_bytes(const yk_spec *s) {
   const unsigned team =
       (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * (s->v[KV_FLOAT8] ? (unsigned)s->v[HEAD_DIM] : row);
   const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
-  const unsigned combine = (unsigned)((teams * 16 * s->v[HEAD_DIM] + 2 * teams * 16) * 4);
+  /* the teams' O rows for their merge (the template's SO_ROW floats a row), then m and l */
+  const int so_base = s->v[HEAD_DIM] + s->v[HEAD_DIM] / 32 * 4;
+  const int so_row = so_base + ((s->v[KV_FLOAT8] ? 16 : 8) - so_base % 32 + 32) % 32;
+  const unsigned combine = (unsigned)((teams * 16 * so_row + 2 * teams * 16) * 4);
   return pipelines > combine ? pipelines : combine;
 }
 
