@@ -398,7 +398,8 @@ static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t 
            two of its own (attention_decode.cu's q_shift); exact in bfloat16, and in float16 the GPU
            and the CPU read the same rounded q */
         static const double q_gains[] = {1, 0x1p-20, 0x1p5};
-        for (int64_t e = 0; gpu && e < s.total_q * s.c.q_heads * s.c.head_dim; e++) s.q[e] *= q_gains[(i + variant) % 3];
+        for (int64_t e = 0; gpu && e < s.total_q * s.c.q_heads * s.c.head_dim; e++)
+          s.q[e] *= q_gains[(i + variant) % 3];
         const int first = gpu ? YK_F16 : YK_F32, last = gpu || bitwise ? YK_BF16 : YK_F32;
         for (int dtype = first; dtype <= last; dtype++) {
           paged_tensors t;
