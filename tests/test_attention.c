@@ -1024,7 +1024,6 @@ Test(attention, bad_input_gpu_only) {
 
 /* ---- the GPU against the CPU fallback on identical inputs ---- */
 
-/* Host tensors with the CPU fallback's results, and device tensors holding the same inputs. */
 /* d: the GPU's tensors, holding h's inputs. */
 static void gpu_copy(yk_ctx *gpu, const attn_data *a, int dtype, int grads, const attn_tensors *h, attn_tensors *d) {
   make_tensors(d, gpu, a, dtype, 1, grads);
@@ -1032,6 +1031,7 @@ static void gpu_copy(yk_ctx *gpu, const attn_data *a, int dtype, int grads, cons
   if (grads) cr_assert(!yh_tensor_copy(&d->dout, &h->dout));
 }
 
+/* Host tensors with the CPU fallback's results, and device tensors holding the same inputs. */
 static void cpu_and_gpu(yk_ctx *cpu, yk_ctx *gpu, const attn_data *a, int dtype, int grads, attn_tensors *h,
                         attn_tensors *d) {
   make_tensors(h, cpu, a, dtype, 0, grads);

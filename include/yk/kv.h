@@ -215,9 +215,9 @@ YK_API yk_status yk_kv_cache_csr(yk_kv_cache *cache, const int64_t *seqs, int64_
  * streams the bytes (half the bandwidth) and converts them in registers, the mma.sync paged
  * prefill widens each tile to q's dtype in shared memory (the Hopper prefill takes 16-bit caches
  * only: a float8 call runs the mma.sync one); copies and swaps move the bytes. Every float8 value
- * is a float16 and a bfloat16, so the GPU reads them exactly, with one exception: where q is
- * bfloat16, a NaN stored in the cache may read as +-480 on the GPU (converted to bfloat16 by
- * moving bits, which takes no conversion unit; the CPU fallback reads NaN). */
+ * is a float16 and a bfloat16, so the GPU reads them exactly, with one exception: in the paged
+ * prefill with bfloat16 q, a NaN stored in the cache may read as +-480 (widened to bfloat16 by
+ * moving bits, which takes no conversion unit; decode and the CPU fallback read NaN). */
 typedef struct yk_kv_scales {
   float k, v;
 } yk_kv_scales;

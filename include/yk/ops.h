@@ -145,10 +145,11 @@ YK_API yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, con
  * which blocks hold each sequence's tokens, in either form engines keep: set one and leave the
  * other's tensors NULL. q is the caches' dtype; caches of float8_e4m3fn (yk/kv.h: read as stored
  * times scales) take q of float16 or bfloat16 (float32 too on the CPU). Token t of sequence i is
- * in block table_i[t / page_size] at offset t % page_size. Page tables are int32 and contiguous; on the GPU in device, pinned or managed
- * memory. Where the host can read them (host, pinned, managed) every entry is checked before
- * anything runs; in device memory the kernels check them instead: a sequence whose entry is out
- * of bounds is skipped and a block id outside the cache reads block 0, never past the tensors. */
+ * in block table_i[t / page_size] at offset t % page_size. Page tables are int32 and contiguous;
+ * on the GPU in device, pinned or managed memory. Where the host can read them (host, pinned,
+ * managed) every entry is checked before anything runs; in device memory the kernels check them
+ * instead: a sequence whose entry is out of bounds is skipped and a block id outside the cache
+ * reads block 0, never past the tensors. */
 typedef struct yk_paged_kv {
   const DLTensor *k_cache, *v_cache; /* NHD [num_blocks, page_size, kv_heads, head_dim] or
                                         HND [num_blocks, kv_heads, page_size, head_dim] */
