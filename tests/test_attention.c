@@ -1062,7 +1062,8 @@ Test(attention, gpu_forward_matches_cpu) {
   unsetenv("YK_PREFILL_KERNEL");
   cr_assert_not_null(mma);
   /* the Hopper prefill's other loops, as a tuning sweep would force them (TMA loads unless tma=0) */
-  static const char *const loops[4] = {"pipeline=1,warpgroups=1", "pipeline=2,warpgroups=2",
+  /* (3 stages of 128-key tiles at head_dim 128: 230496 bytes of shared memory, near the 232448 allowed) */
+  static const char *const loops[4] = {"pipeline=1,warpgroups=1,block_n=64", "pipeline=2,warpgroups=2,stages=3",
                                        "pipeline=1,warpgroups=2,tma=0", "pipeline=2,warpgroups=2,tma=0"};
   yk_ctx *gpus[PREFILL_KERNELS] = {gpu, mma};
   for (int i = 0; i < 4; i++) {
@@ -1074,8 +1075,8 @@ Test(attention, gpu_forward_matches_cpu) {
   yh_rng rng = {seed};
   static const char *const labels[PREFILL_KERNELS] = {"gpu forward (default kernel)",
                                                       "gpu forward (mma.sync)",
-                                                      "gpu forward (sm90 pipeline 1, 1 warpgroup)",
-                                                      "gpu forward (sm90 pipeline 2)",
+                                                      "gpu forward (sm90 pipeline 1, 1 warpgroup, 64-key tiles)",
+                                                      "gpu forward (sm90 pipeline 2, 3 stages)",
                                                       "gpu forward (sm90 pipeline 1, cp.async producer)",
                                                       "gpu forward (sm90 pipeline 2, cp.async producer)"};
   for (int i = 0; i < FORWARD_CASES; i++)
