@@ -338,7 +338,7 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
   }
   for (int i = 0; i < SPECS; i++) {
     if (done[i] < ROUNDS) continue;
-    const double m = bench_median(ms[i], ROUNDS);
+    const double m = bench_median(ms[i], ROUNDS); /* sorts ms[i]: its ends are the fastest and slowest rounds */
     char name[128];
     snprintf(name, sizeof name, "jit.cold_compile_ms %s", specs[i]);
     bench_add(r, name, m, 0, m, "ms");
