@@ -193,8 +193,13 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
         bench_sweep_one(t, r, shape, NULL, "default", call, &c, flops, "TFLOP/s");
         /* the dk/dv kernel that adds dq up (the default), then the deterministic pair (tma=0
          * pins both of its kernels; the dq rows exist only there) */
-        static const char *const atomic[] = {"part=dkdv,tma=0", "part=dkdv,stages=2", "part=dkdv,stages=3",
-                                             "part=dkdv,tile=128"};
+        static const char *const atomic[] = {"part=dkdv,tma=0",
+                                             "part=dkdv,stages=2",
+                                             "part=dkdv,stages=3",
+                                             "part=dkdv,tile=128",
+                                             "part=dkdv,dq_sum=behind,tile=64",
+                                             "part=dkdv,dq_sum=warpgroup",
+                                             "part=dkdv,dq_sum=warpgroup,tile=64"};
         for (size_t i = 0; i < sizeof atomic / sizeof atomic[0]; i++)
           bench_sweep_one(t, r, shape, "attention_backward_sm90", atomic[i], call, &c, flops, "TFLOP/s");
         c.params.deterministic = 1;

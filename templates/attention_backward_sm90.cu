@@ -25,12 +25,17 @@
 //     the order of the accumulator's registers and added into dq_acc by one bulk reduction a piece
 //     (dq_acc holds 64 x 64 pieces in that order: see dq_piece). The caller zeroes dq_acc;
 //     PART_STATS runs before: the rows' {lse2, delta} into ws; PART_DQ_OUT after: dq = scale * dq_acc.
+//     DQ_SUM orders it: 0 (block) as above, dS^T stored once the dk/dv products retired; 1 (behind)
+//     dS^T stored first, the dk/dv products running on while the consumers meet and dq is issued
+//     behind them (P^T and dS^T stay live meanwhile); 2 (warpgroup) each warpgroup issues every
+//     piece over its own 64 keys (dS's columns, K's rows) and adds that part into dq_acc itself:
+//     no meeting between the warpgroups, twice the reductions, nothing where no row sees its keys.
 //   - With two consumer warpgroups setmaxnreg moves registers from the producer (PRODUCER_REGS, or
 //     TMA_PRODUCER_REGS under TMA) to the consumers (CONSUMER_REGS, TMA_CONSUMER_REGS); with one, a
 //     256-thread block has 255 registers a thread.
 //
 // Spec constants: T, HEAD_DIM (64 or 128), PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA,
-// ATOMIC_DQ, PRODUCER_REGS, CONSUMER_REGS, TMA_PRODUCER_REGS, TMA_CONSUMER_REGS.
+// ATOMIC_DQ, DQ_SUM, PRODUCER_REGS, CONSUMER_REGS, TMA_PRODUCER_REGS, TMA_CONSUMER_REGS.
 
 constexpr int OWNED = 64 * WARPGROUPS, CONSUMERS = 128 * WARPGROUPS, THREADS = CONSUMERS + 128;
 constexpr int BLOCK_M = PART == PART_DQ ? OWNED : TILE, BLOCK_N = PART == PART_DQ ? TILE : OWNED;
@@ -46,9 +51,11 @@ struct strided_rows {
 
 // Named barrier 1 + w: warpgroup w's owned rows (Q and dO, or K and V) are in shared memory;
 // BAR_DS: every consumer warpgroup's dS of the tile is (ATOMIC_DQ); BAR_STAGE + w: warpgroup w's dq
-// staging is free, then written.
-constexpr int BAR_OWNED = 1, BAR_DS = 3, BAR_STAGE = 4;
+// staging is free, then written; BAR_OWN_DS + w: warpgroup w's dS is (DQ_SUM 2).
+constexpr int BAR_OWNED = 1, BAR_DS = 3, BAR_STAGE = 4, BAR_OWN_DS = 6;
 constexpr bool FUSED_DQ = PART == PART_DKDV && ATOMIC_DQ;
+constexpr bool DS_FIRST = FUSED_DQ && DQ_SUM != 0; // dS^T stored before the dk/dv products take it
+constexpr bool DQ_BEHIND = FUSED_DQ && DQ_SUM == 1;
 constexpr int DQ_PIECES = TILE * HEAD_DIM / 4096;                 // 64 x 64 pieces of a tile's dq
 constexpr int ROW_THREADS = 4, STAT_ROWS = THREADS / ROW_THREADS; // PART_STATS, PART_DQ_OUT: rows a block
 
@@ -405,6 +412,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                                                            wg * 64 + warp * 16 + ((lane / 8) & 1) * 8),
                                x[kt]);
       };
+      // P^T and dS^T as A fragments; DQ_BEHIND: the dk/dv products' until those retire, after the
+      // tile's dq is issued, so they live past the branch
+      unsigned pt[TSTEPS][4], dst[TSTEPS][4];
       // causally, a warpgroup whose first key no row of the tile sees has nothing to add
       if (!CAUSAL || wg_key0 <= first_row + TILE - 1 + shift) {
         const int stage = t % STAGES;
@@ -415,11 +425,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         // is past the tile's first row's diagonal
         const bool masked = first_row + TILE > len_q || (CAUSAL && last_key > first_row + shift);
         const float2 *stats = sStats + stage * TILE;
-        unsigned pt[TSTEPS][4], dst[TSTEPS][4];
         if (masked)
           yk_p_ds_of_keys<true, TILE>(pt, dst, st, dpt, 0, stats, scale_log2, my_key, first_row, len_q, shift, t4);
         else
           yk_p_ds_of_keys<false, TILE>(pt, dst, st, dpt, 0, stats, scale_log2, my_key, first_row, len_q, shift, t4);
+        if constexpr (DS_FIRST) store_ds(dst); // before the products below take its registers
         // dv += P^T dO, dk += dS^T Q: 16 query rows a k step, two 8-row atoms read MN-major
         const unsigned long long q_mn = yk_descriptor(q_tile, TILE * 128), do_mn = yk_descriptor(do_tile, TILE * 128);
         yk_wgmma_fence();
@@ -431,33 +441,45 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
           yk_wgmma<HEAD_DIM>::rs(dk_acc, dst[kt], q_mn + yk_moved(kt * 16 * 64), 1);
         }
         yk_wgmma_commit();
-        yk_wgmma_wait<0>();
-        yk_wgmma_hold(dv_acc);
-        yk_wgmma_hold(dk_acc);
-        yk_wgmma_hold(pt);
-        yk_wgmma_hold(dst);
-        if constexpr (FUSED_DQ) store_ds(dst);
-      } else if constexpr (FUSED_DQ) {
+        if constexpr (!DQ_BEHIND) {
+          yk_wgmma_wait<0>();
+          yk_wgmma_hold(dv_acc);
+          yk_wgmma_hold(dk_acc);
+          yk_wgmma_hold(pt);
+          yk_wgmma_hold(dst);
+          if constexpr (FUSED_DQ && !DS_FIRST) store_ds(dst);
+        }
+      } else if constexpr (FUSED_DQ && DQ_SUM != 2) {
         const unsigned zeros[TSTEPS][4] = {};
         store_ds(zeros);
       }
-      release(t);
+      if constexpr (!DQ_BEHIND) release(t);
       if constexpr (FUSED_DQ) {
+        // DQ_SUM 2: every piece over this warpgroup's own 64 keys, once its own dS is stored, where
+        // some row of the tile sees them; else its share of the pieces over all the block's keys,
+        // once every warpgroup's dS is
+        constexpr bool OWN = DQ_SUM == 2;
+        constexpr int K0_STEP = OWN ? 64 : 0, DQ_KSTEPS = OWN ? 4 : OWNED / 16;
+        const bool issue = !OWN || !CAUSAL || wg_key0 <= first_row + TILE - 1 + shift;
         yk_fence_async_smem();
-        yk_named_sync<BAR_DS, CONSUMERS>();
+        if (!OWN)
+          yk_named_sync<BAR_DS, CONSUMERS>();
+        else if (issue)
+          yk_warpgroup_sync<BAR_OWN_DS>(wg);
 #pragma unroll
-        for (int piece = wg; piece < DQ_PIECES; piece += WARPGROUPS) {
-          const int m0 = piece / (HEAD_DIM / 64) * 64, n0 = piece % (HEAD_DIM / 64) * 64;
-          const unsigned long long a = yk_descriptor(ds_tile + m0 * 64, 16),
-                                   b = yk_descriptor(sA0 + n0 * OWNED, OWNED * 128); // K's columns n0.., MN-major
+        for (int piece = OWN ? 0 : wg; issue && piece < DQ_PIECES; piece += OWN ? 1 : WARPGROUPS) {
+          const int m0 = piece / (HEAD_DIM / 64) * 64, n0 = piece % (HEAD_DIM / 64) * 64, k0 = wg * K0_STEP;
+          if (OWN && CAUSAL && first_row + m0 + 63 + shift < wg_key0) continue; // no row sees its keys
+          const unsigned long long a = yk_descriptor(ds_tile + k0 / 64 * TILE * 64 + m0 * 64, 16),
+                                   b = yk_descriptor(sA0 + n0 * OWNED + k0 * 64, OWNED * 128); // K, MN-major
           float part[8][4];
           yk_wgmma_fence();
 #pragma unroll
-          for (int ks = 0; ks < OWNED / 16; ++ks)
+          for (int ks = 0; ks < DQ_KSTEPS; ++ks)
             yk_wgmma<64>::ss_tb(part, a + yk_moved((ks / 4) * TILE * 64 + (ks % 4) * 16), b + yk_moved(ks * 16 * 64),
                                 ks > 0);
           yk_wgmma_commit();
-          yk_wgmma_wait<0>();
+          yk_wgmma_wait<0>(); // DQ_BEHIND: the dk/dv products before it too
           yk_wgmma_hold(part);
           // into this warpgroup's staging in the accumulator's order (dq_in_piece), then one bulk
           // reduction of the piece; the staging is free again once the previous one has read it.
@@ -475,6 +497,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             yk_bulk_reduce_add(dq_acc + dq_piece(qh, padded, n0, ws_tokens), stage, 64 * 64 * 4);
             asm volatile("cp.async.bulk.commit_group;" ::: "memory");
           }
+        }
+        if constexpr (DQ_BEHIND) {
+          yk_wgmma_wait<0>(); // a warpgroup with no piece (one 64 x 64 piece a tile) waits here
+          yk_wgmma_hold(dv_acc);
+          yk_wgmma_hold(dk_acc);
+          yk_wgmma_hold(pt);
+          yk_wgmma_hold(dst);
+          release(t); // the dk/dv products have read the stage
         }
       }
     }

@@ -1128,12 +1128,13 @@ static const attn_case gpu_backward_cases[] = {
     {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-enum { BACKWARD_KERNELS = 5 };
+enum { BACKWARD_KERNELS = 7 };
 
 /* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel set the
  * device has (sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's
  * conversion, with TMA loads; deterministic, the wgmma pair; both with one warpgroup, 3 stages and
- * cp.async loads; and mma.sync forced, which is always deterministic). A second launch, through a
+ * cp.async loads; the dk/dv kernel's other orders of dq's sums; and mma.sync forced, which is
+ * always deterministic). A second launch, through a
  * caller's workspace, gives the same bytes where deterministic (the same values within the bound
  * otherwise); one a float short is refused before anything runs. */
 Test(attention, gpu_backward_matches_cpu) {
@@ -1143,12 +1144,19 @@ Test(attention, gpu_backward_matches_cpu) {
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_BACKWARD_KERNEL");
   yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
-  cr_assert(mma && one_wg);
-  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg};
-  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1};
-  static const char *const labels[BACKWARD_KERNELS] = {
-      "gpu backward (default kernels, atomic dq)", "gpu backward (deterministic)", "gpu backward (mma.sync)",
-      "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)", "gpu backward (sm90, 1 warpgroup, cp.async)"};
+  /* the dk/dv kernel's other orders of dq's sums, which a sweep may choose */
+  yk_ctx *behind = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=behind,tile=64");
+  yk_ctx *own = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=warpgroup");
+  cr_assert(mma && one_wg && behind && own);
+  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg, behind, own};
+  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1, 0, 0};
+  static const char *const labels[BACKWARD_KERNELS] = {"gpu backward (default kernels, atomic dq)",
+                                                       "gpu backward (deterministic)",
+                                                       "gpu backward (mma.sync)",
+                                                       "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)",
+                                                       "gpu backward (sm90, 1 warpgroup, cp.async)",
+                                                       "gpu backward (sm90, dq issued behind dk/dv)",
+                                                       "gpu backward (sm90, dq summed a warpgroup)"};
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};
@@ -1212,6 +1220,7 @@ Test(attention, gpu_backward_matches_cpu) {
       free_data(&a);
     }
   yk_ctx_destroy(gpu), yk_ctx_destroy(mma), yk_ctx_destroy(one_wg); /* each twice in gpus[] */
+  yk_ctx_destroy(behind), yk_ctx_destroy(own);
   yk_ctx_destroy(cpu);
 }
 

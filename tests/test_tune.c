@@ -713,19 +713,22 @@ Test(tune_space, each_backward_kernel_has_its_own_space) {
   int count, rejected;
   cr_assert_eq(yk_tune_space(ctx, &stats, NULL, 0, &configs, &count, &rejected), YK_OK, "%s", yk_ctx_last_error(ctx));
   cr_assert_eq(count, 2, "stats: warpgroups 2 (the default) and 1, got %d", count);
-  cr_assert_str_eq(configs[0].text, "warpgroups=2,tile=128,stages=2,tma=1");
-  cr_assert_str_eq(configs[1].text, "warpgroups=1,tile=128,stages=2,tma=1");
+  cr_assert_str_eq(configs[0].text, "warpgroups=2,tile=128,stages=2,tma=1,dq_sum=block");
+  cr_assert_str_eq(configs[1].text, "warpgroups=1,tile=128,stages=2,tma=1,dq_sum=block");
   free(configs);
 
   cr_assert_eq(yk_tune_space(ctx, &dkdv, NULL, 0, &configs, &count, &rejected), YK_OK, "%s", yk_ctx_last_error(ctx));
   cr_assert_gt(count, 4);
+  int seen_sums = 0;
   for (int i = 0; i < count; i++) {
     char why[256];
     yk_spec spec = configs[i].spec;
     cr_assert_eq(yk_spec_check(&spec, why, sizeof why), 0, "%s: %s", configs[i].text, why);
     cr_assert_eq(field(&spec, "part"), YK_BACKWARD_PART_DKDV);
     cr_assert_eq(field(&spec, "atomic_dq"), 1, "the key's fields are never varied");
+    seen_sums |= 1 << field(&spec, "dq_sum");
   }
+  cr_assert_eq(seen_sums, 7, "block, behind and warpgroup are each swept");
   free(configs);
 
   yk_spec dq;

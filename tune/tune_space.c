@@ -49,6 +49,7 @@ static const struct {
     {"attention_backward_sm90", "tile", {64, 128}, 2},
     {"attention_backward_sm90", "stages", {2, 3}, 2},
     {"attention_backward_sm90", "tma", {0, 1}, 2},
+    {"attention_backward_sm90", "dq_sum", {0, 1, 2}, 3}, /* block, behind, warpgroup */
 };
 
 int yk_tune_space_known(const yk_op_def *op) {

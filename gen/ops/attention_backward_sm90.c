@@ -11,8 +11,9 @@
 #include "gen/attention.h"
 #include "gen/spec.h"
 
-enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA, ATOMIC_DQ };
-static const char *const parts[] = {"dq", "dkdv", "stats", "dq_out", NULL}; /* YK_BACKWARD_PART_* */
+enum { HEAD_DIM, PART, WARPGROUPS, TILE, STAGES, CAUSAL, RAGGED, TMA, ATOMIC_DQ, DQ_SUM };
+static const char *const parts[] = {"dq", "dkdv", "stats", "dq_out", NULL};  /* YK_BACKWARD_PART_* */
+static const char *const dq_sums[] = {"block", "behind", "warpgroup", NULL}; /* the template's DQ_SUM */
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", "attention_backward.cuh",
                                        NULL};
 
@@ -33,6 +34,8 @@ static void complete(yk_spec *s) {
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = 1;
   if (s->v[ATOMIC_DQ] == YK_UNSET) s->v[ATOMIC_DQ] = 0;
+  /* only the dk/dv kernel adding dq up forms dq's pieces; the others take the one value */
+  if (!s->v[ATOMIC_DQ] || s->v[DQ_SUM] == YK_UNSET) s->v[DQ_SUM] = 0;
 }
 
 /* Two consumer warpgroups and the producer make 384 threads, 168 registers each at launch: the
@@ -59,6 +62,9 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   if (s->v[HEAD_DIM] != 64 && s->v[HEAD_DIM] != 128)
     return snprintf(why, n, "head_dim %d: the Hopper dk/dv kernel takes 64 or 128", s->v[HEAD_DIM]), 1;
   if (s->v[PART] == YK_BACKWARD_PART_STATS || s->v[PART] == YK_BACKWARD_PART_DQ_OUT) return 0; /* rows only */
+  /* behind keeps P^T and dS^T (tile / 2 registers) live beside dq's piece: at 128-row tiles the
+   * consumers spilled (NVRTC, head_dim 64) */
+  if (s->v[DQ_SUM] == 1 && s->v[TILE] != 64) return snprintf(why, n, "dq_sum behind takes tile 64"), 1;
   /* S is one MMA `tile` wide (the wgmma widths cmake/gen_wgmma.py makes: 64, 128, 256) */
   if (s->v[TILE] != 64 && s->v[TILE] != 128) return snprintf(why, n, "tile %d is not 64 or 128", s->v[TILE]), 1;
   /* A consumer thread holds its accumulators (dq, or dk and dv: head_dim / 2 floats each) and, at
@@ -98,7 +104,7 @@ const yk_op_def yk_op_attention_backward_sm90 = {
     .includes = includes,
     .arch_specific_sm = 90,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 9,
+    .field_count = 10,
     .fields =
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
@@ -119,6 +125,12 @@ const yk_op_def yk_op_attention_backward_sm90 = {
              "1: part dkdv also adds each tile's dq into a float32 dq by bulk reductions (no dq kernel; the "
              "bits may differ from run to run)",
              0, 1, 0, 1, NULL},
+            {"dq_sum",
+             "with atomic_dq, how a tile's dq is formed: block (the consumers meet once their dk/dv products "
+             "retired, each issues its 64 x 64 pieces over all the block's keys), behind (the same issued behind "
+             "the dk/dv products still running), warpgroup (each consumer adds its own keys' part of every piece "
+             "itself: no meeting, twice the reductions)",
+             0, 2, 0, 1, dq_sums},
         },
     .complete = complete,
     .valid = valid,
