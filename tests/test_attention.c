@@ -1128,7 +1128,7 @@ static const attn_case gpu_backward_cases[] = {
     {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-enum { BACKWARD_KERNELS = 7 };
+enum { BACKWARD_KERNELS = 8 };
 
 /* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel set the
  * device has (sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's
@@ -1144,18 +1144,21 @@ Test(attention, gpu_backward_matches_cpu) {
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_BACKWARD_KERNEL");
   yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
-  /* the dk/dv kernel's other orders of dq's sums, which a sweep may choose */
+  /* the dk/dv kernel's orders of dq's sums other than each head dim's default, which a sweep may
+   * choose (behind is the default at head dim 128, block at 64) */
   yk_ctx *behind = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=behind,tile=64");
+  yk_ctx *block = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=block");
   yk_ctx *own = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=warpgroup");
-  cr_assert(mma && one_wg && behind && own);
-  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg, behind, own};
-  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1, 0, 0};
+  cr_assert(mma && one_wg && behind && block && own);
+  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg, behind, block, own};
+  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1, 0, 0, 0};
   static const char *const labels[BACKWARD_KERNELS] = {"gpu backward (default kernels, atomic dq)",
                                                        "gpu backward (deterministic)",
                                                        "gpu backward (mma.sync)",
                                                        "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)",
                                                        "gpu backward (sm90, 1 warpgroup, cp.async)",
                                                        "gpu backward (sm90, dq issued behind dk/dv)",
+                                                       "gpu backward (sm90, dq issued once the block met)",
                                                        "gpu backward (sm90, dq summed a warpgroup)"};
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
@@ -1220,7 +1223,7 @@ Test(attention, gpu_backward_matches_cpu) {
       free_data(&a);
     }
   yk_ctx_destroy(gpu), yk_ctx_destroy(mma), yk_ctx_destroy(one_wg); /* each twice in gpus[] */
-  yk_ctx_destroy(behind), yk_ctx_destroy(own);
+  yk_ctx_destroy(behind), yk_ctx_destroy(block), yk_ctx_destroy(own);
   yk_ctx_destroy(cpu);
 }
 

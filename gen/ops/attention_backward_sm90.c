@@ -34,8 +34,14 @@ static void complete(yk_spec *s) {
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = 1;
   if (s->v[ATOMIC_DQ] == YK_UNSET) s->v[ATOMIC_DQ] = 0;
-  /* only the dk/dv kernel adding dq up forms dq's pieces; the others take the one value */
-  if (!s->v[ATOMIC_DQ] || s->v[DQ_SUM] == YK_UNSET) s->v[DQ_SUM] = 0;
+  /* Only the dk/dv kernel adding dq up forms dq's pieces; the others take the one value. At head
+   * dim 128 (64-key tiles) dS^T stored first and dq issued behind the dk/dv products ran 1.06x
+   * (non-causal) and 1.05x (causal) the block-wide order on an H100 (S4096, bench/NOTES.md item 47);
+   * at 64, where tiles of 128 win, behind (64 only) lost 2-3%. */
+  if (!s->v[ATOMIC_DQ])
+    s->v[DQ_SUM] = 0;
+  else if (s->v[DQ_SUM] == YK_UNSET)
+    s->v[DQ_SUM] = d128 && s->v[TILE] == 64 ? 1 : 0;
 }
 
 /* Two consumer warpgroups and the producer make 384 threads, 168 registers each at launch: the
