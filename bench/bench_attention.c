@@ -198,6 +198,7 @@ static void backward_sweep(bench_timer *t, bench_results *r) {
                                              "part=dkdv,stages=3",
                                              "part=dkdv,tile=128",
                                              "part=dkdv,dq_sum=behind,tile=64",
+                                             "part=dkdv,dq_sum=block",
                                              "part=dkdv,dq_sum=warpgroup",
                                              "part=dkdv,dq_sum=warpgroup,tile=64"};
         for (size_t i = 0; i < sizeof atomic / sizeof atomic[0]; i++)
