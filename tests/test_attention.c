@@ -1128,38 +1128,12 @@ static const attn_case gpu_backward_cases[] = {
     {4, 4, 2, 128, 0, 0, lens_gbw_q2, lens_gbw_k2},
 };
 
-enum { BACKWARD_KERNELS = 8 };
-
-/* dq, dk, dv against the CPU backward given the CPU's out and lse, on every backward kernel set the
- * device has (sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's
- * conversion, with TMA loads; deterministic, the wgmma pair; both with one warpgroup, 3 stages and
- * cp.async loads; the dk/dv kernel's other orders of dq's sums; and mma.sync forced, which is
- * always deterministic). A second launch, through a
- * caller's workspace, gives the same bytes where deterministic (the same values within the bound
- * otherwise); one a float short is refused before anything runs. */
-Test(attention, gpu_backward_matches_cpu) {
-  yk_ctx *gpu = ts_gpu_ctx();
-  TS_REQUIRE_GPU(gpu);
-  setenv("YK_BACKWARD_KERNEL", "mma_sync", 1);
-  yk_ctx *mma = ts_gpu_ctx();
-  unsetenv("YK_BACKWARD_KERNEL");
-  yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
-  /* the dk/dv kernel's orders of dq's sums other than each head dim's default, which a sweep may
-   * choose (behind is the default at head dim 128, block at 64) */
-  yk_ctx *behind = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=behind,tile=64");
-  yk_ctx *block = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=block");
-  yk_ctx *own = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=warpgroup");
-  cr_assert(mma && one_wg && behind && block && own);
-  yk_ctx *gpus[BACKWARD_KERNELS] = {gpu, gpu, mma, one_wg, one_wg, behind, block, own};
-  static const int deterministic[BACKWARD_KERNELS] = {0, 1, 1, 0, 1, 0, 0, 0};
-  static const char *const labels[BACKWARD_KERNELS] = {"gpu backward (default kernels, atomic dq)",
-                                                       "gpu backward (deterministic)",
-                                                       "gpu backward (mma.sync)",
-                                                       "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)",
-                                                       "gpu backward (sm90, 1 warpgroup, cp.async)",
-                                                       "gpu backward (sm90, dq issued behind dk/dv)",
-                                                       "gpu backward (sm90, dq issued once the block met)",
-                                                       "gpu backward (sm90, dq summed a warpgroup)"};
+/* dq, dk, dv against the CPU backward given the CPU's out and lse, on n backward kernel sets (a
+ * context each, deterministic or not). A second launch, through a caller's workspace, gives the same
+ * bytes where deterministic (the same values within the bound otherwise); one a float short is
+ * refused before anything runs. The kernel sets are split over several tests so that Criterion's
+ * jobs compile them in parallel: cold, each set's kernels take minutes on one core. */
+static void gpu_backward_on(int n, yk_ctx *const *gpus, const int *deterministic, const char *const *labels) {
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};
@@ -1172,7 +1146,7 @@ Test(attention, gpu_backward_matches_cpu) {
         cpu_and_gpu(cpu, gpus[0], &a, dtype, 1, &h, &d);
         cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
         attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)}; /* once for every kernel */
-        for (int kernel = 0; kernel < BACKWARD_KERNELS; kernel++) {
+        for (int kernel = 0; kernel < n; kernel++) {
           yk_ctx *g = gpus[kernel];
           if (kernel > 0) gpu_copy(g, &a, dtype, 1, &h, &d);
           cr_assert(!yh_tensor_copy(&d.out, &h.out) && !yh_tensor_copy(&d.lse, &h.lse));
@@ -1222,9 +1196,54 @@ Test(attention, gpu_backward_matches_cpu) {
       }
       free_data(&a);
     }
-  yk_ctx_destroy(gpu), yk_ctx_destroy(mma), yk_ctx_destroy(one_wg); /* each twice in gpus[] */
-  yk_ctx_destroy(behind), yk_ctx_destroy(block), yk_ctx_destroy(own);
   yk_ctx_destroy(cpu);
+}
+
+/* sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's conversion, with TMA
+ * loads; deterministic, the wgmma pair */
+Test(attention, gpu_backward_matches_cpu) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yk_ctx *const gpus[2] = {gpu, gpu};
+  static const int deterministic[2] = {0, 1};
+  static const char *const labels[2] = {"gpu backward (default kernels, atomic dq)", "gpu backward (deterministic)"};
+  gpu_backward_on(2, gpus, deterministic, labels);
+  yk_ctx_destroy(gpu);
+}
+
+/* mma.sync forced, which is always deterministic; the Hopper kernels with one warpgroup, 3 stages and
+ * cp.async loads, both ways of adding dq */
+Test(attention, gpu_backward_other_kernels_match_cpu) {
+  setenv("YK_BACKWARD_KERNEL", "mma_sync", 1);
+  yk_ctx *mma = ts_gpu_ctx();
+  unsetenv("YK_BACKWARD_KERNEL");
+  TS_REQUIRE_GPU(mma);
+  yk_ctx *one_wg = ts_gpu_ctx_forcing("attention_backward_sm90", "warpgroups=1,stages=3,tma=0");
+  cr_assert_not_null(one_wg);
+  yk_ctx *const gpus[3] = {mma, one_wg, one_wg};
+  static const int deterministic[3] = {1, 0, 1};
+  static const char *const labels[3] = {"gpu backward (mma.sync)",
+                                        "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)",
+                                        "gpu backward (sm90, 1 warpgroup, cp.async)"};
+  gpu_backward_on(3, gpus, deterministic, labels);
+  yk_ctx_destroy(mma), yk_ctx_destroy(one_wg);
+}
+
+/* the dk/dv kernel's orders of dq's sums, which a sweep may choose whatever each head dim's default
+ * (behind at head dim 128, block at 64) */
+Test(attention, gpu_backward_dq_sums_match_cpu) {
+  yk_ctx *behind = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=behind,tile=64");
+  TS_REQUIRE_GPU(behind);
+  yk_ctx *block = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=block");
+  yk_ctx *own = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=warpgroup");
+  cr_assert(block && own);
+  yk_ctx *const gpus[3] = {behind, block, own};
+  static const int deterministic[3] = {0, 0, 0};
+  static const char *const labels[3] = {"gpu backward (sm90, dq issued behind dk/dv)",
+                                        "gpu backward (sm90, dq issued once the block met)",
+                                        "gpu backward (sm90, dq summed a warpgroup)"};
+  gpu_backward_on(3, gpus, deterministic, labels);
+  yk_ctx_destroy(behind), yk_ctx_destroy(block), yk_ctx_destroy(own);
 }
 
 static const attn_case gpu_decode_cases[] = {
