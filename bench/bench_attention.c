@@ -315,14 +315,18 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
   static const char *const specs[] = {
       "attention_prefill_sm90:dtype=bf16,head_dim=128,causal=1",
       "attention_prefill_sm90:dtype=bf16,head_dim=64",
+      "attention_prefill_sm90:dtype=bf16,head_dim=128,causal=1,ragged=1,paged=csr,page_size=16",
       "attention_prefill:dtype=bf16,head_dim=128",
       "attention_prefill:dtype=bf16,head_dim=256,causal=1",
       "attention_decode:dtype=bf16,head_dim=128",
       "attention_decode:dtype=bf16,head_dim=256,split=1",
+      "attention_decode:dtype=bf16,head_dim=128,paged=block_table,page_size=16",
+      "attention_decode:dtype=bf16,head_dim=128,paged=block_table,page_size=16,kv_float8=1",
       "attention_backward:dtype=bf16,head_dim=128,part=dq",
       "attention_backward:dtype=bf16,head_dim=256,part=dkdv",
       "attention_backward_sm90:dtype=bf16,head_dim=128,part=dq,causal=1",
       "attention_backward_sm90:dtype=bf16,head_dim=128,part=dkdv,causal=1",
+      "attention_backward_sm90:dtype=bf16,head_dim=128,part=dkdv,causal=1,atomic_dq=1",
       "merge_attention_states:dtype=bf16,head_dim=128,in_type=f32,states=0",
   };
   enum { SPECS = sizeof specs / sizeof specs[0], ROUNDS = 3 };

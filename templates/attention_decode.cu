@@ -286,7 +286,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                                                              [&](int r) { return (const T *)v_row(r); });
     }
   };
-#pragma unroll
+  // the pipeline's first STAGES - 1 tiles, as a loop: each copy of load written out is the whole
+  // tile's address arithmetic (0.84x the cold compile of float8 paged decode without them)
+#pragma unroll 1
   for (int s = 0; s < STAGES - 1; ++s) {
     fetch_ids(s);
     if (s < mine) load(s);
