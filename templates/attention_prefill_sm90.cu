@@ -43,8 +43,11 @@ static_assert(PIPELINE != 2 || WARPGROUPS == 2, "pipeline 2 alternates two consu
 static_assert(!TMA || (PIPELINE > 0 && PAGED == 0), "TMA loads are the producer's, of contiguous keys");
 // With two consumer warpgroups a block has 384 threads, 168 registers each at launch: the producer
 // gives back all but PRODUCER_REGS and the consumers take them up to CONSUMER_REGS (both from the
-// generator, gen/ops/attention_prefill_sm90.c, whose register checks count on them). With one, a
-// 256-thread block has 255 registers a thread from the start.
+// generator, gen/ops/attention_prefill_sm90.c, whose register checks count on them); with three,
+// 512 threads of 128, PRODUCER_REGS_3 and CONSUMER_REGS_3. With one, a 256-thread block has 255
+// registers a thread from the start.
+constexpr int PRODUCER_KEEPS = WARPGROUPS == 3 ? PRODUCER_REGS_3 : PRODUCER_REGS;
+constexpr int CONSUMER_TAKES = WARPGROUPS == 3 ? CONSUMER_REGS_3 : CONSUMER_REGS;
 
 template <int ROWS, class RowAddress>
 __device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAddress src) {
@@ -52,7 +55,7 @@ __device__ __forceinline__ void load_swizzled(T *tile, int valid, int tid, RowAd
 }
 
 // Named barriers (0 is __syncthreads): 1 + w, warpgroup w's Q is in shared memory; 3 + w, warpgroup
-// w may issue its MMAs (pipeline 2).
+// w may issue its MMAs (pipeline 2, two warpgroups: BAR_Q + 2 is free).
 constexpr int BAR_Q = 1, BAR_TURN = 3;
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
@@ -169,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads(); // the only block-wide barrier: the mbarriers exist before anyone uses them
 
     if (wg == WARPGROUPS) { // ---- the producer ----
-      if constexpr (WARPGROUPS > 1) yk_registers_down<PRODUCER_REGS>();
+      if constexpr (WARPGROUPS > 1) yk_registers_down<PRODUCER_KEEPS>();
       if constexpr (TMA) {
         if (warp != 0) return;
         // whole tiles: lane 0 arms the full barrier with the tile's bytes and issues the copies; the
@@ -217,13 +220,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
 
     // ---- the consumers: warpgroup wg, query rows [64 wg, 64 wg + 64) of the block ----
-    if constexpr (WARPGROUPS > 1) yk_registers_up<CONSUMER_REGS>();
+    if constexpr (WARPGROUPS > 1) yk_registers_up<CONSUMER_TAKES>();
     const int wt = tid % 128;
     yk_load_rows<BLOCK_M, 64, 128>(sQ, wg * 64, len_q - row0, wt, [&](int r) { return qp + (long long)r * q_s; });
     yk_cp_async_commit(); // wait_group waits for committed groups only
     yk_cp_async_wait<0>();
     yk_fence_async_smem();
-    yk_warpgroup_sync<BAR_Q>(wg);
+    yk_warpgroup_sync<BAR_Q, WARPGROUPS>(wg);
 
     // Turns (pipeline 2): issue point i of warpgroup 0 follows point i - 1 of warpgroup 1, point i of
     // warpgroup 1 follows point i of warpgroup 0. Each warpgroup has the same n_tiles + 1 points

@@ -99,9 +99,12 @@ template <int ID, int COUNT> __device__ __forceinline__ void yk_named_sync() {
 template <int ID, int COUNT> __device__ __forceinline__ void yk_named_arrive() {
   asm volatile("bar.arrive %0, %1;" ::"n"(ID), "n"(COUNT) : "memory");
 }
-// Warpgroup wg's own named barrier, FIRST + wg, among its 128 threads (two consumer warpgroups).
-template <int FIRST> __device__ __forceinline__ void yk_warpgroup_sync(int wg) {
-  if (wg == 0)
+// Warpgroup wg's own named barrier, FIRST + wg, among its 128 threads (of GROUPS consumer
+// warpgroups, two or three).
+template <int FIRST, int GROUPS = 2> __device__ __forceinline__ void yk_warpgroup_sync(int wg) {
+  if (GROUPS > 2 && wg == 2)
+    yk_named_sync<FIRST + 2, 128>();
+  else if (wg == 0)
     yk_named_sync<FIRST, 128>();
   else
     yk_named_sync<FIRST + 1, 128>();

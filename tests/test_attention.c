@@ -1051,7 +1051,7 @@ static attn_ref cpu_result(attn_tensors *h, const attn_data *a) {
   return r;
 }
 
-enum { PREFILL_KERNELS = 6 };
+enum { PREFILL_KERNELS = 8 };
 
 /* Every prefill kernel the device has (sm_90: wgmma in each of its loops, and mma.sync forced). */
 Test(attention, gpu_forward_matches_cpu) {
@@ -1063,10 +1063,12 @@ Test(attention, gpu_forward_matches_cpu) {
   cr_assert_not_null(mma);
   /* the Hopper prefill's other loops, as a tuning sweep would force them (TMA loads unless tma=0) */
   /* (3 stages of 128-key tiles at head_dim 128: 230496 bytes of shared memory, near the 232448 allowed) */
-  static const char *const loops[4] = {"pipeline=1,warpgroups=1,block_n=64", "pipeline=2,warpgroups=2,stages=3",
-                                       "pipeline=1,warpgroups=2,tma=0", "pipeline=2,warpgroups=2,tma=0"};
+  /* (three warpgroups, the default at head_dim 64: with 64-key tiles at either head dim, as registers allow) */
+  static const char *const loops[PREFILL_KERNELS - 2] = {
+      "pipeline=1,warpgroups=1,block_n=64", "pipeline=2,warpgroups=2,stages=3",   "pipeline=1,warpgroups=2,tma=0",
+      "pipeline=2,warpgroups=2,tma=0",      "pipeline=1,warpgroups=3,block_n=64", "pipeline=1,warpgroups=2,stages=2"};
   yk_ctx *gpus[PREFILL_KERNELS] = {gpu, mma};
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < PREFILL_KERNELS - 2; i++) {
     gpus[2 + i] = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
     cr_assert_not_null(gpus[2 + i]);
   }
@@ -1078,7 +1080,9 @@ Test(attention, gpu_forward_matches_cpu) {
                                                       "gpu forward (sm90 pipeline 1, 1 warpgroup, 64-key tiles)",
                                                       "gpu forward (sm90 pipeline 2, 3 stages)",
                                                       "gpu forward (sm90 pipeline 1, cp.async producer)",
-                                                      "gpu forward (sm90 pipeline 2, cp.async producer)"};
+                                                      "gpu forward (sm90 pipeline 2, cp.async producer)",
+                                                      "gpu forward (sm90 three warpgroups, 64-key tiles)",
+                                                      "gpu forward (sm90 two warpgroups, 2 stages)"};
   for (int i = 0; i < FORWARD_CASES; i++)
     for (int causal = 0; causal <= 1; causal++) {
       if (forward_cases[i].cpu_only) continue;

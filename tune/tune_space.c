@@ -30,7 +30,7 @@ static const struct {
     {"attention_prefill", "stages", {2, 3}, 2},
     {"attention_prefill", "q_in_regs", {0, 1}, 2},
     {"attention_prefill_sm90", "block_n", {64, 128}, 2},
-    {"attention_prefill_sm90", "warpgroups", {1, 2}, 2},
+    {"attention_prefill_sm90", "warpgroups", {1, 2, 3}, 3},
     {"attention_prefill_sm90", "stages", {2, 3}, 2},
     {"attention_prefill_sm90", "pipeline", {0, 1, 2}, 3},
     {"attention_prefill_sm90", "tma", {0, 1}, 2},

@@ -15,8 +15,6 @@ static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hop
 
 static void complete(yk_spec *s) {
   if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 128;
-  if (s->v[WARPGROUPS] == YK_UNSET) s->v[WARPGROUPS] = 2;
-  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = 2;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -24,25 +22,37 @@ static void complete(yk_spec *s) {
    * --sweep on an H200 (bench/NOTES.md), by 1.15-1.5x. With TMA loads the consumers taking turns
    * (pipeline 2) lost to pipeline 1 at all four shapes (by 3-12%); with cp.async they were even. */
   if (s->v[PIPELINE] == YK_UNSET) s->v[PIPELINE] = 1;
+  /* Three consumer warpgroups (192 rows a block, FlashAttention-3's shape at head dim 64) where their
+   * 160 registers hold O, S and P: at head dim 64 with 128-key tiles they ran 1.01-1.11x two at every
+   * shape of the H100's sweep (bench/NOTES.md item 52). */
+  if (s->v[WARPGROUPS] == YK_UNSET)
+    s->v[WARPGROUPS] = s->v[HEAD_DIM] == 64 && s->v[BLOCK_N] <= 128 && s->v[PIPELINE] == 1 ? 3 : 2;
   /* The producer's whole K and V tiles by TMA where it can (paged keys are gathered row by row):
    * 1.13-1.30x cp.async with 2 warpgroups at those shapes */
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = s->v[PIPELINE] > 0 && !s->v[PAGED];
+  /* Under TMA a third stage ran 1.02-1.08x two at head dims 64 and 128 on the H100; with cp.async
+   * loads it was even */
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[TMA] ? 3 : 2;
 }
 
 /* With two consumer warpgroups a block has 384 threads, 168 registers each at launch: setmaxnreg
  * gives the producer's back all but 40 and the consumers take them (128 x 40 + 256 x 232 = 384 x 168).
- * The template takes both from here. */
-enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232 };
+ * With three, 512 threads of 128: the producer keeps 32 and the consumers take 160 (128 x 32 + 384 x
+ * 160 = 512 x 128), FlashAttention-3's split at head dim 64. The template takes them from here. */
+enum { PRODUCER_REGS = 40, CONSUMER_REGS = 232, PRODUCER_REGS_3 = 32, CONSUMER_REGS_3 = 160 };
 
-static const yk_named_value constants[] = {
-    {"PRODUCER_REGS", PRODUCER_REGS}, {"CONSUMER_REGS", CONSUMER_REGS}, {NULL, 0}};
+static const yk_named_value constants[] = {{"PRODUCER_REGS", PRODUCER_REGS},
+                                           {"CONSUMER_REGS", CONSUMER_REGS},
+                                           {"PRODUCER_REGS_3", PRODUCER_REGS_3},
+                                           {"CONSUMER_REGS_3", CONSUMER_REGS_3},
+                                           {NULL, 0}};
 
 /* Registers a consumer thread may use: pipeline 0 has no producer; pipelines 1 and 2 add a producer
- * warpgroup, and with two consumer warpgroups the registers move as above. */
+ * warpgroup, and with two or three consumer warpgroups the registers move as above. */
 static int consumer_registers(const yk_spec *s) {
   if (s->v[PIPELINE] == 0 || s->v[WARPGROUPS] == 1)
     return yk_register_budget(128 * (s->v[WARPGROUPS] + (s->v[PIPELINE] > 0)));
-  return CONSUMER_REGS;
+  return s->v[WARPGROUPS] == 3 ? CONSUMER_REGS_3 : CONSUMER_REGS;
 }
 
 static int valid(const yk_spec *s, char *why, size_t n) {
@@ -96,7 +106,7 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
         {
             {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
             {"block_n", "keys a tile: 64, 128 or 256 (the wgmma widths)", 64, 256, 0, 1, NULL},
-            {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 2, 0,
+            {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 3, 0,
              1, NULL},
             {"stages", "K/V tiles in flight (cp.async pipeline depth)", 2, 3, 0, 1, NULL},
             {"causal", "1: bottom-right causal mask", 0, 1, 0, 1, NULL},
