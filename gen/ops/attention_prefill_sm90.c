@@ -30,8 +30,8 @@ static void complete(yk_spec *s) {
   /* The producer's whole K and V tiles by TMA where it can (paged keys are gathered row by row):
    * 1.13-1.30x cp.async with 2 warpgroups at those shapes */
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = s->v[PIPELINE] > 0 && !s->v[PAGED];
-  /* Under TMA a third stage ran 1.02-1.08x two at head dims 64 and 128 on the H100; with cp.async
-   * loads it was even */
+  /* Under TMA a third stage ran 1.02-1.08x two at head dim 128 and 0.99-1.03x at 64 in the H100's
+   * sweep (0.98-1.07x main's prefill at 128 in an A/B/A, item 52); with cp.async loads it was even */
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[TMA] ? 3 : 2;
 }
 
