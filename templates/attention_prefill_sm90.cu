@@ -1,7 +1,8 @@
 // FlashAttention forward for Hopper (sm_90a) on warpgroup MMAs: the same maths and masks as
 // attention_prefill.cu, with S = Q K^T and O += P V issued as wgmma by whole warpgroups.
 //   - A block owns BLOCK_M = 64 x WARPGROUPS query rows of one head; each warpgroup 64 of them,
-//     sharing the block's K and V tiles, so a tile read from memory serves 128 rows.
+//     sharing the block's K and V tiles, so a tile read from memory serves all BLOCK_M rows (three
+//     warpgroups, 192 rows, at head dim 64, where O, S and P fit in 160 registers).
 //   - Q, K and V live in shared memory in the 128-byte swizzled layout the MMA unit reads without
 //     bank conflicts: 64-element column blocks, 8-row atoms of 1 KB, 16-byte chunk c of row r at
 //     c ^ (r % 8). cp.async fills them STAGES deep; a proxy fence hands them to the MMA unit.
