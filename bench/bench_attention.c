@@ -148,32 +148,34 @@ void bench_decode(bench_timer *t, bench_results *r, int sweep) {
  * only at 64-key tiles or head dim 64: registers), pipeline (FlashAttention-3's producer warpgroup,
  * and that with the consumers' MMAs in turn; the plain loop 0, slower at every shape on the H200,
  * is left out) and tma (the producer's loads). Configurations a rule refuses print as invalid. */
+static void prefill_configs(bench_timer *t, bench_results *r, const char *shape, attention_case *c, double flops) {
+  static const int block_n[] = {64, 128}, stages[] = {2, 3}, groups[] = {1, 2, 3};
+  char config[96];
+  for (int p = 1; p <= 2; p++)
+    for (int tma = 0; tma <= 1; tma++)
+      for (int b = 0; b < 2; b++)
+        for (int st = 0; st < 2; st++)
+          for (int g = 0; g < 3; g++) {
+            if (p == 2 && groups[g] != 2) continue; /* pipeline 2 takes turns between two warpgroups */
+            snprintf(config, sizeof config, "block_n=%d,stages=%d,warpgroups=%d,pipeline=%d,tma=%d", block_n[b],
+                     stages[st], groups[g], p, tma);
+            bench_sweep_one(t, r, shape, "attention_prefill_sm90", config, call, c, flops, "TFLOP/s");
+          }
+}
+
 static void prefill_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {23};
-  static const int seqs[] = {4096, 16384}, head_dims[] = {64, 128};
-  for (int hi = 0; hi < 2; hi++)
-    for (int si = 0; si < 2; si++)
-      for (int causal = 0; causal <= 1; causal++) {
-        const int64_t seq = seqs[si], batch = 16384 / seq, head_dim = head_dims[hi], heads = 2048 / head_dim;
-        attention_case c;
-        char shape[64], config[96];
-        snprintf(shape, sizeof shape, "prefill D%lld S%lld causal=%d", (long long)head_dim, (long long)seq, causal);
-        if (!dense(&c, t->ctx, batch, seq, heads, heads, head_dim, causal, 0, &rng)) {
-          const double flops = attention_flops(batch, heads, seq, head_dim, causal, 0);
-          static const int block_n[] = {64, 128}, stages[] = {2, 3}, groups[] = {1, 2, 3};
-          for (int p = 1; p <= 2; p++)
-            for (int tma = 0; tma <= 1; tma++)
-              for (int b = 0; b < 2; b++)
-                for (int st = 0; st < 2; st++)
-                  for (int g = 0; g < 3; g++) {
-                    if (p == 2 && groups[g] != 2) continue; /* pipeline 2 takes turns between two warpgroups */
-                    snprintf(config, sizeof config, "block_n=%d,stages=%d,warpgroups=%d,pipeline=%d,tma=%d", block_n[b],
-                             stages[st], groups[g], p, tma);
-                    bench_sweep_one(t, r, shape, "attention_prefill_sm90", config, call, &c, flops, "TFLOP/s");
-                  }
-        }
-        free_case(&c);
-      }
+  for (int i = 0; i < 8; i++) { /* head dims 64 and 128, each at S4096 and S16384, each without and with the mask */
+    const int64_t head_dim = i < 4 ? 64 : 128, seq = i / 2 % 2 ? 16384 : 4096, batch = 16384 / seq;
+    const int64_t heads = 2048 / head_dim;
+    const int causal = i % 2;
+    attention_case c;
+    char shape[64];
+    snprintf(shape, sizeof shape, "prefill D%lld S%lld causal=%d", (long long)head_dim, (long long)seq, causal);
+    if (!dense(&c, t->ctx, batch, seq, heads, heads, head_dim, causal, 0, &rng))
+      prefill_configs(t, r, shape, &c, attention_flops(batch, heads, seq, head_dim, causal, 0));
+    free_case(&c);
+  }
 }
 
 /* The backward's tiles at head dims 64 and 128, S4096. On sm_90 both kernels are the wgmma ones
