@@ -4,7 +4,8 @@
  *
  * Tiles live on the stack: a query tile buffer holds TILE_FLOATS floats, so a tile has
  * TILE_FLOATS / head_dim rows (64 at head_dim 64, 32 at 128, 4 at 1024), and the rows are the q
- * heads of a kv head's group over a run of tokens, so the group shares each key and value loaded.
+ * heads of a kv head's group over a run of tokens, so the group shares each key and value loaded
+ * (decode: the groups of several kv heads, one token's, each key tile read for each in turn).
  * No pass takes more than about 100 KiB of a thread's stack whatever head_dim is (the backward's
  * first: three query tiles, three key tiles of half the size, two score blocks and one row).
  * Nothing is allocated, so a call that cannot report an error cannot fail half-way either. */
@@ -256,11 +257,13 @@ typedef struct attn_job {
                                            rows load as values times 2^-8, both times 2^8 then */
   int64_t heads, chunks, tokens, tiles; /* heads a query tile, such chunks a group, tokens a tile, tiles a chunk */
   int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
+  int64_t kv_a_tile, kv_tiles;          /* kv heads a query tile, such tiles a sequence (see decode_tiles) */
   int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
 } attn_job;
 
 typedef struct query_tile {
   int64_t b, kvh, h0, heads, t0, tokens, rows; /* row r: token t0 + r / heads, head h0 + r % heads */
+  int64_t kv_count; /* kv heads from kvh: more than 1 only for one token, each group's rows in turn */
   seq_span g;
 } query_tile;
 
@@ -272,19 +275,20 @@ static int64_t row_head(const query_tile *t, int64_t r) { return t->h0 + r % t->
 static int query_tile_of(const attn_job *j, int64_t b, int64_t kvh, int64_t c, int64_t heads_a_chunk, int64_t t0,
                          query_tile *t) {
   t->b = b, t->kvh = kvh, t->g = sequence(j->s, b, 0);
+  t->kv_count = min64(j->kv_a_tile, j->s->kv_heads - kvh);
   t->h0 = kvh * j->group + c * heads_a_chunk;
-  t->heads = min64(heads_a_chunk, (kvh + 1) * j->group - t->h0);
+  t->heads = t->kv_count > 1 ? t->kv_count * j->group : min64(heads_a_chunk, (kvh + 1) * j->group - t->h0);
   t->t0 = t0;
   t->tokens = min64(j->tokens, t->g.len_q - t0);
   t->rows = t->tokens * t->heads;
   return t->tokens > 0;
 }
 
-/* Tasks are (sequence, kv head, chunk, token tile) with the tile fastest. */
+/* Tasks are (sequence, kv heads, chunk, token tile) with the tile fastest. */
 static int query_task(const attn_job *j, int64_t task, query_tile *t) {
   const int64_t tile = task % j->tiles, c = task / j->tiles % j->chunks;
-  const int64_t kvh = task / j->tiles / j->chunks % j->s->kv_heads, b = task / j->tiles / j->chunks / j->s->kv_heads;
-  return query_tile_of(j, b, kvh, c, j->heads, tile * j->tokens, t);
+  const int64_t kv_tile = task / j->tiles / j->chunks % j->kv_tiles, b = task / j->tiles / j->chunks / j->kv_tiles;
+  return query_tile_of(j, b, kv_tile * j->kv_a_tile, c, j->heads, tile * j->tokens, t);
 }
 
 /* Moves a query tile's rows between an operand and rows x head_dim floats. */
@@ -316,8 +320,10 @@ static void prefetch_keys(const attn_job *j, const yk_attn_operand *o, const que
 /* A key or value row of n elements as floats: float8 as the values times 2^-8, the job's scales
  * making up for it (yk_cpu_kv_row_floats). */
 void ISA_NAME(yk_cpu_kv_row_floats)(int kv_type, const void *row, float *dst, int64_t n) {
-  if (kv_type == YK_E4M3) yk_e4m3_to_floats_2m8(row, dst, n);
-  else yk_load_floats(kv_type, row, dst, n);
+  if (kv_type == YK_E4M3)
+    yk_e4m3_to_floats_2m8(row, dst, n);
+  else
+    yk_load_floats(kv_type, row, dst, n);
 }
 static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
   ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, dst, j->s->head_dim);
@@ -423,10 +429,28 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
     if (j.heads == 1 || s->batch * s->kv_heads * j.chunks * j.tiles >= threads) break;
     j.heads = (j.heads + 1) / 2;
   }
+  j.kv_a_tile = 1, j.kv_tiles = s->kv_heads;
   return j;
 }
 
-static int64_t query_tasks(const attn_job *j) { return j->s->batch * j->s->kv_heads * j->chunks * j->tiles; }
+/* One query token a sequence (decode), whole groups a tile: a tile takes the groups of as many kv
+ * heads as its rows hold (fewer while a thread would go without a task), and its walk loads each key
+ * tile of every one of them in turn. A token's heads lie side by side (2 KB at 8 heads of 128
+ * float16s); a tile of one kv head read a 256-byte slice of each token's block, and its rows waited
+ * on memory whatever was prefetched (145 ns a key row, 88 from L3: float16 GQA-4 on one thread of
+ * the 2-core CI VM). Read a block at a time: float16 decode 1.09-1.40x on one thread and 1.25-1.30x
+ * on two, float32 1.06-1.22x (bench/results/2026-12-05-cpu-session21.md). A row's sums do not
+ * depend on its tile, so the results stay the same bytes. */
+static void decode_tiles(attn_job *j, int rows_a_tile, int threads) {
+  const yk_attention_shape *s = j->s;
+  if (longest(s, 0) != 1 || j->heads != j->group || j->chunks != 1) return;
+  int64_t kv = min64(s->kv_heads, rows_a_tile / j->group);
+  while (kv > 1 && s->batch * ((s->kv_heads + kv - 1) / kv) < threads) kv = (kv + 1) / 2;
+  j->kv_a_tile = kv > 1 ? kv : 1;
+  j->kv_tiles = (s->kv_heads + j->kv_a_tile - 1) / j->kv_a_tile;
+}
+
+static int64_t query_tasks(const attn_job *j) { return j->s->batch * j->kv_tiles * j->chunks * j->tiles; }
 
 static void forward_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
@@ -442,40 +466,46 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
     memset(acc, 0, (size_t)(rows * d) * sizeof *acc);
     for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
     const int64_t keys = keys_seen(s, &t.g, t.t0 + t.tokens - 1); /* the last token sees the most */
+    const int64_t group_rows = rows / t.kv_count; /* a kv head's rows: all of them, or one token's group */
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
-      int64_t ldv;
-      load_keys(j, &j->k, &t, k0, n, j->transposed, kt, key);
-      const float *values = value_rows(j, &j->v, &t, k0, n, vt, &ldv);
-      tile_scores(j, scores, q, kt, rows, n);
-      /* each row's probabilities in place of its scores, 0 for the keys it does not see; its
-       * output rescaled to the new maximum; then P V for the whole tile */
-      for (int64_t r = 0; r < rows; r++) {
-        const int64_t seen = min64(n, keys_seen(s, &t.g, row_token(&t, r)) - k0);
-        float *score = scores + r * n, top = m[r];
-        for (int64_t c = 0; c < seen; c++) {
-          score[c] *= j->score_scale;
-          if (score[c] > top) top = score[c];
+      for (int64_t hk = 0; hk < t.kv_count; hk++) {
+        query_tile h = t; /* the kv head whose keys the loaders read */
+        h.kvh = t.kvh + hk;
+        const int64_t r0 = hk * group_rows;
+        int64_t ldv;
+        load_keys(j, &j->k, &h, k0, n, j->transposed, kt, key);
+        const float *values = value_rows(j, &j->v, &h, k0, n, vt, &ldv);
+        tile_scores(j, scores, q + r0 * d, kt, group_rows, n);
+        /* each row's probabilities in place of its scores, 0 for the keys it does not see; its
+         * output rescaled to the new maximum; then P V for the head's rows */
+        for (int64_t r = 0; r < group_rows; r++) {
+          const int64_t row = r0 + r, seen = min64(n, keys_seen(s, &t.g, row_token(&t, row)) - k0);
+          float *score = scores + r * n, top = m[row];
+          for (int64_t c = 0; c < seen; c++) {
+            score[c] *= j->score_scale;
+            if (score[c] > top) top = score[c];
+          }
+          if (seen <= 0 || top == -INFINITY) {
+            memset(score, 0, (size_t)n * sizeof *score);
+            continue;
+          }
+          float sum = 0;
+          const float rescale = expf(m[row] - top); /* 0 for the first tile a row sees */
+          if (rescale != 1.f) scale_row(acc + row * d, rescale, d);
+          int64_t c = 0;
+          for (; c + LANES <= seen; c += LANES) {
+            const f32v e = expv(loadv(score + c) - top);
+            memcpy(score + c, &e, sizeof e);
+            sum += lane_sum(e);
+          }
+          for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
+          for (; c < n; c++) score[c] = 0;
+          l[row] = l[row] * rescale + sum;
+          m[row] = top;
         }
-        if (seen <= 0 || top == -INFINITY) {
-          memset(score, 0, (size_t)n * sizeof *score);
-          continue;
-        }
-        float sum = 0;
-        const float rescale = expf(m[r] - top); /* 0 for the first tile a row sees */
-        if (rescale != 1.f) scale_row(acc + r * d, rescale, d);
-        int64_t c = 0;
-        for (; c + LANES <= seen; c += LANES) {
-          const f32v e = expv(loadv(score + c) - top);
-          memcpy(score + c, &e, sizeof e);
-          sum += lane_sum(e);
-        }
-        for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
-        for (; c < n; c++) score[c] = 0;
-        l[r] = l[r] * rescale + sum;
-        m[r] = top;
+        matrix_product(acc + r0 * d, d, scores, n, 1, values, ldv, group_rows, d, n, 1); /* acc += P V */
       }
-      matrix_product(acc, d, scores, n, 1, values, ldv, rows, d, n, 1); /* acc += P V */
     }
     for (int64_t r = 0; r < rows; r++) {
       /* l is 0 only for a row that saw no key: out 0, lse -inf */
@@ -492,6 +522,7 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
   attn_job j = make_job(shape, rows, rows, pool->threads);
+  decode_tiles(&j, (int)rows, pool->threads);
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
   yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles, &j);
 }

@@ -594,9 +594,10 @@ Test(attention, cpu_results_do_not_depend_on_threads) {
   for (int build = 0; build < 2; build++) {
     yk_ctx *ctxs[3] = {cpu_ctx_of(cpu_builds[build], 0), cpu_ctx_of(cpu_builds[build], 1),
                        cpu_ctx_of(cpu_builds[build], 5)};
-    /* a ragged GQA batch, and a batch-1 decode that the threads split into fewer heads a tile */
-    const attn_case cases[2] = {backward_cases[4], {1, 8, 2, 128, 1, 100}};
-    for (int ci = 0; ci < 2; ci++) {
+    /* a ragged GQA batch, a batch-1 decode that the threads split into fewer heads a tile, and one
+     * whose tiles take several kv heads (16 of 20 and then 4 on one thread, 4 a tile on five) */
+    const attn_case cases[3] = {backward_cases[4], {1, 8, 2, 128, 1, 100}, {1, 20, 20, 256, 1, 100}};
+    for (int ci = 0; ci < 3; ci++) {
       attn_data a;
       make_data(&a, cases[ci], 1, 0, &rng);
       /* q off the grid of 1/64 that makes every score exact in float32 whatever order its terms are
