@@ -332,7 +332,8 @@ static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
 /* The LANES x LANES block at column i of LANES rows, transposed: column c of the rows as one vector
  * at dst + c * ld (interleaved pairs, then pairs of pairs, then halves: unpcklps, shufps and
  * vperm2f128 where the compiler has them). */
-static inline void transpose_lanes(const float *const *rows, int64_t i, float *dst, int64_t ld) {
+static inline __attribute__((always_inline)) void transpose_lanes(const float *const *rows, int64_t i, float *dst,
+                                                                  int64_t ld) {
   f32v r[LANES], c[LANES];
   for (int k = 0; k < LANES; k++) r[k] = loadv(rows[k] + i);
 #if LANES == 8
@@ -358,6 +359,22 @@ static inline void transpose_lanes(const float *const *rows, int64_t i, float *d
   c[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5), c[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
 #endif
   for (int k = 0; k < LANES; k++) memcpy(dst + k * ld, &c[k], sizeof c[k]);
+}
+
+/* dst[i * rows + r] = src[r * cols + i]: LANES x LANES blocks in registers, the edges one by one
+ * (the dq pass's key tile transposed a value at a time took a fifth of that pass's samples). */
+static void transpose_rows(const float *src, int64_t rows, int64_t cols, float *dst) {
+  int64_t r = 0;
+  for (; r + LANES <= rows; r += LANES) {
+    const float *from[LANES];
+    for (int k = 0; k < LANES; k++) from[k] = src + (r + k) * cols;
+    int64_t i = 0;
+    for (; i + LANES <= cols; i += LANES) transpose_lanes(from, i, dst + i * rows + r, rows);
+    for (; i < cols; i++)
+      for (int k = 0; k < LANES; k++) dst[i * rows + r + k] = from[k][i];
+  }
+  for (; r < rows; r++)
+    for (int64_t i = 0; i < cols; i++) dst[i * rows + r] = src[r * cols + i];
 }
 
 /* Columns of LANES keys a transposed load converts at a time: LANES of them fill the one row of
@@ -652,8 +669,7 @@ static void backward_dq_tiles(void *p, int64_t begin, int64_t end) {
     for (int64_t k0 = 0; k0 < keys; k0 += bn) {
       const int64_t n = min64(bn, keys - k0);
       load_keys(j, &j->k, &t, k0, n, 0, k_rows, NULL);
-      for (int64_t c = 0; c < n; c++)
-        for (int64_t i = 0; i < d; i++) kt[i * n + c] = k_rows[c * d + i];
+      transpose_rows(k_rows, n, d, kt);
       load_keys(j, &j->v, &t, k0, n, 1, vt, row);
       matrix_product(sp, n, q, d, 1, kt, n, t.rows, n, d, 0);    /* S */
       matrix_product(ds, n, dout, d, 1, vt, n, t.rows, n, d, 0); /* dP */
