@@ -256,6 +256,7 @@ typedef struct attn_job {
   float score_scale, out_scale;         /* the softmax scale (times k_scale), and v_scale: float8
                                            rows load as values times 2^-8, both times 2^8 then */
   int64_t heads, chunks, tokens, tiles; /* heads a query tile, such chunks a group, tokens a tile, tiles a chunk */
+  int64_t most_tokens;                  /* the longest sequence's queries */
   int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
   int64_t kv_a_tile, kv_tiles;          /* kv heads a query tile, such tiles a sequence (see decode_tiles) */
   int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
@@ -498,9 +499,9 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
   j.whole_heads = min64(j.group, rows_a_tile);
   j.whole_chunks = (j.group + j.whole_heads - 1) / j.whole_heads;
   j.tokens = rows_a_tile / j.whole_heads;
-  const int64_t most_tokens = longest(s, 0);
-  j.tiles = (most_tokens + j.tokens - 1) / j.tokens;
-  j.transposed = min64(j.tokens, most_tokens) * j.whole_heads >= TRANSPOSED_KEYS_FROM_ROWS;
+  j.most_tokens = longest(s, 0);
+  j.tiles = (j.most_tokens + j.tokens - 1) / j.tokens;
+  j.transposed = min64(j.tokens, j.most_tokens) * j.whole_heads >= TRANSPOSED_KEYS_FROM_ROWS;
   j.heads = j.whole_heads;
   for (;;) {
     j.chunks = (j.group + j.heads - 1) / j.heads;
@@ -519,9 +520,9 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
  * the 2-core CI VM). Read a block at a time: float16 decode 1.09-1.40x on one thread and 1.25-1.30x
  * on two, float32 1.06-1.22x (bench/results/2026-12-05-cpu-session21.md). A row's sums do not
  * depend on its tile, so the results stay the same bytes. */
-static void decode_tiles(attn_job *j, int rows_a_tile, int threads) {
+static void decode_tiles(attn_job *j, int64_t rows_a_tile, int threads) {
   const yk_attention_shape *s = j->s;
-  if (longest(s, 0) != 1 || j->heads != j->group || j->chunks != 1) return;
+  if (j->most_tokens != 1 || j->heads != j->group || j->chunks != 1) return;
   int64_t kv = min64(s->kv_heads, rows_a_tile / j->group);
   while (kv > 1 && s->batch * ((s->kv_heads + kv - 1) / kv) < threads) kv = (kv + 1) / 2;
   j->kv_a_tile = kv > 1 ? kv : 1;
@@ -600,7 +601,7 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
   attn_job j = make_job(shape, rows, rows, pool->threads);
-  decode_tiles(&j, (int)rows, pool->threads);
+  decode_tiles(&j, rows, pool->threads);
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
   yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles, &j);
 }
