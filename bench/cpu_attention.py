@@ -4,8 +4,8 @@ in float32 and float16, and paged over a float8 cache (float16 queries). The med
 the forward, 2.5 times that for the backward as `yk bench --backward` counts it, halved for causal)
 or GB/s of K and V (decode). No GPU needed:
     YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py
-On x86-64 the library runs its AVX2 + FMA + F16C build of the kernels where the CPU has them;
-YK_CPU_ISA=plain times the build for every CPU instead."""
+On x86-64 the library runs the widest build of the kernels the CPU has (AVX-512F, else AVX2 + FMA +
+F16C); YK_CPU_ISA=avx2 caps it at AVX2's, YK_CPU_ISA=plain times the build for every CPU instead."""
 import statistics
 import time
 

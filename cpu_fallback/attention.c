@@ -17,27 +17,28 @@
 
 #include "cpu_fallback/half.h"
 
-/* The tile kernels are built twice on x86-64: here, for every CPU (names ending _plain), and by
- * attention_wide.c for CPUs with AVX2, FMA and F16C, which includes this file with YK_CPU_WIDE
- * defined (names ending _wide; 2.1-2.6x at prefill and backward, float16 decode 2x). The pool
- * says which one a call runs (yk_thread_pool.wide). */
-#ifdef YK_CPU_WIDE
-#define ISA_NAME(name) name##_wide
+/* The tile kernels are built three times on x86-64: here, for every CPU (names ending _plain), and
+ * by attention_avx2.c and attention_avx512.c, which include this file with YK_CPU_BUILD_AVX2 or
+ * YK_CPU_BUILD_AVX512 defined (names ending _avx2: 2.1-2.6x the plain build at prefill and
+ * backward, float16 decode 2x; _avx512: 1.3-1.5x _avx2 at prefill and backward). The pool says
+ * which one a call runs (yk_thread_pool.isa). */
+#if defined(YK_CPU_BUILD_AVX512)
+#define ISA_NAME(name) name##_avx512
+#elif defined(YK_CPU_BUILD_AVX2)
+#define ISA_NAME(name) name##_avx2
 #else
 #define ISA_NAME(name) name##_plain
 #endif
-void yk_cpu_attention_forward_plain(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
-                                    yk_attn_operand, yk_attn_operand, yk_attn_operand);
-void yk_cpu_attention_backward_plain(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
-                                     yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,
-                                     yk_attn_operand, yk_attn_operand, yk_attn_operand);
-void yk_cpu_attention_forward_wide(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
-                                   yk_attn_operand, yk_attn_operand, yk_attn_operand);
-void yk_cpu_attention_backward_wide(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,
-                                    yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,
-                                    yk_attn_operand, yk_attn_operand);
-void yk_cpu_kv_row_floats_plain(int kv_type, const void *row, float *dst, int64_t n);
-void yk_cpu_kv_row_floats_wide(int kv_type, const void *row, float *dst, int64_t n);
+#define DECLARE_BUILD(isa)                                                                                             \
+  void yk_cpu_attention_forward_##isa(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand,  \
+                                      yk_attn_operand, yk_attn_operand, yk_attn_operand);                              \
+  void yk_cpu_attention_backward_##isa(yk_thread_pool *, const yk_attention_shape *, yk_attn_operand, yk_attn_operand, \
+                                       yk_attn_operand, yk_attn_operand, yk_attn_operand, yk_attn_operand,             \
+                                       yk_attn_operand, yk_attn_operand, yk_attn_operand);                             \
+  void yk_cpu_kv_row_floats_##isa(int kv_type, const void *row, float *dst, int64_t n);
+DECLARE_BUILD(plain)
+DECLARE_BUILD(avx2)
+DECLARE_BUILD(avx512)
 
 #define MAX_HEAD_DIM 1024
 #define TILE_FLOATS 4096
@@ -61,9 +62,11 @@ static inline void scale_row(float *y, float a, int64_t n) {
  * matrix product (matrix_product): S = Q K^T over the keys transposed, O += P V and the
  * backward's, in blocks held in GNU C vectors of LANES floats (what the compiler keeps in
  * registers, where an accumulator array stayed in memory); each sum runs over its terms in order,
- * so results do not depend on the blocking. LANES is 8 where this file is built for AVX2
- * (attention_wide.c), else 4 (SSE2, which every x86-64 has; NEON). */
-#ifdef __AVX__
+ * so results do not depend on the blocking. LANES is 16 where this file is built for AVX-512
+ * (attention_avx512.c), 8 for AVX2 (attention_avx2.c), else 4 (SSE2, which every x86-64 has; NEON). */
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
 #define LANES 8
 #else
 #define LANES 4
@@ -127,36 +130,52 @@ static inline f32v expv(f32v x) {
 }
 
 /* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over i < k of a(r, i) b[i * ldb + j] for
- * rows R (4 or 1) from row 0 and the V vectors of columns (V 2 or 1, LANES columns each) from j = 0,
+ * rows R (4 or 1) from row 0 and the V vectors of columns (V 2 or 1, WIDTH columns each) from j = 0,
  * held in registers over i, with a(r, i) at a[r * a_row + i * a_k] (a_k 1: a's rows; a_row 1: a
  * transposed, which the backward's P^T and dS^T are); each value of b loaded feeds R rows, each sum
- * runs over i in order. */
-static inline __attribute__((always_inline)) void product_block(float *c, int64_t ldc, const float *a, int64_t a_row,
-                                                                int64_t a_k, const float *b, int64_t ldb, int64_t k,
-                                                                int R, int V, int accumulate) {
-  const int64_t a_step = R == 4 ? a_row : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */
-  const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;
-  float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};
-  f32v acc[4][2] = {{{0}}};
-  for (int r = 0; accumulate && r < R; r++)
-    for (int v = 0; v < V; v++) acc[r][v] = loadv(rows[r] + v * LANES);
-  f32v x0 = acc[0][0], x1 = acc[0][1], y0 = acc[1][0], y1 = acc[1][1], z0 = acc[2][0], z1 = acc[2][1], w0 = acc[3][0],
-       w1 = acc[3][1]; /* named: what the compiler keeps in registers */
-  for (int64_t i = 0; i < k; i++) {
-    const f32v b0 = loadv(b + i * ldb), b1 = V == 2 ? loadv(b + i * ldb + LANES) : b0;
-    const int64_t at = i * a_k;
-    x0 += a0[at] * b0;
-    if (V == 2) x1 += a0[at] * b1;
-    if (R == 4) {
-      y0 += a1[at] * b0, z0 += a2[at] * b0, w0 += a3[at] * b0;
-      if (V == 2) y1 += a1[at] * b1, z1 += a2[at] * b1, w1 += a3[at] * b1;
-    }
+ * runs over i in order. Defined for vectors of LANES floats (product_block), and in the AVX-512
+ * build for half ones too (product_block_half), so that eight columns still go by vectors. */
+#define DEFINE_PRODUCT_BLOCK(NAME, VEC, WIDTH)                                                                         \
+  static inline __attribute__((always_inline)) void NAME(float *c, int64_t ldc, const float *a, int64_t a_row,         \
+                                                         int64_t a_k, const float *b, int64_t ldb, int64_t k, int R,   \
+                                                         int V, int accumulate) {                                      \
+    const int64_t a_step = R == 4 ? a_row : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */      \
+    const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;                                      \
+    float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};                                                  \
+    VEC acc[4][2] = {{{0}}};                                                                                           \
+    for (int r = 0; accumulate && r < R; r++)                                                                          \
+      for (int v = 0; v < V; v++) memcpy(&acc[r][v], rows[r] + v * (WIDTH), sizeof(VEC));                              \
+    VEC x0 = acc[0][0], x1 = acc[0][1], y0 = acc[1][0], y1 = acc[1][1], z0 = acc[2][0], z1 = acc[2][1],                \
+        w0 = acc[3][0], w1 = acc[3][1]; /* named: what the compiler keeps in registers */                              \
+    for (int64_t i = 0; i < k; i++) {                                                                                  \
+      VEC b0, b1;                                                                                                      \
+      memcpy(&b0, b + i * ldb, sizeof b0);                                                                             \
+      if (V == 2) memcpy(&b1, b + i * ldb + (WIDTH), sizeof b1);                                                       \
+      const int64_t at = i * a_k;                                                                                      \
+      x0 += a0[at] * b0;                                                                                               \
+      if (V == 2) x1 += a0[at] * b1;                                                                                   \
+      if (R == 4) {                                                                                                    \
+        y0 += a1[at] * b0, z0 += a2[at] * b0, w0 += a3[at] * b0;                                                       \
+        if (V == 2) y1 += a1[at] * b1, z1 += a2[at] * b1, w1 += a3[at] * b1;                                           \
+      }                                                                                                                \
+    }                                                                                                                  \
+    const VEC out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};                                                    \
+    for (int r = 0; r < R; r++) memcpy(rows[r], out[r], (size_t)V * sizeof out[r][0]);                                 \
   }
-  const f32v out[4][2] = {{x0, x1}, {y0, y1}, {z0, z1}, {w0, w1}};
-  for (int r = 0; r < R; r++) memcpy(rows[r], out[r], (size_t)V * sizeof out[r][0]);
-}
+DEFINE_PRODUCT_BLOCK(product_block, f32v, LANES)
+#if LANES == 16
+typedef float f32h __attribute__((vector_size(LANES / 2 * sizeof(float))));
+DEFINE_PRODUCT_BLOCK(product_block_half, f32h, LANES / 2)
+#endif
 
-/* The columns [j, j + V * LANES) of every row: blocks of four rows, then the rows left over. */
+/* The columns [j, j + V * LANES) of every row (V 0: the half vector's LANES / 2, in the AVX-512
+ * build): blocks of four rows, then the rows left over. */
+#if LANES == 16
+#define PRODUCT_BLOCK(V, ...)                                                                                          \
+  ((V) ? product_block(__VA_ARGS__, (V), accumulate) : product_block_half(__VA_ARGS__, 1, accumulate))
+#else
+#define PRODUCT_BLOCK(V, ...) product_block(__VA_ARGS__, (V), accumulate)
+#endif
 static inline __attribute__((always_inline)) void product_columns(float *c, int64_t ldc, const float *a, int64_t a_row,
                                                                   int64_t a_k, const float *b, int64_t ldb,
                                                                   int64_t rows, int64_t j, int64_t k, int V,
@@ -164,16 +183,16 @@ static inline __attribute__((always_inline)) void product_columns(float *c, int6
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
     if (a_k == 1) /* a's rows, the forward's case: a constant step */
-      product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4, V, accumulate);
+      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4);
     else
-      product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4, V, accumulate);
-  for (; r < rows; r++) product_block(c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1, V, accumulate);
+      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4);
+  for (; r < rows; r++) PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1);
 }
 
 /* The same for a rows x cols block: columns two vectors at a time, then one vector, then the
  * columns left over one by one, each sum in the same order. (A key tile of eight keys, the
- * backward's at head_dim 256, is one vector of the AVX2 build: without the one-vector block all
- * its scores went one by one, at a sixth of the speed.) */
+ * backward's at head_dim 256, is one vector of the AVX2 build, half of one of the AVX-512 build:
+ * without a block that wide all its scores went one by one, at a sixth of the speed.) */
 static inline __attribute__((always_inline)) void matrix_product(float *c, int64_t ldc, const float *a, int64_t a_row,
                                                                  int64_t a_k, const float *b, int64_t ldb, int64_t rows,
                                                                  int64_t cols, int64_t k, int accumulate) {
@@ -181,6 +200,10 @@ static inline __attribute__((always_inline)) void matrix_product(float *c, int64
   for (; j + 2 * LANES <= cols; j += 2 * LANES)
     product_columns(c, ldc, a, a_row, a_k, b, ldb, rows, j, k, 2, accumulate);
   for (; j + LANES <= cols; j += LANES) product_columns(c, ldc, a, a_row, a_k, b, ldb, rows, j, k, 1, accumulate);
+#if LANES == 16
+  for (; j + LANES / 2 <= cols; j += LANES / 2)
+    product_columns(c, ldc, a, a_row, a_k, b, ldb, rows, j, k, 0, accumulate);
+#endif
   for (int64_t r = 0; r < rows; r++)
     for (int64_t jj = j; jj < cols; jj++) {
       float sum = accumulate ? c[r * ldc + jj] : 0;
@@ -331,8 +354,9 @@ static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
 }
 
 /* The LANES x LANES block at column i of LANES rows, transposed: column c of the rows as one vector
- * at dst + c * ld (interleaved pairs, then pairs of pairs, then halves: unpcklps, shufps and
- * vperm2f128 where the compiler has them). */
+ * at dst + c * ld (8 and 4 lanes: interleaved pairs, then pairs of pairs, then halves: unpcklps,
+ * shufps and vperm2f128 where the compiler has them; 16 lanes: four rounds of interleaving row r
+ * with row r + 8, a perfect shuffle each, vpermt2ps). */
 static inline __attribute__((always_inline)) void transpose_lanes(const float *const *rows, int64_t i, float *dst,
                                                                   int64_t ld) {
   f32v r[LANES], c[LANES];
@@ -353,6 +377,16 @@ static inline __attribute__((always_inline)) void transpose_lanes(const float *c
     c[k] = __builtin_shufflevector(u[k], u[k + 4], 0, 1, 2, 3, 8, 9, 10, 11);
     c[k + 4] = __builtin_shufflevector(u[k], u[k + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
+#elif LANES == 16
+  for (int round = 0; round < 4; round++) {
+    f32v *from = round % 2 ? c : r, *to = round % 2 ? r : c;
+    for (int k = 0; k < 8; k++) {
+      to[2 * k] = __builtin_shufflevector(from[k], from[k + 8], 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      to[2 * k + 1] =
+          __builtin_shufflevector(from[k], from[k + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    }
+  }
+  for (int k = 0; k < LANES; k++) c[k] = r[k]; /* four rounds: the last wrote r */
 #else
   const f32v t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5), t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
   const f32v t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5), t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
@@ -737,10 +771,11 @@ void ISA_NAME(yk_cpu_attention_backward)(yk_thread_pool *pool, const yk_attentio
                   backward_dkdv_tiles, &j);
 }
 
-#ifndef YK_CPU_WIDE /* the rest once, in the plain build */
+#if !defined(YK_CPU_BUILD_AVX2) && !defined(YK_CPU_BUILD_AVX512) /* the rest once, in the plain build */
 
-#ifdef YK_CPU_HAS_WIDE
-#define ON_ISA(pool, call) ((pool)->wide ? call##_wide : call##_plain)
+#ifdef YK_CPU_HAS_X86_BUILDS
+#define ON_ISA(pool, call)                                                                                             \
+  ((pool)->isa == YK_CPU_AVX512 ? call##_avx512 : (pool)->isa == YK_CPU_AVX2 ? call##_avx2 : call##_plain)
 #else
 #define ON_ISA(pool, call) call##_plain
 #endif
@@ -751,7 +786,7 @@ void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *sh
 }
 
 void yk_cpu_kv_row_floats(const yk_thread_pool *pool, int kv_type, const void *row, float *dst, int64_t n) {
-  (void)pool; /* (where there is no AVX2 build) */
+  (void)pool; /* (where there are no x86-64 builds) */
   ON_ISA(pool, yk_cpu_kv_row_floats)(kv_type, row, dst, n);
 }
 
@@ -908,4 +943,4 @@ void yk_reference_attention_backward(const yk_attention_shape *shape, const doub
   free(p);
 }
 
-#endif /* YK_CPU_WIDE */
+#endif /* the plain build */

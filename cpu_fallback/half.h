@@ -174,7 +174,7 @@ static inline void yk_load_floats(int dtype, const void *src, float *dst, int64_
     const uint16_t *s = src;
     for (int64_t i = 0; i < n; i++) dst[i] = yk_bf16_to_float(s[i]);
   } else {
-#ifdef __F16C__ /* the AVX2 build of the attention kernels (attention_wide.c) */
+#ifdef __F16C__ /* the x86-64 builds of the attention kernels (attention_avx2.c, attention_avx512.c) */
     yk_f16_to_floats_f16c(src, dst, n);
 #else
     const uint16_t *s = src;

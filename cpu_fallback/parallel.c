@@ -3,21 +3,30 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#ifdef YK_CPU_HAS_WIDE
+#ifdef YK_CPU_HAS_X86_BUILDS
 #include <cpuid.h>
 #endif
 
-static int cpu_runs_wide(void) {
-#ifdef YK_CPU_HAS_WIDE
-  const char *isa = getenv("YK_CPU_ISA");
-  if (isa && strcmp(isa, "plain") == 0) return 0;
+/* The widest build this CPU runs (libgcc's AVX-512 check includes the OS saving its registers). */
+static yk_cpu_isa cpu_isa(void) {
+#ifdef YK_CPU_HAS_X86_BUILDS
   __builtin_cpu_init();        /* before constructors have run it: a library loaded early */
   unsigned eax, ebx, ecx, edx; /* F16C by CPUID: clang's __builtin_cpu_supports has no name for it */
   const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)) return YK_CPU_PLAIN;
+  return __builtin_cpu_supports("avx512f") ? YK_CPU_AVX512 : YK_CPU_AVX2;
 #else
-  return 0;
+  return YK_CPU_PLAIN;
 #endif
+}
+
+/* cpu_isa(), at most the build YK_CPU_ISA names (for comparisons and tests). */
+static yk_cpu_isa chosen_isa(void) {
+  const yk_cpu_isa best = cpu_isa();
+  const char *isa = getenv("YK_CPU_ISA");
+  if (!isa) return best;
+  const yk_cpu_isa most = strcmp(isa, "plain") == 0 ? YK_CPU_PLAIN : strcmp(isa, "avx2") == 0 ? YK_CPU_AVX2 : best;
+  return most < best ? most : best;
 }
 
 int yk_thread_pool_init(yk_thread_pool *pool, int threads) {
@@ -28,7 +37,7 @@ int yk_thread_pool_init(yk_thread_pool *pool, int threads) {
   if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
   if (threads <= 0) threads = 1;
   if (threads > 256) threads = 256;
-  *pool = (yk_thread_pool){.threads = threads, .wide = cpu_runs_wide()};
+  *pool = (yk_thread_pool){.threads = threads, .isa = chosen_isa()};
   if (pthread_mutex_init(&pool->run_lock, NULL)) return 1;
   if (pthread_mutex_init(&pool->lock, NULL)) goto fail_lock;
   if (pthread_cond_init(&pool->wake, NULL)) goto fail_wake;

@@ -8,10 +8,14 @@
 
 typedef void (*yk_range_fn)(void *arg, int64_t begin, int64_t end);
 
+/* The builds of the CPU attention's tile kernels (cpu_fallback/attention.c), in the order each
+ * adds to the one before: for every CPU; x86-64 with AVX2, FMA and F16C; with AVX-512F too. */
+typedef enum yk_cpu_isa { YK_CPU_PLAIN, YK_CPU_AVX2, YK_CPU_AVX512 } yk_cpu_isa;
+
 typedef struct yk_thread_pool {
-  int threads; /* including the caller's */
-  int wide;    /* run the kernels built for AVX2, FMA and F16C (attention_wide.c) */
-  int started; /* workers running */
+  int threads;    /* including the caller's */
+  yk_cpu_isa isa; /* the build the attention kernels run */
+  int started;    /* workers running */
   pthread_t *workers;
   pthread_mutex_t run_lock; /* one parallel loop at a time; a second caller runs serially */
   pthread_mutex_t lock;
@@ -25,7 +29,8 @@ typedef struct yk_thread_pool {
 } yk_thread_pool;
 
 /* threads <= 0: YK_NUM_THREADS, else the online CPUs. Workers start at the first parallel loop.
- * wide where the library has the AVX2 build and the CPU runs it, unless YK_CPU_ISA=plain. */
+ * isa: the widest build the library has and the CPU runs, at most YK_CPU_ISA's (plain, avx2 or
+ * avx512). */
 int yk_thread_pool_init(yk_thread_pool *pool, int threads);
 void yk_thread_pool_destroy(yk_thread_pool *pool);
 

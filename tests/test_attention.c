@@ -93,20 +93,38 @@ static void make_data(attn_data *a, attn_case c, int causal, int decode, yh_rng 
 
 static void free_data(attn_data *a) { free(a->q), free(a->k), free(a->v), free(a->dout); }
 
-/* The CPU kernels are built twice on x86-64 (cpu_fallback/attention_wide.c): the CPU tests run
- * each build, the AVX2 one where this CPU has it and the plain one everywhere. */
-static const char *const cpu_builds[2] = {"default", "plain"};
+/* The CPU kernels are built three times on x86-64 (cpu_fallback/attention_avx2.c, _avx512.c): the
+ * CPU tests run each build this CPU has, the widest by default, then the AVX2 one, then the plain
+ * one everywhere (YK_CPU_ISA caps the build). */
+enum { CPU_BUILDS = 3 };
+static const char *const cpu_builds[CPU_BUILDS] = {"default", "avx2", "plain"};
 
 static yk_ctx *cpu_ctx_of(const char *build, int threads) {
-  const int plain = strcmp(build, "plain") == 0;
-  if (plain) setenv("YK_CPU_ISA", "plain", 1);
+  const int capped = strcmp(build, "default") != 0;
+  if (capped) setenv("YK_CPU_ISA", build, 1);
   yk_ctx_options o;
   yk_ctx_options_init(&o);
   o.device = YK_DEVICE_CPU, o.cache_memory_only = 1, o.cpu_threads = threads;
   yk_ctx *ctx = NULL;
   cr_assert_eq(yk_ctx_create(&o, &ctx), YK_OK, "%s", yk_ctx_last_error(NULL));
-  if (plain) unsetenv("YK_CPU_ISA");
+  if (capped) unsetenv("YK_CPU_ISA");
   return ctx;
+}
+
+/* Whether build b runs the kernels build b - 1 ran (a CPU without AVX-512 runs AVX2's by default). */
+static int build_repeats(int b) {
+  if (b == 0) return 0;
+  yk_ctx *ctx = cpu_ctx_of(cpu_builds[b], 1), *prev = cpu_ctx_of(cpu_builds[b - 1], 1);
+  const int same = ctx->pool.isa == prev->pool.isa;
+  yk_ctx_destroy(ctx), yk_ctx_destroy(prev);
+  return same;
+}
+
+/* "what (build build)", or what alone for the default build. */
+static const char *build_label(char *buf, size_t n, const char *what, int build) {
+  if (build == 0) return what;
+  snprintf(buf, n, "%s, %s build", what, cpu_builds[build]);
+  return buf;
 }
 
 /* Compact strides except that each row of head_dim takes head_dim + pad elements. */
@@ -297,7 +315,9 @@ static const attn_case forward_cases[] = {
 #define FORWARD_CASES (int)(sizeof forward_cases / sizeof forward_cases[0])
 
 Test(attention, cpu_forward_matches_reference) {
-  for (int build = 0; build < 2; build++) {
+  char label[64];
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    if (build_repeats(build)) continue;
     yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
     const uint64_t seed = ts_seed("attention.cpu_forward");
     yh_rng rng = {seed};
@@ -311,7 +331,8 @@ Test(attention, cpu_forward_matches_reference) {
           make_tensors(&t, ctx, &a, ts_float_types[ty], 0, 0);
           void *q_before = yh_snapshot(&t.q), *out_before = yh_snapshot(&t.out);
           cr_assert_eq(forward(ctx, &a, &t, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
-          check_forward(&t, &a, ts_float_types[ty], &want, 0, build ? "cpu forward, plain build" : "cpu forward", seed);
+          check_forward(&t, &a, ts_float_types[ty], &want, 0, build_label(label, sizeof label, "cpu forward", build),
+                        seed);
           cr_assert_eq(yh_bytes_changed(&t.q, q_before), 0, "forward wrote into q (seed %llu)",
                        (unsigned long long)seed);
           cr_assert_eq(yh_gap_bytes_changed(&t.out, out_before), 0, "forward wrote between rows of out");
@@ -325,49 +346,53 @@ Test(attention, cpu_forward_matches_reference) {
   }
 }
 
-/* The AVX2 build runs where the CPU has AVX2, FMA and F16C, unless YK_CPU_ISA=plain asks for the other. */
+/* The widest build the CPU runs: AVX-512 where it has AVX-512F besides AVX2, FMA and F16C, AVX2 with
+ * those three alone, else plain; YK_CPU_ISA caps it, and yk_ctx_info names it. */
 Test(attention, cpu_build_follows_the_cpu) {
   if (getenv("YK_CPU_ISA")) cr_skip_test("YK_CPU_ISA is set: the default is not the CPU's choice");
-  yk_ctx *chosen = cpu_ctx_of("default", 0), *plain = cpu_ctx_of("plain", 0);
-  cr_assert_eq(plain->pool.wide, 0, "YK_CPU_ISA=plain still runs the AVX2 build");
+  yk_cpu_isa want = YK_CPU_PLAIN;
 #ifdef __x86_64__
   __builtin_cpu_init();
   unsigned eax, ebx, ecx, edx;
-  const int has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                  __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
-  cr_assert_eq(chosen->pool.wide, has, "the AVX2 build %s on a CPU %s AVX2, FMA and F16C",
-               chosen->pool.wide ? "runs" : "does not run", has ? "with" : "without");
-#else
-  cr_assert_eq(chosen->pool.wide, 0, "no AVX2 build off x86-64");
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
+      (ecx & bit_F16C))
+    want = __builtin_cpu_supports("avx512f") ? YK_CPU_AVX512 : YK_CPU_AVX2;
 #endif
-  yk_ctx_info info;
-  cr_assert_eq(yk_ctx_get_info(chosen, &info), YK_OK);
-  cr_assert_str_eq(info.cpu_kernels, chosen->pool.wide ? "avx2" : "plain", "yk_ctx_info names another build");
-  cr_assert_eq(yk_ctx_get_info(plain, &info), YK_OK);
-  cr_assert_str_eq(info.cpu_kernels, "plain");
-  yk_ctx_destroy(chosen), yk_ctx_destroy(plain);
+  static const char *const names[] = {"plain", "avx2", "avx512"};
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
+    const yk_cpu_isa cap = build == 0 ? YK_CPU_AVX512 : build == 1 ? YK_CPU_AVX2 : YK_CPU_PLAIN;
+    const yk_cpu_isa expect = want < cap ? want : cap;
+    cr_assert_eq(ctx->pool.isa, expect, "%s: the %s build runs where the %s build should", cpu_builds[build],
+                 names[ctx->pool.isa], names[expect]);
+    yk_ctx_info info;
+    cr_assert_eq(yk_ctx_get_info(ctx, &info), YK_OK);
+    cr_assert_str_eq(info.cpu_kernels, names[expect], "yk_ctx_info names another build");
+    yk_ctx_destroy(ctx);
+  }
 }
 
-/* Float8 key and value rows load exactly in both builds: every byte as its value times 2^-8 (the
+/* Float8 key and value rows load exactly in every build: every byte as its value times 2^-8 (the
  * tile kernels fold 2^8 into their scales), the sign of zero kept, NaN as NaN; rows of many lengths
- * and alignments (the AVX2 build converts 16 at a time, then the tail). */
+ * and alignments (the x86-64 builds convert 16 at a time, then the tail). */
 Test(attention, cpu_float8_rows_load_exactly) {
-  yk_ctx *ctxs[2] = {cpu_ctx_of("default", 0), cpu_ctx_of("plain", 0)};
   uint8_t bytes[256 + 64];
   for (int i = 0; i < 256 + 64; i++) bytes[i] = (uint8_t)(i * 5 + 3); /* every value in the first 256 */
-  for (int c = 0; c < 2; c++)
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
     for (int n = 1; n <= 256; n += n < 40 ? 1 : 27) {
       const uint8_t *row = bytes + n % 64;
       float got[256];
-      yk_cpu_kv_row_floats(&ctxs[c]->pool, YK_E4M3, row, got, n);
+      yk_cpu_kv_row_floats(&ctx->pool, YK_E4M3, row, got, n);
       for (int i = 0; i < n; i++) {
         const float want = yk_e4m3_to_float(row[i]) * 0x1p-8f;
         cr_assert(isnan(want) ? isnan(got[i]) : got[i] == want && signbit(got[i]) == signbit(want),
-                  "%s build, row of %d: byte 0x%02x loads as %g, not %g", ctxs[c]->pool.wide ? "AVX2" : "plain", n,
-                  row[i], (double)got[i], (double)want);
+                  "%s build, row of %d: byte 0x%02x loads as %g, not %g", cpu_builds[build], n, row[i], (double)got[i],
+                  (double)want);
       }
     }
-  yk_ctx_destroy(ctxs[0]), yk_ctx_destroy(ctxs[1]);
+    yk_ctx_destroy(ctx);
+  }
 }
 
 /* A known answer that shares no code with the library: with q = 0 every score is 0, so out is the
@@ -534,7 +559,9 @@ static void check_grads(attn_tensors *t, const attn_data *a, int dtype, attn_gra
 /* The public backward on host tensors, with out and lse from the CPU forward, against float64;
  * a second run gives the same bytes. */
 Test(attention, cpu_backward_matches_reference) {
-  for (int build = 0; build < 2; build++) {
+  char label[64];
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    if (build_repeats(build)) continue;
     yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
     const uint64_t seed = ts_seed("attention.cpu_backward");
     yh_rng rng = {seed};
@@ -549,7 +576,8 @@ Test(attention, cpu_backward_matches_reference) {
           cr_assert_eq(forward(ctx, &a, &t, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
           void *gaps[3] = {yh_snapshot(&t.dq), yh_snapshot(&t.dk), yh_snapshot(&t.dv)};
           cr_assert_eq(backward(ctx, &a, &t, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
-          check_grads(&t, &a, ts_float_types[ty], want, 0, build ? "cpu backward, plain build" : "cpu backward", seed);
+          check_grads(&t, &a, ts_float_types[ty], want, 0, build_label(label, sizeof label, "cpu backward", build),
+                      seed);
           cr_assert(yh_gap_bytes_changed(&t.dq, gaps[0]) == 0 && yh_gap_bytes_changed(&t.dk, gaps[1]) == 0 &&
                         yh_gap_bytes_changed(&t.dv, gaps[2]) == 0,
                     "backward wrote between rows of dq, dk or dv");
@@ -592,7 +620,8 @@ Test(attention, backward_workspace_size) {
 Test(attention, cpu_results_do_not_depend_on_threads) {
   const uint64_t seed = ts_seed("attention.threads");
   yh_rng rng = {seed};
-  for (int build = 0; build < 2; build++) {
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    if (build_repeats(build)) continue;
     yk_ctx *ctxs[3] = {cpu_ctx_of(cpu_builds[build], 0), cpu_ctx_of(cpu_builds[build], 1),
                        cpu_ctx_of(cpu_builds[build], 5)};
     /* a ragged GQA batch, a batch-1 decode that the threads split into fewer heads a tile, and one
@@ -643,7 +672,9 @@ static const attn_case decode_cases[] = {
 #define DECODE_CASES (int)(sizeof decode_cases / sizeof decode_cases[0])
 
 Test(attention, cpu_decode_matches_reference) {
-  for (int build = 0; build < 2; build++) {
+  char label[64];
+  for (int build = 0; build < CPU_BUILDS; build++) {
+    if (build_repeats(build)) continue;
     yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
     const uint64_t seed = ts_seed("attention.cpu_decode");
     yh_rng rng = {seed};
@@ -655,7 +686,8 @@ Test(attention, cpu_decode_matches_reference) {
         attn_tensors t;
         make_tensors(&t, ctx, &a, ts_float_types[ty], 0, 0);
         cr_assert_eq(forward(ctx, &a, &t, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
-        check_forward(&t, &a, ts_float_types[ty], &want, 0, build ? "cpu decode, plain build" : "cpu decode", seed);
+        check_forward(&t, &a, ts_float_types[ty], &want, 0, build_label(label, sizeof label, "cpu decode", build),
+                      seed);
         /* causal has no effect on a decode */
         void *plain = yh_snapshot(&t.out);
         yh_poison(&t.out);
