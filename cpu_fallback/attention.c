@@ -138,7 +138,7 @@ static inline f32v expv(f32v x) {
 #define DEFINE_PRODUCT_BLOCK(NAME, VEC, WIDTH)                                                                         \
   static inline __attribute__((always_inline)) void NAME(float *c, int64_t ldc, const float *a, int64_t a_row,         \
                                                          int64_t a_k, const float *b, int64_t ldb, int64_t k, int R,   \
-                                                         int V, int accumulate) {                                      \
+                                                         int accumulate, int V) {                                      \
     const int64_t a_step = R == 4 ? a_row : 0, c_step = R == 4 ? ldc : 0; /* one row: no pointer past the rows */      \
     const float *a0 = a, *a1 = a0 + a_step, *a2 = a1 + a_step, *a3 = a2 + a_step;                                      \
     float *rows[4] = {c, c + c_step, c + 2 * c_step, c + 3 * c_step};                                                  \
@@ -171,10 +171,9 @@ DEFINE_PRODUCT_BLOCK(product_block_half, f32h, LANES / 2)
 /* The columns [j, j + V * LANES) of every row (V 0: the half vector's LANES / 2, in the AVX-512
  * build): blocks of four rows, then the rows left over. */
 #if LANES == 16
-#define PRODUCT_BLOCK(V, ...)                                                                                          \
-  ((V) ? product_block(__VA_ARGS__, (V), accumulate) : product_block_half(__VA_ARGS__, 1, accumulate))
+#define PRODUCT_BLOCK(V, ...) ((V) ? product_block(__VA_ARGS__, (V)) : product_block_half(__VA_ARGS__, 1))
 #else
-#define PRODUCT_BLOCK(V, ...) product_block(__VA_ARGS__, (V), accumulate)
+#define PRODUCT_BLOCK(V, ...) product_block(__VA_ARGS__, (V))
 #endif
 static inline __attribute__((always_inline)) void product_columns(float *c, int64_t ldc, const float *a, int64_t a_row,
                                                                   int64_t a_k, const float *b, int64_t ldb,
@@ -183,10 +182,10 @@ static inline __attribute__((always_inline)) void product_columns(float *c, int6
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4)
     if (a_k == 1) /* a's rows, the forward's case: a constant step */
-      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4);
+      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, 1, b + j, ldb, k, 4, accumulate);
     else
-      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4);
-  for (; r < rows; r++) PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1);
+      PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 4, accumulate);
+  for (; r < rows; r++) PRODUCT_BLOCK(V, c + r * ldc + j, ldc, a + r * a_row, a_row, a_k, b + j, ldb, k, 1, accumulate);
 }
 
 /* The same for a rows x cols block: columns two vectors at a time, then one vector, then the
@@ -359,7 +358,7 @@ static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
  * with row r + 8, a perfect shuffle each, vpermt2ps). */
 static inline __attribute__((always_inline)) void transpose_lanes(const float *const *rows, int64_t i, float *dst,
                                                                   int64_t ld) {
-  f32v r[LANES], c[LANES];
+  f32v r[LANES], c[LANES], *out = c;
   for (int k = 0; k < LANES; k++) r[k] = loadv(rows[k] + i);
 #if LANES == 8
   f32v t[8], u[8];
@@ -386,14 +385,14 @@ static inline __attribute__((always_inline)) void transpose_lanes(const float *c
           __builtin_shufflevector(from[k], from[k + 8], 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     }
   }
-  for (int k = 0; k < LANES; k++) c[k] = r[k]; /* four rounds: the last wrote r */
+  out = r; /* four rounds: the last wrote r */
 #else
   const f32v t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 1, 5), t1 = __builtin_shufflevector(r[0], r[1], 2, 6, 3, 7);
   const f32v t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 1, 5), t3 = __builtin_shufflevector(r[2], r[3], 2, 6, 3, 7);
   c[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5), c[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
   c[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5), c[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
 #endif
-  for (int k = 0; k < LANES; k++) memcpy(dst + k * ld, &c[k], sizeof c[k]);
+  for (int k = 0; k < LANES; k++) memcpy(dst + k * ld, &out[k], sizeof out[k]);
 }
 
 /* dst[i * rows + r] = src[r * cols + i]: LANES x LANES blocks in registers, the edges one by one
