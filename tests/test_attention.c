@@ -120,7 +120,7 @@ static int build_repeats(int b) {
   return same;
 }
 
-/* "what (build build)", or what alone for the default build. */
+/* "what, NAME build" for a capped build, what alone for the default one. */
 static const char *build_label(char *buf, size_t n, const char *what, int build) {
   if (build == 0) return what;
   snprintf(buf, n, "%s, %s build", what, cpu_builds[build]);
