@@ -564,6 +564,67 @@ static void decode_tiles(attn_job *j, int64_t rows_a_tile, int threads) {
 
 static int64_t query_tasks(const attn_job *j) { return j->s->batch * j->kv_tiles * j->chunks * j->tiles; }
 
+/* Rows [r0, r0 + count) of a tile against keys [k0, k0 + n), their scores ld apart: each row's
+ * probabilities in place of its scores, 0 for the keys it does not see; its output (acc, head_dim
+ * floats a row) rescaled to the new maximum, its running maximum m and sum l updated. */
+static void softmax_rows(const attn_job *j, const query_tile *t, float *scores, int64_t ld, int64_t r0, int64_t count,
+                         int64_t k0, int64_t n, float *m, float *l, float *acc) {
+  const int64_t d = j->s->head_dim;
+  for (int64_t r = 0; r < count; r++) {
+    const int64_t row = r0 + r, seen = min64(n, keys_seen(j->s, &t->g, row_token(t, row)) - k0);
+    float *score = scores + r * ld, top = m[row];
+    /* scaled, and the maximum: by vectors, lane by lane as one by one (max ignores NaN either way) */
+    int64_t c = 0;
+    if (seen >= LANES) {
+      f32v most = (f32v){0} + top;
+      for (; c + LANES <= seen; c += LANES) {
+        const f32v x = loadv(score + c) * j->score_scale;
+        memcpy(score + c, &x, sizeof x);
+        const i32v above = x > most;
+        most = (f32v)(((i32v)x & above) | ((i32v)most & ~above));
+      }
+      for (int i = 0; i < LANES; i++)
+        if (most[i] > top) top = most[i];
+    }
+    for (; c < seen; c++) {
+      score[c] *= j->score_scale;
+      if (score[c] > top) top = score[c];
+    }
+    if (seen <= 0 || top == -INFINITY) {
+      memset(score, 0, (size_t)n * sizeof *score);
+      continue;
+    }
+    const float rescale = expf(m[row] - top); /* 0 for the first tile a row sees */
+    if (rescale != 1.f) scale_row(acc + row * d, rescale, d);
+    f32v sums = {0}; /* lane by lane, the lanes added once at the end (a sum a vector cost as much as its exp) */
+    for (c = 0; c + LANES <= seen; c += LANES) {
+      const f32v e = expv(loadv(score + c) - top);
+      memcpy(score + c, &e, sizeof e);
+      sums += e;
+    }
+    float sum = lane_sum(sums);
+    for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
+    for (; c < n; c++) score[c] = 0;
+    l[row] = l[row] * rescale + sum;
+    m[row] = top;
+  }
+}
+
+/* A tile's outputs and lse from its rows' sums; l is 0 only for a row that saw no key: out 0, lse
+ * -inf. */
+static void finish_rows(const attn_job *j, const query_tile *t, float *acc, const float *m, const float *l) {
+  const int64_t d = j->s->head_dim;
+  for (int64_t r = 0; r < t->rows; r++) {
+    scale_row(acc + r * d, l[r] > 0 ? j->out_scale / l[r] : 0.f, d);
+    if (j->lse.data) *lse_at(j, t, r) = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
+  }
+  store_tile(j, &j->out, t, acc);
+}
+
+#if defined(YK_CPU_BUILD_AVX512) && defined(__AMX_BF16__)
+#include "cpu_fallback/attention_amx.h"
+#endif
+
 static void forward_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
@@ -589,42 +650,11 @@ static void forward_tiles(void *p, int64_t begin, int64_t end) {
         load_keys(j, &j->k, &h, k0, n, j->transposed, kt, key);
         const float *values = value_rows(j, &j->v, &h, k0, n, vt, &ldv);
         tile_scores(j, scores, q + r0 * d, kt, group_rows, n);
-        /* each row's probabilities in place of its scores, 0 for the keys it does not see; its
-         * output rescaled to the new maximum; then P V for the head's rows */
-        for (int64_t r = 0; r < group_rows; r++) {
-          const int64_t row = r0 + r, seen = min64(n, keys_seen(s, &t.g, row_token(&t, row)) - k0);
-          float *score = scores + r * n, top = m[row];
-          for (int64_t c = 0; c < seen; c++) {
-            score[c] *= j->score_scale;
-            if (score[c] > top) top = score[c];
-          }
-          if (seen <= 0 || top == -INFINITY) {
-            memset(score, 0, (size_t)n * sizeof *score);
-            continue;
-          }
-          float sum = 0;
-          const float rescale = expf(m[row] - top); /* 0 for the first tile a row sees */
-          if (rescale != 1.f) scale_row(acc + row * d, rescale, d);
-          int64_t c = 0;
-          for (; c + LANES <= seen; c += LANES) {
-            const f32v e = expv(loadv(score + c) - top);
-            memcpy(score + c, &e, sizeof e);
-            sum += lane_sum(e);
-          }
-          for (; c < seen; c++) sum += score[c] = expf(score[c] - top);
-          for (; c < n; c++) score[c] = 0;
-          l[row] = l[row] * rescale + sum;
-          m[row] = top;
-        }
+        softmax_rows(j, &t, scores, n, r0, group_rows, k0, n, m, l, acc);
         matrix_product(acc + r0 * d, d, scores, n, 1, values, ldv, group_rows, d, n, 1); /* acc += P V */
       }
     }
-    for (int64_t r = 0; r < rows; r++) {
-      /* l is 0 only for a row that saw no key: out 0, lse -inf */
-      scale_row(acc + r * d, l[r] > 0 ? j->out_scale / l[r] : 0.f, d);
-      if (j->lse.data) *lse_at(j, &t, r) = l[r] > 0 ? m[r] + logf(l[r]) : -INFINITY;
-    }
-    store_tile(j, &j->out, &t, acc);
+    finish_rows(j, &t, acc, m, l);
   }
 }
 
@@ -636,6 +666,13 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
   attn_job j = make_job(shape, rows, rows, pool->threads);
   decode_tiles(&j, rows, pool->threads);
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
+#if defined(YK_CPU_BUILD_AVX512) && defined(__AMX_BF16__)
+  if (amx_forward_fits(pool, &j)) {
+    j.keys = amx_keys(shape->head_dim);
+    yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles_amx, &j);
+    return;
+  }
+#endif
   yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles, &j);
 }
 
@@ -774,7 +811,7 @@ void ISA_NAME(yk_cpu_attention_backward)(yk_thread_pool *pool, const yk_attentio
 
 #ifdef YK_CPU_HAS_X86_BUILDS
 #define ON_ISA(pool, call)                                                                                             \
-  ((pool)->isa == YK_CPU_AVX512 ? call##_avx512 : (pool)->isa == YK_CPU_AVX2 ? call##_avx2 : call##_plain)
+  ((pool)->isa >= YK_CPU_AVX512 ? call##_avx512 : (pool)->isa == YK_CPU_AVX2 ? call##_avx2 : call##_plain)
 #else
 #define ON_ISA(pool, call) call##_plain
 #endif

@@ -6,6 +6,41 @@
 #ifdef YK_CPU_HAS_X86_BUILDS
 #include <cpuid.h>
 #endif
+#ifdef YK_CPU_HAS_AMX
+#include <sys/syscall.h>
+#endif
+
+#ifdef YK_CPU_HAS_AMX
+/* AMX-TILE and AMX-BF16 (CPUID leaf 7) and the OS saving tile state (XCR0 bits 17 and 18). */
+static int cpu_has_amx(void) {
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & 1u << 22) || !(edx & 1u << 24)) return 0;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) return 0;
+  unsigned xcr0_lo, xcr0_hi;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  return (xcr0_lo & (3u << 17)) == 3u << 17;
+}
+#endif
+
+/* Linux lets a process use AMX's tile data only once it asks (arch_prctl ARCH_REQ_XCOMP_PERM for
+ * XTILEDATA; without it the first tile instruction faults). The grant is for every thread and for
+ * good, and enlarges every signal frame of the process (a sigaltstack too small for that fails the
+ * request), so it is asked for at the first call that would use the tiles, not when a context is
+ * made; a refusal keeps the vector products. */
+int yk_cpu_amx_ready(void) {
+#ifdef YK_CPU_HAS_AMX
+  static atomic_int state; /* 0 not asked yet, 1 granted, -1 refused */
+  int s = atomic_load_explicit(&state, memory_order_acquire);
+  if (s == 0) {
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    s = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 1 : -1;
+    atomic_store_explicit(&state, s, memory_order_release);
+  }
+  return s > 0;
+#else
+  return 0;
+#endif
+}
 
 /* The widest build this CPU runs (libgcc's AVX-512 check includes the OS saving its registers). */
 static yk_cpu_isa cpu_isa(void) {
@@ -14,7 +49,11 @@ static yk_cpu_isa cpu_isa(void) {
   unsigned eax, ebx, ecx, edx; /* F16C by CPUID: clang's __builtin_cpu_supports has no name for it */
   const int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
   if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)) return YK_CPU_PLAIN;
-  return __builtin_cpu_supports("avx512f") ? YK_CPU_AVX512 : YK_CPU_AVX2;
+  if (!__builtin_cpu_supports("avx512f")) return YK_CPU_AVX2;
+#ifdef YK_CPU_HAS_AMX
+  if (cpu_has_amx()) return YK_CPU_AMX;
+#endif
+  return YK_CPU_AVX512;
 #else
   return YK_CPU_PLAIN;
 #endif
@@ -25,7 +64,10 @@ static yk_cpu_isa chosen_isa(void) {
   const yk_cpu_isa best = cpu_isa();
   const char *isa = getenv("YK_CPU_ISA");
   if (!isa) return best;
-  const yk_cpu_isa most = strcmp(isa, "plain") == 0 ? YK_CPU_PLAIN : strcmp(isa, "avx2") == 0 ? YK_CPU_AVX2 : best;
+  const yk_cpu_isa most = strcmp(isa, "plain") == 0    ? YK_CPU_PLAIN
+                          : strcmp(isa, "avx2") == 0   ? YK_CPU_AVX2
+                          : strcmp(isa, "avx512") == 0 ? YK_CPU_AVX512
+                                                       : best;
   return most < best ? most : best;
 }
 

@@ -9,8 +9,11 @@
 typedef void (*yk_range_fn)(void *arg, int64_t begin, int64_t end);
 
 /* The builds of the CPU attention's tile kernels (cpu_fallback/attention.c), in the order each
- * adds to the one before: for every CPU; x86-64 with AVX2, FMA and F16C; with AVX-512F too. */
-typedef enum yk_cpu_isa { YK_CPU_PLAIN, YK_CPU_AVX2, YK_CPU_AVX512 } yk_cpu_isa;
+ * adds to the one before: for every CPU; x86-64 with AVX2, FMA and F16C; with AVX-512F too; and
+ * the AVX-512 build taking its bfloat16 forward's products to AMX tiles (cpu_fallback/attention_amx.h)
+ * where the CPU has AMX-TILE and AMX-BF16 and the OS saves their state (yk_cpu_amx_ready: and lets
+ * the process use them). */
+typedef enum yk_cpu_isa { YK_CPU_PLAIN, YK_CPU_AVX2, YK_CPU_AVX512, YK_CPU_AMX } yk_cpu_isa;
 
 typedef struct yk_thread_pool {
   int threads;    /* including the caller's */
@@ -29,10 +32,14 @@ typedef struct yk_thread_pool {
 } yk_thread_pool;
 
 /* threads <= 0: YK_NUM_THREADS, else the online CPUs. Workers start at the first parallel loop.
- * isa: the widest build the library has and the CPU runs, at most YK_CPU_ISA's (plain, avx2 or
- * avx512). */
+ * isa: the widest build the library has and the CPU runs, at most YK_CPU_ISA's (plain, avx2,
+ * avx512 or amx). */
 int yk_thread_pool_init(yk_thread_pool *pool, int threads);
 void yk_thread_pool_destroy(yk_thread_pool *pool);
+
+/* Whether this process may use AMX tiles: asks Linux for them at the first call (once a process;
+ * safe from any thread). 0 where the library has no AMX code. */
+int yk_cpu_amx_ready(void);
 
 /* Calls fn over disjoint ranges covering [0, n), in parallel when n is at least two grains, and
  * returns when all are done; the caller's thread runs ranges too. fn must not call back into the

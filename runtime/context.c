@@ -191,7 +191,8 @@ yk_status yk_ctx_get_info(yk_ctx *ctx, yk_ctx_info *out) {
       .cache_dir = ctx->cache.disk.dir,
       .cache_path = ctx->cache.disk.read_path,
       .cpu_threads = ctx->pool.threads,
-      .cpu_kernels = ctx->pool.isa == YK_CPU_AVX512 ? "avx512"
+      .cpu_kernels = ctx->pool.isa == YK_CPU_AMX      ? "amx"
+                     : ctx->pool.isa == YK_CPU_AVX512 ? "avx512"
                      : ctx->pool.isa == YK_CPU_AVX2 ? "avx2"
                                                     : "plain",
   };

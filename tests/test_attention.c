@@ -93,11 +93,12 @@ static void make_data(attn_data *a, attn_case c, int causal, int decode, yh_rng 
 
 static void free_data(attn_data *a) { free(a->q), free(a->k), free(a->v), free(a->dout); }
 
-/* The CPU kernels are built three times on x86-64 (cpu_fallback/attention_avx2.c, _avx512.c): the
- * CPU tests run each build this CPU has, the widest by default, then the AVX2 one, then the plain
- * one everywhere (YK_CPU_ISA caps the build). */
-enum { CPU_BUILDS = 3 };
-static const char *const cpu_builds[CPU_BUILDS] = {"default", "avx2", "plain"};
+/* The CPU kernels are built three times on x86-64 (cpu_fallback/attention_avx2.c, _avx512.c), the
+ * AVX-512 one with AMX tiles for the bfloat16 forward besides: the CPU tests run each build this CPU
+ * has, the widest by default (AMX where it has that), then AVX-512 without AMX, then the AVX2 one,
+ * then the plain one everywhere (YK_CPU_ISA caps the build). */
+enum { CPU_BUILDS = 4 };
+static const char *const cpu_builds[CPU_BUILDS] = {"default", "avx512", "avx2", "plain"};
 
 static yk_ctx *cpu_ctx_of(const char *build, int threads) {
   const int capped = strcmp(build, "default") != 0;
@@ -263,6 +264,11 @@ static double lse_error(const double *got, const double *want, int64_t n) {
 
 static double lse_bound(int dtype) { return dtype == YK_F32 ? 1e-5 : 1e-3; }
 
+/* The CPU's 16-bit outputs computed in float32 miss the reference rounded to their type only where
+ * float32's error crosses a rounding boundary: 1.4e-4 at most over seven seeds (bfloat16 on AMX,
+ * whose P keeps 16 bits; 1e-4 elsewhere); a P of bfloat16 alone, 1.3e-3. */
+#define CPU_HALF_OUT_BOUND 5e-4
+
 /* out and lse against want; out against want rounded to dtype. gpu: the GPU's norm and bound.
  * Rows that see no key must be exactly zero. */
 static void check_forward(attn_tensors *t, const attn_data *a, int dtype, const attn_ref *want, int gpu,
@@ -275,7 +281,9 @@ static void check_forward(attn_tensors *t, const attn_data *a, int dtype, const 
   memcpy(rounded, want->out, (size_t)n * sizeof *rounded);
   ts_round_to_dtype(dtype, rounded, n);
   const double err = gpu ? ts_gpu_error(got, rounded, n) : yh_rel_error(got, rounded, n);
-  const double bound = gpu ? ts_gpu_tolerance(dtype) : ts_reference_tolerance(dtype);
+  const double bound = gpu               ? ts_gpu_tolerance(dtype)
+                       : dtype == YK_F32 ? ts_reference_tolerance(dtype)
+                                         : CPU_HALF_OUT_BOUND;
   cr_assert(err < bound, "%s %s: out rel err %.3g >= %.3g (seed %llu)", label, what, err, bound,
             (unsigned long long)seed);
   const double lerr = lse_error(got_lse, want->lse, t->lse.numel);
@@ -311,6 +319,10 @@ static const attn_case forward_cases[] = {
     {4, 1, 1, 64, 0, 0, lens_long, lens_long},
     {5, 8, 1, 80, 0, 0, lens_q_mixed, lens_k_mixed},
     {3, 4, 4, 256, 0, 0, lens_q_wide, lens_k_wide, .pad = 8},
+    /* head dims whose AMX tiles pad their dims (to 128 and 256: the largest buffers), over several
+     * 128- and 64-key tiles with tails */
+    {1, 4, 2, 112, 70, 300, .cpu_only = 1},
+    {2, 2, 1, 240, 33, 150, .pad = 8, .cpu_only = 1},
 };
 #define FORWARD_CASES (int)(sizeof forward_cases / sizeof forward_cases[0])
 
@@ -346,8 +358,20 @@ Test(attention, cpu_forward_matches_reference) {
   }
 }
 
-/* The widest build the CPU runs: AVX-512 where it has AVX-512F besides AVX2, FMA and F16C, AVX2 with
- * those three alone, else plain; YK_CPU_ISA caps it, and yk_ctx_info names it. */
+#if defined(__x86_64__) && defined(YK_CPU_HAS_AMX)
+/* AMX-TILE and AMX-BF16 by CPUID, their state enabled in XCR0. */
+static int cpu_has_amx(void) {
+  unsigned eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || (edx >> 22 & 5) != 5) return 0; /* bits 22 and 24 */
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_OSXSAVE)) return 0;
+  __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  return (xcr0_lo >> 17 & 3) == 3;
+}
+#endif
+
+/* The widest build the CPU runs: AMX where the library was built with it and the CPU and OS run it
+ * besides AVX-512F (whether Linux lets the process use it is asked at the first call that would), AVX-512 with AVX-512F besides AVX2, FMA and F16C, AVX2 with those three alone,
+ * else plain; YK_CPU_ISA caps it, and yk_ctx_info names it. */
 Test(attention, cpu_build_follows_the_cpu) {
   if (getenv("YK_CPU_ISA")) cr_skip_test("YK_CPU_ISA is set: the default is not the CPU's choice");
   yk_cpu_isa want = YK_CPU_PLAIN;
@@ -357,11 +381,15 @@ Test(attention, cpu_build_follows_the_cpu) {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
       (ecx & bit_F16C))
     want = __builtin_cpu_supports("avx512f") ? YK_CPU_AVX512 : YK_CPU_AVX2;
+#ifdef YK_CPU_HAS_AMX
+  if (want == YK_CPU_AVX512 && cpu_has_amx()) want = YK_CPU_AMX;
 #endif
-  static const char *const names[] = {"plain", "avx2", "avx512"};
+#endif
+  static const char *const names[] = {"plain", "avx2", "avx512", "amx"};
+  static const yk_cpu_isa caps[CPU_BUILDS] = {YK_CPU_AMX, YK_CPU_AVX512, YK_CPU_AVX2, YK_CPU_PLAIN};
   for (int build = 0; build < CPU_BUILDS; build++) {
     yk_ctx *ctx = cpu_ctx_of(cpu_builds[build], 0);
-    const yk_cpu_isa cap = build == 0 ? YK_CPU_AVX512 : build == 1 ? YK_CPU_AVX2 : YK_CPU_PLAIN;
+    const yk_cpu_isa cap = caps[build];
     const yk_cpu_isa expect = want < cap ? want : cap;
     cr_assert_eq(ctx->pool.isa, expect, "%s: the %s build runs where the %s build should", cpu_builds[build],
                  names[ctx->pool.isa], names[expect]);
