@@ -668,7 +668,8 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
 #if defined(YK_CPU_BUILD_AVX512) && defined(__AMX_BF16__)
   if (amx_forward_fits(pool, &j)) {
-    j.keys = amx_keys(shape->head_dim);
+    j = make_job(shape, amx_rows(shape->head_dim), amx_keys(shape->head_dim), pool->threads);
+    j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
     yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles_amx, &j);
     return;
   }
