@@ -6,8 +6,9 @@
  * TILE_FLOATS / head_dim rows (64 at head_dim 64, 32 at 128, 4 at 1024), and the rows are the q
  * heads of a kv head's group over a run of tokens, so the group shares each key and value loaded
  * (decode: the groups of several kv heads, one token's, each key tile read for each in turn).
- * No pass takes more than about 100 KiB of a thread's stack whatever head_dim is (the backward's
- * first: three query tiles, three key tiles of half the size, two score blocks and one row).
+ * No pass takes more than about 110 KiB of a thread's stack whatever head_dim is (the forward on
+ * AMX tiles: its buffers, 106 KiB at most; the backward's first: three query tiles, three key tiles
+ * of half the size, two score blocks and one row, about 100).
  * Nothing is allocated, so a call that cannot report an error cannot fail half-way either. */
 #include "cpu_fallback/attention.h"
 
@@ -20,8 +21,9 @@
 /* The tile kernels are built three times on x86-64: here, for every CPU (names ending _plain), and
  * by attention_avx2.c and attention_avx512.c, which include this file with YK_CPU_BUILD_AVX2 or
  * YK_CPU_BUILD_AVX512 defined (names ending _avx2: 2.1-2.6x the plain build at prefill and
- * backward, float16 decode 2x; _avx512: 1.3-1.5x _avx2 at prefill and backward). The pool says
- * which one a call runs (yk_thread_pool.isa). */
+ * backward, float16 decode 2x; _avx512: 1.3-1.5x _avx2 at prefill and backward). The AVX-512 build
+ * also holds the bfloat16 forward on AMX tiles (attention_amx.h: 2.6-4.5x at prefill), which it
+ * runs where the pool says YK_CPU_AMX. The pool says which build a call runs (yk_thread_pool.isa). */
 #if defined(YK_CPU_BUILD_AVX512)
 #define ISA_NAME(name) name##_avx512
 #elif defined(YK_CPU_BUILD_AVX2)

@@ -70,7 +70,8 @@ typedef struct yk_ctx_info {
   const char *cache_path;       /* the read-only directories searched after it, ':'-separated */
   int cpu_threads;
   const char *cpu_kernels; /* the CPU attention's build that runs: "amx" (AVX-512F's, with AMX tiles for the
-                              bfloat16 forward), "avx512" (AVX-512F too), "avx2" (AVX2, FMA, F16C) or "plain" */
+                              bfloat16 forward where Linux grants them at its first call), "avx512" (AVX-512F
+                              too), "avx2" (AVX2, FMA, F16C) or "plain" */
 } yk_ctx_info;
 
 /* Strings point into the context and live as long as it. */
