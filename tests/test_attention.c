@@ -319,10 +319,13 @@ static const attn_case forward_cases[] = {
     {4, 1, 1, 64, 0, 0, lens_long, lens_long},
     {5, 8, 1, 80, 0, 0, lens_q_mixed, lens_k_mixed},
     {3, 4, 4, 256, 0, 0, lens_q_wide, lens_k_wide, .pad = 8},
-    /* head dims whose AMX tiles pad their dims (to 128 and 256: the largest buffers), over several
-     * 128- and 64-key tiles with tails */
+    /* head dims whose AMX tiles pad their dims (112 to 128, 240 to 256), over several key tiles
+     * with tails */
     {1, 4, 2, 112, 70, 300, .cpu_only = 1},
     {2, 2, 1, 240, 33, 150, .pad = 8, .cpu_only = 1},
+    /* the narrowest: fewer than 16 words a row of Q (its transpose's tail alone) and of K */
+    {1, 4, 1, 16, 40, 90, .cpu_only = 1},
+    {2, 2, 2, 48, 19, 33, .pad = 8, .cpu_only = 1},
 };
 #define FORWARD_CASES (int)(sizeof forward_cases / sizeof forward_cases[0])
 
