@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "cpu_fallback/half.h"
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* The tile kernels are built three times on x86-64: here, for every CPU (names ending _plain), and
  * by attention_avx2.c and attention_avx512.c, which include this file with YK_CPU_BUILD_AVX2 or
@@ -106,6 +109,31 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 /* e^x for LANES floats, Cephes' expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
  * 2^n by the exponent bits): within 2 ulp of expf for x in [-87, 88], clamped outside. The
  * softmax's exponentials, one a score, cost as much as a head_dim of 64's products with expf. */
+#if LANES == 16
+/* With AVX-512: n rounded by one instruction and 2^n applied by scalef (which underflows to 0 and
+ * overflows to inf as expf does), so no floor by conversions and no clamp above: 14 instructions
+ * where the generic form takes 24, the softmax's largest part once AMX takes the products.
+ * Below -104 (e^x under float's smallest denormal) x is raised to it, so -inf gives 0, not
+ * -inf - -inf; NaN stays NaN (max returns its second operand when one is NaN). */
+static inline f32v expv(f32v x) {
+  __m512 v;
+  memcpy(&v, &x, sizeof v);
+  v = _mm512_max_ps(_mm512_set1_ps(-104.f), v);
+  const __m512 n =
+      _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(_mm512_mul_ps(y, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  y = _mm512_scalef_ps(y, n);
+  memcpy(&x, &y, sizeof x);
+  return x;
+}
+#else
 static inline f32v expv(f32v x) {
   const f32v hi = (f32v){0} + 88.3762626647949f, lo = (f32v){0} - 87.3365447504f;
   i32v m = x > hi; /* -1 where true: select by bits (C has no ?: on vectors) */
@@ -130,6 +158,7 @@ static inline f32v expv(f32v x) {
   memcpy(&scale, &bits, sizeof scale);
   return y * scale;
 }
+#endif
 
 /* c[r * ldc + j] = (c's value when accumulate, else 0) + sum over i < k of a(r, i) b[i * ldb + j] for
  * rows R (4 or 1) from row 0 and the V vectors of columns (V 2 or 1, WIDTH columns each) from j = 0,
