@@ -323,7 +323,7 @@ static const attn_case forward_cases[] = {
      * with tails */
     {1, 4, 2, 112, 70, 300, .cpu_only = 1},
     {2, 2, 1, 240, 33, 150, .pad = 8, .cpu_only = 1},
-    /* the narrowest: fewer than 16 words a row of Q (its transpose's tail alone) and of K */
+    /* narrow rows, 8 and 24 words: Q's transpose by its tail alone, and by one block and a tail */
     {1, 4, 1, 16, 40, 90, .cpu_only = 1},
     {2, 2, 2, 48, 19, 33, .pad = 8, .cpu_only = 1},
 };
@@ -373,8 +373,9 @@ static int cpu_has_amx(void) {
 #endif
 
 /* The widest build the CPU runs: AMX where the library was built with it and the CPU and OS run it
- * besides AVX-512F (whether Linux lets the process use it is asked at the first call that would), AVX-512 with AVX-512F besides AVX2, FMA and F16C, AVX2 with those three alone,
- * else plain; YK_CPU_ISA caps it, and yk_ctx_info names it. */
+ * besides AVX-512F (whether Linux lets the process use it is asked at the first call that would),
+ * AVX-512 with AVX-512F besides AVX2, FMA and F16C, AVX2 with those three alone, else plain;
+ * YK_CPU_ISA caps it, and yk_ctx_info names it. */
 Test(attention, cpu_build_follows_the_cpu) {
   if (getenv("YK_CPU_ISA")) cr_skip_test("YK_CPU_ISA is set: the default is not the CPU's choice");
   yk_cpu_isa want = YK_CPU_PLAIN;
