@@ -85,6 +85,9 @@ static inline f32v loadv(const float *p) {
   return v;
 }
 
+/* a where mask is set (-1), else b, lane by lane: C has no ?: on vectors, so by bits. */
+static inline f32v pick(i32v mask, f32v a, f32v b) { return (f32v)(((i32v)a & mask) | ((i32v)b & ~mask)); }
+
 /* The lanes' sum, in pairs. */
 static inline float lane_sum(f32v v) {
   float sum = 0;
@@ -136,10 +139,8 @@ static inline f32v expv(f32v x) {
 #else
 static inline f32v expv(f32v x) {
   const f32v hi = (f32v){0} + 88.3762626647949f, lo = (f32v){0} - 87.3365447504f;
-  i32v m = x > hi; /* -1 where true: select by bits (C has no ?: on vectors) */
-  x = (f32v)(((i32v)x & ~m) | ((i32v)hi & m));
-  m = x < lo;
-  x = (f32v)(((i32v)x & ~m) | ((i32v)lo & m));
+  x = pick(x > hi, hi, x);
+  x = pick(x < lo, lo, x);
   const f32v fx = x * 1.44269504088896341f + 0.5f;
   i32v n = __builtin_convertvector(fx, i32v); /* toward zero; floor below */
   f32v fn = __builtin_convertvector(n, f32v);
@@ -611,8 +612,7 @@ static void softmax_rows(const attn_job *j, const query_tile *t, float *scores, 
       for (; c + LANES <= seen; c += LANES) {
         const f32v x = loadv(score + c) * j->score_scale;
         memcpy(score + c, &x, sizeof x);
-        const i32v above = x > most;
-        most = (f32v)(((i32v)x & above) | ((i32v)most & ~above));
+        most = pick(x > most, x, most);
       }
       for (int i = 0; i < LANES; i++)
         if (most[i] > top) top = most[i];
@@ -695,17 +695,16 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
   attn_job j = make_job(shape, rows, rows, pool->threads);
-  decode_tiles(&j, rows, pool->threads);
-  j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
+  yk_range_fn tiles = forward_tiles;
 #if defined(YK_CPU_BUILD_AVX512) && defined(__AMX_BF16__)
-  if (amx_forward_fits(pool, &j)) {
+  if (amx_forward_fits(pool, &j)) { /* its own tile sizes; never a decode */
     j = make_job(shape, amx_rows(shape->head_dim), amx_keys(shape->head_dim), pool->threads);
-    j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
-    yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles_amx, &j);
-    return;
+    tiles = forward_tiles_amx;
   }
 #endif
-  yk_parallel_for(pool, query_tasks(&j), 1, forward_tiles, &j);
+  if (tiles == forward_tiles) decode_tiles(&j, rows, pool->threads);
+  j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
+  yk_parallel_for(pool, query_tasks(&j), 1, tiles, &j);
 }
 
 /* ---- backward ----

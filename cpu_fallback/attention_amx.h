@@ -102,17 +102,14 @@ static inline __m512i bf16_bits(__m512 x) {
 }
 
 /* Row `key` of the tile's kv head in o as bfloat16: where it is, or a float8 row's values times 2^-8
- * (bfloat16s exactly: the top halves of their floats) written into stage. */
+ * (bfloat16s exactly) written into stage. */
 static const uint16_t *amx_row(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t key,
                                uint16_t *stage) {
   const char *row = row_at(o, j->kv_elem, t->b, t->g.k0 + key, t->kvh);
   if (j->kv_type == YK_BF16) return (const uint16_t *)(const void *)row;
   float values[AMX_MAX_DIM];
-  const int64_t d = j->s->head_dim;
-  ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, values, d);
-  for (int64_t i = 0; i < d; i += 16)
-    _mm256_storeu_si256((__m256i *)(void *)(stage + i),
-                        _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(values + i)), 16)));
+  ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, values, j->s->head_dim);
+  yk_store_floats(YK_BF16, stage, values, j->s->head_dim); /* exact: rounding changes no bit */
   return stage;
 }
 
@@ -213,14 +210,13 @@ static void amx_softmax(const attn_job *j, const query_tile *t, int64_t k0, int6
     f32v most = old;
     for (int64_t c = 0; c < n; c++) {
       const f32v x = loadv(st + c * rp + r0) * scale;
-      const i32v take = ((int32_t)c < seen) & (x > most);
-      most = (f32v)(((i32v)x & take) | ((i32v)most & ~take));
+      most = pick(((int32_t)c < seen) & (x > most), x, most);
     }
     const i32v alive = most > -INFINITY; /* rows that have seen a key */
-    const f32v rescale = (f32v)(((i32v)expv(old - most) & alive) | ((i32v)((f32v){0} + 1.f) & ~alive));
+    const f32v rescale = pick(alive, expv(old - most), (f32v){0} + 1.f);
     f32v sums = {0};
     for (int64_t c = 0; c < np; c++) {
-      const f32v e = (f32v)((i32v)expv(loadv(st + c * rp + r0) * scale - most) & ((int32_t)c < seen) & alive);
+      const f32v e = pick(((int32_t)c < seen) & alive, expv(loadv(st + c * rp + r0) * scale - most), (f32v){0});
       memcpy(st + c * rp + r0, &e, sizeof e);
       sums += e;
     }
@@ -252,10 +248,9 @@ static void amx_split_probs(const float *st, int64_t n, int64_t keys, int64_t rp
         _mm256_storeu_si256((__m256i *)(void *)(row + keys), _mm512_cvtepi32_epi16(bf16_bits(rest)));
       }
     }
-  for (int64_t r = 0; np < kp && r < rp; r++) {
-    memset(p + r * 2 * keys + np, 0, (size_t)(kp - np) * sizeof *p);
-    memset(p + r * 2 * keys + keys + np, 0, (size_t)(kp - np) * sizeof *p);
-  }
+  for (int64_t r = 0; r < rp && np < kp; r++) /* hi's and lo's keys from np to kp */
+    for (int64_t part = 0; part < 2; part++)
+      memset(p + r * 2 * keys + part * keys + np, 0, (size_t)(kp - np) * sizeof *p);
 }
 
 /* Values [k0, k0 + n) as B of P V: the pair of keys 2i, 2i + 1 in row i, dim c of the lower key in
@@ -292,6 +287,15 @@ static void amx_load_values(const attn_job *j, const query_tile *t, int64_t k0, 
     if ((blocks) > 3) op(3, (o) + 48, (ld));                                                                           \
   } while (0)
 
+/* O's 16-column block in tile `o` += hi V + lo V for one 32-key step, V's block loaded into tile `vt`
+ * from v (hi and lo in tiles 4 and 5). */
+#define AMX_PV_BLOCK(o, vt, v, ld)                                                                                     \
+  do {                                                                                                                 \
+    _tile_loadd(vt, (v), (ld));                                                                                        \
+    _tile_dpbf16ps(o, 4, vt);                                                                                          \
+    _tile_dpbf16ps(o, 5, vt);                                                                                          \
+  } while (0)
+
 /* acc (rp rows of d floats) += (hi + lo) V over the kp keys P's parts hold (rows 2 x keys apart):
  * four 16-column blocks of a row block at a time in tiles 0-3, each 32-key step adding hi's
  * products, then lo's. */
@@ -308,24 +312,10 @@ static void amx_add_pv(float *acc, int64_t rp, int64_t d, const uint16_t *p, int
         const uint32_t *v = vb + k / 2 * d + i;
         _tile_loadd(4, hi + k, lda);
         _tile_loadd(5, lo + k, lda);
-        _tile_loadd(6, v, ldo);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(0, 5, 6);
-        if (blocks > 1) {
-          _tile_loadd(7, v + 16, ldo);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(1, 5, 7);
-        }
-        if (blocks > 2) {
-          _tile_loadd(6, v + 32, ldo);
-          _tile_dpbf16ps(2, 4, 6);
-          _tile_dpbf16ps(2, 5, 6);
-        }
-        if (blocks > 3) {
-          _tile_loadd(7, v + 48, ldo);
-          _tile_dpbf16ps(3, 4, 7);
-          _tile_dpbf16ps(3, 5, 7);
-        }
+        AMX_PV_BLOCK(0, 6, v, ldo); /* V's blocks alternate between tiles 6 and 7 */
+        if (blocks > 1) AMX_PV_BLOCK(1, 7, v + 16, ldo);
+        if (blocks > 2) AMX_PV_BLOCK(2, 6, v + 32, ldo);
+        if (blocks > 3) AMX_PV_BLOCK(3, 7, v + 48, ldo);
       }
       AMX_O_TILES(_tile_stored, o, ldo, blocks);
     }
