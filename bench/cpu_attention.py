@@ -4,8 +4,8 @@ backward in float32; decode, dense and paged (pages of 16 tokens), in float32 an
 paged over a float8 cache (float16 queries). The median of 5 calls after one warm call, in GFLOP/s
 (4 B H Sq Sk D for the forward, 2.5 times that for the backward as `yk bench --backward` counts it,
 halved for causal) or GB/s of K and V (decode). No GPU needed:
-    YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py [prefill]
-(prefill: the prefill's forward rows alone). On x86-64 the library runs the widest build of the
+    YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py [prefill | decode]
+(prefill: the prefill's forward rows alone; decode: the decode rows alone). On x86-64 the library runs the widest build of the
 kernels the CPU has (AVX-512F, with AMX tiles for the bfloat16 forward where the CPU has AMX-BF16;
 else AVX2 + FMA + F16C); YK_CPU_ISA=avx512 keeps the AVX-512 build off AMX, avx2 caps it at AVX2's,
 plain times the build for every CPU instead."""
@@ -42,9 +42,12 @@ except ImportError:
     except ImportError:
         as_bfloat16 = None
 only_prefill = "prefill" in sys.argv[1:]  # the prefill's forward rows alone
+only_decode = "decode" in sys.argv[1:]  # the decode rows alone
 
 rng = np.random.default_rng(0)
-for b, s, h, kv, d, causal in [(1, 1024, 32, 8, 128, True), (1, 2048, 16, 16, 64, False), (1, 1024, 8, 8, 256, False)]:
+prefill_rows = [] if only_decode else [(1, 1024, 32, 8, 128, True), (1, 2048, 16, 16, 64, False),
+                                       (1, 1024, 8, 8, 256, False)]
+for b, s, h, kv, d, causal in prefill_rows:
     q = rng.standard_normal((b, h, s, d), dtype=np.float32)
     k, v = (rng.standard_normal((b, kv, s, d), dtype=np.float32) for _ in range(2))
     flops = 4 * b * h * s * s * d / (2 if causal else 1)
@@ -63,7 +66,7 @@ for b, s, h, kv, d, causal in [(1, 1024, 32, 8, 128, True), (1, 2048, 16, 16, 64
 if only_prefill:
     sys.exit(0)
 for dtype in (np.float32, np.float16):
-    for b, s, h, kv, d in [(8, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (4, 4096, 32, 32, 128)]:
+    for b, s, h, kv, d in [(8, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (1, 4096, 32, 8, 128), (4, 4096, 32, 32, 128)]:
         q = rng.standard_normal((b, h, d), dtype=np.float32).astype(dtype)
         k, v = (rng.standard_normal((b, s, kv, d), dtype=np.float32).astype(dtype) for _ in range(2))
         t = median_s(lambda: yk.attention_decode(q, k, v))

@@ -9,7 +9,9 @@
  * No pass takes more than about 110 KiB of a thread's stack whatever head_dim is (the forward on
  * AMX tiles: its buffers, 106 KiB at most; the backward's first: three query tiles, three key tiles
  * of half the size, two score blocks and one row, about 100).
- * Nothing is allocated, so a call that cannot report an error cannot fail half-way either. */
+ * Nothing is allocated but a split decode's partial states (see DECODE_SPLIT_KEYS), and where they
+ * find no room the same stretches are folded as they go, so a call that cannot report an error
+ * cannot fail half-way either. */
 #include "cpu_fallback/attention.h"
 
 #include <math.h>
@@ -314,6 +316,9 @@ typedef struct attn_job {
   int64_t whole_heads, whole_chunks;    /* heads and chunks when the tile takes as many heads as fit */
   int64_t kv_a_tile, kv_tiles;          /* kv heads a query tile, such tiles a sequence (see decode_tiles) */
   int transposed;                       /* scores over keys transposed: every tile's sums in one order (see make_job) */
+  int64_t splits;                       /* decode: stretches of DECODE_SPLIT_KEYS keys a sequence (see decode_splits) */
+  float *partials;                      /* NULL, or a split decode's states, slot_floats a (tile, split) */
+  int64_t slot_floats;
 } attn_job;
 
 typedef struct query_tile {
@@ -374,14 +379,17 @@ static void prefetch_keys(const attn_job *j, const yk_attn_operand *o, const que
 
 /* A key or value row of n elements as floats: float8 as the values times 2^-8, the job's scales
  * making up for it (yk_cpu_kv_row_floats). */
-void ISA_NAME(yk_cpu_kv_row_floats)(int kv_type, const void *row, float *dst, int64_t n) {
+static inline __attribute__((always_inline)) void kv_row_floats(int kv_type, const void *row, float *dst, int64_t n) {
   if (kv_type == YK_E4M3)
     yk_e4m3_to_floats_2m8(row, dst, n);
   else
     yk_load_floats(kv_type, row, dst, n);
 }
+void ISA_NAME(yk_cpu_kv_row_floats)(int kv_type, const void *row, float *dst, int64_t n) {
+  kv_row_floats(kv_type, row, dst, n);
+}
 static inline void load_kv_row(const attn_job *j, const char *row, float *dst) {
-  ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, dst, j->s->head_dim);
+  kv_row_floats(j->kv_type, row, dst, j->s->head_dim);
 }
 
 /* The LANES x LANES block at column i of LANES rows, transposed: column c of the rows as one vector
@@ -471,7 +479,7 @@ static void load_keys(const attn_job *j, const yk_attn_operand *o, const query_t
           from[r] = (const float *)(const void *)row;
         } else {
           from[r] = scratch + r * TRANSPOSE_COLUMNS;
-          ISA_NAME(yk_cpu_kv_row_floats)(j->kv_type, row, scratch + r * TRANSPOSE_COLUMNS, width);
+          kv_row_floats(j->kv_type, row, scratch + r * TRANSPOSE_COLUMNS, width);
         }
       }
       int64_t i = 0;
@@ -508,24 +516,98 @@ static const float *value_rows(const attn_job *j, const yk_attn_operand *o, cons
   return (const float *)(const void *)row_at(o, 4, t->b, t->g.k0 + k0, t->kvh);
 }
 
-/* s[r * ld] = dot(q_r, k) for the four rows q_r at q + r * d, each sum in dot's order, so that a
- * row's score does not depend on its neighbours; each element of k loaded feeds four rows. */
-static inline void dots4(float *s, int64_t ld, const float *q, const float *k, int64_t d) {
-  f32v lo0 = {0}, hi0 = {0}, lo1 = {0}, hi1 = {0}, lo2 = {0}, hi2 = {0}, lo3 = {0}, hi3 = {0};
-  int64_t i = 0;
-  for (; i + 2 * LANES <= d; i += 2 * LANES) {
-    const f32v k0 = loadv(k + i), k1 = loadv(k + i + LANES);
-    lo0 += loadv(q + i) * k0, hi0 += loadv(q + i + LANES) * k1;
-    lo1 += loadv(q + d + i) * k0, hi1 += loadv(q + d + i + LANES) * k1;
-    lo2 += loadv(q + 2 * d + i) * k0, hi2 += loadv(q + 2 * d + i + LANES) * k1;
-    lo3 += loadv(q + 3 * d + i) * k0, hi3 += loadv(q + 3 * d + i + LANES) * k1;
+/* Sums across lanes for LANES keys at once. fold<w> halves the lanes a key holds, from w to w / 2,
+ * in two vectors each holding LANES / w keys: the result holds the keys of both, x's and y's
+ * alternating, each one's lanes i and i + w / 2 added. key_sums folds LANES vectors of one key each
+ * (v[i] the key key_slot[i], bits reversed, so that they come out in order) into one vector whose
+ * lane c is key c's sum, in log2(LANES) rounds: a score a key now costs about three instructions of
+ * sums, where a sum across one vector's lanes took fifteen (as much as a decode score's products).
+ * Every key's lanes are added in the same pattern whatever its slot. */
+#if LANES == 16
+static inline f32v fold16(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         __builtin_shufflevector(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+static inline f32v fold8(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+         __builtin_shufflevector(x, y, 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+}
+static inline f32v fold4(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+         __builtin_shufflevector(x, y, 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+}
+static inline f32v fold2(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+         __builtin_shufflevector(x, y, 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+}
+static const int key_slot[LANES] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+static inline __attribute__((always_inline)) f32v key_sums(f32v *v) {
+  for (int i = 0; i < 8; i++) v[i] = fold16(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 4; i++) v[i] = fold8(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 2; i++) v[i] = fold4(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 1; i++) v[i] = fold2(v[2 * i], v[2 * i + 1]);
+  return v[0];
+}
+#elif LANES == 8
+static inline f32v fold8(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(x, y, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+static inline f32v fold4(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 8, 9, 4, 5, 12, 13) +
+         __builtin_shufflevector(x, y, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+static inline f32v fold2(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 8, 2, 10, 4, 12, 6, 14) +
+         __builtin_shufflevector(x, y, 1, 9, 3, 11, 5, 13, 7, 15);
+}
+static const int key_slot[LANES] = {0, 4, 2, 6, 1, 5, 3, 7};
+static inline __attribute__((always_inline)) f32v key_sums(f32v *v) {
+  for (int i = 0; i < 4; i++) v[i] = fold8(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 2; i++) v[i] = fold4(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 1; i++) v[i] = fold2(v[2 * i], v[2 * i + 1]);
+  return v[0];
+}
+#else
+static inline f32v fold4(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 1, 4, 5) + __builtin_shufflevector(x, y, 2, 3, 6, 7);
+}
+static inline f32v fold2(f32v x, f32v y) {
+  return __builtin_shufflevector(x, y, 0, 4, 2, 6) + __builtin_shufflevector(x, y, 1, 5, 3, 7);
+}
+static const int key_slot[LANES] = {0, 2, 1, 3};
+static inline __attribute__((always_inline)) f32v key_sums(f32v *v) {
+  for (int i = 0; i < 2; i++) v[i] = fold4(v[2 * i], v[2 * i + 1]);
+  for (int i = 0; i < 1; i++) v[i] = fold2(v[2 * i], v[2 * i + 1]);
+  return v[0];
+}
+#endif
+
+static const float zero_row[MAX_HEAD_DIM];
+
+/* s[c] = q . k_c for the count <= LANES keys k_c at k + c * d: each key's products summed over the
+ * dims lane by lane, then the lanes by key_sums, then the dims past the last whole vector in order.
+ * A key's sum does not depend on the others in its block (missing keys read zeros). */
+static inline __attribute__((always_inline)) void key_block_scores(float *s, const float *q, const float *k,
+                                                                   int64_t count, int64_t d) {
+  const float *rows[LANES];
+  f32v acc[LANES];
+  for (int i = 0; i < LANES; i++) {
+    rows[i] = key_slot[i] < count ? k + key_slot[i] * d : zero_row;
+    acc[i] = (f32v){0};
   }
-  const f32v sums[4] = {lo0 + hi0, lo1 + hi1, lo2 + hi2, lo3 + hi3};
-  for (int r = 0; r < 4; r++) {
+  int64_t x = 0;
+  for (; x + LANES <= d; x += LANES) {
+    const f32v qx = loadv(q + x);
+    for (int i = 0; i < LANES; i++) acc[i] += qx * loadv(rows[i] + x);
+  }
+  f32v sums = key_sums(acc);
+  for (int64_t c = 0; x < d && c < count; c++) {
     float tail = 0;
-    for (int64_t t = i; t < d; t++) tail += q[r * d + t] * k[t];
-    s[r * ld] = lane_sum(sums[r]) + tail;
+    for (int64_t i = x; i < d; i++) tail += q[i] * k[c * d + i];
+    sums[c] += tail;
   }
+  memcpy(s, &sums, (size_t)count * sizeof *s);
 }
 
 /* Scores s[r * n + c] = q_r . k_c of a tile's rows against n keys, the keys as load_keys gave them. */
@@ -535,25 +617,25 @@ static void tile_scores(const attn_job *j, float *s, const float *q, const float
     matrix_product(s, n, q, d, 1, k, n, rows, n, d, 0);
     return;
   }
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4)
-    for (int64_t c = 0; c < n; c++) dots4(s + r * n + c, n, q + r * d, k + c * d, d);
-  for (; r < rows; r++)
-    for (int64_t c = 0; c < n; c++) s[r * n + c] = dot(q + r * d, k + c * d, d);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t c = 0; c < n; c += LANES)
+      key_block_scores(s + r * n + c, q + r * d, k + c * d, min64(LANES, n - c), d);
 }
 
-/* Scores of tiles of fewer rows than this take the keys' rows, four rows a key at once (dots4) or
- * one: transposing the keys costs more than it saves there (decode of a GQA group of four, four
- * rows a tile: 0.7x; without GQA, one row: 0.6x). */
+/* Scores of tiles of fewer rows than this take the keys' rows, LANES keys a row at once
+ * (key_block_scores): transposing the keys costs more than it saves there (decode of a GQA group
+ * of four, four rows a tile: 0.7x against four rows a key at once; without GQA, one row: 0.6x). */
 #define TRANSPOSED_KEYS_FROM_ROWS 8
 
 /* The tiles of a call: rows_a_tile rows a query tile, the group's heads in as few chunks as fit,
- * and keys_a_tile keys a key tile. With fewer tasks than threads (a batch-1 decode) a tile takes
- * fewer heads, down to one: more reads of each key, more threads reading. Only the heads change
+ * and keys_a_tile keys a key tile; a decode's tasks are splits (decode_splits) times as many. With
+ * fewer tasks than threads (a short batch-1 decode) a tile takes fewer heads, down to one: more
+ * reads of each key, more threads reading. Only the heads change
  * with the thread count, never the tokens, the keys or the transposition, so each row's sums keep
  * one order and results do not depend on the thread count. */
-static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64_t keys_a_tile, int threads) {
-  attn_job j = {.s = s};
+static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64_t keys_a_tile, int threads,
+                         int64_t splits) {
+  attn_job j = {.s = s, .splits = splits};
   j.elem = (int64_t)yk_dtype_size((yk_dtype)s->dtype);
   j.kv_elem = s->kv_float8 ? 1 : j.elem;
   j.kv_type = s->kv_float8 ? YK_E4M3 : s->dtype;
@@ -570,7 +652,7 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
   j.heads = j.whole_heads;
   for (;;) {
     j.chunks = (j.group + j.heads - 1) / j.heads;
-    if (j.heads == 1 || s->batch * s->kv_heads * j.chunks * j.tiles >= threads) break;
+    if (j.heads == 1 || s->batch * s->kv_heads * j.chunks * j.tiles * splits >= threads) break;
     j.heads = (j.heads + 1) / 2;
   }
   j.kv_a_tile = 1, j.kv_tiles = s->kv_heads;
@@ -589,7 +671,7 @@ static void decode_tiles(attn_job *j, int64_t rows_a_tile, int threads) {
   const yk_attention_shape *s = j->s;
   if (j->most_tokens != 1 || j->heads != j->group || j->chunks != 1) return;
   int64_t kv = min64(s->kv_heads, rows_a_tile / j->group);
-  while (kv > 1 && s->batch * ((s->kv_heads + kv - 1) / kv) < threads) kv = (kv + 1) / 2;
+  while (kv > 1 && s->batch * ((s->kv_heads + kv - 1) / kv) * j->splits < threads) kv = (kv + 1) / 2;
   j->kv_a_tile = kv > 1 ? kv : 1;
   j->kv_tiles = (s->kv_heads + j->kv_a_tile - 1) / j->kv_a_tile;
 }
@@ -656,36 +738,122 @@ static void finish_rows(const attn_job *j, const query_tile *t, float *acc, cons
 #include "cpu_fallback/attention_amx.h"
 #endif
 
+/* Keys [kb, ke) of a tile into its running state: acc (rows x head_dim, not yet divided by l), m, l. */
+static void attend_keys(const attn_job *j, const query_tile *t, const float *q, int64_t kb, int64_t ke, float *acc,
+                        float *m, float *l, float *kt, float *vt, float *key, float *scores) {
+  const int64_t d = j->s->head_dim, bn = j->keys;
+  const int64_t group_rows = t->rows / t->kv_count; /* a kv head's rows: all of them, or one token's group */
+  for (int64_t k0 = kb; k0 < ke; k0 += bn) {
+    const int64_t n = min64(bn, ke - k0);
+    for (int64_t hk = 0; hk < t->kv_count; hk++) {
+      query_tile h = *t; /* the kv head whose keys the loaders read */
+      h.kvh = t->kvh + hk;
+      const int64_t r0 = hk * group_rows;
+      int64_t ldv;
+      load_keys(j, &j->k, &h, k0, n, j->transposed, kt, key);
+      const float *values = value_rows(j, &j->v, &h, k0, n, vt, &ldv);
+      tile_scores(j, scores, q + r0 * d, kt, group_rows, n);
+      softmax_rows(j, t, scores, n, r0, group_rows, k0, n, m, l, acc);
+      matrix_product(acc + r0 * d, d, scores, n, 1, values, ldv, group_rows, d, n, 1); /* acc += P V */
+    }
+  }
+}
+
+static void fresh_state(int64_t rows, int64_t d, float *acc, float *m, float *l) {
+  memset(acc, 0, (size_t)(rows * d) * sizeof *acc);
+  for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
+}
+
+/* The running state (acc, m, l) of rows over earlier keys and a partial one (pacc, pm, pl) over the
+ * next stretch, into the running one: both rescaled to the larger maximum and added. A state of
+ * no keys (m -inf) weighs 0 and is not read. */
+static void fold_state(int64_t rows, int64_t d, float *acc, float *m, float *l, const float *pacc, const float *pm,
+                       const float *pl) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float top = pm[r] > m[r] ? pm[r] : m[r];
+    if (top == -INFINITY) continue;
+    const float a = m[r] == -INFINITY ? 0.f : expf(m[r] - top), b = pm[r] == -INFINITY ? 0.f : expf(pm[r] - top);
+    float *x = acc + r * d;
+    const float *y = pacc + r * d;
+    if (b == 0.f)
+      scale_row(x, a, d);
+    else
+      for (int64_t i = 0; i < d; i++) x[i] = x[i] * a + y[i] * b;
+    l[r] = l[r] * a + pl[r] * b;
+    m[r] = top;
+  }
+}
+
+/* Decode splits a sequence's keys into stretches of this many, each attended from a fresh state
+ * and folded in order (fold_state), whatever the thread count: where the tiles are fewer than the
+ * threads (a batch-1 decode) each (tile, stretch) is a task of its own and a second pass folds, so
+ * that every thread reads keys of its own, rather than more threads reading the same keys for
+ * fewer heads each; elsewhere one task folds its stretches as it goes. Both give the same bytes. */
+#define DECODE_SPLIT_KEYS 1024
+
+static int64_t decode_splits(const yk_attention_shape *s) {
+  if (longest(s, 0) != 1) return 1;
+  const int64_t keys = longest(s, 1);
+  return keys > DECODE_SPLIT_KEYS ? (keys + DECODE_SPLIT_KEYS - 1) / DECODE_SPLIT_KEYS : 1;
+}
+
+static float *partial_slot(const attn_job *j, int64_t tile_task, int64_t split) {
+  return j->partials + (tile_task * j->splits + split) * j->slot_floats;
+}
+
 static void forward_tiles(void *p, int64_t begin, int64_t end) {
   const attn_job *j = p;
   const yk_attention_shape *s = j->s;
-  const int64_t d = s->head_dim, bn = j->keys;
+  const int64_t d = s->head_dim;
   float q[TILE_FLOATS], acc[TILE_FLOATS], kt[TILE_FLOATS], vt[TILE_FLOATS], key[MAX_HEAD_DIM];
   float scores[MAX_TILE_ROWS * MAX_TILE_ROWS], m[MAX_TILE_ROWS], l[MAX_TILE_ROWS];
+  float run[TILE_FLOATS], run_m[MAX_TILE_ROWS], run_l[MAX_TILE_ROWS]; /* a split decode's folded state */
+  for (int64_t task = begin; task < end; task++) {
+    const int64_t tile_task = j->partials ? task / j->splits : task;
+    query_tile t;
+    if (!query_task(j, tile_task, &t)) continue;
+    const int64_t rows = t.rows, keys = keys_seen(s, &t.g, t.t0 + t.tokens - 1); /* the last token sees the most */
+    load_tile(j, &j->q, &t, q);
+    if (j->splits == 1) {
+      fresh_state(rows, d, acc, m, l);
+      attend_keys(j, &t, q, 0, keys, acc, m, l, kt, vt, key, scores);
+      finish_rows(j, &t, acc, m, l);
+      continue;
+    }
+    if (j->partials) { /* one stretch: its state to its slot, for fold_tiles */
+      const int64_t split = task % j->splits, kb = split * DECODE_SPLIT_KEYS;
+      if (kb >= keys) continue;
+      float *slot = partial_slot(j, tile_task, split);
+      fresh_state(rows, d, slot, slot + rows * d, slot + rows * (d + 1));
+      attend_keys(j, &t, q, kb, min64(kb + DECODE_SPLIT_KEYS, keys), slot, slot + rows * d, slot + rows * (d + 1), kt,
+                  vt, key, scores);
+      continue;
+    }
+    fresh_state(rows, d, run, run_m, run_l);
+    for (int64_t kb = 0; kb < keys; kb += DECODE_SPLIT_KEYS) {
+      fresh_state(rows, d, acc, m, l);
+      attend_keys(j, &t, q, kb, min64(kb + DECODE_SPLIT_KEYS, keys), acc, m, l, kt, vt, key, scores);
+      fold_state(rows, d, run, run_m, run_l, acc, m, l);
+    }
+    finish_rows(j, &t, run, run_m, run_l);
+  }
+}
+
+/* A split decode's second pass: each tile's stretches folded in order. */
+static void fold_tiles(void *p, int64_t begin, int64_t end) {
+  const attn_job *j = p;
+  const int64_t d = j->s->head_dim;
+  float run[TILE_FLOATS], run_m[MAX_TILE_ROWS], run_l[MAX_TILE_ROWS];
   for (int64_t task = begin; task < end; task++) {
     query_tile t;
     if (!query_task(j, task, &t)) continue;
-    const int64_t rows = t.rows;
-    load_tile(j, &j->q, &t, q);
-    memset(acc, 0, (size_t)(rows * d) * sizeof *acc);
-    for (int64_t r = 0; r < rows; r++) m[r] = -INFINITY, l[r] = 0;
-    const int64_t keys = keys_seen(s, &t.g, t.t0 + t.tokens - 1); /* the last token sees the most */
-    const int64_t group_rows = rows / t.kv_count; /* a kv head's rows: all of them, or one token's group */
-    for (int64_t k0 = 0; k0 < keys; k0 += bn) {
-      const int64_t n = min64(bn, keys - k0);
-      for (int64_t hk = 0; hk < t.kv_count; hk++) {
-        query_tile h = t; /* the kv head whose keys the loaders read */
-        h.kvh = t.kvh + hk;
-        const int64_t r0 = hk * group_rows;
-        int64_t ldv;
-        load_keys(j, &j->k, &h, k0, n, j->transposed, kt, key);
-        const float *values = value_rows(j, &j->v, &h, k0, n, vt, &ldv);
-        tile_scores(j, scores, q + r0 * d, kt, group_rows, n);
-        softmax_rows(j, &t, scores, n, r0, group_rows, k0, n, m, l, acc);
-        matrix_product(acc + r0 * d, d, scores, n, 1, values, ldv, group_rows, d, n, 1); /* acc += P V */
-      }
+    const int64_t rows = t.rows, keys = keys_seen(j->s, &t.g, t.t0 + t.tokens - 1);
+    fresh_state(rows, d, run, run_m, run_l);
+    for (int64_t split = 0; split * DECODE_SPLIT_KEYS < keys; split++) {
+      const float *slot = partial_slot(j, task, split);
+      fold_state(rows, d, run, run_m, run_l, slot, slot + rows * d, slot + rows * (d + 1));
     }
-    finish_rows(j, &t, acc, m, l);
+    finish_rows(j, &t, run, run_m, run_l);
   }
 }
 
@@ -694,17 +862,28 @@ void ISA_NAME(yk_cpu_attention_forward)(yk_thread_pool *pool, const yk_attention
                                         yk_attn_operand lse) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   const int64_t rows = tile_rows(shape->head_dim, TILE_FLOATS);
-  attn_job j = make_job(shape, rows, rows, pool->threads);
+  attn_job j = make_job(shape, rows, rows, pool->threads, decode_splits(shape));
   yk_range_fn tiles = forward_tiles;
 #if defined(YK_CPU_BUILD_AVX512) && defined(__AMX_BF16__)
   if (amx_forward_fits(pool, &j)) { /* its own tile sizes; never a decode */
-    j = make_job(shape, amx_rows(shape->head_dim), amx_keys(shape->head_dim), pool->threads);
+    j = make_job(shape, amx_rows(shape->head_dim), amx_keys(shape->head_dim), pool->threads, 1);
     tiles = forward_tiles_amx;
   }
 #endif
   if (tiles == forward_tiles) decode_tiles(&j, rows, pool->threads);
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse;
-  yk_parallel_for(pool, query_tasks(&j), 1, tiles, &j);
+  const int64_t tasks = query_tasks(&j);
+  if (j.splits > 1 && tasks < pool->threads) { /* a task a stretch, if its states find room (else folded as they go) */
+    j.slot_floats = rows * (shape->head_dim + 2);
+    j.partials = malloc((size_t)(tasks * j.splits * j.slot_floats) * sizeof *j.partials);
+  }
+  if (!j.partials) {
+    yk_parallel_for(pool, tasks, 1, tiles, &j);
+    return;
+  }
+  yk_parallel_for(pool, tasks * j.splits, 1, forward_tiles, &j);
+  yk_parallel_for(pool, tasks, 1, fold_tiles, &j);
+  free(j.partials);
 }
 
 /* ---- backward ----
@@ -830,7 +1009,7 @@ void ISA_NAME(yk_cpu_attention_backward)(yk_thread_pool *pool, const yk_attentio
                                          yk_attn_operand dv) {
   if (shape->head_dim < 1 || shape->head_dim > MAX_HEAD_DIM || shape->kv_heads < 1) return;
   attn_job j = make_job(shape, tile_rows(shape->head_dim, TILE_FLOATS), tile_rows(shape->head_dim, KEY_TILE_FLOATS),
-                        pool->threads);
+                        pool->threads, 1);
   j.transposed = 1; /* the backward's scores always take the keys transposed */
   j.q = q, j.k = k, j.v = v, j.out = out, j.lse = lse, j.dout = dout, j.dq = dq, j.dk = dk, j.dv = dv;
   yk_parallel_for(pool, query_tasks(&j), 1, backward_dq_tiles, &j);

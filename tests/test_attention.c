@@ -656,10 +656,12 @@ Test(attention, cpu_results_do_not_depend_on_threads) {
     if (build_repeats(build)) continue;
     yk_ctx *ctxs[3] = {cpu_ctx_of(cpu_builds[build], 0), cpu_ctx_of(cpu_builds[build], 1),
                        cpu_ctx_of(cpu_builds[build], 5)};
-    /* a ragged GQA batch, a batch-1 decode that the threads split into fewer heads a tile, and one
-     * whose tiles take several kv heads (16 of 20 and then 4 on one thread, 4 a tile on five) */
-    const attn_case cases[3] = {backward_cases[4], {1, 8, 2, 128, 1, 100}, {1, 20, 20, 256, 1, 100}};
-    for (int ci = 0; ci < 3; ci++) {
+    /* a ragged GQA batch, a batch-1 decode that the threads split into fewer heads a tile, one
+     * whose tiles take several kv heads (16 of 20 and then 4 on one thread, 4 a tile on five), and
+     * one of three stretches of keys: folded as they go on one thread, a task each on two and five */
+    const attn_case cases[] = {
+        backward_cases[4], {1, 8, 2, 128, 1, 100}, {1, 20, 20, 256, 1, 100}, {1, 8, 2, 128, 1, 2600}};
+    for (int ci = 0; ci < (int)(sizeof cases / sizeof cases[0]); ci++) {
       attn_data a;
       make_data(&a, cases[ci], 1, 0, &rng);
       /* q off the grid of 1/64 that makes every score exact in float32 whatever order its terms are
@@ -694,12 +696,17 @@ Test(attention, cpu_results_do_not_depend_on_threads) {
 /* ---- decode ---- */
 
 static const int32_t lens_decode[] = {1, 17, 128, 1000, 4100, 513};
+static const int32_t lens_decode_long[] = {2049, 1, 1024};
 static const attn_case decode_cases[] = {
     {3, 8, 2, 128, 1, 100},
     {2, 4, 4, 64, 1, 1},
     {4, 8, 1, 64, 1, 0, NULL, lens_decode},
     {2, 16, 4, 256, 1, 0, NULL, lens_decode + 1, .pad = 8},
     {1, 2, 2, 80, 1, 300},
+    /* keys in stretches of 1024 folded in order (decode_splits): a batch of one on a tail of 552, and
+     * lengths each side of a stretch's edge */
+    {1, 8, 2, 128, 1, 2600},
+    {3, 4, 1, 64, 1, 0, NULL, lens_decode_long},
 };
 #define DECODE_CASES (int)(sizeof decode_cases / sizeof decode_cases[0])
 
