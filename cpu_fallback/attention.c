@@ -585,41 +585,169 @@ static inline __attribute__((always_inline)) f32v key_sums(f32v *v) {
 
 static const float zero_row[MAX_HEAD_DIM];
 
-/* s[c] = q . k_c for the count <= LANES keys k_c at k + c * d: each key's products summed over the
- * dims lane by lane, then the lanes by key_sums, then the dims past the last whole vector in order.
- * A key's sum does not depend on the others in its block (missing keys read zeros). */
-static inline __attribute__((always_inline)) void key_block_scores(float *s, const float *q, const float *k,
-                                                                   int64_t count, int64_t d) {
-  const float *rows[LANES];
-  f32v acc[LANES];
-  for (int i = 0; i < LANES; i++) {
-    rows[i] = key_slot[i] < count ? k + key_slot[i] * d : zero_row;
-    acc[i] = (f32v){0};
+/* ---- a tile's keys and values read where they lie ----
+ * Where the scores take the keys' rows (fewer rows than TRANSPOSED_KEYS_FROM_ROWS: a decode tile's
+ * group), neither keys nor values are copied into tiles of floats first: each LANES elements are
+ * converted as the products load them. The copies were 40% of a float16 decode's time. */
+typedef uint16_t u16v __attribute__((vector_size(LANES * 2)));
+typedef uint32_t u32v __attribute__((vector_size(LANES * 4)));
+typedef uint8_t u8v __attribute__((vector_size(LANES)));
+
+/* LANES elements of a key or value row of kv_type from element i, as floats (float8: the values
+ * times 2^-8, as kv_row_floats gives them). */
+static inline __attribute__((always_inline)) f32v kv_lanes(int kv_type, const char *row, int64_t i) {
+  f32v v;
+  if (kv_type == YK_F32) {
+    memcpy(&v, row + 4 * i, sizeof v);
+    return v;
   }
-  int64_t x = 0;
-  for (; x + LANES <= d; x += LANES) {
-    const f32v qx = loadv(q + x);
-    for (int i = 0; i < LANES; i++) acc[i] += qx * loadv(rows[i] + x);
+  if (kv_type == YK_BF16) {
+    u16v h;
+    memcpy(&h, row + 2 * i, sizeof h);
+    const u32v w = __builtin_convertvector(h, u32v) << 16;
+    memcpy(&v, &w, sizeof v);
+    return v;
   }
-  f32v sums = key_sums(acc);
-  for (int64_t c = 0; x < d && c < count; c++) {
-    float tail = 0;
-    for (int64_t i = x; i < d; i++) tail += q[i] * k[c * d + i];
-    sums[c] += tail;
+#if LANES == 16
+  __m256i h;
+  if (kv_type == YK_F16) {
+    memcpy(&h, row + 2 * i, sizeof h);
+  } else { /* float8 e4m3: its bits one place lower read as a float16 of the value times 2^-8 */
+    u8v b;
+    memcpy(&b, row + i, sizeof b);
+    const u16v x = __builtin_convertvector(b, u16v), low = x & 0x7f;
+    const u16v bits = (low << 7) | ((x & 0x80) << 8) | ((u16v)(low == 0x7f) & 0x7e00); /* S.1111.111: NaN */
+    memcpy(&h, &bits, sizeof h);
   }
-  memcpy(s, &sums, (size_t)count * sizeof *s);
+  const __m512 f = _mm512_cvtph_ps(h);
+  memcpy(&v, &f, sizeof v);
+  return v;
+#else
+  float floats[LANES];
+  kv_row_floats(kv_type, row + i * (kv_type == YK_E4M3 ? 1 : 2), floats, LANES);
+  return loadv(floats);
+#endif
 }
 
-/* Scores s[r * n + c] = q_r . k_c of a tile's rows against n keys, the keys as load_keys gave them. */
-static void tile_scores(const attn_job *j, float *s, const float *q, const float *k, int64_t rows, int64_t n) {
-  const int64_t d = j->s->head_dim;
-  if (j->transposed) {
-    matrix_product(s, n, q, d, 1, k, n, rows, n, d, 0);
-    return;
+/* The same for one element, for the dims past the last whole vector. */
+static inline float kv_element(int kv_type, const char *row, int64_t i) {
+  float x;
+  kv_row_floats(kv_type, row + i * (kv_type == YK_F32 ? 4 : kv_type == YK_E4M3 ? 1 : 2), &x, 1);
+  return x;
+}
+
+/* Keys in a block of row_scores: LANES / SCORE_KEYS rows against SCORE_KEYS keys fill the LANES
+ * sums that key_sums folds at once. */
+#define SCORE_KEYS 4
+#define SCORE_ROWS (LANES / SCORE_KEYS)
+
+/* s[r * n + c] = q_r . k_c for rows q_r (d floats apart) against the n keys at krows[c]: each
+ * block's sums over the dims lane by lane, each key's LANES elements converted once for every row
+ * of the block, then folded as key_block_scores folds, so the scores are its bytes. Rows and keys
+ * past the ends read zeros. */
+static inline __attribute__((always_inline)) void row_scores_typed(int kv_type, float *s, int64_t n, const float *q,
+                                                                   int64_t rows, const char *const *krows, int64_t d) {
+  for (int64_t r0 = 0; r0 < rows; r0 += SCORE_ROWS) {
+    const float *qr[SCORE_ROWS];
+    for (int r = 0; r < SCORE_ROWS; r++) qr[r] = r0 + r < rows ? q + (r0 + r) * d : zero_row;
+    for (int64_t c0 = 0; c0 < n; c0 += SCORE_KEYS) {
+      const char *kr[SCORE_KEYS];
+      for (int k = 0; k < SCORE_KEYS; k++) kr[k] = c0 + k < n ? krows[c0 + k] : (const char *)zero_row;
+      f32v acc[LANES];
+      for (int i = 0; i < LANES; i++) acc[i] = (f32v){0};
+      int64_t x = 0;
+      for (; x + LANES <= d; x += LANES) {
+        f32v kv[SCORE_KEYS];
+        for (int k = 0; k < SCORE_KEYS; k++) kv[k] = kv_lanes(kv_type, kr[k], x);
+        for (int r = 0; r < SCORE_ROWS; r++) {
+          const f32v qx = loadv(qr[r] + x);
+          for (int k = 0; k < SCORE_KEYS; k++) acc[key_slot[r * SCORE_KEYS + k]] += qx * kv[k];
+        }
+      }
+      f32v sums = key_sums(acc);
+      for (int r = 0; x < d && r < SCORE_ROWS; r++)
+        for (int k = 0; k < SCORE_KEYS; k++) {
+          float tail = 0;
+          for (int64_t i = x; i < d; i++) tail += qr[r][i] * kv_element(kv_type, kr[k], i);
+          sums[r * SCORE_KEYS + k] += tail;
+        }
+      for (int r = 0; r < SCORE_ROWS && r0 + r < rows; r++)
+        for (int k = 0; k < SCORE_KEYS && c0 + k < n; k++) s[(r0 + r) * n + c0 + k] = sums[r * SCORE_KEYS + k];
+    }
   }
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t c = 0; c < n; c += LANES)
-      key_block_scores(s + r * n + c, q + r * d, k + c * d, min64(LANES, n - c), d);
+}
+
+/* Vectors of a value block in row_values: as many as leave registers for the rows' weights. */
+#if LANES == 16
+#define VALUE_VECTORS 4
+#else
+#define VALUE_VECTORS 2
+#endif
+
+/* acc[r * d + col] += sum over c < n of p[r * n + c] v_c[col] for columns [col, col + V * LANES)
+ * of R rows (4 or 1) from acc, v_c at vrows[c]: the sums kept in registers over the keys, each in
+ * the keys' order, as matrix_product's. */
+static inline __attribute__((always_inline)) void value_block(int kv_type, float *acc, int64_t d, const float *p,
+                                                              int64_t n, const char *const *vrows, int64_t col, int R,
+                                                              int V) {
+  f32v sum[4][VALUE_VECTORS];
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++) sum[r][v] = loadv(acc + r * d + col + v * LANES);
+  for (int64_t c = 0; c < n; c++) {
+    f32v x[VALUE_VECTORS];
+    for (int v = 0; v < V; v++) x[v] = kv_lanes(kv_type, vrows[c], col + v * LANES);
+    for (int r = 0; r < R; r++) {
+      const float w = p[r * n + c];
+      for (int v = 0; v < V; v++) sum[r][v] += w * x[v];
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < V; v++) memcpy(acc + r * d + col + v * LANES, &sum[r][v], sizeof sum[r][v]);
+}
+
+static inline __attribute__((always_inline)) void row_values_typed(int kv_type, float *acc, int64_t d, const float *p,
+                                                                   int64_t n, int64_t rows, const char *const *vrows) {
+  for (int64_t r0 = 0; r0 < rows;) { /* blocks of four rows, then one at a time */
+    const int R = rows - r0 >= 4 ? 4 : 1;
+    float *a = acc + r0 * d;
+    const float *pr = p + r0 * n;
+    int64_t col = 0;
+    for (; col + VALUE_VECTORS * LANES <= d; col += VALUE_VECTORS * LANES)
+      if (R == 4)
+        value_block(kv_type, a, d, pr, n, vrows, col, 4, VALUE_VECTORS);
+      else
+        value_block(kv_type, a, d, pr, n, vrows, col, 1, VALUE_VECTORS);
+    for (; col + LANES <= d; col += LANES)
+      if (R == 4)
+        value_block(kv_type, a, d, pr, n, vrows, col, 4, 1);
+      else
+        value_block(kv_type, a, d, pr, n, vrows, col, 1, 1);
+    for (int rr = 0; rr < R; rr++)
+      for (int64_t cc = col; cc < d; cc++) {
+        float sum = a[rr * d + cc];
+        for (int64_t c = 0; c < n; c++) sum += pr[rr * n + c] * kv_element(kv_type, vrows[c], cc);
+        a[rr * d + cc] = sum;
+      }
+    r0 += R;
+  }
+}
+
+/* Each specialised for the element type, so that the conversions are a few instructions inline. */
+#define ON_KV_TYPE(call, kv_type, ...)                                                                                 \
+  do {                                                                                                                 \
+    switch (kv_type) {                                                                                                 \
+    case YK_F32: call(YK_F32, __VA_ARGS__); break;                                                                     \
+    case YK_F16: call(YK_F16, __VA_ARGS__); break;                                                                     \
+    case YK_BF16: call(YK_BF16, __VA_ARGS__); break;                                                                   \
+    default: call(YK_E4M3, __VA_ARGS__); break;                                                                        \
+    }                                                                                                                  \
+  } while (0)
+
+/* The rows of keys [k0, k0 + n) of the tile's kv head, and the next tile's prefetched (as load_keys). */
+static void kv_rows(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t k0, int64_t n,
+                    const char **rows) {
+  prefetch_keys(j, o, t, k0 + n, n);
+  for (int64_t c = 0; c < n; c++) rows[c] = row_at(o, j->kv_elem, t->b, t->g.k0 + k0 + c, t->kvh);
 }
 
 /* Scores of tiles of fewer rows than this take the keys' rows, LANES keys a row at once
@@ -749,10 +877,19 @@ static void attend_keys(const attn_job *j, const query_tile *t, const float *q, 
       query_tile h = *t; /* the kv head whose keys the loaders read */
       h.kvh = t->kvh + hk;
       const int64_t r0 = hk * group_rows;
+      if (!j->transposed) { /* keys and values where they lie */
+        const char *krows[MAX_TILE_ROWS], *vrows[MAX_TILE_ROWS];
+        kv_rows(j, &j->k, &h, k0, n, krows);
+        kv_rows(j, &j->v, &h, k0, n, vrows);
+        ON_KV_TYPE(row_scores_typed, j->kv_type, scores, n, q + r0 * d, group_rows, krows, d);
+        softmax_rows(j, t, scores, n, r0, group_rows, k0, n, m, l, acc);
+        ON_KV_TYPE(row_values_typed, j->kv_type, acc + r0 * d, d, scores, n, group_rows, vrows); /* acc += P V */
+        continue;
+      }
       int64_t ldv;
-      load_keys(j, &j->k, &h, k0, n, j->transposed, kt, key);
+      load_keys(j, &j->k, &h, k0, n, 1, kt, key);
       const float *values = value_rows(j, &j->v, &h, k0, n, vt, &ldv);
-      tile_scores(j, scores, q + r0 * d, kt, group_rows, n);
+      matrix_product(scores, n, q + r0 * d, d, 1, kt, n, group_rows, n, d, 0); /* S */
       softmax_rows(j, t, scores, n, r0, group_rows, k0, n, m, l, acc);
       matrix_product(acc + r0 * d, d, scores, n, 1, values, ldv, group_rows, d, n, 1); /* acc += P V */
     }
