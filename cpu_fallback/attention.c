@@ -655,45 +655,58 @@ static inline float kv_element(int kv_type, const char *row, int64_t i) {
   return x;
 }
 
-/* Keys in a block of row_scores: LANES / SCORE_KEYS rows against SCORE_KEYS keys fill the LANES
- * sums that key_sums folds at once. */
-#define SCORE_KEYS 4
-#define SCORE_ROWS (LANES / SCORE_KEYS)
+/* A block of row_scores: R rows against LANES / R keys fill the LANES sums that key_sums folds at
+ * once. A GQA group of four or more takes blocks of four rows where LANES allows (4 keys each),
+ * smaller groups blocks of two or one, so that few rows of zeros are multiplied. */
+#define BLOCK_ROWS (LANES / 4)
 
-/* s[r * n + c] = q_r . k_c for rows q_r (d floats apart) against the n keys at krows[c]: each
- * block's sums over the dims lane by lane, each key's LANES elements converted once for every row
- * of the block, then folded as key_block_scores folds, so the scores are its bytes. Rows and keys
- * past the ends read zeros. */
-static inline __attribute__((always_inline)) void row_scores_typed(int kv_type, float *s, int64_t n, const float *q,
-                                                                   int64_t rows, const char *const *krows, int64_t d) {
-  for (int64_t r0 = 0; r0 < rows; r0 += SCORE_ROWS) {
-    const float *qr[SCORE_ROWS];
-    for (int r = 0; r < SCORE_ROWS; r++) qr[r] = r0 + r < rows ? q + (r0 + r) * d : zero_row;
-    for (int64_t c0 = 0; c0 < n; c0 += SCORE_KEYS) {
-      const char *kr[SCORE_KEYS];
-      for (int k = 0; k < SCORE_KEYS; k++) kr[k] = c0 + k < n ? krows[c0 + k] : (const char *)zero_row;
-      f32v acc[LANES];
-      for (int i = 0; i < LANES; i++) acc[i] = (f32v){0};
-      int64_t x = 0;
-      for (; x + LANES <= d; x += LANES) {
-        f32v kv[SCORE_KEYS];
-        for (int k = 0; k < SCORE_KEYS; k++) kv[k] = kv_lanes(kv_type, kr[k], x);
-        for (int r = 0; r < SCORE_ROWS; r++) {
-          const f32v qx = loadv(qr[r] + x);
-          for (int k = 0; k < SCORE_KEYS; k++) acc[key_slot[r * SCORE_KEYS + k]] += qx * kv[k];
-        }
-      }
-      f32v sums = key_sums(acc);
-      for (int r = 0; x < d && r < SCORE_ROWS; r++)
-        for (int k = 0; k < SCORE_KEYS; k++) {
-          float tail = 0;
-          for (int64_t i = x; i < d; i++) tail += qr[r][i] * kv_element(kv_type, kr[k], i);
-          sums[r * SCORE_KEYS + k] += tail;
-        }
-      for (int r = 0; r < SCORE_ROWS && r0 + r < rows; r++)
-        for (int k = 0; k < SCORE_KEYS && c0 + k < n; k++) s[(r0 + r) * n + c0 + k] = sums[r * SCORE_KEYS + k];
+/* s[r * n + c] = q_r . k_c for rows r0 .. r0 + R - 1 (d floats apart; past rows_end they read
+ * zeros and are not stored) against keys c0 .. (those past n read zeros): the sums over the dims
+ * lane by lane, each key's LANES elements converted once for the block's R rows, folded by
+ * key_sums, then the dims past the last whole vector added in order. A score's sum does not depend
+ * on its block. */
+static inline __attribute__((always_inline)) void score_block(int kv_type, int R, float *s, int64_t n, const float *q,
+                                                              int64_t r0, int64_t rows_end, const char *const *krows,
+                                                              int64_t c0, int64_t d) {
+  const int K = LANES / R;
+  const float *qr[LANES];
+  const char *kr[LANES];
+  for (int r = 0; r < R; r++) qr[r] = r0 + r < rows_end ? q + (r0 + r) * d : zero_row;
+  for (int k = 0; k < K; k++) kr[k] = c0 + k < n ? krows[c0 + k] : (const char *)zero_row;
+  f32v acc[LANES];
+  for (int i = 0; i < LANES; i++) acc[i] = (f32v){0};
+  int64_t x = 0;
+  for (; x + LANES <= d; x += LANES) {
+    f32v kv[LANES];
+    for (int k = 0; k < K; k++) kv[k] = kv_lanes(kv_type, kr[k], x);
+    for (int r = 0; r < R; r++) {
+      const f32v qx = loadv(qr[r] + x);
+      for (int k = 0; k < K; k++) acc[key_slot[r * K + k]] += qx * kv[k];
     }
   }
+  f32v sums = key_sums(acc);
+  for (int r = 0; x < d && r < R; r++)
+    for (int k = 0; k < K; k++) {
+      float tail = 0;
+      for (int64_t i = x; i < d; i++) tail += qr[r][i] * kv_element(kv_type, kr[k], i);
+      sums[r * K + k] += tail;
+    }
+  for (int r = 0; r < R && r0 + r < rows_end; r++)
+    for (int k = 0; k < K && c0 + k < n; k++) s[(r0 + r) * n + c0 + k] = sums[r * K + k];
+}
+
+/* s[r * n + c] = q_r . k_c for the rows of q against the n keys at krows[c]. */
+static inline __attribute__((always_inline)) void row_scores_typed(int kv_type, float *s, int64_t n, const float *q,
+                                                                   int64_t rows, const char *const *krows, int64_t d) {
+  const int R = rows >= 4 && BLOCK_ROWS >= 4 ? 4 : rows >= 2 && BLOCK_ROWS >= 2 ? 2 : 1;
+  for (int64_t r0 = 0; r0 < rows; r0 += R)
+    for (int64_t c0 = 0; c0 < n; c0 += LANES / R)
+      if (R == 4)
+        score_block(kv_type, 4, s, n, q, r0, rows, krows, c0, d);
+      else if (R == 2)
+        score_block(kv_type, 2, s, n, q, r0, rows, krows, c0, d);
+      else
+        score_block(kv_type, 1, s, n, q, r0, rows, krows, c0, d);
 }
 
 /* Vectors of a value block in row_values: as many as leave registers for the rows' weights. */
@@ -704,11 +717,11 @@ static inline __attribute__((always_inline)) void row_scores_typed(int kv_type, 
 #endif
 
 /* acc[r * d + col] += sum over c < n of p[r * n + c] v_c[col] for columns [col, col + V * LANES)
- * of R rows (4 or 1) from acc, v_c at vrows[c]: the sums kept in registers over the keys, each in
+ * of R rows (4, 2 or 1) from acc, v_c at vrows[c]: the sums kept in registers over the keys, each in
  * the keys' order, as matrix_product's. */
 static inline __attribute__((always_inline)) void value_block(int kv_type, float *acc, int64_t d, const float *p,
-                                                              int64_t n, const char *const *vrows, int64_t col, int R,
-                                                              int V) {
+                                                              int64_t n, const char *const *vrows, int64_t col, int V,
+                                                              int R) {
   f32v sum[4][VALUE_VECTORS];
   for (int r = 0; r < R; r++)
     for (int v = 0; v < V; v++) sum[r][v] = loadv(acc + r * d + col + v * LANES);
@@ -724,23 +737,20 @@ static inline __attribute__((always_inline)) void value_block(int kv_type, float
     for (int v = 0; v < V; v++) memcpy(acc + r * d + col + v * LANES, &sum[r][v], sizeof sum[r][v]);
 }
 
+/* value_block for R rows of 4, 2 or 1, each its own copy (R sizes the registers). */
+#define VALUE_BLOCK(R, ...)                                                                                            \
+  ((R) == 4 ? value_block(__VA_ARGS__, 4) : (R) == 2 ? value_block(__VA_ARGS__, 2) : value_block(__VA_ARGS__, 1))
+
 static inline __attribute__((always_inline)) void row_values_typed(int kv_type, float *acc, int64_t d, const float *p,
                                                                    int64_t n, int64_t rows, const char *const *vrows) {
   for (int64_t r0 = 0; r0 < rows;) { /* blocks of four rows, then one at a time */
-    const int R = rows - r0 >= 4 ? 4 : 1;
+    const int R = rows - r0 >= 4 ? 4 : rows - r0 >= 2 ? 2 : 1;
     float *a = acc + r0 * d;
     const float *pr = p + r0 * n;
     int64_t col = 0;
     for (; col + VALUE_VECTORS * LANES <= d; col += VALUE_VECTORS * LANES)
-      if (R == 4)
-        value_block(kv_type, a, d, pr, n, vrows, col, 4, VALUE_VECTORS);
-      else
-        value_block(kv_type, a, d, pr, n, vrows, col, 1, VALUE_VECTORS);
-    for (; col + LANES <= d; col += LANES)
-      if (R == 4)
-        value_block(kv_type, a, d, pr, n, vrows, col, 4, 1);
-      else
-        value_block(kv_type, a, d, pr, n, vrows, col, 1, 1);
+      VALUE_BLOCK(R, kv_type, a, d, pr, n, vrows, col, VALUE_VECTORS);
+    for (; col + LANES <= d; col += LANES) VALUE_BLOCK(R, kv_type, a, d, pr, n, vrows, col, 1);
     for (int rr = 0; rr < R; rr++)
       for (int64_t cc = col; cc < d; cc++) {
         float sum = a[rr * d + cc];
@@ -769,10 +779,13 @@ static void kv_rows(const attn_job *j, const yk_attn_operand *o, const query_til
   rows_from(o, j->kv_elem, t->b, t->g.k0 + k0, t->kvh, n, rows);
 }
 
-/* Scores of tiles of fewer rows than this take the keys' rows, LANES keys a row at once
- * (key_block_scores): transposing the keys costs more than it saves there (decode of a GQA group
+/* Scores of tiles of fewer rows than this take the keys' rows where they lie (row_scores_typed):
+ * transposing the keys costs more than it saves there (decode of a GQA group
  * of four, four rows a tile: 0.7x against four rows a key at once; without GQA, one row: 0.6x). */
 #define TRANSPOSED_KEYS_FROM_ROWS 8
+/* The same for a decode's tiles, whose keys are read once for every row of the group: float16
+ * GQA-8 1.23x and GQA-16 1.08x in place, GQA-32 0.87x. */
+#define TRANSPOSED_DECODE_FROM_ROWS 32
 
 /* The tiles of a call: rows_a_tile rows a query tile, the group's heads in as few chunks as fit,
  * and keys_a_tile keys a key tile; a decode's tasks are splits (decode_splits) times as many. With
@@ -795,7 +808,8 @@ static attn_job make_job(const yk_attention_shape *s, int64_t rows_a_tile, int64
   j.tokens = rows_a_tile / j.whole_heads;
   j.most_tokens = longest(s, 0);
   j.tiles = (j.most_tokens + j.tokens - 1) / j.tokens;
-  j.transposed = min64(j.tokens, j.most_tokens) * j.whole_heads >= TRANSPOSED_KEYS_FROM_ROWS;
+  j.transposed = min64(j.tokens, j.most_tokens) * j.whole_heads >=
+                 (j.most_tokens == 1 ? TRANSPOSED_DECODE_FROM_ROWS : TRANSPOSED_KEYS_FROM_ROWS);
   j.heads = j.whole_heads;
   for (;;) {
     j.chunks = (j.group + j.heads - 1) / j.heads;

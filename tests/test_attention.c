@@ -707,6 +707,9 @@ static const attn_case decode_cases[] = {
      * lengths each side of a stretch's edge */
     {1, 8, 2, 128, 1, 2600},
     {3, 4, 1, 64, 1, 0, NULL, lens_decode_long},
+    /* groups of three (blocks of two rows and one) and of 32 (keys transposed, not read in place) */
+    {2, 6, 2, 96, 1, 77},
+    {2, 32, 1, 64, 1, 300},
 };
 #define DECODE_CASES (int)(sizeof decode_cases / sizeof decode_cases[0])
 
