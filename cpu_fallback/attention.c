@@ -19,7 +19,7 @@
 #include <string.h>
 
 #include "cpu_fallback/half.h"
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -368,7 +368,6 @@ static inline float *lse_at(const attn_job *j, const query_tile *t, int64_t r) {
   return (float *)(void *)row_at(&j->lse, 4, t->b, t->g.q0 + row_token(t, r), row_head(t, r));
 }
 
-/* Prefetches count keys from key k0 of kv head kvh, up to the sequence's end. */
 /* rows[c] = row_at(o, elem, b, token + c, h) for c < count: a page's rows a stride apart, its table
  * read once (a lookup a row, and its division, cost a paged decode 1.6x dense's time). */
 static void rows_from(const yk_attn_operand *o, int64_t elem, int64_t b, int64_t token, int64_t h, int64_t count,
@@ -385,6 +384,7 @@ static void rows_from(const yk_attn_operand *o, int64_t elem, int64_t b, int64_t
   }
 }
 
+/* Prefetches count keys from key k0 of kv head kvh, up to the sequence's end. */
 static void prefetch_keys(const attn_job *j, const yk_attn_operand *o, const query_tile *t, int64_t k0, int64_t count) {
   const int64_t row_bytes = j->s->head_dim * j->kv_elem, end = min64(k0 + count, t->g.len_k);
   const char *rows[MAX_TILE_ROWS];
@@ -605,9 +605,10 @@ static inline __attribute__((always_inline)) f32v key_sums(f32v *v) {
 static const float zero_row[MAX_HEAD_DIM];
 
 /* ---- a tile's keys and values read where they lie ----
- * Where the scores take the keys' rows (fewer rows than TRANSPOSED_KEYS_FROM_ROWS: a decode tile's
- * group), neither keys nor values are copied into tiles of floats first: each LANES elements are
- * converted as the products load them. The copies were 40% of a float16 decode's time. */
+ * Where the scores take the keys' rows (a query tile of fewer rows than TRANSPOSED_KEYS_FROM_ROWS;
+ * a decode tile of a group under TRANSPOSED_DECODE_FROM_ROWS), neither keys nor values are copied
+ * into tiles of floats first: each LANES elements are converted as the products load them. The
+ * copies were 40% of a float16 decode's time. */
 typedef uint16_t u16v __attribute__((vector_size(LANES * 2)));
 typedef uint32_t u32v __attribute__((vector_size(LANES * 4)));
 typedef uint8_t u8v __attribute__((vector_size(LANES)));
@@ -627,18 +628,25 @@ static inline __attribute__((always_inline)) f32v kv_lanes(int kv_type, const ch
     memcpy(&v, &w, sizeof v);
     return v;
   }
-#if LANES == 16
-  __m256i h;
+#if LANES == 16 || (LANES == 8 && defined(__F16C__))
+  u16v h;
   if (kv_type == YK_F16) {
     memcpy(&h, row + 2 * i, sizeof h);
   } else { /* float8 e4m3: its bits one place lower read as a float16 of the value times 2^-8 */
     u8v b;
     memcpy(&b, row + i, sizeof b);
     const u16v x = __builtin_convertvector(b, u16v), low = x & 0x7f;
-    const u16v bits = (low << 7) | ((x & 0x80) << 8) | ((u16v)(low == 0x7f) & 0x7e00); /* S.1111.111: NaN */
-    memcpy(&h, &bits, sizeof h);
+    h = (low << 7) | ((x & 0x80) << 8) | ((u16v)(low == 0x7f) & 0x7e00); /* S.1111.111: NaN */
   }
-  const __m512 f = _mm512_cvtph_ps(h);
+#if LANES == 16
+  __m256i bits;
+  memcpy(&bits, &h, sizeof bits);
+  const __m512 f = _mm512_cvtph_ps(bits);
+#else
+  __m128i bits;
+  memcpy(&bits, &h, sizeof bits);
+  const __m256 f = _mm256_cvtph_ps(bits);
+#endif
   memcpy(&v, &f, sizeof v);
   return v;
 #else
@@ -743,7 +751,7 @@ static inline __attribute__((always_inline)) void value_block(int kv_type, float
 
 static inline __attribute__((always_inline)) void row_values_typed(int kv_type, float *acc, int64_t d, const float *p,
                                                                    int64_t n, int64_t rows, const char *const *vrows) {
-  for (int64_t r0 = 0; r0 < rows;) { /* blocks of four rows, then one at a time */
+  for (int64_t r0 = 0; r0 < rows;) { /* blocks of four rows, then of two, then one */
     const int R = rows - r0 >= 4 ? 4 : rows - r0 >= 2 ? 2 : 1;
     float *a = acc + r0 * d;
     const float *pr = p + r0 * n;
