@@ -632,11 +632,10 @@ static inline __attribute__((always_inline)) f32v kv_lanes(int kv_type, const ch
   u16v h;
   if (kv_type == YK_F16) {
     memcpy(&h, row + 2 * i, sizeof h);
-  } else { /* float8 e4m3: its bits one place lower read as a float16 of the value times 2^-8 */
+  } else { /* float8 e4m3, as yk_e4m3_to_floats_2m8 */
     u8v b;
     memcpy(&b, row + i, sizeof b);
-    const u16v x = __builtin_convertvector(b, u16v), low = x & 0x7f;
-    h = (low << 7) | ((x & 0x80) << 8) | ((u16v)(low == 0x7f) & 0x7e00); /* S.1111.111: NaN */
+    h = YK_E4M3_AS_F16_BITS(__builtin_convertvector(b, u16v));
   }
 #if LANES == 16
   __m256i bits;
