@@ -17,7 +17,8 @@ yk_status yk_attention_index_view(yk_ctx *ctx, const char *op, const char *name,
   yk_status st = yk_view_of(ctx, op, name, t, YK_ACCEPT_INDEX, ndim, ndim, v);
   if (st) return st;
   if (v->type != YK_I32) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be int32", op, name);
-  for (int d = ndim - 1, want = 1; d >= 0; want *= (int)v->shape[d], d--)
+  int64_t want = 1; /* a view's element count fits in int64_t (yk_view_of) */
+  for (int d = ndim - 1; d >= 0; want *= v->shape[d], d--)
     if (v->stride[d] != want && v->shape[d] > 1)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s must be contiguous", op, name);
   const DLDeviceType where = t->device.device_type;
@@ -135,8 +136,9 @@ yk_status yk_attention_check(yk_ctx *ctx, const char *op, const DLTensor *q, con
   if (pr->ragged_q) {
     if (!params->cu_seqlens_q->shape || params->cu_seqlens_q->ndim != 1)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: cu_seqlens_q must have 1 dimension", op);
+    if (params->cu_seqlens_q->shape[0] < 1)
+      return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: cu_seqlens_q is empty", op);
     s->batch = params->cu_seqlens_q->shape[0] - 1;
-    if (s->batch < 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: cu_seqlens_q is empty", op);
     pr->max_seqlen_q = params->max_seqlen_q;
     if ((st = yk_attention_check_offsets(ctx, op, "cu_seqlens_q", params->cu_seqlens_q, s->batch, pr->total_q,
                                          pr->on_device, &pr->cu_q, &pr->max_seqlen_q)))

@@ -55,6 +55,30 @@ static const char *dl_type_text(DLDataType t, char *buf, size_t size) {
   return buf;
 }
 
+/* Shape and strides (compact where t has none) into shape and stride, the element count, and in bad
+ * the OR of them all (negative when any is). Nonzero when the count or the bytes the elements
+ * span do not fit in 63 bits: no memory holds such a tensor, and every size computed from a view
+ * that passes stays inside int64_t. */
+static int measure(const DLTensor *t, int64_t *shape, int64_t *stride, int64_t *numel, int64_t *bad) {
+  int64_t n_all = 1, compact = 1, extent = 0, or_all = 0;
+  int over = 0;
+  for (int i = t->ndim - 1; i >= 0; i--) {
+    const int64_t n = t->shape[i], s = t->strides ? t->strides[i] : compact;
+    or_all |= n | s; /* any negative shape or stride sets the sign bit */
+    if (shape) shape[i] = n, stride[i] = s;
+    int64_t step = 0;
+    over |= __builtin_mul_overflow(n_all, n, &n_all);
+    if (!t->strides) over |= __builtin_mul_overflow(compact, n, &compact);
+    if (n > 0) over |= __builtin_mul_overflow(n - 1, s, &step) | __builtin_add_overflow(extent, step, &extent);
+  }
+  const int64_t elem_bytes = t->dtype.bits > 8 ? (t->dtype.bits + 7) / 8 : 1;
+  int64_t bytes;
+  over |= __builtin_add_overflow(extent, 1, &bytes) | __builtin_mul_overflow(bytes, elem_bytes, &bytes) |
+          __builtin_add_overflow(bytes, (int64_t)(t->byte_offset & INT64_MAX), &bytes) | (t->byte_offset > INT64_MAX);
+  *numel = n_all, *bad = or_all;
+  return over && or_all >= 0;
+}
+
 /* Why t fails the checks of yk_view_of, as a status and message. Only called when it does: the
  * hot path checks compactly and leaves the diagnosis to this cold function. */
 __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const char *op, const char *name,
@@ -80,13 +104,15 @@ __attribute__((cold, noinline)) static yk_status view_error(yk_ctx *ctx, const c
       t->device.device_type != kDLCUDAManaged)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: %s: memory of DLPack device type %d is not supported", op, name,
                     (int)t->device.device_type);
-  int64_t numel = 1;
   for (int i = 0; i < t->ndim; i++) {
     if (t->shape[i] < 0) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: dimension %d is negative", op, name, i);
     if (t->strides && t->strides[i] < 0)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: %s: negative strides are not supported", op, name);
-    numel *= t->shape[i];
   }
+  int64_t numel, bad;
+  if (measure(t, NULL, NULL, &numel, &bad))
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
+                    "%s: %s: its shape and strides describe more elements or bytes than 64-bit sizes hold", op, name);
   const int last = t->ndim - 1;
   if (!(accept & YK_ACCEPT_STRIDED) && t->ndim > 0 && t->shape[last] > 1 && t->strides && t->strides[last] != 1)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT,
@@ -109,15 +135,8 @@ yk_status yk_view_of(yk_ctx *ctx, const char *op, const char *name, const DLTens
   else
     goto fail;
   const int ndim = t->ndim;
-  int64_t numel = 1, compact = 1, bad = 0;
-  for (int i = ndim - 1; i >= 0; i--) {
-    const int64_t n = t->shape[i], s = t->strides ? t->strides[i] : compact;
-    bad |= n | s; /* any negative shape or stride sets the sign bit */
-    out->shape[i] = n;
-    out->stride[i] = s;
-    numel *= n;
-    compact *= n;
-  }
+  int64_t numel, bad;
+  if (__builtin_expect(measure(t, out->shape, out->stride, &numel, &bad), 0)) goto fail;
   if (__builtin_expect(
           bad < 0 ||
               (!(accept & YK_ACCEPT_STRIDED) && ndim > 0 && out->shape[ndim - 1] > 1 && out->stride[ndim - 1] != 1) ||
