@@ -289,6 +289,19 @@ void bench_decode_lengths(bench_timer *t, bench_results *r) {
         c.params.num_splits = 0;
         for (int k = 0; k < (head_major ? 0 : (int)(sizeof b1_knobs / sizeof b1_knobs[0])); k++)
           bench_sweep_one(t, r, shape, "attention_decode", b1_knobs[k], call, &c, bytes, "GB/s");
+        /* more splits in blocks small enough that several share an SM in one wave (a plain read of
+         * these bytes ran fastest at four blocks an SM: NOTES.md item 62; the decode did not, item 63) */
+        static const int more_splits[] = {32, 48, 64};
+        static const char *const small_blocks[] = {"warps=2,stages=3", "warps=2,stages=2", "warps=3,stages=2",
+                                                   "warps=4,stages=2"};
+        for (int s = 0; lengths[i] == 32768 && !head_major && s < 3; s++)
+          for (int k = 0; k < 4; k++) {
+            c.params.num_splits = more_splits[s];
+            char shape_splits[96];
+            snprintf(shape_splits, sizeof shape_splits, "%s num_splits=%d", shape, more_splits[s]);
+            bench_sweep_one(t, r, shape_splits, "attention_decode", small_blocks[k], call, &c, bytes, "GB/s");
+          }
+        c.params.num_splits = 0;
       }
       yh_tensor_free(&ws);
       free_case(&c);

@@ -53,7 +53,7 @@ static void complete(yk_spec *s) {
   /* bench --decode --sweep, H200: with a split (batch 1 x 32768) evict-first K and V ran at 1.06x
    * no hint; without (batch 64 x 4096, 256 x 1024) at 0.96x, and 128-byte prefetch made no
    * difference once the tiles were swizzled */
-  if (s->v[KV_HINT] == YK_UNSET) s->v[KV_HINT] = s->v[SPLIT] ? HINT_EVICT_FIRST : HINT_NONE;
+  if (s->v[KV_HINT] == YK_UNSET) s->v[KV_HINT] = s->v[SPLIT] && s->v[STAGES] <= 3 ? HINT_EVICT_FIRST : HINT_NONE;
   /* swizzled tiles read each 128-byte line with one L2 request, where padded rows took 2.6 and
    * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep);
    * a swizzled row is whole 128-byte lines, so the head dim must be a multiple of 64 */
@@ -71,6 +71,14 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   if (s->v[WARPS] % s->v[D_SPLIT] || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
     return snprintf(why, n, "warps %d and head_dim %d must divide among d_split %d", s->v[WARPS], s->v[HEAD_DIM],
                     s->v[D_SPLIT]),
+           1;
+  /* The cp.async of evict-first K and V, 4 or more stages deep, ran an illegal instruction on the
+   * H100 with CUDA 13's ptxas (the cache policy's uniform register read unset; from a constant
+   * fraction or one read at run time alike), where 2 and 3 stages run right: bench --lengths and
+   * gpu_decode_knobs_match_cpu. Deeper pipelines load without the hint. */
+  if (s->v[KV_HINT] == HINT_EVICT_FIRST && s->v[STAGES] > 3)
+    return snprintf(why, n, "kv_hint evict_first takes at most 3 stages, not %d (ptxas miscompiles deeper ones)",
+                    s->v[STAGES]),
            1;
   /* O's columns, Q's fragments, S */
   const int held = s->v[HEAD_DIM] / 2 / s->v[D_SPLIT] + (s->v[Q_IN_REGS] ? s->v[HEAD_DIM] / 4 : 0) + s->v[BLOCK_N] / 2;
