@@ -28,6 +28,7 @@ int yh_tensor_init(yh_tensor *t, yk_ctx *ctx, int type, int ndim, const int64_t 
   if (!(t->host = malloc(bytes))) return 1;
   if (on_device && (yk_cuda_make_current(ctx) != YK_OK || ctx->cu.cuMemAlloc(&t->device, bytes) != CUDA_SUCCESS)) {
     free(t->host);
+    memset(t, 0, sizeof *t); /* yh_tensor_free after a failed init frees nothing twice */
     return 1;
   }
   t->dl.data = on_device ? (void *)(uintptr_t)t->device : t->host;
