@@ -10,7 +10,7 @@
 
 typedef struct {
   yk_ctx *ctx;
-  yh_tensor q, k, v, out, lse, dout, dq, dk, dv;
+  yh_tensor q, k, v, out, lse, dout, dq, dk, dv, cu_k, cu_q;
   yk_attention_params params;
   int backward, decode;
 } attention_case;
@@ -26,7 +26,7 @@ static yk_status call(void *p) {
 
 static void free_case(attention_case *c) {
   yh_tensor *all = &c->q;
-  for (int i = 0; i < 9; i++) yh_tensor_free(&all[i]);
+  for (int i = 0; i < 11; i++) yh_tensor_free(&all[i]);
 }
 
 /* A dense prefill (or backward) case; a backward's out and lse come from the forward, run here. */
@@ -108,13 +108,158 @@ static int decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int64_t ba
       yh_tensor_init(&c->v, ctx, YK_BF16, 4, kd, ks, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 3, qd, NULL, 1))
     return 1;
   yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
-  const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, len, 128);
+  const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, len, 0, 128);
   if (yh_tensor_init(ws, ctx, YK_F32, 1, &floats, NULL, 1)) return 1;
   c->params.workspace = &ws->dl;
   return 0;
 }
 
 static const int64_t decode_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
+
+/* Ragged batches as an engine's decode step has them: k and v [total, 8, 128] with cu_seqlens_k in
+ * device memory and max_seqlen_k, as FlashAttention's varlen callers pass them. The split is
+ * chosen from the batch and k's rows (balanced), or given as the batch alone would choose it (the
+ * rule before ragged batches were balanced; where that is 1 split, exactly the old launch). */
+static const int32_t lens_spread[] = {32768, 256, 4096, 1024};
+static const struct {
+  const char *name;
+  int64_t batch, longest, long_count, short_len;
+  const int32_t *lens; /* or long_count sequences of longest spread through the batch, the rest short_len */
+} ragged_shapes[] = {
+    {"1x32768+31x512", 32, 32768, 1, 512, NULL},          {"4x16384+60x1024", 64, 16384, 4, 1024, NULL},
+    {"1x32768+15x2048", 16, 32768, 1, 2048, NULL},        {"2x8192+126x256", 128, 8192, 2, 256, NULL},
+    {"32768+256+4096+1024", 4, 32768, 0, 0, lens_spread}, {"32x4096 (equal)", 32, 4096, 32, 4096, NULL},
+};
+
+static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int shape, int64_t *total, yh_rng *rng) {
+  memset(c, 0, sizeof *c);
+  memset(ws, 0, sizeof *ws);
+  c->ctx = ctx, c->decode = 1;
+  const int64_t batch = ragged_shapes[shape].batch, cu_n = batch + 1;
+  int32_t *cu = malloc((size_t)cu_n * sizeof *cu);
+  if (!cu) return 1;
+  cu[0] = 0;
+  for (int64_t b = 0; b < batch; b++) /* the long sequences spread through the batch */
+    cu[b + 1] =
+        cu[b] + (ragged_shapes[shape].lens                            ? ragged_shapes[shape].lens[b]
+                 : b % (batch / ragged_shapes[shape].long_count) == 0 ? (int32_t)ragged_shapes[shape].longest
+                                                                      : (int32_t)ragged_shapes[shape].short_len);
+  *total = cu[batch];
+  const int64_t qd[3] = {batch, 32, 128}, kd[3] = {*total, 8, 128};
+  int bad =
+      yh_tensor_init(&c->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&c->k, ctx, YK_BF16, 3, kd, NULL, 1) ||
+      yh_tensor_init(&c->v, ctx, YK_BF16, 3, kd, NULL, 1) || yh_tensor_init(&c->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
+      yh_tensor_init(&c->cu_k, ctx, YK_I32, 1, &cu_n, NULL, 1);
+  if (!bad) {
+    memcpy(c->cu_k.host, cu, (size_t)cu_n * sizeof *cu);
+    bad = yh_upload(&c->cu_k);
+  }
+  free(cu);
+  if (bad) return 1;
+  yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
+  c->params.cu_seqlens_k = &c->cu_k.dl;
+  c->params.max_seqlen_k = (int)ragged_shapes[shape].longest;
+  const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, *total, 0, 128);
+  if (yh_tensor_init(ws, ctx, YK_F32, 1, &floats, NULL, 1)) return 1;
+  c->params.workspace = &ws->dl;
+  return 0;
+}
+
+/* A few query tokens a sequence against a long key sequence, through the prefill call (causal,
+ * ragged offsets in device memory): speculative decoding's verification step and a chunked
+ * prefill's last chunk. GB/s of K and V read, as decode's rows, which read the same bytes. */
+static void bench_short_queries(bench_timer *t, bench_results *r) {
+  yh_rng rng = {24};
+  static const int64_t shapes[][3] = {{1, 4, 32768}, {1, 8, 32768}, {1, 16, 32768}, {8, 8, 4096}, {64, 8, 4096}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const int64_t batch = shapes[i][0], nq = shapes[i][1], len = shapes[i][2], cu_n = batch + 1;
+    attention_case c;
+    memset(&c, 0, sizeof c);
+    c.ctx = t->ctx, c.params.causal = 1;
+    const int64_t qd[3] = {batch * nq, 32, 128}, kd[3] = {batch * len, 8, 128}, ld[2] = {32, batch * nq};
+    int bad = yh_tensor_init(&c.q, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
+              yh_tensor_init(&c.lse, t->ctx, YK_F32, 2, ld, NULL, 1) ||
+              yh_tensor_init(&c.k, t->ctx, YK_BF16, 3, kd, NULL, 1) ||
+              yh_tensor_init(&c.v, t->ctx, YK_BF16, 3, kd, NULL, 1) ||
+              yh_tensor_init(&c.out, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
+              yh_tensor_init(&c.cu_q, t->ctx, YK_I32, 1, &cu_n, NULL, 1) ||
+              yh_tensor_init(&c.cu_k, t->ctx, YK_I32, 1, &cu_n, NULL, 1);
+    if (!bad) {
+      for (int64_t b = 0; b <= batch; b++)
+        ((int32_t *)c.cu_q.host)[b] = (int32_t)(b * nq), ((int32_t *)c.cu_k.host)[b] = (int32_t)(b * len);
+      bad = yh_upload(&c.cu_q) || yh_upload(&c.cu_k);
+    }
+    char name[96];
+    snprintf(name, sizeof name, "prefill q%lld of B%lld L%lld causal gqa4 d128", (long long)nq, (long long)batch,
+             (long long)len);
+    if (!bad) {
+      yh_fill_uniform(&c.q, &rng, -1, 1), yh_fill_uniform(&c.k, &rng, -1, 1), yh_fill_uniform(&c.v, &rng, -1, 1);
+      c.params.cu_seqlens_q = &c.cu_q.dl, c.params.cu_seqlens_k = &c.cu_k.dl;
+      c.params.max_seqlen_q = (int)nq, c.params.max_seqlen_k = (int)len;
+      const double ms = bench_median_ms(t, call, &c), bytes = 2.0 * (double)(batch * len) * 8 * 128 * 2;
+      if (ms > 0) {
+        bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+        fprintf(stderr, "  %-52s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+      } else {
+        fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+      }
+    } else {
+      fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+    }
+    free_case(&c);
+  }
+}
+
+static void bench_decode_ragged(bench_timer *t, bench_results *r) {
+  yh_rng rng = {23};
+  for (int i = 0; i < (int)(sizeof ragged_shapes / sizeof ragged_shapes[0]); i++) {
+    attention_case c;
+    yh_tensor ws;
+    int64_t total = 0;
+    if (ragged_decode_case(&c, &ws, t->ctx, i, &total, &rng)) {
+      fprintf(stderr, "  ragged decode %s: cannot set up: %s\n", ragged_shapes[i].name, yk_ctx_last_error(t->ctx));
+    } else {
+      const int64_t batch = ragged_shapes[i].batch, longest = ragged_shapes[i].longest;
+      const size_t rule = yk_attention_decode_workspace_floats(t->ctx, batch, 32, 8, 128, longest, 0, 0);
+      const int batch_rule = rule ? (int)(rule / (size_t)(batch * 32 * 129)) : 1;
+      const double bytes = 2.0 * (double)total * 8 * 128 * 2;
+      double ms[2];
+      for (int by_batch = 0; by_batch < 2; by_batch++) {
+        c.params.num_splits = by_batch ? batch_rule : 0;
+        char name[128];
+        snprintf(name, sizeof name, "decode ragged %s %s", ragged_shapes[i].name,
+                 by_batch ? "batch's split" : "balanced");
+        ms[by_batch] = bench_median_ms(t, call, &c);
+        if (ms[by_batch] > 0) {
+          bench_add(r, name, ms[by_batch], bytes / ms[by_batch] / 1e6, bytes / ms[by_batch] / 1e6, "GB/s");
+          fprintf(stderr, "  %-52s %9.4f ms %7.0f GB/s\n", name, ms[by_batch], bytes / ms[by_batch] / 1e6);
+        } else {
+          fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+        }
+      }
+      if (ms[0] > 0 && ms[1] > 0) {
+        char name[128];
+        snprintf(name, sizeof name, "decode ragged %s balanced / batch's split", ragged_shapes[i].name);
+        bench_add(r, name, 0, 0, ms[1] / ms[0], "x");
+        fprintf(stderr, "  %-52s %.2fx (batch's split: %d)\n", name, ms[1] / ms[0], batch_rule);
+      }
+      /* the longest sequence's splits given, the others in chunks of the same size: what the
+         balanced choice picks among */
+      for (int splits = 2; splits <= 32; splits *= 2) {
+        char name[128];
+        snprintf(name, sizeof name, "decode ragged %s splits %d", ragged_shapes[i].name, splits);
+        c.params.num_splits = splits;
+        const double split_ms = bench_median_ms(t, call, &c);
+        if (split_ms > 0) {
+          bench_add(r, name, split_ms, bytes / split_ms / 1e6, bytes / split_ms / 1e6, "GB/s");
+          fprintf(stderr, "  %-52s %9.4f ms %7.0f GB/s\n", name, split_ms, bytes / split_ms / 1e6);
+        }
+      }
+    }
+    yh_tensor_free(&ws);
+    free_case(&c);
+  }
+}
 
 static void decode_sweep(bench_timer *t, bench_results *r);
 
@@ -141,6 +286,8 @@ void bench_decode(bench_timer *t, bench_results *r, int sweep) {
       yh_tensor_free(&ws);
       free_case(&c);
     }
+  bench_decode_ragged(t, r);
+  bench_short_queries(t, r);
   if (sweep) decode_sweep(t, r);
 }
 

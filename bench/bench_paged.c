@@ -43,14 +43,16 @@ static int index_tensor(yh_tensor *t, yk_ctx *ctx, int ndim, const int64_t *shap
   return yh_upload(t);
 }
 
-/* batch sequences of len tokens each (the first prefix of them shared, in the same blocks), over
- * a cache of exactly the blocks they need, handed out shuffled; float8: a float8_e4m3fn cache. */
-static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_t prefix, int page, int csr, int hnd,
-                 int float8, yh_rng *rng) {
+/* batch sequences of len tokens each, or of seq_lens[i] (the longest len; no shared prefix), the
+ * first prefix of them shared, in the same blocks, over a cache of exactly the blocks they need,
+ * handed out shuffled; float8: a float8_e4m3fn cache. */
+static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, const int32_t *seq_lens, int64_t prefix,
+                 int page, int csr, int hnd, int float8, yh_rng *rng) {
   memset(b, 0, sizeof *b);
   b->ctx = ctx;
   const int64_t per_seq = (len + page - 1) / page, shared = prefix / page;
-  const int64_t blocks = shared + batch * (per_seq - shared);
+  int64_t blocks = shared;
+  for (int64_t s = 0; s < batch; s++) blocks += ((seq_lens ? seq_lens[s] : len) + page - 1) / page - shared;
   const int64_t qd[3] = {batch, Q_HEADS, HEAD_DIM}, nhd[4] = {blocks, page, KV_HEADS, HEAD_DIM},
                 hnd_shape[4] = {blocks, KV_HEADS, page, HEAD_DIM}, *cd = hnd ? hnd_shape : nhd;
   if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
@@ -65,26 +67,30 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
   if (ctx->cu.cuMemsetD32Async(b->k_cache.device, half, words, NULL) ||
       ctx->cu.cuMemsetD32Async(b->v_cache.device, half, words, NULL))
     return 1;
-  int32_t *order = malloc((size_t)blocks * sizeof *order), *table = malloc((size_t)(batch * per_seq) * sizeof *table);
+  int32_t *order = malloc((size_t)blocks * sizeof *order), *table = calloc((size_t)(batch * per_seq), sizeof *table);
   int32_t *lens = malloc((size_t)batch * sizeof *lens), *indptr = malloc((size_t)(batch + 1) * sizeof *indptr);
   int32_t *last = malloc((size_t)batch * sizeof *last);
-  if (!order || !table || !lens || !indptr || !last) return free(order), free(table), free(lens), free(indptr), 1;
+  int32_t *indices = malloc((size_t)(batch * per_seq) * sizeof *indices); /* shared blocks listed by each */
+  if (!order || !table || !lens || !indptr || !last || !indices)
+    return free(order), free(table), free(lens), free(indptr), free(last), free(indices), 1;
   for (int64_t i = 0; i < blocks; i++) order[i] = (int32_t)i;
   for (int64_t i = blocks - 1; i > 0; i--) {
     const int64_t j = (int64_t)(yh_next(rng) % (uint64_t)(i + 1));
     const int32_t t = order[i];
     order[i] = order[j], order[j] = t;
   }
-  int64_t next = shared;
+  int64_t next = shared, nnz = 0;
   for (int64_t s = 0; s < batch; s++) {
-    for (int64_t j = 0; j < per_seq; j++) table[s * per_seq + j] = order[j < shared ? j : next++];
-    lens[s] = (int32_t)len, indptr[s] = (int32_t)(s * per_seq), last[s] = (int32_t)(len - (per_seq - 1) * page);
+    const int64_t len_s = seq_lens ? seq_lens[s] : len, n = (len_s + page - 1) / page;
+    indptr[s] = (int32_t)nnz;
+    for (int64_t j = 0; j < n; j++) indices[nnz++] = table[s * per_seq + j] = order[j < shared ? j : next++];
+    lens[s] = (int32_t)len_s, last[s] = (int32_t)(n ? len_s - (n - 1) * page : 1);
   }
-  indptr[batch] = (int32_t)(batch * per_seq);
-  const int64_t td[2] = {batch, per_seq}, nnz = batch * per_seq, n1 = batch + 1;
+  indptr[batch] = (int32_t)nnz;
+  const int64_t td[2] = {batch, per_seq}, n1 = batch + 1;
   int bad;
   if (csr)
-    bad = index_tensor(&b->indptr, ctx, 1, &n1, indptr) || index_tensor(&b->indices, ctx, 1, &nnz, table) ||
+    bad = index_tensor(&b->indptr, ctx, 1, &n1, indptr) || index_tensor(&b->indices, ctx, 1, &nnz, indices) ||
           index_tensor(&b->last, ctx, 1, &batch, last);
   else
     bad = index_tensor(&b->table, ctx, 2, td, table) || index_tensor(&b->lens, ctx, 1, &batch, lens);
@@ -124,7 +130,7 @@ static int setup(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t len, int64_
     const int64_t n = (int64_t)floats;
     if (!bad && n) bad = yh_tensor_init(&b->ws, ctx, YK_F32, 1, &n, NULL, 1);
   }
-  free(order), free(table), free(lens), free(indptr), free(last);
+  free(order), free(table), free(lens), free(indptr), free(last), free(indices);
   return bad;
 }
 
@@ -147,6 +153,50 @@ static double kv_bytes(int64_t batch, int64_t len, int float8) {
   return 2.0 * (double)batch * (double)len * KV_HEADS * HEAD_DIM * (float8 ? 1 : 2);
 }
 
+/* A decode step of a ragged batch through the plan (page 16, both table forms): the split the plan
+ * takes from the lengths, against the one the batch alone would take (planned with num_splits). */
+static void bench_paged_ragged(bench_timer *t, bench_results *r, yh_rng *rng) {
+  static const struct {
+    const char *name;
+    int batch, longest, long_count, short_len;
+  } shapes[] = {{"1x32768+31x512", 32, 32768, 1, 512}, {"4x16384+60x1024", 64, 16384, 4, 1024}};
+  for (int i = 0; i < (int)(sizeof shapes / sizeof shapes[0]); i++)
+    for (int csr = 0; csr <= 1; csr++) {
+      int32_t lens[64];
+      int64_t total = 0;
+      for (int b = 0; b < shapes[i].batch; b++)
+        total += lens[b] = b % (shapes[i].batch / shapes[i].long_count) == 0 ? shapes[i].longest : shapes[i].short_len;
+      paged_bench b;
+      char name[128];
+      double ms[2] = {-1, -1};
+      if (setup(&b, t->ctx, shapes[i].batch, shapes[i].longest, lens, 0, 16, csr, 0, 0, rng)) {
+        fprintf(stderr, "  paged ragged %s: cannot set up: %s\n", shapes[i].name, yk_ctx_last_error(t->ctx));
+      } else {
+        yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, Q_HEADS, KV_HEADS, HEAD_DIM, 16, csr, 0, 0};
+        const size_t rule = yk_attention_decode_workspace_floats(t->ctx, shapes[i].batch, Q_HEADS, KV_HEADS, HEAD_DIM,
+                                                                 shapes[i].longest, 0, 0);
+        const int batch_rule = rule ? (int)(rule / (size_t)(shapes[i].batch * Q_HEADS * (HEAD_DIM + 1))) : 1;
+        for (int by_batch = 0; by_batch < 2; by_batch++) {
+          shape.num_splits = by_batch ? batch_rule : 0;
+          snprintf(name, sizeof name, "paged decode ragged %s page16 %s %s", shapes[i].name, csr ? "csr" : "table",
+                   by_batch ? "batch's split" : "balanced");
+          /* the balanced plan splits at least as far as the batch's, so its workspace serves both */
+          if (yk_paged_decode_plan(b.plan, &shape, lens, shapes[i].batch, NULL))
+            fprintf(stderr, "  %s: %s\n", name, yk_ctx_last_error(t->ctx));
+          else
+            ms[by_batch] = time_case(t, r, &b, name, 2.0 * (double)total * KV_HEADS * HEAD_DIM * 2);
+        }
+        if (ms[0] > 0 && ms[1] > 0) {
+          snprintf(name, sizeof name, "paged decode ragged %s page16 %s balanced / batch's split", shapes[i].name,
+                   csr ? "csr" : "table");
+          bench_add(r, name, 0, 0, ms[1] / ms[0], "x");
+          fprintf(stderr, "  %-48s %.2fx (batch's split: %d)\n", name, ms[1] / ms[0], batch_rule);
+        }
+      }
+      free_bench(&b);
+    }
+}
+
 int bench_paged(bench_timer *t, bench_results *r) {
   yh_rng rng = {31};
   /* float8 rows: GB/s of the bytes read (half the bfloat16 ones), so the same GB/s is twice the tokens */
@@ -163,19 +213,20 @@ int bench_paged(bench_timer *t, bench_results *r) {
     snprintf(name, sizeof name, "paged decode B%lld L%lld page%d %s%s%s", (long long)shapes[i].batch,
              (long long)shapes[i].len, shapes[i].page, shapes[i].csr ? "csr" : "table", shapes[i].hnd ? " hnd" : "",
              shapes[i].float8 ? " float8" : "");
-    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, 0, shapes[i].page, shapes[i].csr, shapes[i].hnd,
+    if (setup(&b, t->ctx, shapes[i].batch, shapes[i].len, NULL, 0, shapes[i].page, shapes[i].csr, shapes[i].hnd,
               shapes[i].float8, &rng))
       fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
     else
       time_case(t, r, &b, name, kv_bytes(shapes[i].batch, shapes[i].len, shapes[i].float8));
     free_bench(&b);
   }
+  bench_paged_ragged(t, r, &rng);
   /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
   paged_bench plain, cascade;
   double plain_ms = -1, cascade_ms = -1;
-  if (!setup(&plain, t->ctx, 64, 4096 + 256, 0, 16, 0, 0, 0, &rng))
+  if (!setup(&plain, t->ctx, 64, 4096 + 256, NULL, 0, 16, 0, 0, 0, &rng))
     plain_ms = time_case(t, r, &plain, "shared prefix 4096+256 x64: paged decode", 0);
-  if (!setup(&cascade, t->ctx, 64, 4096 + 256, 4096, 16, 0, 0, 0, &rng))
+  if (!setup(&cascade, t->ctx, 64, 4096 + 256, NULL, 4096, 16, 0, 0, 0, &rng))
     cascade_ms = time_case(t, r, &cascade, "shared prefix 4096+256 x64: cascade decode", 0);
   else
     fprintf(stderr, "  cascade: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
@@ -198,7 +249,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
   yh_rng rng = {32};
   paged_bench b;
   const int64_t len = 32768;
-  if (setup(&b, t->ctx, 1, len, 0, 16, 0, 0, 0, &rng)) {
+  if (setup(&b, t->ctx, 1, len, NULL, 0, 16, 0, 0, 0, &rng)) {
     fprintf(stderr, "  paged B1: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
   } else {
     const double bytes = kv_bytes(1, len, 0);
@@ -211,7 +262,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
     const int64_t batch = float8_shapes[i][0], keys = float8_shapes[i][1];
     char shape[64];
     snprintf(shape, sizeof shape, "paged decode B%lld L%lld page16 float8", (long long)batch, (long long)keys);
-    if (setup(&b, t->ctx, batch, keys, 0, 16, 0, 0, 1, &rng)) {
+    if (setup(&b, t->ctx, batch, keys, NULL, 0, 16, 0, 0, 1, &rng)) {
       fprintf(stderr, "  %s: cannot set up: %s\n", shape, yk_ctx_last_error(t->ctx));
     } else {
       const double bytes = kv_bytes(batch, keys, 1);

@@ -158,13 +158,25 @@ typedef struct yk_decode_launch {
   int64_t max_seqlen_k; /* a bound on every sequence's keys (one above it is skipped); INT32_MAX for
                            paged keys, which their table bounds */
   int splits;
+  int chunk_keys;   /* 0: each sequence in `splits` chunks; else chunks of at least this many keys */
   float *workspace; /* splits > 1: yk_decode_workspace_floats(...) floats on the device */
 } yk_decode_launch;
 
-/* Splits a decode of this shape takes (num_splits 0: chosen from the batch and length), and the
- * float32 workspace they need. */
-int yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
-                     int num_splits);
+/* How a decode cuts its keys: `splits` chunks a sequence at most (the grid's depth), each of at
+ * least chunk_keys keys (0: every sequence in `splits` chunks). max_keys bounds every sequence,
+ * total_keys is the batch's keys (or a bound on them; 0 where unknown, and then chunk_keys is 0).
+ * num_splits 0 chooses the splits from the batch and those lengths; else it is the splits of the
+ * longest sequence. */
+typedef struct yk_decode_split {
+  int splits, chunk_keys;
+} yk_decode_split;
+yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
+                                 int64_t total_keys, int num_splits);
+/* The split of a direct call: yk_decode_splits, but no deeper than a caller's workspace holds (and
+ * never below the split of the lengths unknown: a dense batch of the shape). */
+yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                        int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
+                                        const DLTensor *workspace);
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
 
 /* The spec a launch takes, finished (for plans that compile ahead). */

@@ -22,6 +22,7 @@ typedef struct paged_keys {
   int64_t batch;
   int host_readable; /* the table's values were read and checked here */
   int64_t max_len;   /* the longest sequence, where host_readable; else the caller's bound (or 0) */
+  int64_t total_len; /* the batch's keys where host_readable; else a bound (CSR: its pages) or 0 */
   yk_page_map map;   /* the table's pointers (host ones for the CPU path) */
   yk_page_table_args table;
   float k_scale, v_scale; /* float8 caches' (1 for others) */
@@ -47,6 +48,7 @@ static yk_status check_table_values(yk_ctx *ctx, const char *op, paged_keys *pk,
                       m->indptr[pk->batch], (long long)nnz);
   }
   pk->max_len = 0;
+  pk->total_len = 0;
   for (int64_t b = 0; b < pk->batch; b++) {
     const int64_t len = yk_page_map_len(m, b);
     if (m->form == 1 && (len < 0 || len > m->max_blocks * P))
@@ -61,6 +63,7 @@ static yk_status check_table_values(yk_ctx *ctx, const char *op, paged_keys *pk,
                         op, (long long)b, (long long)j, (long long)id, (long long)pk->num_blocks);
     }
     if (len > pk->max_len) pk->max_len = len;
+    pk->total_len += len;
   }
   return YK_OK;
 }
@@ -114,6 +117,7 @@ static yk_status check_table(yk_ctx *ctx, const char *op, const yk_paged_kv *kv,
   if (kv->max_context_len < 0)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: max_context_len %d is negative", op, kv->max_context_len);
   pk->max_len = kv->max_context_len;
+  pk->total_len = pk->form == 2 ? pk->map.max_blocks * pk->page_size : 0; /* CSR: every listed page full */
   return YK_OK;
 }
 
@@ -239,16 +243,17 @@ static void cpu_forward(yk_ctx *ctx, const yk_attention_problem *pr, const paged
                            yk_attention_rows(ov, pr, 0), yk_attention_lse_rows(lv, pr));
 }
 
-/* The decode launch of a checked call with `splits` key splits. */
+/* The decode launch of a checked call cutting its keys by `split`. */
 static yk_decode_launch decode_launch(const yk_attention_problem *pr, const paged_keys *pk, const yk_view *ov,
-                                      const yk_view *lv, int splits) {
+                                      const yk_view *lv, yk_decode_split split) {
   return (yk_decode_launch){
       .a = yk_attention_operands_of(pr, pk->k_rows, pk->v_rows, ov, lv),
       .table = &pk->table,
       .paged = pk->form,
       .page_size = (int)pk->page_size,
       .max_seqlen_k = INT32_MAX, /* each sequence's own length cuts its splits; the table bounds it */
-      .splits = splits,
+      .splits = split.splits,
+      .chunk_keys = split.chunk_keys,
   };
 }
 
@@ -282,7 +287,8 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
                     op);
   yk_decode_launch L =
       decode_launch(&pr, &pk, &ov, &lv,
-                    yk_decode_splits(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.max_len, params->num_splits));
+                    yk_decode_splits_within(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.head_dim, pk.max_len,
+                                            pk.total_len, params->num_splits, params->workspace));
   CUdeviceptr scratch;
   st = yk_device_workspace(ctx, op, params->workspace,
                            yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
@@ -327,7 +333,7 @@ struct yk_paged_plan {
   int dtype;
   int kv_float8; /* the caches are float8 */
   int64_t batch;
-  int splits;
+  yk_decode_split split;
   size_t workspace_floats;
 };
 
@@ -374,18 +380,22 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
                     shape->kv_heads);
   if ((st = yk_attention_check_heads(ctx, op, &params, &pr)) || (st = check_splits(ctx, op, shape->num_splits)))
     return st;
-  int64_t longest = 0;
+  int64_t longest = 0, total = 0;
   for (int64_t b = 0; b < batch; b++) {
     if (kv_lens[b] < 0)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: kv_lens[%lld] is %d, negative", op, (long long)b, kv_lens[b]);
     if (kv_lens[b] > longest) longest = kv_lens[b];
+    total += kv_lens[b];
   }
-  const int splits = yk_decode_splits(ctx, batch, shape->q_heads, shape->kv_heads, longest, shape->num_splits);
+  const yk_decode_split split =
+      yk_decode_splits(ctx, batch, shape->q_heads, shape->kv_heads, longest, total, shape->num_splits);
+  const int splits = split.splits;
   /* compile now, so that running never does */
   yk_decode_launch L = {.a = {.dtype = dtype, .head_dim = shape->head_dim, .kv_float8 = kv_type == YK_E4M3},
                         .paged = shape->csr ? 2 : 1,
                         .page_size = shape->page_size,
-                        .splits = splits};
+                        .splits = splits,
+                        .chunk_keys = split.chunk_keys};
   yk_spec spec;
   yk_kernel *kern;
   yk_decode_spec(ctx, &L, &spec);
@@ -397,7 +407,7 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   plan->dtype = dtype;
   plan->kv_float8 = kv_type == YK_E4M3;
   plan->batch = batch;
-  plan->splits = splits;
+  plan->split = split;
   plan->workspace_floats = floats;
   plan->planned = 1;
   if (workspace_floats) *workspace_floats = floats;
@@ -410,7 +420,7 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
   if (!plan) return YK_ERR_INVALID_ARGUMENT;
   yk_ctx *ctx = plan->ctx;
   if (!plan->planned) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: the plan has not been made", op);
-  const yk_attention_params params = {.scale = plan->shape.scale, .num_splits = plan->splits};
+  const yk_attention_params params = {.scale = plan->shape.scale, .num_splits = plan->split.splits};
   paged_keys pk;
   yk_attention_problem pr;
   yk_view ov, lv;
@@ -431,7 +441,7 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
                     s->kv_heads, s->head_dim, s->page_size, s->csr ? "csr" : "block table",
                     yk_view_type_name(plan->dtype), yk_view_type_name(plan->kv_float8 ? YK_E4M3 : plan->dtype));
   if (pk.batch == 0) return YK_OK;
-  yk_decode_launch L = decode_launch(&pr, &pk, &ov, &lv, plan->splits);
+  yk_decode_launch L = decode_launch(&pr, &pk, &ov, &lv, plan->split);
   if (plan->workspace_floats) {
     if (!workspace)
       return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: the plan needs a workspace of %zu floats", op,
@@ -474,7 +484,7 @@ size_t yk_cascade_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_
   if (!ctx || batch <= 0 || q_heads <= 0 || kv_heads <= 0 || q_heads % kv_heads || head_dim <= 0 ||
       max_suffix_len < 0 || num_splits < 0 || num_splits > YK_DECODE_MAX_SPLITS)
     return 0;
-  const int splits = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_suffix_len, num_splits);
+  const int splits = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_suffix_len, 0, num_splits).splits;
   return cascade_scratch(batch, q_heads, head_dim, yk_decode_workspace_floats(batch, q_heads, head_dim, splits)).total;
 }
 
@@ -527,7 +537,8 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   if (pk.batch == 0) return YK_OK;
   const int64_t B = pk.batch, H = pr.shape.q_heads, D = pr.shape.head_dim;
   const int splits =
-      pr.on_device ? yk_decode_splits(ctx, B, H, pk.kv_heads, pk.max_len ? pk.max_len : 1, params->num_splits) : 1;
+      pr.on_device ? yk_decode_splits(ctx, B, H, pk.kv_heads, pk.max_len ? pk.max_len : 1, 0, params->num_splits).splits
+                   : 1;
   const int64_t C = cascade_chunks(ctx, shared, &prefix, H, B, pr.on_device);
   const cascade_layout l = cascade_scratch(B, H, D, yk_decode_workspace_floats(B, H, D, splits));
 

@@ -11,9 +11,11 @@
 //     writes its normalised partial output and lse in float32, and merge_attention_states combines
 //     them. Without, the block writes the output itself.
 //
-//   - Each sequence cuts its own keys into gridDim.z chunks of whole tiles, so a ragged batch
-//     spreads every sequence over all splits, and one launch serves any lengths (a captured graph
-//     of paged decode replays with new tables).
+//   - Each sequence cuts its own keys into gridDim.z chunks of whole tiles, or, given chunk_keys,
+//     into as many of at least chunk_keys keys as it needs (up to gridDim.z): the host picks the
+//     split of a ragged batch from its lengths, so its longest sequences spread over every split
+//     and its short ones stay whole. The lengths are read here, so one launch serves any lengths (a
+//     captured graph of paged decode replays with new tables).
 //   - Paged keys (PAGED 1 or 2, attention_common.cuh) are read through the page table, a tile of
 //     BLOCK_N rows gathering from as many pages as it spans.
 //   - Float8 keys and values (KV_FLOAT8, a float8 KV cache) stream as bytes, half the bytes of
@@ -152,7 +154,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
                      long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
-                     float scale_log2, yk_page_table pt, float out_scale) {
+                     int chunk_keys, float scale_log2, yk_page_table pt, float out_scale) {
   if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
@@ -160,10 +162,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int *pages;
   if (!yk_locate_keys<false, RAGGED, PAGED, PAGE_SIZE>(sq, pages, nullptr, cu_k, pt, b, 1, seq_k)) return;
   const int k_start = sq.k_start, len_k = sq.len_k;
-  const int chunk = ((len_k + (int)gridDim.z - 1) / (int)gridDim.z + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
+  // The sequence's chunks: gridDim.z, or with chunk_keys (a ragged batch, balanced by the host)
+  // as many chunks of at least chunk_keys keys as it needs, so that short sequences stay whole
+  // while the longest spread over every split.
+  const int chunks = chunk_keys > 0 ? min((int)gridDim.z, max(1, (len_k + chunk_keys - 1) / chunk_keys))
+                                    : (int)gridDim.z;
+  const int chunk = ((len_k + chunks - 1) / chunks + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
-  const int rows = min(16, group - row_block * 16);                 // valid rows of the tile
+  const int rows = min(16, group - row_block * 16);                  // valid rows of the tile
   const int head0 = kv_head * group + row_block * 16;
+  if (SPLIT && first >= last) { // an empty chunk: only its rows' lse, which tells the merge to skip them
+    for (int r = threadIdx.x; r < rows; r += THREADS)
+      part_lse[((long long)split * batch + b) * q_heads + head0 + r] = -INFINITY;
+    return;
+  }
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;

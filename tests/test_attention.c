@@ -11,6 +11,7 @@
 
 #include "cpu_fallback/attention.h"
 #include "cpu_fallback/half.h"
+#include "gen/attention.h"
 #include "runtime/context.h"
 
 #ifdef __x86_64__
@@ -647,6 +648,72 @@ Test(attention, backward_workspace_size) {
   cr_assert_eq(yk_flash_attention_backward_workspace_floats(8, 300, 1, 0, 0), 0);
 }
 
+/* How decode cuts its keys, on a context given an H100's 132 SMs: by the batch alone when the
+ * lengths are equal or unknown, by the lengths when a ragged batch's are known, and no deeper
+ * than a caller's workspace holds. */
+Test(attention, decode_splits_follow_the_lengths) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  ctx->multiprocessors = 132;
+  /* batch 1 x 32768, 32 q / 8 kv heads: 8 blocks, 16 splits of 2048 keys; the lengths agree */
+  yk_decode_split s = yk_decode_splits(ctx, 1, 32, 8, 32768, 0, 0);
+  cr_assert(s.splits == 16 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits(ctx, 1, 32, 8, 32768, 32768, 0);
+  cr_assert(s.splits == 16 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  /* equal lengths: the batch's rule whether or not they are known (8 x 8 blocks: 2 splits) */
+  cr_assert_eq(yk_decode_splits(ctx, 8, 32, 8, 4096, 8 * 4096, 0).splits, 2);
+  cr_assert_eq(yk_decode_splits(ctx, 8, 32, 8, 4096, 0, 0).splits, 2);
+  cr_assert_eq(yk_decode_splits(ctx, 64, 32, 8, 4096, 64 * 4096, 0).splits, 1);
+  /* 32 sequences, one of 32768 keys and 31 of 512: 256 blocks fill the SMs, but the long one's 8
+   * would hold the batch; 132 x 32768 / (48640 x 8) = 11.1 -> 16 splits of 2048 keys */
+  s = yk_decode_splits(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 0);
+  cr_assert(s.splits == 16 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  /* 4 of 16384 among 60 of 1024: the share's 2.1 -> 4 splits, then 8 for chunks of 2048 keys */
+  s = yk_decode_splits(ctx, 64, 32, 8, 16384, 4 * 16384 + 60 * 1024, 0);
+  cr_assert(s.splits == 8 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  /* lengths less than twice apart stay on the batch's rule (2 x 8 blocks: 8 splits) */
+  s = yk_decode_splits(ctx, 2, 32, 8, 32768, 32768 + 16384, 0);
+  cr_assert(s.splits == 8 && s.chunk_keys == 4096, "%d %d", s.splits, s.chunk_keys);
+  cr_assert_eq(yk_decode_splits(ctx, 32, 32, 8, 32768, 0, 0).splits, 1);
+  /* never chunks below 256 keys (3000 / 256 = 11 -> 8), nor past 128 splits */
+  s = yk_decode_splits(ctx, 8, 32, 8, 3000, 3446, 0);
+  cr_assert(s.splits == 8 && s.chunk_keys == 375, "%d %d", s.splits, s.chunk_keys);
+  cr_assert_eq(yk_decode_splits(ctx, 2, 1, 1, 16384, 16385, 0).splits, 64);
+  cr_assert_eq(yk_decode_splits(ctx, 4, 1, 1, 1 << 24, (1 << 24) + 3, 0).splits, 128);
+  cr_assert_eq(yk_decode_splits(ctx, 4, 1, 1, 4096, 4099, 0).splits, 16);
+  /* a total that overstates the keys (k's whole token axis) only falls back to the batch's rule */
+  cr_assert_eq(yk_decode_splits(ctx, 8, 32, 8, 4096, 1 << 20, 0).splits, 2);
+  /* an explicit count: the longest sequence's splits, the others in chunks of the same size;
+   * every sequence in that many chunks where the lengths are unknown */
+  s = yk_decode_splits(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 5);
+  cr_assert(s.splits == 5 && s.chunk_keys == 6554, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits(ctx, 32, 32, 8, 32768, 0, 5);
+  cr_assert(s.splits == 5 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 1);
+  cr_assert(s.splits == 1 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
+
+  /* a caller's workspace: halved until the partials fit, never below the batch's rule */
+  const int64_t per_split = 32 * 32 * 129, room4[1] = {4 * per_split}, room1[1] = {per_split / 2};
+  DLTensor ws = {.ndim = 1, .dtype = {kDLFloat, 32, 1}, .shape = (int64_t *)room4};
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, &ws);
+  cr_assert(s.splits == 4 && s.chunk_keys == 8192, "%d %d", s.splits, s.chunk_keys);
+  ws.shape = (int64_t *)room1;
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, &ws);
+  cr_assert(s.splits == 1 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, NULL);
+  cr_assert(s.splits == 16 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  /* the workspace query: the call's own split for a dense batch, or for a ragged one of total_k
+   * keys; max_seqlen_k as total_k bounds every ragged batch of that length */
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 1, 32, 8, 128, 32768, 0, 0), (size_t)16 * 32 * 129);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, 0, 0), 0);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0),
+               (size_t)16 * 32 * 32 * 129);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, 32 * 32768, 0), 0);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, 32768, 0), (size_t)32 * 32 * 32 * 129);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, 32768, 3), (size_t)3 * 32 * 32 * 129);
+  cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 32, 32, 8, 128, 32768, -1, 0), 0);
+  yk_ctx_destroy(ctx);
+}
+
 /* Each output has one writer and a fixed order of summation: one thread and five give the same
  * bytes as the default pool. */
 Test(attention, cpu_results_do_not_depend_on_threads) {
@@ -697,6 +764,9 @@ Test(attention, cpu_results_do_not_depend_on_threads) {
 
 static const int32_t lens_decode[] = {1, 17, 128, 1000, 4100, 513};
 static const int32_t lens_decode_long[] = {2049, 1, 1024};
+/* one long sequence among short ones (and an empty one): on the GPU the long one splits further
+ * than the batch alone would (8 against 2 on 132 SMs), the short ones stay whole */
+static const int32_t lens_decode_skewed[] = {3000, 17, 1, 250, 0, 40, 129, 9};
 static const attn_case decode_cases[] = {
     {3, 8, 2, 128, 1, 100},
     {2, 4, 4, 64, 1, 1},
@@ -1333,6 +1403,7 @@ static const attn_case gpu_decode_cases[] = {
     {3, 16, 4, 64, 1, 0, NULL, lens_decode + 2},
     {2, 64, 8, 256, 1, 2000},
     {4, 8, 8, 128, 1, 0, NULL, lens_decode + 1},
+    {8, 32, 8, 128, 1, 0, NULL, lens_decode_skewed},
 };
 
 /* num_splits 1, 8 and automatic, each with and without a caller's workspace, against the CPU and
@@ -1355,8 +1426,9 @@ static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed, const at
           p.num_splits = splits[s];
           yh_tensor ws = {0};
           if (with_workspace) {
-            const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(
-                gpu, a.c.batch, a.c.q_heads, a.c.kv_heads, a.c.head_dim, a.max_k, splits[s]);
+            const int64_t floats =
+                (int64_t)yk_attention_decode_workspace_floats(gpu, a.c.batch, a.c.q_heads, a.c.kv_heads, a.c.head_dim,
+                                                              a.max_k, a.c.lens_k ? a.total_k : 0, splits[s]);
             cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &floats, NULL, 1), 0);
             p.workspace = &ws.dl;
           }

@@ -552,16 +552,26 @@ Test(paged_attention, gpu_plan_run_and_graph_replay) {
       yh_poison(&t.out), yh_poison(&t.lse), yh_poison(&direct.out), yh_poison(&direct.lse);
       cr_assert_eq(gpu->cu.cuGraphLaunch(exec, stream), CUDA_SUCCESS);
       cr_assert_eq(gpu->cu.cuStreamSynchronize(stream), CUDA_SUCCESS);
-      /* the direct call with the same split count launches the same kernels: the same bits */
-      yk_attention_params p = {.num_splits = 0};
-      cr_assert_eq(yk_paged_attention_decode(gpu, &direct.q.dl, &direct.kv, &p, &direct.out.dl, &direct.lse.dl, NULL),
+      /* the plan run outside a graph launches the same kernels: the same bits */
+      cr_assert_eq(yk_paged_decode_run(plan, &direct.q.dl, &direct.kv, &direct.out.dl, &direct.lse.dl, &ws.dl, NULL),
                    YK_OK, "%s", yk_ctx_last_error(gpu));
       cr_assert_eq(yh_sync(gpu), 0);
       double *a = as_doubles(&t.out), *b = as_doubles(&direct.out);
       for (int64_t e = 0; e < t.out.numel; e++)
         cr_assert(a[e] == b[e], "%s step %d: replay out[%lld] %g, direct %g (seed %llu)", csr ? "csr" : "block_table",
                   step, (long long)e, a[e], b[e], (unsigned long long)seed);
-      free(a), free(b);
+      /* and the unplanned call agrees (the plan cut its keys by the planned lengths: its chunks
+       * may differ, so within rounding) */
+      yk_attention_params p = {.num_splits = 0};
+      yh_poison(&direct.out), yh_poison(&direct.lse);
+      cr_assert_eq(yk_paged_attention_decode(gpu, &direct.q.dl, &direct.kv, &p, &direct.out.dl, &direct.lse.dl, NULL),
+                   YK_OK, "%s", yk_ctx_last_error(gpu));
+      cr_assert_eq(yh_sync(gpu), 0);
+      double *unplanned = as_doubles(&direct.out);
+      const double err = ts_gpu_error(a, unplanned, t.out.numel);
+      cr_assert(err < 1e-2, "%s step %d: replay against the unplanned call %.3g (seed %llu)",
+                csr ? "csr" : "block_table", step, err, (unsigned long long)seed);
+      free(a), free(b), free(unplanned);
     }
     /* the run refuses tensors that are not the plan's */
     yk_paged_plan_shape other = shape;

@@ -121,8 +121,8 @@ static yk_status define_decode(yk_tune_case *c, const yk_model_preset *m, yk_tun
   checked = checked < 1 ? 1 : checked > s.batch ? s.batch : checked;
   for (int i = 0; i < 4; i++) b[i]->check_shape[0] = checked;
   /* the engine's workspace for the split-KV partials: allocating it on the stream would be timed */
-  const int64_t floats =
-      (int64_t)yk_attention_decode_workspace_floats(c->ctx, s.batch, m->q_heads, m->kv_heads, m->head_dim, s.length, 0);
+  const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(c->ctx, s.batch, m->q_heads, m->kv_heads,
+                                                                       m->head_dim, s.length, 0, 0);
   yk_tune_case_add(c, YK_F32, YK_TUNE_SCRATCH, 1, &floats, 0, 0);
   c->size = s.batch * s.length;
   c->bytes = 2.0 * (double)s.batch * (double)s.length * m->kv_heads * m->head_dim * 2;

@@ -141,17 +141,66 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
  * power of two of splits that keeps to one block an SM, each split at least MIN_KEYS_PER_SPLIT
  * keys. Measured on the H100 at batch 1 x 32768 (8 kv heads, bench --sweep): 16 splits ran at
  * 1928 GB/s, 8 at 1838, 17 at 1613, 24 at 1789, 33 at 1817, 66 at 1526: whole powers of two
- * cut the keys into whole tiles and each extra split costs a pipeline fill and a merge row. */
-int yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
-                     int num_splits) {
-  if (num_splits) return num_splits;
-  const int64_t blocks = batch * kv_heads * ((q_heads / kv_heads + 15) / 16);
-  int64_t most = (int64_t)ctx->multiprocessors / (blocks > 0 ? blocks : 1);
-  if (most > max_keys / MIN_KEYS_PER_SPLIT) most = max_keys / MIN_KEYS_PER_SPLIT;
-  if (most > MAX_SPLITS) most = MAX_SPLITS;
-  int splits = 1;
-  while (2 * (int64_t)splits <= most) splits *= 2;
-  return splits;
+ * cut the keys into whole tiles and each extra split costs a pipeline fill and a merge row.
+ *
+ * A ragged batch whose lengths are known (its longest at least twice the mean) is balanced by
+ * them instead, since many short sequences and one long one give blocks enough for every SM yet
+ * wait on the long one's few: the longest sequence takes the power of two of splits that keeps
+ * its chunks within one SM's share of the batch's keys, and more while a chunk holds more than
+ * BALANCED_CHUNK_KEYS; the others take chunks of that size (one, for most). The short blocks fill
+ * the SMs first (the grid runs split by split), so the long chunks must be small enough to end
+ * with them. yk bench --decode, H100, 32 q / 8 kv heads, head dim 128, best split counts: 16 for
+ * 1 x 32768 among 31 x 512 (chunks of 2048 keys; 8, at the share's floor, ran 0.87x), 8 for 4 x
+ * 16384 among 60 x 1024 (2048; the share's 4 0.97x), 16 for 1 x 32768 among 15 x 2048 and for
+ * 32768 + 4096 + 1024 + 256 (2048), 8 for 2 x 8192 among 126 x 256 (1024; this rule's 4 0.95x);
+ * equal lengths ran best on the batch's rule (32 x 4096: 1 split, 2-32 splits 0.91-0.95x). */
+#define BALANCED_CHUNK_KEYS 2048
+yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
+                                 int64_t total_keys, int num_splits) {
+  const int64_t units = kv_heads * ((q_heads / kv_heads + 15) / 16), blocks = batch * units; /* a sequence's */
+  const int known = total_keys > 0 && max_keys > 0 && units > 0;
+  int splits = num_splits;
+  if (!splits) {
+    const int64_t most_keys = max_keys / MIN_KEYS_PER_SPLIT, cap = most_keys < MAX_SPLITS ? most_keys : MAX_SPLITS;
+    const double by_batch = (double)ctx->multiprocessors / (double)(blocks > 0 ? blocks : 1);
+    splits = 1;
+    while (2.0 * splits <= by_batch && 2 * splits <= cap) splits *= 2;
+    if (known && (double)batch * (double)max_keys >= 2.0 * (double)total_keys) { /* ragged */
+      const double share = (double)ctx->multiprocessors * (double)max_keys / ((double)total_keys * (double)units);
+      int ragged = 1;
+      while (ragged < share && 2 * ragged <= cap) ragged *= 2;
+      while ((max_keys + ragged - 1) / ragged > BALANCED_CHUNK_KEYS && 2 * ragged <= cap) ragged *= 2;
+      if (ragged > splits) splits = ragged;
+    }
+  }
+  const int64_t chunk = known && splits > 1 ? (max_keys + splits - 1) / splits : 0;
+  return (yk_decode_split){splits, (int)(chunk < INT32_MAX ? chunk : 0)};
+}
+
+/* Float32 elements a workspace tensor holds (the call checks it properly later); none given: no bound */
+static int64_t workspace_capacity(const DLTensor *w) {
+  if (!w) return INT64_MAX;
+  if (!w->shape || w->ndim < 1 || w->dtype.code != kDLFloat || w->dtype.bits != 32) return 0;
+  int64_t n = 1;
+  for (int i = 0; i < w->ndim; i++) {
+    if (w->shape[i] < 0 || (w->shape[i] > 0 && n > INT64_MAX / w->shape[i])) return 0;
+    n *= w->shape[i];
+  }
+  return n;
+}
+
+yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                        int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
+                                        const DLTensor *workspace) {
+  yk_decode_split s = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, total_keys, num_splits);
+  const int least = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits;
+  const int64_t room = workspace_capacity(workspace);
+  while (s.splits > least &&
+         (uint64_t)yk_decode_workspace_floats(batch, q_heads, head_dim, s.splits) > (uint64_t)room) {
+    s.splits /= 2;
+    s.chunk_keys = s.splits > 1 ? (int)((max_keys + s.splits - 1) / s.splits) : 0;
+  }
+  return s;
 }
 
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits) {
@@ -160,12 +209,13 @@ size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_d
 }
 
 size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
-                                            int64_t head_dim, int64_t max_seqlen_k, int num_splits) {
+                                            int64_t head_dim, int64_t max_seqlen_k, int64_t total_k, int num_splits) {
   if (!ctx || batch <= 0 || q_heads <= 0 || kv_heads <= 0 || q_heads % kv_heads || head_dim <= 0 || max_seqlen_k < 0 ||
-      num_splits < 0 || num_splits > MAX_SPLITS)
+      total_k < 0 || num_splits < 0 || num_splits > MAX_SPLITS)
     return 0;
-  return yk_decode_workspace_floats(batch, q_heads, head_dim,
-                                    yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, num_splits));
+  return yk_decode_workspace_floats(
+      batch, q_heads, head_dim,
+      yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, total_k, num_splits).splits);
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
@@ -200,11 +250,11 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
                      L->a.out.batch_stride, L->a.out.head_stride};
   long long l_b = L->a.lse.batch_stride, l_h = L->a.lse.head_stride;
   int batch = (int)L->a.batch, q_heads = (int)L->a.q_heads, grp = (int)group, rb = (int)row_blocks,
-      seq_k = (int)L->max_seqlen_k;
+      seq_k = (int)L->max_seqlen_k, chunk_keys = L->chunk_keys;
   float scale_log2 = yk_attention_score_scale(&L->a) * 1.4426950408889634f, out_scale = yk_attention_out_scale(&L->a);
-  void *args[] = {&qp,    &kp,      &vp,   &op_,  &lp,    &po,         &pl,    &ck,       &s[0], &s[1],
-                  &s[2],  &s[3],    &s[4], &s[5], &s[6],  &s[7],       &s[8],  &s[9],     &l_b,  &l_h,
-                  &batch, &q_heads, &grp,  &rb,   &seq_k, &scale_log2, &table, &out_scale};
+  void *args[] = {&qp,    &kp,      &vp,   &op_,  &lp,    &po,         &pl,         &ck,    &s[0],     &s[1],
+                  &s[2],  &s[3],    &s[4], &s[5], &s[6],  &s[7],       &s[8],       &s[9],  &l_b,      &l_h,
+                  &batch, &q_heads, &grp,  &rb,   &seq_k, &chunk_keys, &scale_log2, &table, &out_scale};
   st = yk_launch(ctx, kern, (unsigned)(L->a.kv_heads * row_blocks), (unsigned)batch, (unsigned)L->splits, stream, args);
   if (st == YK_OK && L->splits > 1)
     st = yk_merge_partials(ctx, L->a.dtype, L->a.batch, L->a.q_heads, L->a.head_dim, L->splits, part_o, part_lse,
@@ -247,9 +297,13 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
       .a = yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
       .cu_k = pr.cu_k,
       .max_seqlen_k = pr.max_seqlen_k,
-      .splits = yk_decode_splits(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k,
-                                 params->num_splits),
   };
+  /* a ragged batch is balanced by its keys: k's token axis bounds them */
+  const yk_decode_split split =
+      yk_decode_splits_within(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.shape.head_dim,
+                              pr.max_seqlen_k, pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace);
+  L.splits = split.splits;
+  L.chunk_keys = split.chunk_keys;
   CUdeviceptr scratch;
   st = yk_device_workspace(ctx, op, params->workspace,
                            yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,

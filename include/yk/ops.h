@@ -84,7 +84,8 @@ typedef struct yk_attention_params {
   const DLTensor *cu_seqlens_k; /* set both or neither */
   int max_seqlen_q;             /* ragged batches on the GPU: bounds on the lengths, which the host */
   int max_seqlen_k;             /*   cannot read from device memory before the kernels run */
-  int num_splits;               /* decode: key splits per sequence; 0 chooses from the batch size */
+  int num_splits;               /* decode: key splits per sequence (of the longest, in a ragged
+                                   batch); 0 chooses from the batch and its lengths (below) */
   DLTensor *workspace;          /* decode with splits: float32 scratch of at least
                                    yk_attention_decode_workspace_floats(...) elements on the device;
                                    backward on the GPU: at least
@@ -121,15 +122,26 @@ YK_API size_t yk_flash_attention_backward_workspace_floats(int64_t q_heads, int6
 /* One query token a sequence against its whole key sequence (causal has no effect):
  * q, out [batch, q_heads, head_dim]; k, v dense [batch, seq_k, kv_heads, head_dim] or ragged
  * [total_k, kv_heads, head_dim] with cu_seqlens_k; lse [batch, q_heads] or NULL. Splits long key
- * sequences across blocks when the batch is too small to fill the GPU and merges them by lse. */
+ * sequences across blocks when the batch is too small to fill the GPU and merges them by lse.
+ * A ragged batch (longest at least twice the mean, which k's rows and max_seqlen_k bound) is
+ * balanced by its keys: its longest sequences take enough splits that no block holds more than
+ * an SM's share of the whole batch (nor more than 2048 keys), the others chunks of that size,
+ * even where the batch alone has blocks for every SM; num_splits, where given, is the longest
+ * sequence's. A params->workspace too small for those splits caps them (the call splits as far
+ * as it holds, never less than a dense batch of the shape would). */
 YK_API yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
                                      const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream);
 
 /* Float32 elements of workspace yk_attention_decode needs on ctx's device for this shape and
- * num_splits (0: the split count the call chooses itself there, from the batch and max_seqlen_k);
- * 0 when the call will not split. Size it once for the largest batch and length an engine runs. */
+ * num_splits (0: the split count the call chooses itself there); 0 when the call will not split.
+ * total_k: a ragged batch's key rows (k's first dimension; for paged decode, the tables' tokens,
+ * or a CSR table's kv_indices entries x page_size where the tables are in device memory), 0 for
+ * a dense batch (or a block table in device memory). A ragged batch of fewer keys splits further,
+ * so to size once for every batch an engine runs, give its largest batch and length, and
+ * max_seqlen_k as total_k for ragged ones. */
 YK_API size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
-                                                   int64_t head_dim, int64_t max_seqlen_k, int num_splits);
+                                                   int64_t head_dim, int64_t max_seqlen_k, int64_t total_k,
+                                                   int num_splits);
 
 /* Exact merge of two attentions of the same queries over disjoint key sets:
  * o [tokens, heads, head_dim] (float16, bfloat16 or float32), lse [tokens, heads] float32 (any
@@ -166,7 +178,10 @@ typedef struct yk_paged_kv {
 
 /* Decode over pages: one query token a sequence, q, out [batch, q_heads, head_dim], lse
  * [batch, q_heads] or NULL; params as yk_attention_decode's (scale, num_splits, workspace;
- * cu_seqlens NULL). GQA-packed tiles and split-KV merged by lse, as the dense decode. */
+ * cu_seqlens NULL). GQA-packed tiles and split-KV merged by lse, as the dense decode. A ragged
+ * batch is balanced where its keys can be counted: tables the host can read, or a CSR table's
+ * kv_indices (its pages bound the keys); a block table in device memory gives only
+ * max_context_len, and the split follows the batch alone. */
 YK_API yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                            const yk_attention_params *params, DLTensor *out, DLTensor *lse,
                                            void *stream);
@@ -184,9 +199,11 @@ YK_API yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, cons
 /* Paged decode split in two, as FlashInfer has it: planning on the host, once a step, decides the
  * key splits from the sequences' lengths and compiles what the step will launch; running only
  * checks tensor shapes and launches, once a layer, so it can be captured in a CUDA graph (no
- * allocation, no host read of device memory, no synchronisation). Each sequence cuts its own keys
- * into the planned splits, so a captured run stays correct when later steps change the tables'
- * contents and the lengths in place (the split count stays what was planned). */
+ * allocation, no host read of device memory, no synchronisation). The plan balances a ragged
+ * batch as yk_attention_decode does: its longest sequence takes the planned splits, the others
+ * chunks of the same size. Each sequence cuts its own keys at run time, so a captured run stays
+ * correct when later steps change the tables' contents and the lengths in place (the split count
+ * and chunk size stay what was planned: plan again when the lengths have moved far). */
 typedef struct yk_paged_plan yk_paged_plan;
 
 typedef struct yk_paged_plan_shape {
@@ -194,7 +211,7 @@ typedef struct yk_paged_plan_shape {
   int q_heads, kv_heads, head_dim, page_size;
   int csr;             /* 1: FlashInfer's table form; 0: vLLM's */
   float scale;         /* 0: 1 / sqrt(head_dim) */
-  int num_splits;      /* 0: chosen from the batch and the longest sequence */
+  int num_splits;      /* 0: chosen from the batch and the lengths; else the longest sequence's */
   DLDataType kv_dtype; /* the caches': float8_e4m3fn for a float8 cache; {0} (or dtype) for caches of dtype */
 } yk_paged_plan_shape;
 

@@ -276,8 +276,9 @@ def attention_decode(q, k, v, *, scale=None, cu_seqlens_k=None, max_seqlen_k=0, 
                              max_seqlen_k=max_seqlen_k, num_splits=num_splits)
     if stream is not None and len(qd[5]) == 3 and len(kd[5]) >= 3:  # split partials from the framework
         seq_k = max_seqlen_k if cu else kd[5][1]
+        total_k = kd[5][0] if cu else 0  # a ragged batch's keys, which its split is balanced by
         ws, params.workspace = _workspace(ad, q, buf, base, 6, op, C.yk_attention_decode_workspace_floats(
-            ctx, qd[5][0], qd[5][1], kd[5][-2], qd[5][2], seq_k, num_splits))
+            ctx, qd[5][0], qd[5][1], kd[5][-2], qd[5][2], seq_k, total_k, num_splits))
     st = C.yk_attention_decode(ctx, pack(buf, base, 0, qd), pack(buf, base, 1, kd), pack(buf, base, 2, vd),
                                ctypes.addressof(params), pack(buf, base, 3, od),
                                pack(buf, base, 4, ld) if ld else None, stream)

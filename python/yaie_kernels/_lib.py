@@ -222,7 +222,7 @@ _PROTOTYPES = {
     "yk_flash_attention_backward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]),
     "yk_flash_attention_backward_workspace_floats": (ctypes.c_size_t, [_i64, _i64, _i64, _i64, _i]),
     "yk_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
-    "yk_attention_decode_workspace_floats": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i]),
+    "yk_attention_decode_workspace_floats": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _i]),
     "yk_merge_attention_states": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
     # the memory pool (yk/pool.h)
     "yk_pool_options_init": (None, [_p]),
