@@ -1,0 +1,67 @@
+"""The peer of yk bench's ragged decode rows: FlashAttention-2's varlen forward (torch's
+aten._flash_attention_forward, the kernel SDPA's flash backend runs) with one query a sequence,
+over the same batches: 32 q heads, 8 kv heads, head dim 128, bfloat16, k and v [total, 8, 128].
+GB/s of K and V read, timed as ../shared/anchors/peers.py times (triton's do_bench, median).
+
+    python3 bench/peers_ragged.py [OUT.json]
+"""
+import json
+import sys
+
+import torch
+from triton.testing import do_bench
+
+# (name, batch, longest, long_count, short_len): bench/bench_attention.c's ragged_shapes
+SHAPES = [
+    ("1x32768+31x512", 32, 32768, 1, 512),
+    ("4x16384+60x1024", 64, 16384, 4, 1024),
+    ("1x32768+15x2048", 16, 32768, 1, 2048),
+    ("2x8192+126x256", 128, 8192, 2, 256),
+    ("32768+256+4096+1024", 4, 32768, 0, [32768, 256, 4096, 1024]),
+    ("32x4096 (equal)", 32, 4096, 32, 4096),
+]
+
+
+def lengths(batch, longest, long_count, short_len):
+    if isinstance(short_len, list):
+        return short_len
+    every = batch // long_count
+    return [longest if b % every == 0 else short_len for b in range(batch)]
+
+
+def main():
+    out = {}
+    dev = "cuda"
+    torch.manual_seed(0)
+    print(torch.__version__, torch.cuda.get_device_name(), flush=True)
+    for name, batch, longest, long_count, short_len in SHAPES:
+        lens = lengths(batch, longest, long_count, short_len)
+        total = sum(lens)
+        cu_k = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
+        cu_q = torch.arange(batch + 1, dtype=torch.int32, device=dev)
+        q = torch.randn(batch, 32, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(total, 8, 128, device=dev, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        nbytes = 2 * total * 8 * 128 * 2
+        key = f"decode.flash varlen {name}"
+
+        def fa2():
+            return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, 1, longest, 0.0, False, False)
+
+        try:
+            fa2()
+            ms = do_bench(fa2, return_mode="median")
+            out[key + " GB/s"] = nbytes / ms / 1e6
+            print(f"{key:52s} {ms * 1e3:9.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
+        except Exception as e:  # an older torch, or a build without the flash kernels
+            out[key + " error"] = str(e).splitlines()[0][:200]
+            print(f"{key:52s} unavailable: {out[key + ' error']}", flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    if len(sys.argv) > 1:
+        with open(sys.argv[1], "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
