@@ -165,8 +165,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // The sequence's chunks: gridDim.z, or with chunk_keys (a ragged batch, balanced by the host)
   // as many chunks of at least chunk_keys keys as it needs, so that short sequences stay whole
   // while the longest spread over every split.
-  const int chunks = chunk_keys > 0 ? min((int)gridDim.z, max(1, (len_k + chunk_keys - 1) / chunk_keys))
-                                    : (int)gridDim.z;
+  const long long wanted = chunk_keys > 0 ? ((long long)len_k + chunk_keys - 1) / chunk_keys : (long long)gridDim.z;
+  const int chunks = (int)max(1LL, min((long long)gridDim.z, wanted));
   const int chunk = ((len_k + chunks - 1) / chunks + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
   const int rows = min(16, group - row_block * 16);                  // valid rows of the tile
