@@ -25,7 +25,8 @@ typedef struct yk_kernel_key {
   yk_spec spec;
   char target[YK_TARGET_MAX]; /* "sm_90", NUL-padded */
 } yk_kernel_key;
-_Static_assert(sizeof(yk_kernel_key) == 80, "yk_kernel_key must have no padding");
+_Static_assert(sizeof(yk_kernel_key) == 88, "yk_kernel_key must have no padding");
+_Static_assert(sizeof(yk_kernel_key) % 8 == 0, "yk_kernel_key_hash reads it a word at a time");
 
 enum yk_kernel_state {
   YK_KERNEL_EMPTY = 0,    /* nothing yet, or the last attempt failed */
@@ -64,12 +65,14 @@ int yk_kernel_cache_init(yk_kernel_cache *cache);
 /* Unloads modules (the caller makes the CUDA context current) and frees every entry. */
 void yk_kernel_cache_destroy(yk_kernel_cache *cache, yk_ctx *ctx);
 
-/* FNV-1a over the key's 72 bytes as 9 words, then MurmurHash3's finaliser so that differences in
- * high bits reach the bucket index: a few nanoseconds. */
+/* FNV-1a over the key's 88 bytes as 11 words (a target is at most 15 characters and NUL-padded),
+ * then MurmurHash3's finaliser so that differences in high bits reach the bucket index: a few
+ * nanoseconds. */
 static inline uint64_t yk_kernel_key_hash(const yk_kernel_key *key) {
-  uint64_t h = 0xcbf29ce484222325ull, w[9];
+  enum { WORDS = sizeof(yk_kernel_key) / 8 }; /* every byte: the spec's and the target's */
+  uint64_t h = 0xcbf29ce484222325ull, w[WORDS];
   memcpy(w, key, sizeof w);
-  for (int i = 0; i < 9; i++) h = (h ^ w[i]) * 0x100000001b3ull;
+  for (int i = 0; i < WORDS; i++) h = (h ^ w[i]) * 0x100000001b3ull;
   h ^= h >> 33;
   h *= 0xff51afd7ed558ccdull;
   return h ^ (h >> 33);
@@ -77,10 +80,11 @@ static inline uint64_t yk_kernel_key_hash(const yk_kernel_key *key) {
 
 /* Equal keys, word by word: inline, where memcmp would be a call into another page of code. */
 static inline int yk_kernel_key_equal(const yk_kernel_key *a, const yk_kernel_key *b) {
-  uint64_t wa[9], wb[9], diff = 0;
+  enum { WORDS = sizeof(yk_kernel_key) / 8 };
+  uint64_t wa[WORDS], wb[WORDS], diff = 0;
   memcpy(wa, a, sizeof wa);
   memcpy(wb, b, sizeof wb);
-  for (int i = 0; i < 9; i++) diff |= wa[i] ^ wb[i];
+  for (int i = 0; i < WORDS; i++) diff |= wa[i] ^ wb[i];
   return diff == 0;
 }
 

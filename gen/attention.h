@@ -152,6 +152,10 @@ yk_attention_operands yk_attention_operands_of(const yk_attention_problem *pr, y
  * ragged key batch (table NULL) or paged keys. */
 typedef struct yk_decode_launch {
   yk_attention_operands a;
+  const int32_t *cu_q;             /* several queries a sequence, device-readable (q, out and lse token-major); or
+                          NULL: one a sequence */
+  int64_t max_seqlen_q, total_q;   /* with cu_q: a bound on a sequence's queries, and q's tokens */
+  int causal;                      /* with cu_q */
   const int32_t *cu_k;             /* ragged keys, device-readable; or NULL */
   const yk_page_table_args *table; /* paged keys; or NULL */
   int paged, page_size;
@@ -178,6 +182,13 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
                                         int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
                                         const DLTensor *workspace);
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
+
+/* The prefill call's few queries a sequence (ragged, at most 64 (token, q head) rows a kv head, on
+ * the GPU) run on the decode kernel: yk_decode_takes_queries says whether, yk_decode_queries runs
+ * it on checked operands. */
+int yk_decode_takes_queries(const yk_attention_problem *pr);
+yk_status yk_decode_queries(yk_ctx *ctx, const yk_attention_problem *pr, const yk_view *out, const yk_view *lse,
+                            void *stream);
 
 /* The spec a launch takes, finished (for plans that compile ahead). */
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);

@@ -9,7 +9,7 @@
 
 #include "yk/jit.h"
 
-#define YK_SPEC_MAX_FIELDS 13
+#define YK_SPEC_MAX_FIELDS 15
 #define YK_UNSET INT32_MIN /* a field the caller left for the op to choose */
 
 typedef enum yk_dtype { YK_F32 = 0, YK_F16 = 1, YK_BF16 = 2, YK_DTYPE_COUNT = 3 } yk_dtype;
@@ -20,14 +20,14 @@ enum { YK_E4M3 = 18 };
 
 typedef struct yk_op_def yk_op_def;
 
-/* No padding (8 + 4 + 52 bytes), so two specs are equal exactly when their bytes are: the memory
+/* No padding (8 + 4 + 60 bytes), so two specs are equal exactly when their bytes are: the memory
  * cache hashes and compares the bytes. Build specs with yk_spec_init. */
 typedef struct yk_spec {
   const yk_op_def *op;
   int32_t dtype;
   int32_t v[YK_SPEC_MAX_FIELDS];
 } yk_spec;
-_Static_assert(sizeof(yk_spec) == 64, "yk_spec must have no padding");
+_Static_assert(sizeof(yk_spec) == 72, "yk_spec must have no padding");
 
 typedef struct yk_warm_request yk_warm_request;
 typedef void (*yk_spec_emit_fn)(void *user, const yk_spec *spec);

@@ -22,7 +22,9 @@
 //     T, and are converted in registers on their way to the mma (below, "float8"). Their scales:
 //     k's is in scale_log2, v's (out_scale) multiplies O.
 //
-// Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, Q_IN_REGS (Q's
+// Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, QUERIES (0: one query
+// a sequence; 1: several, located by cu_q, each (token, q head) pair a row of the tile; 2: the
+// same, causal: token t of len_q sees keys j <= len_k - len_q + t), Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
 // K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles, head dims a multiple of 64; 0:
 // padded; attention_common.cuh), PAGED, PAGE_SIZE, KV_FLOAT8.
@@ -151,17 +153,18 @@ __device__ __forceinline__ void team_sync(int team) {
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
     attention_decode(const T *__restrict__ q, const KV *__restrict__ k, const KV *__restrict__ v, T *__restrict__ out,
                      float *__restrict__ lse, float *__restrict__ part_o, float *__restrict__ part_lse,
-                     const int *__restrict__ cu_k, long long q_b, long long q_h, long long k_b, long long k_s,
+                     const int *__restrict__ cu_k, const int *__restrict__ cu_q, long long q_b, long long q_h,
+                     long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
-                     long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_k,
-                     int chunk_keys, float scale_log2, yk_page_table pt, float out_scale) {
+                     long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_q,
+                     int seq_k, int chunk_keys, float scale_log2, yk_page_table pt, float out_scale) {
   if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
   yk_sequence sq;
   const int *pages;
-  if (!yk_locate_keys<false, RAGGED, PAGED, PAGE_SIZE>(sq, pages, nullptr, cu_k, pt, b, 1, seq_k)) return;
-  const int k_start = sq.k_start, len_k = sq.len_k;
+  if (!yk_locate_keys<QUERIES != 0, RAGGED, PAGED, PAGE_SIZE>(sq, pages, cu_q, cu_k, pt, b, seq_q, seq_k)) return;
+  const int k_start = sq.k_start, len_k = sq.len_k, len_q = sq.len_q;
   // The sequence's chunks: gridDim.z, or with chunk_keys (a ragged batch, balanced by the host)
   // as many chunks of at least chunk_keys keys as it needs, so that short sequences stay whole
   // while the longest spread over every split.
@@ -169,11 +172,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int chunks = (int)max(1LL, min((long long)gridDim.z, wanted));
   const int chunk = ((len_k + chunks - 1) / chunks + BLOCK_N - 1) / BLOCK_N * BLOCK_N;
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
-  const int rows = min(16, group - row_block * 16);                  // valid rows of the tile
-  const int head0 = kv_head * group + row_block * 16;
+  // The tile's rows: the q heads of the kv head's group, or with QUERIES the sequence's (query
+  // token, q head) pairs, token-major, so that each K and V byte serves every query of the group.
+  // `batch` is then the partials' token count, and q, out and lse's "b" strides are a token's.
+  const int row0 = row_block * 16, rows = min(16, (QUERIES ? len_q : 1) * group - row0); // valid rows
+  if (QUERIES && rows <= 0) return;
+  auto row_token = [&](int r) { return QUERIES ? sq.q_start + (row0 + r) / group : b; };
+  auto row_head = [&](int r) { return kv_head * group + (QUERIES ? (row0 + r) % group : row0 + r); };
   if (SPLIT && first >= last) { // an empty chunk: only its rows' lse, which tells the merge to skip them
     for (int r = threadIdx.x; r < rows; r += THREADS)
-      part_lse[((long long)split * batch + b) * q_heads + head0 + r] = -INFINITY;
+      part_lse[((long long)split * batch + row_token(r)) * q_heads + row_head(r)] = -INFINITY;
     return;
   }
 
@@ -213,7 +221,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   unsigned qf[Q_IN_REGS ? KSTEPS : 1][4];
   T *sQ = reinterpret_cast<T *>(smem_raw + TEAMS * TEAM_BYTES);
   auto q_at = [&](int row, int col) { // the pair of Q at (row, mma column col), zero past the group
-    return row < rows ? *reinterpret_cast<const unsigned *>(q + b * q_b + (head0 + row) * q_h + qk_col(col)) : 0u;
+    return row < rows ? *reinterpret_cast<const unsigned *>(q + row_token(row) * q_b + row_head(row) * q_h + qk_col(col))
+                      : 0u;
   };
   int shift = 0;
   if (Q_IN_REGS) {
@@ -344,6 +353,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows<SWIZZLED>(k_tile, lane));
     }
     if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
+    if (QUERIES == 2 && key0 + BLOCK_N > len_k - len_q + row0 / group + 1) { // causal: token t sees keys
+      const int lim[2] = {len_k - len_q + (row0 + g) / group + 1, len_k - len_q + (row0 + g + 8) / group + 1};
+#pragma unroll
+      for (int nt = 0; nt < S_TILES; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (key0 + nt * 8 + 2 * t4 + (e & 1) >= lim[e >> 1]) s[nt][e] = -INFINITY;
+    }
     yk_softmax_step(s, o, m_row, l_row, score_log2);
     if constexpr (KV_FLOAT8) { // value rows 2 t4 (+ 1, + 8, + 9) of each 16-key step
 #pragma unroll
@@ -401,7 +418,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   }
   __syncthreads();
   for (int idx = tid; idx < rows * HEAD_DIM; idx += THREADS) {
-    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM, head = head0 + row;
+    const int row = idx / HEAD_DIM, col = idx % HEAD_DIM, head = row_head(row), token = row_token(row);
     float m = -INFINITY;
 #pragma unroll
     for (int w = 0; w < TEAMS; ++w) m = fmaxf(m, sM[w * 16 + row]);
@@ -417,12 +434,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const float value = l > 0.f ? acc / l : 0.f;
     const float row_lse = l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
     if (SPLIT) {
-      const long long slot = ((long long)split * batch + b) * q_heads + head;
+      const long long slot = ((long long)split * batch + token) * q_heads + head;
       part_o[slot * HEAD_DIM + col] = value;
       if (col == 0) part_lse[slot] = row_lse;
     } else {
-      out[b * o_b + head * o_h + col] = yk_from_float<T>(value);
-      if (lse && col == 0) lse[b * l_b + head * l_h] = row_lse;
+      out[token * o_b + head * o_h + col] = yk_from_float<T>(value);
+      if (lse && col == 0) lse[token * l_b + head * l_h] = row_lse;
     }
   }
 }

@@ -302,6 +302,12 @@ static void check_forward(attn_tensors *t, const attn_data *a, int dtype, const 
 static const int32_t lens_long[] = {1, 17, 128, 1000};
 static const int32_t lens_q_mixed[] = {17, 1, 128, 0, 5}, lens_k_mixed[] = {1, 1000, 17, 64, 128};
 static const int32_t lens_q_wide[] = {128, 17, 1}, lens_k_wide[] = {17, 128, 40};
+/* a few queries a sequence (at most 64 (token, q head) rows a kv head): on the GPU the decode
+ * kernel's tiles, split by the keys and merged (speculative decoding's verification step) */
+static const int32_t lens_q_few[] = {4, 1, 8, 0}, lens_k_few[] = {3000, 17, 8, 5};
+static const int32_t lens_q_few2[] = {16, 3, 2}, lens_k_few2[] = {700, 2, 1000};
+static const int32_t lens_q_few3[] = {3, 4}, lens_k_few3[] = {513, 40};
+static const int32_t lens_q_few4[] = {2, 5}, lens_k_few4[] = {1000, 300};
 
 /* Every head_dim the GPU builds and a few only the CPU takes; GQA 1, 4, 8; seq_q equal to, below
  * and above seq_k (causal rows that see nothing); ragged batches; padded (strided) views. */
@@ -320,6 +326,10 @@ static const attn_case forward_cases[] = {
     {4, 1, 1, 64, 0, 0, lens_long, lens_long},
     {5, 8, 1, 80, 0, 0, lens_q_mixed, lens_k_mixed},
     {3, 4, 4, 256, 0, 0, lens_q_wide, lens_k_wide, .pad = 8},
+    {4, 8, 2, 128, 0, 0, lens_q_few, lens_k_few},
+    {3, 4, 1, 64, 0, 0, lens_q_few2, lens_k_few2},
+    {2, 16, 16, 80, 0, 0, lens_q_few3, lens_k_few3, .pad = 8},
+    {2, 8, 2, 256, 0, 0, lens_q_few4, lens_k_few4},
     /* head dims whose AMX tiles pad their dims (112 to 128, 240 to 256), over several key tiles
      * with tails */
     {1, 4, 2, 112, 70, 300, .cpu_only = 1},

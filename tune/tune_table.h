@@ -3,7 +3,7 @@
  * so the launch path reads it with no lock and no allocation.
  *
  * Layout: an open-addressed hash table of keys (the kernel cache's hash over the key's bytes),
- * each pointing at its buckets in ascending order. A lookup hashes 72 bytes, probes, compares,
+ * each pointing at its buckets in ascending order. A lookup hashes 88 bytes, probes, compares,
  * and walks the few buckets of its key for the nearest in log distance. */
 #ifndef YK_TUNE_TABLE_H
 #define YK_TUNE_TABLE_H

@@ -121,6 +121,7 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
   if ((st = yk_attention_check_aligned(ctx, op, rows, names, 4))) return st;
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
+  if (yk_decode_takes_queries(&pr)) return yk_decode_queries(ctx, &pr, &ov, &lv, stream);
 
   const yk_prefill_launch L = {
       .a = yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
