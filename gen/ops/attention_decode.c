@@ -1,6 +1,8 @@
-/* attention_decode: one query token a sequence, GQA group packed in one tile, split-KV with an
- * lse merge when the batch alone cannot fill the GPU. Template: templates/attention_decode.cu
- * (+ attention_common.cuh). CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+/* attention_decode: one query token a sequence (or, for the prefill call, a few: the queries'
+ * tokens and q heads rows of one tile), GQA group packed in one tile, split-KV with an lse merge
+ * when the batch alone cannot fill the GPU or a ragged batch waits on its longest sequence.
+ * Template: templates/attention_decode.cu (+ attention_common.cuh). CPU: cpu_fallback/attention.c.
+ * Tests: tests/test_attention.c. */
 #include <stdio.h>
 
 #include "cpu_fallback/attention.h"
@@ -111,7 +113,7 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
 
 const yk_op_def yk_op_attention_decode = {
     .name = "attention_decode",
-    .summary = "decode attention: one query a sequence, GQA-packed tiles, split-KV merged by lse",
+    .summary = "decode attention: one query a sequence (or a few), GQA-packed tiles, split-KV merged by lse",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
     .field_count = 14,
