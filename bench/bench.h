@@ -48,6 +48,20 @@ typedef struct bench_results {
 
 void bench_add(bench_results *r, const char *name, double ms, double gbps, double value, const char *unit);
 
+/* Ragged decode batches at 32 q / 8 kv heads, head dim 128 (yk bench --decode, dense and paged):
+ * long_count sequences of longest spread through the batch and the rest short_len, or lens. */
+typedef struct bench_ragged {
+  const char *name;
+  int64_t batch, longest, long_count, short_len;
+  const int32_t *lens;
+} bench_ragged;
+extern const bench_ragged bench_ragged_shapes[];
+extern const int bench_ragged_count;
+/* Sequence b's keys. */
+int32_t bench_ragged_len(const bench_ragged *s, int64_t b);
+/* The splits the batch alone gives its sequences (the rule before ragged batches were balanced). */
+int bench_batch_split(yk_ctx *ctx, int64_t batch, int64_t longest);
+
 /* One op on one shape, in bf16, with random inputs on the device. */
 typedef enum { RMS_NORM, FUSED_ADD_RMS_NORM, SILU_AND_MUL, ROPE } bench_op;
 typedef struct {

@@ -121,29 +121,33 @@ static const int64_t decode_shapes[][2] = {{64, 4096}, {1, 32768}, {256, 1024}};
  * chosen from the batch and k's rows (balanced), or given as the batch alone would choose it (the
  * rule before ragged batches were balanced; where that is 1 split, exactly the old launch). */
 static const int32_t lens_spread[] = {32768, 256, 4096, 1024};
-static const struct {
-  const char *name;
-  int64_t batch, longest, long_count, short_len;
-  const int32_t *lens; /* or long_count sequences of longest spread through the batch, the rest short_len */
-} ragged_shapes[] = {
+const bench_ragged bench_ragged_shapes[] = {
     {"1x32768+31x512", 32, 32768, 1, 512, NULL},          {"4x16384+60x1024", 64, 16384, 4, 1024, NULL},
     {"1x32768+15x2048", 16, 32768, 1, 2048, NULL},        {"2x8192+126x256", 128, 8192, 2, 256, NULL},
     {"32768+256+4096+1024", 4, 32768, 0, 0, lens_spread}, {"32x4096 (equal)", 32, 4096, 32, 4096, NULL},
 };
+const int bench_ragged_count = (int)(sizeof bench_ragged_shapes / sizeof bench_ragged_shapes[0]);
 
-static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int shape, int64_t *total, yh_rng *rng) {
+int32_t bench_ragged_len(const bench_ragged *s, int64_t b) {
+  if (s->lens) return s->lens[b];
+  return (int32_t)(b % (s->batch / s->long_count) == 0 ? s->longest : s->short_len);
+}
+
+int bench_batch_split(yk_ctx *ctx, int64_t batch, int64_t longest) {
+  const size_t floats = yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, longest, 0, 0);
+  return floats ? (int)(floats / (size_t)(batch * 32 * 129)) : 1;
+}
+
+static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, const bench_ragged *shape, int64_t *total,
+                              yh_rng *rng) {
   memset(c, 0, sizeof *c);
   memset(ws, 0, sizeof *ws);
   c->ctx = ctx, c->decode = 1;
-  const int64_t batch = ragged_shapes[shape].batch, cu_n = batch + 1;
+  const int64_t batch = shape->batch, cu_n = batch + 1;
   int32_t *cu = malloc((size_t)cu_n * sizeof *cu);
   if (!cu) return 1;
   cu[0] = 0;
-  for (int64_t b = 0; b < batch; b++) /* the long sequences spread through the batch */
-    cu[b + 1] =
-        cu[b] + (ragged_shapes[shape].lens                            ? ragged_shapes[shape].lens[b]
-                 : b % (batch / ragged_shapes[shape].long_count) == 0 ? (int32_t)ragged_shapes[shape].longest
-                                                                      : (int32_t)ragged_shapes[shape].short_len);
+  for (int64_t b = 0; b < batch; b++) cu[b + 1] = cu[b] + bench_ragged_len(shape, b);
   *total = cu[batch];
   const int64_t qd[3] = {batch, 32, 128}, kd[3] = {*total, 8, 128};
   int bad =
@@ -158,7 +162,7 @@ static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, int
   if (bad) return 1;
   yh_fill_uniform(&c->q, rng, -1, 1), yh_fill_uniform(&c->k, rng, -1, 1), yh_fill_uniform(&c->v, rng, -1, 1);
   c->params.cu_seqlens_k = &c->cu_k.dl;
-  c->params.max_seqlen_k = (int)ragged_shapes[shape].longest;
+  c->params.max_seqlen_k = (int)shape->longest;
   const int64_t floats = (int64_t)yk_attention_decode_workspace_floats(ctx, batch, 32, 8, 128, *total, 0, 128);
   if (yh_tensor_init(ws, ctx, YK_F32, 1, &floats, NULL, 1)) return 1;
   c->params.workspace = &ws->dl;
@@ -212,23 +216,21 @@ static void bench_short_queries(bench_timer *t, bench_results *r) {
 
 static void bench_decode_ragged(bench_timer *t, bench_results *r) {
   yh_rng rng = {23};
-  for (int i = 0; i < (int)(sizeof ragged_shapes / sizeof ragged_shapes[0]); i++) {
+  for (int i = 0; i < bench_ragged_count; i++) {
+    const bench_ragged *shape = &bench_ragged_shapes[i];
     attention_case c;
     yh_tensor ws;
     int64_t total = 0;
-    if (ragged_decode_case(&c, &ws, t->ctx, i, &total, &rng)) {
-      fprintf(stderr, "  ragged decode %s: cannot set up: %s\n", ragged_shapes[i].name, yk_ctx_last_error(t->ctx));
+    if (ragged_decode_case(&c, &ws, t->ctx, shape, &total, &rng)) {
+      fprintf(stderr, "  ragged decode %s: cannot set up: %s\n", shape->name, yk_ctx_last_error(t->ctx));
     } else {
-      const int64_t batch = ragged_shapes[i].batch, longest = ragged_shapes[i].longest;
-      const size_t rule = yk_attention_decode_workspace_floats(t->ctx, batch, 32, 8, 128, longest, 0, 0);
-      const int batch_rule = rule ? (int)(rule / (size_t)(batch * 32 * 129)) : 1;
+      const int batch_rule = bench_batch_split(t->ctx, shape->batch, shape->longest);
       const double bytes = 2.0 * (double)total * 8 * 128 * 2;
       double ms[2];
       for (int by_batch = 0; by_batch < 2; by_batch++) {
         c.params.num_splits = by_batch ? batch_rule : 0;
         char name[128];
-        snprintf(name, sizeof name, "decode ragged %s %s", ragged_shapes[i].name,
-                 by_batch ? "batch's split" : "balanced");
+        snprintf(name, sizeof name, "decode ragged %s %s", shape->name, by_batch ? "batch's split" : "balanced");
         ms[by_batch] = bench_median_ms(t, call, &c);
         if (ms[by_batch] > 0) {
           bench_add(r, name, ms[by_batch], bytes / ms[by_batch] / 1e6, bytes / ms[by_batch] / 1e6, "GB/s");
@@ -239,7 +241,7 @@ static void bench_decode_ragged(bench_timer *t, bench_results *r) {
       }
       if (ms[0] > 0 && ms[1] > 0) {
         char name[128];
-        snprintf(name, sizeof name, "decode ragged %s balanced / batch's split", ragged_shapes[i].name);
+        snprintf(name, sizeof name, "decode ragged %s balanced / batch's split", shape->name);
         bench_add(r, name, 0, 0, ms[1] / ms[0], "x");
         fprintf(stderr, "  %-52s %.2fx (batch's split: %d)\n", name, ms[1] / ms[0], batch_rule);
       }
@@ -247,7 +249,7 @@ static void bench_decode_ragged(bench_timer *t, bench_results *r) {
          balanced choice picks among */
       for (int splits = 2; splits <= 32; splits *= 2) {
         char name[128];
-        snprintf(name, sizeof name, "decode ragged %s splits %d", ragged_shapes[i].name, splits);
+        snprintf(name, sizeof name, "decode ragged %s splits %d", shape->name, splits);
         c.params.num_splits = splits;
         const double split_ms = bench_median_ms(t, call, &c);
         if (split_ms > 0) {

@@ -154,40 +154,36 @@ static double kv_bytes(int64_t batch, int64_t len, int float8) {
 }
 
 /* A decode step of a ragged batch through the plan (page 16, both table forms): the split the plan
- * takes from the lengths, against the one the batch alone would take (planned with num_splits). */
+ * takes from the lengths, against the one the batch alone would take (planned with num_splits).
+ * The two most skewed of yk bench --decode's ragged batches. */
 static void bench_paged_ragged(bench_timer *t, bench_results *r, yh_rng *rng) {
-  static const struct {
-    const char *name;
-    int batch, longest, long_count, short_len;
-  } shapes[] = {{"1x32768+31x512", 32, 32768, 1, 512}, {"4x16384+60x1024", 64, 16384, 4, 1024}};
-  for (int i = 0; i < (int)(sizeof shapes / sizeof shapes[0]); i++)
+  for (int i = 0; i < 2; i++) {
+    const bench_ragged *ragged = &bench_ragged_shapes[i];
+    const int batch = (int)ragged->batch;
+    int32_t lens[64];
+    int64_t total = 0;
+    for (int b = 0; b < batch; b++) total += lens[b] = bench_ragged_len(ragged, b);
+    const int batch_rule = bench_batch_split(t->ctx, batch, ragged->longest);
     for (int csr = 0; csr <= 1; csr++) {
-      int32_t lens[64];
-      int64_t total = 0;
-      for (int b = 0; b < shapes[i].batch; b++)
-        total += lens[b] = b % (shapes[i].batch / shapes[i].long_count) == 0 ? shapes[i].longest : shapes[i].short_len;
       paged_bench b;
       char name[128];
       double ms[2] = {-1, -1};
-      if (setup(&b, t->ctx, shapes[i].batch, shapes[i].longest, lens, 0, 16, csr, 0, 0, rng)) {
-        fprintf(stderr, "  paged ragged %s: cannot set up: %s\n", shapes[i].name, yk_ctx_last_error(t->ctx));
+      if (setup(&b, t->ctx, batch, ragged->longest, lens, 0, 16, csr, 0, 0, rng)) {
+        fprintf(stderr, "  paged ragged %s: cannot set up: %s\n", ragged->name, yk_ctx_last_error(t->ctx));
       } else {
         yk_paged_plan_shape shape = {{kDLBfloat, 16, 1}, Q_HEADS, KV_HEADS, HEAD_DIM, 16, csr, 0, 0};
-        const size_t rule = yk_attention_decode_workspace_floats(t->ctx, shapes[i].batch, Q_HEADS, KV_HEADS, HEAD_DIM,
-                                                                 shapes[i].longest, 0, 0);
-        const int batch_rule = rule ? (int)(rule / (size_t)(shapes[i].batch * Q_HEADS * (HEAD_DIM + 1))) : 1;
         for (int by_batch = 0; by_batch < 2; by_batch++) {
           shape.num_splits = by_batch ? batch_rule : 0;
-          snprintf(name, sizeof name, "paged decode ragged %s page16 %s %s", shapes[i].name, csr ? "csr" : "table",
+          snprintf(name, sizeof name, "paged decode ragged %s page16 %s %s", ragged->name, csr ? "csr" : "table",
                    by_batch ? "batch's split" : "balanced");
           /* the balanced plan splits at least as far as the batch's, so its workspace serves both */
-          if (yk_paged_decode_plan(b.plan, &shape, lens, shapes[i].batch, NULL))
+          if (yk_paged_decode_plan(b.plan, &shape, lens, batch, NULL))
             fprintf(stderr, "  %s: %s\n", name, yk_ctx_last_error(t->ctx));
           else
             ms[by_batch] = time_case(t, r, &b, name, 2.0 * (double)total * KV_HEADS * HEAD_DIM * 2);
         }
         if (ms[0] > 0 && ms[1] > 0) {
-          snprintf(name, sizeof name, "paged decode ragged %s page16 %s balanced / batch's split", shapes[i].name,
+          snprintf(name, sizeof name, "paged decode ragged %s page16 %s balanced / batch's split", ragged->name,
                    csr ? "csr" : "table");
           bench_add(r, name, 0, 0, ms[1] / ms[0], "x");
           fprintf(stderr, "  %-48s %.2fx (batch's split: %d)\n", name, ms[1] / ms[0], batch_rule);
@@ -195,6 +191,7 @@ static void bench_paged_ragged(bench_timer *t, bench_results *r, yh_rng *rng) {
       }
       free_bench(&b);
     }
+  }
 }
 
 int bench_paged(bench_timer *t, bench_results *r) {

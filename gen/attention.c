@@ -346,6 +346,11 @@ yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given,
   return YK_OK;
 }
 
+size_t yk_workspace_floats_offered(const DLTensor *given) {
+  const int float32 = given->dtype.code == kDLFloat && given->dtype.bits == 32 && given->dtype.lanes == 1;
+  return given->ndim == 1 && float32 && given->shape && given->shape[0] > 0 ? (size_t)given->shape[0] : 0;
+}
+
 yk_status yk_device_workspace(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, void *stream,
                               float **out, CUdeviceptr *scratch) {
   *out = NULL, *scratch = 0;

@@ -194,11 +194,18 @@ yk_status yk_decode_queries(yk_ctx *ctx, const yk_attention_problem *pr, const y
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);
 
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *launch, void *stream);
+/* yk_decode_run in a caller's workspace (checked), or one allocated on the stream for the call
+ * (workspace NULL): the one way a decode call gets its partials' space. */
+yk_status yk_decode_run_in(yk_ctx *ctx, const char *op, yk_decode_launch *launch, const DLTensor *workspace,
+                           void *stream);
 
 /* A caller's workspace: a float32 vector of at least floats elements, 16-byte aligned, in device
  * memory (on_device) or host memory; *out its data. */
 yk_status yk_workspace_check(yk_ctx *ctx, const char *op, const DLTensor *given, size_t floats, int on_device,
                              float **out);
+/* The float32 elements a caller's workspace offers as yk_workspace_check reads it (a float32
+ * vector; 0 for anything it would refuse for its type or rank), before it is checked. */
+size_t yk_workspace_floats_offered(const DLTensor *given);
 /* The device workspace of a split decode or a backward: params' workspace checked (floats at
  * least), or NULL there and floats allocated on the stream (*scratch, to free with
  * yk_device_workspace_release, which returns st or the free's error). */

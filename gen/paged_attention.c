@@ -289,12 +289,7 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
       decode_launch(&pr, &pk, &ov, &lv,
                     yk_decode_splits_within(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.head_dim, pk.max_len,
                                             pk.total_len, params->num_splits, params->workspace));
-  CUdeviceptr scratch;
-  st = yk_device_workspace(ctx, op, params->workspace,
-                           yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
-                           &L.workspace, &scratch);
-  if (st) return st;
-  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
+  return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }
 
 yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,

@@ -186,6 +186,13 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
  * 32768 + 4096 + 1024 + 256 (2048), 8 for 2 x 8192 among 126 x 256 (1024; this rule's 4 0.95x);
  * equal lengths ran best on the batch's rule (32 x 4096: 1 split, 2-32 splits 0.91-0.95x). */
 #define BALANCED_CHUNK_KEYS 2048
+
+/* Where the lengths are known, every sequence's chunks hold the longest one's share of keys. */
+static int chunk_keys_of(int known, int64_t max_keys, int splits) {
+  const int64_t chunk = known && splits > 1 ? (max_keys + splits - 1) / splits : 0;
+  return (int)(chunk < INT32_MAX ? chunk : 0);
+}
+
 yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
                                  int64_t total_keys, int num_splits) {
   const int64_t units = kv_heads * ((q_heads / kv_heads + 15) / 16), blocks = batch * units; /* a sequence's */
@@ -204,20 +211,7 @@ yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_hea
       if (ragged > splits) splits = ragged;
     }
   }
-  const int64_t chunk = known && splits > 1 ? (max_keys + splits - 1) / splits : 0;
-  return (yk_decode_split){splits, (int)(chunk < INT32_MAX ? chunk : 0)};
-}
-
-/* Float32 elements a workspace tensor holds (the call checks it properly later); none given: no bound */
-static int64_t workspace_capacity(const DLTensor *w) {
-  if (!w) return INT64_MAX;
-  if (!w->shape || w->ndim < 1 || w->dtype.code != kDLFloat || w->dtype.bits != 32) return 0;
-  int64_t n = 1;
-  for (int i = 0; i < w->ndim; i++) {
-    if (w->shape[i] < 0 || (w->shape[i] > 0 && n > INT64_MAX / w->shape[i])) return 0;
-    n *= w->shape[i];
-  }
-  return n;
+  return (yk_decode_split){splits, chunk_keys_of(known, max_keys, splits)};
 }
 
 yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
@@ -225,11 +219,10 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
                                         const DLTensor *workspace) {
   yk_decode_split s = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, total_keys, num_splits);
   const int least = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits;
-  const int64_t room = workspace_capacity(workspace);
-  while (s.splits > least &&
-         (uint64_t)yk_decode_workspace_floats(batch, q_heads, head_dim, s.splits) > (uint64_t)room) {
+  const size_t room = workspace ? yk_workspace_floats_offered(workspace) : SIZE_MAX;
+  while (s.splits > least && yk_decode_workspace_floats(batch, q_heads, head_dim, s.splits) > room) {
     s.splits /= 2;
-    s.chunk_keys = s.splits > 1 ? (int)((max_keys + s.splits - 1) / s.splits) : 0;
+    s.chunk_keys = chunk_keys_of(total_keys > 0 && max_keys > 0, max_keys, s.splits);
   }
   return s;
 }
@@ -261,6 +254,15 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
+/* The partials' token rows: the queries', or one a sequence. */
+static int64_t launch_tokens(const yk_decode_launch *L) { return L->cu_q ? L->total_q : L->a.batch; }
+
+/* Elements between the rows of consecutive tokens of q, out or lse: a ragged token axis's, or the
+ * batch's (one query a sequence). */
+static long long token_stride(const yk_decode_launch *L, const yk_attn_operand *o) {
+  return L->cu_q ? o->seq_stride : o->batch_stride;
+}
+
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   yk_spec spec;
   yk_decode_spec(ctx, L, &spec);
@@ -270,7 +272,7 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   /* several queries a sequence: rows of (token, q head) pairs, partials and outputs by token */
   const int several = L->cu_q != NULL;
   const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = (group * (several ? L->max_seqlen_q : 1) + 15) / 16;
-  const int64_t tokens = several ? L->total_q : L->a.batch;
+  const int64_t tokens = launch_tokens(L);
   /* partials: [splits][tokens * q_heads][head_dim] then [splits][tokens * q_heads] */
   float *part_o = L->workspace, *part_lse = NULL;
   if (L->splits > 1) part_lse = part_o + (size_t)L->splits * (size_t)(tokens * L->a.q_heads) * (size_t)L->a.head_dim;
@@ -279,18 +281,12 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   void *qp = L->a.q.data, *kp = L->a.k.data, *vp = L->a.v.data, *op_ = L->a.out.data, *lp = L->a.lse.data, *po = part_o,
        *pl = part_lse;
   const void *ck = L->cu_k, *cq = L->cu_q;
-  const yk_attn_operand *qo = &L->a.q, *oo = &L->a.out, *lo = &L->a.lse;
-  long long s[10] = {several ? qo->seq_stride : qo->batch_stride,
-                     qo->head_stride,
-                     L->a.k.batch_stride,
-                     L->a.k.seq_stride,
-                     L->a.k.head_stride,
-                     L->a.v.batch_stride,
-                     L->a.v.seq_stride,
-                     L->a.v.head_stride,
-                     several ? oo->seq_stride : oo->batch_stride,
-                     oo->head_stride};
-  long long l_b = several ? lo->seq_stride : lo->batch_stride, l_h = lo->head_stride;
+  const long long o_t = token_stride(L, &L->a.out);
+  long long s[10] = {token_stride(L, &L->a.q), L->a.q.head_stride, L->a.k.batch_stride,
+                     L->a.k.seq_stride,        L->a.k.head_stride, L->a.v.batch_stride,
+                     L->a.v.seq_stride,        L->a.v.head_stride, o_t,
+                     L->a.out.head_stride};
+  long long l_b = token_stride(L, &L->a.lse), l_h = L->a.lse.head_stride;
   int batch = (int)tokens, q_heads = (int)L->a.q_heads, grp = (int)group, rb = (int)row_blocks,
       seq_q = several ? (int)L->max_seqlen_q : 1, seq_k = (int)L->max_seqlen_k, chunk_keys = L->chunk_keys;
   float scale_log2 = yk_attention_score_scale(&L->a) * 1.4426950408889634f, out_scale = yk_attention_out_scale(&L->a);
@@ -301,8 +297,16 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
                  args);
   if (st == YK_OK && L->splits > 1)
     st = yk_merge_partials(ctx, L->a.dtype, tokens, L->a.q_heads, L->a.head_dim, L->splits, part_o, part_lse,
-                           L->a.out.data, s[8], L->a.out.head_stride, (float *)(void *)L->a.lse.data, l_b, l_h, stream);
+                           L->a.out.data, o_t, L->a.out.head_stride, (float *)(void *)L->a.lse.data, l_b, l_h, stream);
   return st;
+}
+
+yk_status yk_decode_run_in(yk_ctx *ctx, const char *op, yk_decode_launch *L, const DLTensor *workspace, void *stream) {
+  const size_t floats = yk_decode_workspace_floats(launch_tokens(L), L->a.q_heads, L->a.head_dim, L->splits);
+  CUdeviceptr scratch;
+  yk_status st = yk_device_workspace(ctx, op, workspace, floats, stream, &L->workspace, &scratch);
+  if (st) return st;
+  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, L, stream), stream);
 }
 
 yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
@@ -346,12 +350,7 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
                               pr.max_seqlen_k, pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace);
   L.splits = split.splits;
   L.chunk_keys = split.chunk_keys;
-  CUdeviceptr scratch;
-  st = yk_device_workspace(ctx, op, params->workspace,
-                           yk_decode_workspace_floats(L.a.batch, L.a.q_heads, L.a.head_dim, L.splits), stream,
-                           &L.workspace, &scratch);
-  if (st) return st;
-  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
+  return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }
 
 /* A few queries a sequence against its keys (speculative decoding's verification step, a chunked
@@ -382,11 +381,5 @@ yk_status yk_decode_queries(yk_ctx *ctx, const yk_attention_problem *pr, const y
                                                  pr->shape.kv_heads, pr->max_seqlen_k, pr->total_k, 0);
   L.splits = split.splits;
   L.chunk_keys = split.chunk_keys;
-  CUdeviceptr scratch;
-  yk_status st =
-      yk_device_workspace(ctx, "flash_attention_forward", NULL,
-                          yk_decode_workspace_floats(pr->total_q, pr->shape.q_heads, pr->shape.head_dim, L.splits),
-                          stream, &L.workspace, &scratch);
-  if (st) return st;
-  return yk_device_workspace_release(ctx, scratch, yk_decode_run(ctx, &L, stream), stream);
+  return yk_decode_run_in(ctx, "flash_attention_forward", &L, NULL, stream);
 }
