@@ -1,6 +1,7 @@
 /* Paged attention on the GPU (yk bench --paged, and part of yk bench): paged decode through the
  * plan/run split at the dense decode's shapes, page sizes 16 and 1 and both table forms, in GB/s
- * of K and V read; and issue 5's shared-prefix batch, cascade decode against plain paged decode.
+ * of K and V read; a few queries a sequence through the paged prefill call; and issue 5's
+ * shared-prefix batch, cascade decode against plain paged decode.
  * Blocks are handed out in shuffled order, as a cache that has run for a while hands them out. */
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,9 @@ typedef struct paged_bench {
   yk_paged_kv shared;
   yh_tensor shared_table, shared_len;
   int cascade;
+  /* paged prefill of a few queries a sequence */
+  yh_tensor cu_q;
+  int queries;
 } paged_bench;
 
 static yk_status run(void *p) {
@@ -27,12 +31,16 @@ static yk_status run(void *p) {
     yk_attention_params params = {.workspace = &b->ws.dl};
     return yk_cascade_attention_decode(b->ctx, &b->q.dl, &b->shared, &b->kv, &params, &b->out.dl, NULL, NULL);
   }
+  if (b->queries) {
+    yk_attention_params params = {.causal = 1, .cu_seqlens_q = &b->cu_q.dl, .max_seqlen_q = b->queries};
+    return yk_paged_attention_prefill(b->ctx, &b->q.dl, &b->kv, &params, &b->out.dl, NULL, NULL);
+  }
   return yk_paged_decode_run(b->plan, &b->q.dl, &b->kv, &b->out.dl, NULL, b->ws.numel ? &b->ws.dl : NULL, NULL);
 }
 
 static void free_bench(paged_bench *b) {
-  yh_tensor *all[] = {&b->q,      &b->out,     &b->k_cache, &b->v_cache, &b->table,        &b->lens,
-                      &b->indptr, &b->indices, &b->last,    &b->ws,      &b->shared_table, &b->shared_len};
+  yh_tensor *all[] = {&b->q,       &b->out,  &b->k_cache, &b->v_cache,      &b->table,      &b->lens, &b->indptr,
+                      &b->indices, &b->last, &b->ws,      &b->shared_table, &b->shared_len, &b->cu_q};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) yh_tensor_free(all[i]);
   yk_paged_plan_destroy(b->plan);
 }
@@ -194,16 +202,60 @@ static void bench_paged_ragged(bench_timer *t, bench_results *r, yh_rng *rng) {
   }
 }
 
+/* batch sequences of len keys (page 16, a block table) with nq queries each for the paged prefill
+ * call: setup's decode tensors with q and out of nq tokens a sequence, cu_seqlens_q in device memory. */
+static int setup_queries(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t nq, int64_t len, int float8, yh_rng *rng) {
+  if (batch > 64 || setup(b, ctx, batch, len, NULL, 0, 16, 0, 0, float8, rng)) return 1;
+  const int64_t qd[3] = {batch * nq, Q_HEADS, HEAD_DIM}, n1 = batch + 1;
+  int32_t cu[65];
+  for (int64_t s = 0; s <= batch; s++) cu[s] = (int32_t)(s * nq);
+  yh_tensor_free(&b->q), yh_tensor_free(&b->out);
+  if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
+      index_tensor(&b->cu_q, ctx, 1, &n1, cu))
+    return 1;
+  yh_fill_uniform(&b->q, rng, -1, 1);
+  b->queries = (int)nq;
+  return 0;
+}
+
+/* A few queries a sequence through the paged prefill call (causal, page 16, tables and cu_seqlens_q
+ * in device memory with max_context_len given): speculative decoding's verification over a paged
+ * cache, as yk bench --decode's dense rows. GB/s of K and V read. */
+static const struct {
+  int64_t batch, queries, len;
+  int float8;
+} query_shapes[] = {{1, 4, 32768, 0}, {1, 8, 32768, 0}, {1, 16, 32768, 0},
+                    {8, 8, 4096, 0},  {64, 8, 4096, 0}, {1, 8, 32768, 1}};
+
+static void query_shape_name(char *name, size_t n, size_t i) {
+  snprintf(name, n, "paged prefill q%lld of B%lld L%lld causal page16 table%s", (long long)query_shapes[i].queries,
+           (long long)query_shapes[i].batch, (long long)query_shapes[i].len, query_shapes[i].float8 ? " float8" : "");
+}
+
+static void bench_paged_queries(bench_timer *t, bench_results *r, yh_rng *rng) {
+  for (size_t i = 0; i < sizeof query_shapes / sizeof query_shapes[0]; i++) {
+    paged_bench b;
+    char name[112];
+    query_shape_name(name, sizeof name, i);
+    if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len,
+                      query_shapes[i].float8, rng))
+      fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+    else
+      time_case(t, r, &b, name, kv_bytes(query_shapes[i].batch, query_shapes[i].len, query_shapes[i].float8));
+    free_bench(&b);
+  }
+}
+
 int bench_paged(bench_timer *t, bench_results *r) {
   yh_rng rng = {31};
   /* float8 rows: GB/s of the bytes read (half the bfloat16 ones), so the same GB/s is twice the tokens */
   static const struct {
     int64_t batch, len;
     int page, csr, hnd, float8;
-  } shapes[] = {{64, 4096, 16, 0, 0, 0}, {64, 4096, 16, 1, 0, 0},  {64, 4096, 1, 0, 0, 0},  {64, 4096, 16, 0, 1, 0},
-                {1, 32768, 16, 0, 0, 0}, {1, 32768, 1, 0, 0, 0},   {1, 32768, 16, 0, 1, 0}, {256, 1024, 16, 0, 0, 0},
-                {256, 1024, 1, 0, 0, 0}, {256, 1024, 16, 0, 1, 0}, {64, 4096, 16, 0, 0, 1}, {1, 32768, 16, 0, 0, 1},
-                {256, 1024, 16, 0, 0, 1}};
+  } shapes[] = {{64, 4096, 16, 0, 0, 0},  {64, 4096, 16, 1, 0, 0},  {64, 4096, 1, 0, 0, 0},  {64, 4096, 16, 0, 1, 0},
+                {1, 32768, 16, 0, 0, 0},  {1, 32768, 1, 0, 0, 0},   {1, 32768, 16, 0, 1, 0}, {256, 1024, 16, 0, 0, 0},
+                {256, 1024, 1, 0, 0, 0},  {256, 1024, 16, 0, 1, 0}, {64, 4096, 16, 0, 0, 1}, {1, 32768, 16, 0, 0, 1},
+                {256, 1024, 16, 0, 0, 1}, {16, 4096, 16, 0, 0, 0}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
     paged_bench b;
     char name[96];
@@ -218,6 +270,7 @@ int bench_paged(bench_timer *t, bench_results *r) {
     free_bench(&b);
   }
   bench_paged_ragged(t, r, &rng);
+  bench_paged_queries(t, r, &rng);
   /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each */
   paged_bench plain, cascade;
   double plain_ms = -1, cascade_ms = -1;
@@ -236,8 +289,10 @@ int bench_paged(bench_timer *t, bench_results *r) {
 }
 
 /* Paged batch 1 x 32768, page 16, under the knobs that moved its rate: teams a block and their
- * stages (8 of 2 the default; 4 of 3 the dense default), 32-key tiles, the L2 hint. Then float8
- * caches at the three shapes under their tile and pipeline knobs (32-key tiles the default). */
+ * stages (8 of 2 the default; 4 of 3 the dense default), 32-key tiles, the L2 hint. Then a few
+ * queries a sequence through the paged prefill call and decode of batch 16 (one block an SM, no
+ * split) under the teams and hints, and float8 caches at the three shapes under their tile and
+ * pipeline knobs (32-key tiles the default). */
 void bench_paged_knobs(bench_timer *t, bench_results *r) {
   static const char *const knobs[] = {"warps=4,stages=3",  "warps=6",      "warps=8,stages=3",
                                       "warps=12,stages=2", "kv_hint=none", "warps=4,block_n=32"};
@@ -253,6 +308,34 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
     bench_sweep_one(t, r, "paged decode B1 L32768 page16", NULL, "default", run, &b, bytes, "GB/s");
     for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++)
       bench_sweep_one(t, r, "paged decode B1 L32768 page16", "attention_decode", knobs[k], run, &b, bytes, "GB/s");
+  }
+  free_bench(&b);
+  /* a few queries a sequence (the decode kernel, with the split only at batch 1): its teams, stages,
+     tiles and hint */
+  static const char *const query_knobs[] = {"warps=4,stages=3",   "warps=8,stages=2",    "warps=8,stages=3",
+                                            "warps=4,block_n=32", "kv_hint=evict_first", "kv_hint=none"};
+  for (size_t i = 1; i < 5; i++) {
+    char shape[112];
+    query_shape_name(shape, sizeof shape, i);
+    if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len, 0, &rng)) {
+      fprintf(stderr, "  %s: cannot set up: %s\n", shape, yk_ctx_last_error(t->ctx));
+    } else {
+      const double bytes = kv_bytes(query_shapes[i].batch, query_shapes[i].len, 0);
+      bench_sweep_one(t, r, shape, NULL, "default", run, &b, bytes, "GB/s");
+      for (size_t k = 0; k < sizeof query_knobs / sizeof query_knobs[0]; k++)
+        bench_sweep_one(t, r, shape, "attention_decode", query_knobs[k], run, &b, bytes, "GB/s");
+    }
+    free_bench(&b);
+  }
+  /* decode with one block an SM and no split (16 x 8 kv heads): 8 teams of 2 stages by default */
+  if (setup(&b, t->ctx, 16, 4096, NULL, 0, 16, 0, 0, 0, &rng)) {
+    fprintf(stderr, "  paged B16: cannot set up: %s\n", yk_ctx_last_error(t->ctx));
+  } else {
+    const double bytes = kv_bytes(16, 4096, 0);
+    bench_sweep_one(t, r, "paged decode B16 L4096 page16", NULL, "default", run, &b, bytes, "GB/s");
+    for (size_t k = 0; k < 3; k++)
+      bench_sweep_one(t, r, "paged decode B16 L4096 page16", "attention_decode", query_knobs[k], run, &b, bytes,
+                      "GB/s");
   }
   free_bench(&b);
   for (size_t i = 0; i < sizeof float8_shapes / sizeof float8_shapes[0]; i++) {

@@ -1,7 +1,9 @@
 """The peer of yk bench's ragged decode rows: FlashAttention-2's varlen forward (torch's
 aten._flash_attention_forward, the kernel SDPA's flash backend runs) with one query a sequence,
 over the same batches: 32 q heads, 8 kv heads, head dim 128, bfloat16, k and v [total, 8, 128].
-GB/s of K and V read, timed as ../shared/anchors/peers.py times (triton's do_bench, median).
+Then its rows of a few queries a sequence (causal, bottom-right), the peer of yk bench --decode's
+"prefill q.." and "paged prefill q.." rows. GB/s of K and V read, timed as
+../shared/anchors/peers.py times (triton's do_bench, median).
 
     python3 bench/peers_ragged.py [OUT.json]
 """
@@ -29,35 +31,46 @@ def lengths(batch, longest, long_count, short_len):
     return [longest if b % every == 0 else short_len for b in range(batch)]
 
 
+# (batch, queries a sequence, keys a sequence): bench_attention.c's bench_short_queries and
+# bench_paged.c's bench_paged_queries, causal
+SHORT_QUERIES = [(1, 4, 32768), (1, 8, 32768), (1, 16, 32768), (8, 8, 4096), (64, 8, 4096)]
+
+
+def run_varlen(out, key, q_lens, k_lens, causal):
+    dev = "cuda"
+    cu = lambda lens: torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
+    cu_q, cu_k = cu(q_lens), cu(k_lens)
+    q = torch.randn(sum(q_lens), 32, 128, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(sum(k_lens), 8, 128, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    nbytes = 2 * sum(k_lens) * 8 * 128 * 2
+
+    def fa2():
+        return torch.ops.aten._flash_attention_forward(
+            q, k, v, cu_q, cu_k, max(q_lens), max(k_lens), 0.0, causal, False)
+
+    try:
+        fa2()
+        ms = do_bench(fa2, return_mode="median")
+        out[key + " GB/s"] = nbytes / ms / 1e6
+        print(f"{key:52s} {ms * 1e3:9.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
+    except Exception as e:  # an older torch, or a build without the flash kernels
+        out[key + " error"] = str(e).splitlines()[0][:200]
+        print(f"{key:52s} unavailable: {out[key + ' error']}", flush=True)
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
 def main():
     out = {}
-    dev = "cuda"
     torch.manual_seed(0)
     print(torch.__version__, torch.cuda.get_device_name(), flush=True)
     for name, batch, longest, long_count, short_len in SHAPES:
         lens = lengths(batch, longest, long_count, short_len)
-        total = sum(lens)
-        cu_k = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=dev)
-        cu_q = torch.arange(batch + 1, dtype=torch.int32, device=dev)
-        q = torch.randn(batch, 32, 128, device=dev, dtype=torch.bfloat16)
-        k = torch.randn(total, 8, 128, device=dev, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        nbytes = 2 * total * 8 * 128 * 2
-        key = f"decode.flash varlen {name}"
-
-        def fa2():
-            return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, 1, longest, 0.0, False, False)
-
-        try:
-            fa2()
-            ms = do_bench(fa2, return_mode="median")
-            out[key + " GB/s"] = nbytes / ms / 1e6
-            print(f"{key:52s} {ms * 1e3:9.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
-        except Exception as e:  # an older torch, or a build without the flash kernels
-            out[key + " error"] = str(e).splitlines()[0][:200]
-            print(f"{key:52s} unavailable: {out[key + ' error']}", flush=True)
-        del q, k, v
-        torch.cuda.empty_cache()
+        run_varlen(out, f"decode.flash varlen {name}", [1] * len(lens), lens, False)
+    for batch, queries, keys in SHORT_QUERIES:
+        run_varlen(out, f"prefill.flash varlen q{queries} of B{batch} L{keys} causal", [queries] * batch,
+                   [keys] * batch, True)
     if len(sys.argv) > 1:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f, indent=1)

@@ -183,12 +183,14 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
                                         const DLTensor *workspace);
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
 
-/* The prefill call's few queries a sequence (ragged, at most 64 (token, q head) rows a kv head, on
- * the GPU) run on the decode kernel: yk_decode_takes_queries says whether, yk_decode_queries runs
- * it on checked operands. */
-int yk_decode_takes_queries(const yk_attention_problem *pr);
-yk_status yk_decode_queries(yk_ctx *ctx, const yk_attention_problem *pr, const yk_view *out, const yk_view *lse,
-                            void *stream);
+/* The prefill calls' few queries a sequence (ragged, at most 64 (token, q head) rows a kv head, on
+ * the GPU, keys whose longest is known: max_keys > 0) run on the decode kernel:
+ * yk_decode_takes_queries says whether; yk_decode_queries runs a checked call whose keys and
+ * operands L holds (contiguous with cu_k, or paged), its split chosen from max_keys and total_keys
+ * (0 where unknown) as decode's. */
+int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys);
+yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
+                            int64_t max_keys, int64_t total_keys, void *stream);
 
 /* The spec a launch takes, finished (for plans that compile ahead). */
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);

@@ -306,6 +306,13 @@ yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_pa
     cpu_forward(ctx, &pr, &pk, &ov, &lv);
     return YK_OK;
   }
+  /* the longest sequence; or, from a table in device memory without max_context_len, as many keys
+     as the table holds: a bound that only sizes the split, since each sequence cuts its own keys */
+  const int64_t max_keys = pk.max_len ? pk.max_len : pk.map.max_blocks * pk.page_size;
+  if (yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
+    yk_decode_launch D = decode_launch(&pr, &pk, &ov, &lv, (yk_decode_split){1, 0});
+    return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, stream);
+  }
   const yk_prefill_launch L = {
       .a = yk_attention_operands_of(&pr, pk.k_rows, pk.v_rows, &ov, &lv),
       .causal = pr.shape.causal,
@@ -385,8 +392,13 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   const yk_decode_split split =
       yk_decode_splits(ctx, batch, shape->q_heads, shape->kv_heads, longest, total, shape->num_splits);
   const int splits = split.splits;
-  /* compile now, so that running never does */
-  yk_decode_launch L = {.a = {.dtype = dtype, .head_dim = shape->head_dim, .kv_float8 = kv_type == YK_E4M3},
+  /* compile now, so that running never does: the run's spec, which its grid shapes too */
+  yk_decode_launch L = {.a = {.dtype = dtype,
+                              .batch = batch,
+                              .q_heads = shape->q_heads,
+                              .kv_heads = shape->kv_heads,
+                              .head_dim = shape->head_dim,
+                              .kv_float8 = kv_type == YK_E4M3},
                         .paged = shape->csr ? 2 : 1,
                         .page_size = shape->page_size,
                         .splits = splits,

@@ -285,8 +285,36 @@ static const paged_case prefill_cases[] = {
     {2, {1000, 129}, {200, 129}, 4, 4, 64, 1},
     {4, {256, 300, 128, 700}, {256, 1, 100, 64}, 8, 1, 128, 128},
     {2, {90, 40}, {33, 40}, 6, 2, 80, 7},
+    /* a few queries a sequence (at most 64 (token, q head) rows a kv head): on the GPU the paged
+       decode kernel, split where the keys are long; a sequence of no queries, rows that see no key */
+    {3, {3000, 17, 600}, {4, 1, 16}, 32, 8, 128, 16},
+    {3, {700, 129, 2}, {2, 5, 2}, 4, 4, 64, 1},
+    {2, {90, 40}, {6, 7}, 6, 2, 80, 7},
+    {3, {500, 64, 1000}, {3, 0, 2}, 8, 1, 256, 16},
 };
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* One paged call over poisoned outputs against the dense result: on the CPU bit for bit (both run
+ * the same fallback), on the GPU within the attention tolerances. */
+static void check_paged_run(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_tensor *cu_q, const dense_result *want,
+                            const char *label, uint64_t seed) {
+  const int gpu = t->out.device != 0;
+  yh_poison(&t->out), yh_poison(&t->lse);
+  cr_assert_eq(run_paged(ctx, s, t, cu_q, 0), YK_OK, "%s: %s", label, yk_ctx_last_error(ctx));
+  cr_assert_eq(yh_sync(ctx), 0, "%s: kernel failed", label);
+  double *got = as_doubles(&t->out);
+  if (gpu) {
+    const double err = ts_gpu_error(got, want->out, t->out.numel);
+    cr_assert(err < ts_gpu_tolerance(t->out.type), "%s: error %.3g (seed %llu)", label, err, (unsigned long long)seed);
+    check_lse(&t->lse, want->lse, 1e-3, label, seed);
+  } else {
+    for (int64_t e = 0; e < t->out.numel; e++)
+      cr_assert(got[e] == want->out[e], "%s: out[%lld] %g, dense %g (seed %llu)", label, (long long)e, got[e],
+                want->out[e], (unsigned long long)seed);
+    check_lse(&t->lse, want->lse, 0, label, seed);
+  }
+  free(got);
+}
 
 /* Every case, layout and form: the paged call against the dense one over the same tokens. On the
  * CPU both run the same fallback, so they must agree bit for bit. */
@@ -305,26 +333,19 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t s
           make_tensors(&t, ctx, &s, dtype, gpu);
           cu_q_tensor(&cu_q, ctx, &s, gpu);
           void *k_before = yh_snapshot(&t.k_cache);
-          yh_poison(&t.out), yh_poison(&t.lse);
-          cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
-          cr_assert_eq(yh_sync(ctx), 0, "kernel failed");
           dense_result want = dense_cpu(cpu, &s, dtype);
-          char label[128];
+          char label[160];
           label_of(label, sizeof label, decode ? "decode" : "prefill", &s, dtype, i);
-          double *got = as_doubles(&t.out);
-          if (gpu) {
-            const double err = ts_gpu_error(got, want.out, t.out.numel);
-            cr_assert(err < ts_gpu_tolerance(dtype), "%s: error %.3g (seed %llu)", label, err,
-                      (unsigned long long)seed);
-            check_lse(&t.lse, want.lse, 1e-3, label, seed);
-          } else {
-            for (int64_t e = 0; e < t.out.numel; e++)
-              cr_assert(got[e] == want.out[e], "%s: out[%lld] %g, dense %g (seed %llu)", label, (long long)e, got[e],
-                        want.out[e], (unsigned long long)seed);
-            check_lse(&t.lse, want.lse, 0, label, seed);
+          check_paged_run(ctx, &s, &t, &cu_q, &want, label, seed);
+          /* a table in device memory without max_context_len: prefill's few queries a sequence
+             split by what the table holds, each sequence cutting its own keys */
+          if (gpu && !decode && variant == 3) {
+            t.kv.max_context_len = 0;
+            strncat(label, " max_context_len 0", sizeof label - strlen(label) - 1);
+            check_paged_run(ctx, &s, &t, &cu_q, &want, label, seed);
           }
           cr_assert_eq(yh_bytes_changed(&t.k_cache, k_before), 0, "%s: the cache changed", label);
-          free(k_before), free(got), free_result(&want);
+          free(k_before), free_result(&want);
           yh_tensor_free(&cu_q), free_tensors(&t);
         }
         free_scenario(&s);
@@ -483,6 +504,66 @@ Test(paged_attention, gpu_float8_plan_run) {
                      YK_ERR_INVALID_ARGUMENT, "bfloat16 over float8_e4m3fn caches) are not the plan's");
   yk_paged_plan_destroy(plan);
   free(direct), yh_tensor_free(&ws), free_tensors(&t), free_scenario(&s);
+  yk_ctx_destroy(gpu);
+}
+
+/* A plan compiles the kernel its runs launch, so that running never compiles (a captured graph
+ * must not wait on NVRTC): unsplit (the spec then depends on the grid: one block an SM takes 8
+ * teams) and split, both table forms; the unsplit run gives the direct call's bits. */
+Test(paged_attention, gpu_plan_compiles_what_runs) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yh_rng rng = {ts_seed("paged_attention.gpu_plan_compiles")};
+  static const paged_case cases[] = {{2, {3000, 41}, {0}, 32, 8, 128, 16},
+                                     {6, {700, 9, 300, 1, 2048, 64}, {0}, 32, 8, 128, 16}};
+  for (int i = 0; i < 2; i++)
+    for (int csr = 0; csr <= 1; csr++)
+      for (int num_splits = 0; num_splits <= 1; num_splits++) {
+        const paged_case c = cases[i]; /* unsplit, 2 or 6 sequences x 8 kv heads: one wave */
+        char label[64];
+        snprintf(label, sizeof label, "case %d %s num_splits %d", i, csr ? "csr" : "block_table", num_splits);
+        scenario s;
+        make_scenario(&s, &c, 1, 0, csr, YK_KV_NHD, &rng);
+        paged_tensors t;
+        make_tensors(&t, gpu, &s, YK_BF16, 1);
+        yk_paged_plan *plan;
+        cr_assert_eq(yk_paged_plan_create(gpu, &plan), YK_OK);
+        const yk_paged_plan_shape shape = {.dtype = {kDLBfloat, 16, 1},
+                                           .q_heads = 32,
+                                           .kv_heads = 8,
+                                           .head_dim = 128,
+                                           .page_size = 16,
+                                           .csr = csr,
+                                           .num_splits = num_splits};
+        size_t floats = 0;
+        cr_assert_eq(yk_paged_decode_plan(plan, &shape, c.lens_k, c.batch, &floats), YK_OK, "%s",
+                     yk_ctx_last_error(gpu));
+        cr_assert_eq(floats == 0, num_splits == 1, "%s: %zu workspace floats", label, floats);
+        yh_tensor ws;
+        const int64_t n = floats ? (int64_t)floats : 1;
+        cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &n, NULL, 1), 0);
+        yk_ctx_stats before, after;
+        cr_assert_eq(yk_ctx_get_stats(gpu, &before), YK_OK);
+        yh_poison(&t.out);
+        cr_assert_eq(yk_paged_decode_run(plan, &t.q.dl, &t.kv, &t.out.dl, NULL, floats ? &ws.dl : NULL, NULL), YK_OK,
+                     "%s", yk_ctx_last_error(gpu));
+        cr_assert_eq(yh_sync(gpu), 0);
+        cr_assert_eq(yk_ctx_get_stats(gpu, &after), YK_OK);
+        cr_assert_eq(after.kernels, before.kernels, "%s: the run built %llu kernels", label,
+                     (unsigned long long)(after.kernels - before.kernels));
+        if (num_splits == 1) { /* the direct call of the same split: the same kernel, the same bits */
+          void *planned = yh_snapshot(&t.out);
+          const yk_attention_params p = {.num_splits = 1};
+          yh_poison(&t.out);
+          cr_assert_eq(yk_paged_attention_decode(gpu, &t.q.dl, &t.kv, &p, &t.out.dl, NULL, NULL), YK_OK, "%s",
+                       yk_ctx_last_error(gpu));
+          cr_assert_eq(yh_sync(gpu), 0);
+          cr_assert_eq(yh_bytes_changed(&t.out, planned), 0, "%s: planned and direct decode differ", label);
+          free(planned);
+        }
+        yk_paged_plan_destroy(plan);
+        yh_tensor_free(&ws), free_tensors(&t), free_scenario(&s);
+      }
   yk_ctx_destroy(gpu);
 }
 

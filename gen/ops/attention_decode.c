@@ -36,6 +36,11 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 #define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
 #define MAX_QUERY_ROWS 64      /* several queries a sequence: (token, q head) rows a kv head, 4 tiles */
+/* Paged keys in a grid of at most one block an SM take a split's 8 one-warp teams (complete()) with
+ * no split too: bench --paged --sweep, H100, 8 queries a sequence of batch 8 x 4096 (128 blocks, no
+ * split) read 1803 GB/s on them against 1467 on 4 teams of 3 stages; at batch 64 (1024 blocks)
+ * they ran 0.92x, so only where the grid is one wave of single blocks. */
+#define ONE_WAVE_PAGED_WARPS 8
 
 static void complete(yk_spec *s) {
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -69,8 +74,6 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   if (yk_attention_paged_invalid(s->v[PAGED], s->v[PAGE_SIZE], why, n)) return 1;
   if (s->v[PAGED] && s->v[RAGGED])
     return snprintf(why, n, "ragged keys come from cu_seqlens_k, paged keys from a page table: not both"), 1;
-  if (s->v[QUERIES] && s->v[KV_FLOAT8])
-    return snprintf(why, n, "several queries a sequence take 16-bit keys and values"), 1;
   if (s->v[HEAD_DIM] % 16) return snprintf(why, n, "head_dim %d is not a multiple of 16", s->v[HEAD_DIM]), 1;
   if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
   if (s->v[SWIZZLE] && s->v[HEAD_DIM] % 64)
@@ -144,28 +147,35 @@ const yk_op_def yk_op_attention_decode = {
     .warm_specs = warm_specs,
 };
 
-/* The warm-up matrix's ragged specs also serve the prefill call's few queries a sequence, causal or
- * not (yk_decode_queries: 16-bit contiguous keys). */
-typedef struct with_queries {
+/* The warm-up matrix's decode specs in the forms the calls also launch: paged keys in a grid of at
+ * most one block an SM on 8 teams (yk_decode_spec), and the ragged and paged specs for the prefill
+ * calls' few queries a sequence, causal or not (yk_decode_queries). */
+typedef struct with_variants {
   yk_spec_emit_fn emit;
   void *user;
-} with_queries;
+} with_variants;
 
-static void emit_with_queries(void *user, const yk_spec *s) {
-  const with_queries *w = user;
-  w->emit(w->user, s);
-  if (!s->v[RAGGED] || s->v[PAGED] || s->v[KV_FLOAT8]) return;
-  for (int queries = 1; queries <= 2; queries++) {
-    yk_spec several = *s;
-    char why[256];
-    several.v[QUERIES] = queries;
-    if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
+static void emit_variants(void *user, const yk_spec *s) {
+  const with_variants *w = user;
+  yk_spec forms[2] = {*s, *s};
+  int count = 1;
+  if (s->v[PAGED] && !s->v[SPLIT] && s->v[D_SPLIT] == 1) {
+    forms[1].v[WARPS] = ONE_WAVE_PAGED_WARPS, forms[1].v[STAGES] = YK_UNSET, forms[1].v[KV_HINT] = YK_UNSET;
+    complete(&forms[1]);
+    count = 2;
   }
+  for (int f = 0; f < count; f++)
+    for (int queries = 0; queries <= (forms[f].v[RAGGED] || forms[f].v[PAGED] ? 2 : 0); queries++) {
+      yk_spec several = forms[f];
+      char why[256];
+      several.v[QUERIES] = queries;
+      if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
+    }
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  with_queries w = {emit, user};
-  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, KV_FLOAT8, NULL, emit_with_queries, &w);
+  with_variants w = {emit, user};
+  yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, KV_FLOAT8, NULL, emit_variants, &w);
 }
 
 /* Splits a sequence's keys when the blocks of the batch alone would leave SMs idle: the largest
@@ -242,8 +252,17 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
       yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, total_k, num_splits).splits);
 }
 
+/* Blocks of 16 rows a kv head: its q heads, or with several queries its (token, q head) pairs. */
+static int64_t row_blocks_of(const yk_decode_launch *L) {
+  const int64_t group = L->a.q_heads / L->a.kv_heads;
+  return (group * (L->cu_q ? L->max_seqlen_q : 1) + 15) / 16;
+}
+
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
+  const int64_t grid = L->a.kv_heads * row_blocks_of(L) * L->a.batch * L->splits;
+  if (L->paged && L->splits == 1 && L->a.head_dim <= 128 && grid <= ctx->multiprocessors)
+    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS;
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;
   spec->v[SPLIT] = L->splits > 1;
@@ -271,7 +290,7 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   if (st) return st;
   /* several queries a sequence: rows of (token, q head) pairs, partials and outputs by token */
   const int several = L->cu_q != NULL;
-  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = (group * (several ? L->max_seqlen_q : 1) + 15) / 16;
+  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = row_blocks_of(L);
   const int64_t tokens = launch_tokens(L);
   /* partials: [splits][tokens * q_heads][head_dim] then [splits][tokens * q_heads] */
   float *part_o = L->workspace, *part_lse = NULL;
@@ -354,32 +373,27 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
 }
 
 /* A few queries a sequence against its keys (speculative decoding's verification step, a chunked
- * prefill's last chunk) through the decode kernel, for the prefill call: its tile's rows are the
+ * prefill's last chunk) through the decode kernel, for the prefill calls: its tile's rows are the
  * (token, q head) pairs of a kv head's group, so each K and V byte is read once for all of them,
  * and the keys split and merge as decode's. The prefill kernel gives each q head its own tile
  * and has no key split: yk bench --decode, H100, 4-16 queries against 32768 keys read 350 GB/s,
- * 0.16x decode's rate on the same keys. */
-int yk_decode_takes_queries(const yk_attention_problem *pr) {
+ * 0.16x decode's rate on the same keys. max_keys bounds every sequence's keys (0: there are none). */
+int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
   const int64_t group = pr->shape.q_heads / pr->shape.kv_heads;
-  return pr->on_device && pr->ragged_q && pr->ragged_k && pr->max_seqlen_q > 0 &&
-         pr->max_seqlen_q * group <= MAX_QUERY_ROWS && !pr->shape.kv_float8;
+  return pr->on_device && pr->ragged_q && max_keys > 0 && pr->max_seqlen_q > 0 &&
+         pr->max_seqlen_q * group <= MAX_QUERY_ROWS;
 }
 
-yk_status yk_decode_queries(yk_ctx *ctx, const yk_attention_problem *pr, const yk_view *ov, const yk_view *lv,
-                            void *stream) {
-  yk_decode_launch L = {
-      .a = yk_attention_operands_of(pr, yk_attention_rows(&pr->k, pr, 1), yk_attention_rows(&pr->v, pr, 1), ov, lv),
-      .cu_q = pr->cu_q,
-      .max_seqlen_q = pr->max_seqlen_q,
-      .total_q = pr->total_q,
-      .causal = pr->shape.causal,
-      .cu_k = pr->cu_k,
-      .max_seqlen_k = pr->max_seqlen_k,
-  };
+yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
+                            int64_t max_keys, int64_t total_keys, void *stream) {
+  L->cu_q = pr->cu_q;
+  L->max_seqlen_q = pr->max_seqlen_q;
+  L->total_q = pr->total_q;
+  L->causal = pr->shape.causal;
   /* rows of a kv head: its group's q heads times the queries */
   const yk_decode_split split = yk_decode_splits(ctx, pr->shape.batch, pr->shape.q_heads * pr->max_seqlen_q,
-                                                 pr->shape.kv_heads, pr->max_seqlen_k, pr->total_k, 0);
-  L.splits = split.splits;
-  L.chunk_keys = split.chunk_keys;
-  return yk_decode_run_in(ctx, "flash_attention_forward", &L, NULL, stream);
+                                                 pr->shape.kv_heads, max_keys, total_keys, 0);
+  L->splits = split.splits;
+  L->chunk_keys = split.chunk_keys;
+  return yk_decode_run_in(ctx, op, L, NULL, stream);
 }

@@ -195,7 +195,11 @@ YK_API yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const
  * [total_q, q_heads, head_dim] with params->cu_seqlens_q (and max_seqlen_q where the host cannot
  * read it), lse [q_heads, total_q]; or q [batch, seq_q, q_heads, head_dim], lse
  * [batch, q_heads, seq_q]. params->causal masks bottom-right: query i of a sequence of len_q
- * queries and len_k keys sees keys j <= i + len_k - len_q. cu_seqlens_k must be NULL. */
+ * queries and len_k keys sees keys j <= i + len_k - len_q. cu_seqlens_k must be NULL. On the GPU,
+ * ragged queries of at most 64 (token, q head) rows a kv head (max_seqlen_q x q_heads / kv_heads:
+ * speculative decoding's verification over a paged cache) run on the paged decode kernel, split
+ * and merged as the dense prefill call's few queries are (the split sized by the longest sequence:
+ * from a table the host can read, else kv->max_context_len, else what the table holds). */
 YK_API yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                             const yk_attention_params *params, DLTensor *out, DLTensor *lse,
                                             void *stream);
