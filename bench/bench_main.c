@@ -66,19 +66,21 @@ int cmd_bench(int argc, char **argv) {
       lengths_only = 1;
     else {
       int help = !strcmp(argv[i], "--help");
-      fprintf(help ? stdout : stderr,
-              "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
-              "                [--backward] [--ops] [--lengths] [--kv] [--radix]\n"
-              "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
-              "--paged: paged decode and cascade decode only; with --sweep, their knobs (batch 1, float8 caches).\n"
-              "--decode: dense decode (both KV layouts), then paged and cascade decode; with --sweep, the\n"
-              "  decode's split counts, tiles, shared-memory layouts and L2 hints too.\n"
-              "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
-              "--backward: the backward only; with --sweep, its tiles too.\n"
-              "--lengths: batch-1 decode over lengths (dense and paged) under the knobs of its kernel.\n"
-              "--ops: the norms, activations and RoPE, then the JIT and dispatch costs.\n"
-              "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
-              "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
+      fprintf(
+          help ? stdout : stderr,
+          "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
+          "                [--backward] [--ops] [--lengths] [--kv] [--radix]\n"
+          "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
+          "--paged: paged decode, paged prefill of a few queries and cascade decode only; with --sweep, their knobs\n"
+          "         (batch 1, a few queries, batch 16, float8 caches).\n"
+          "--decode: dense decode (both KV layouts), then paged and cascade decode; with --sweep, the\n"
+          "  decode's split counts, tiles, shared-memory layouts and L2 hints too.\n"
+          "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
+          "--backward: the backward only; with --sweep, its tiles too.\n"
+          "--lengths: batch-1 decode over lengths (dense and paged) under the knobs of its kernel.\n"
+          "--ops: the norms, activations and RoPE, then the JIT and dispatch costs.\n"
+          "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
+          "--radix: the radix tree's (prefix cache) host operations a second instead (no GPU needed).\n");
       return help ? 0 : 2;
     }
   }

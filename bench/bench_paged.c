@@ -314,7 +314,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
      tiles and hint */
   static const char *const query_knobs[] = {"warps=4,stages=3",   "warps=8,stages=2",    "warps=8,stages=3",
                                             "warps=4,block_n=32", "kv_hint=evict_first", "kv_hint=none"};
-  for (size_t i = 1; i < 5; i++) {
+  for (size_t i = 1; i < 5; i++) { /* query_shapes 1-4: 8 and 16 queries of B1, 8 of B8 and of B64 */
     char shape[112];
     query_shape_name(shape, sizeof shape, i);
     if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len, 0, &rng)) {

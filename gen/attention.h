@@ -184,10 +184,10 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
 
 /* The prefill calls' few queries a sequence (ragged, at most 64 (token, q head) rows a kv head, on
- * the GPU, keys whose longest is known: max_keys > 0) run on the decode kernel:
- * yk_decode_takes_queries says whether; yk_decode_queries runs a checked call whose keys and
- * operands L holds (contiguous with cu_k, or paged), its split chosen from max_keys and total_keys
- * (0 where unknown) as decode's. */
+ * the GPU) run on the decode kernel: yk_decode_takes_queries says whether; yk_decode_queries runs a
+ * checked call whose keys and operands L holds (contiguous with cu_k, or paged), its split chosen
+ * as decode's from max_keys (a bound on every sequence's keys; 0: none has any) and total_keys
+ * (the batch's keys, or a bound on them; 0 where unknown). */
 int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys);
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
                             int64_t max_keys, int64_t total_keys, void *stream);

@@ -308,7 +308,7 @@ yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_pa
   }
   /* the longest sequence; or, from a table in device memory without max_context_len, as many keys
      as the table holds: a bound that only sizes the split, since each sequence cuts its own keys */
-  const int64_t max_keys = pk.max_len ? pk.max_len : pk.map.max_blocks * pk.page_size;
+  const int64_t max_keys = pk.max_len || pk.host_readable ? pk.max_len : pk.map.max_blocks * pk.page_size;
   if (yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
     yk_decode_launch D = decode_launch(&pr, &pk, &ov, &lv, (yk_decode_split){1, 0});
     return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, stream);
