@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "cpu_fallback/half.h"
+#include "gen/attention.h"
+#include "gen/spec.h"
 #include "runtime/context.h"
 #include "runtime/module.h"
 #include "tests/support.h"
@@ -505,6 +507,47 @@ Test(paged_attention, gpu_float8_plan_run) {
   yk_paged_plan_destroy(plan);
   free(direct), yh_tensor_free(&ws), free_tensors(&t), free_scenario(&s);
   yk_ctx_destroy(gpu);
+}
+
+/* The teams of a paged decode launch follow its grid: 8 one-warp teams of 2 stages where it is one
+ * wave of single blocks, split or not (8 queries of batch 8 x 4096 read 1.26x on them unsplit), 4
+ * of 3 stages past that; contiguous keys keep 4. */
+static void expect_spec(yk_ctx *ctx, const yk_decode_launch *L, const char *want, const char *label) {
+  yk_spec spec;
+  char text[512];
+  yk_decode_spec(ctx, L, &spec);
+  yk_spec_format(&spec, text, sizeof text);
+  cr_assert_not_null(strstr(text, want), "%s: %s, want %s", label, text, want);
+}
+
+Test(paged_attention, decode_teams_follow_the_grid) {
+  yk_ctx *ctx = ts_cpu_ctx();
+  ctx->multiprocessors = 132;
+  yk_decode_launch L = {.a = {.dtype = YK_BF16, .batch = 16, .q_heads = 32, .kv_heads = 8, .head_dim = 128},
+                        .paged = 1,
+                        .page_size = 16,
+                        .max_seqlen_k = INT32_MAX,
+                        .splits = 1};
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B16: 128 blocks");
+  L.a.batch = 17;
+  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "decode B17: 136 blocks");
+  L.splits = 2, L.a.batch = 8;
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8 split 2");
+  L.splits = 1, L.paged = 2;
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8, a CSR table");
+  /* a few queries a sequence: 8 tokens x 4 q heads = 2 row blocks a kv head */
+  const int32_t cu_q_stub = 0;
+  L.cu_q = &cu_q_stub, L.max_seqlen_q = 8, L.total_q = 64, L.causal = 1;
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 queries of B8: 128 blocks");
+  L.a.batch = 9, L.total_q = 72;
+  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "8 queries of B9: 144 blocks");
+  L.a.batch = 8, L.a.head_dim = 256; /* two warps a team already */
+  expect_spec(ctx, &L, "warps=8,d_split=2,stages=3", "head_dim 256");
+  L = (yk_decode_launch){.a = {.dtype = YK_BF16, .batch = 16, .q_heads = 32, .kv_heads = 8, .head_dim = 128},
+                         .max_seqlen_k = 4096,
+                         .splits = 1};
+  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "contiguous keys");
+  yk_ctx_destroy(ctx);
 }
 
 /* A plan compiles the kernel its runs launch, so that running never compiles (a captured graph
