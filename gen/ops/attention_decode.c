@@ -41,6 +41,9 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
  * split) read 1803 GB/s on them against 1467 on 4 teams of 3 stages; at batch 64 (1024 blocks)
  * they ran 0.92x, so only where the grid is one wave of single blocks. */
 #define ONE_WAVE_PAGED_WARPS 8
+/* Whether a launch of one wave of single blocks takes ONE_WAVE_PAGED_WARPS: paged keys, no split,
+ * one warp a team (head dims up to 128). yk_decode_spec also asks the grid; the warm-up cannot. */
+static int one_wave_teams_apply(int paged, int split, int head_dim) { return paged && !split && head_dim <= 128; }
 
 static void complete(yk_spec *s) {
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -159,7 +162,7 @@ static void emit_variants(void *user, const yk_spec *s) {
   const with_variants *w = user;
   yk_spec forms[2] = {*s, *s};
   int count = 1;
-  if (s->v[PAGED] && !s->v[SPLIT] && s->v[D_SPLIT] == 1) {
+  if (one_wave_teams_apply(s->v[PAGED], s->v[SPLIT], s->v[HEAD_DIM])) {
     forms[1].v[WARPS] = ONE_WAVE_PAGED_WARPS, forms[1].v[STAGES] = YK_UNSET, forms[1].v[KV_HINT] = YK_UNSET;
     complete(&forms[1]);
     count = 2;
@@ -197,6 +200,9 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
  * equal lengths ran best on the batch's rule (32 x 4096: 1 split, 2-32 splits 0.91-0.95x). */
 #define BALANCED_CHUNK_KEYS 2048
 
+/* The batch's lengths are known where its keys were counted (total_keys) and one has any. */
+static int lengths_known(int64_t max_keys, int64_t total_keys) { return total_keys > 0 && max_keys > 0; }
+
 /* Where the lengths are known, every sequence's chunks hold the longest one's share of keys. */
 static int chunk_keys_of(int known, int64_t max_keys, int splits) {
   const int64_t chunk = known && splits > 1 ? (max_keys + splits - 1) / splits : 0;
@@ -206,7 +212,7 @@ static int chunk_keys_of(int known, int64_t max_keys, int splits) {
 yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
                                  int64_t total_keys, int num_splits) {
   const int64_t units = kv_heads * ((q_heads / kv_heads + 15) / 16), blocks = batch * units; /* a sequence's */
-  const int known = total_keys > 0 && max_keys > 0 && units > 0;
+  const int known = lengths_known(max_keys, total_keys) && units > 0;
   int splits = num_splits;
   if (!splits) {
     const int64_t most_keys = max_keys / MIN_KEYS_PER_SPLIT, cap = most_keys < MAX_SPLITS ? most_keys : MAX_SPLITS;
@@ -228,11 +234,12 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
                                         int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
                                         const DLTensor *workspace) {
   yk_decode_split s = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, total_keys, num_splits);
+  if (!workspace) return s; /* allocated for the call: nothing caps it */
   const int least = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits;
-  const size_t room = workspace ? yk_workspace_floats_offered(workspace) : SIZE_MAX;
+  const size_t room = yk_workspace_floats_offered(workspace);
   while (s.splits > least && yk_decode_workspace_floats(batch, q_heads, head_dim, s.splits) > room) {
     s.splits /= 2;
-    s.chunk_keys = chunk_keys_of(total_keys > 0 && max_keys > 0, max_keys, s.splits);
+    s.chunk_keys = chunk_keys_of(lengths_known(max_keys, total_keys), max_keys, s.splits);
   }
   return s;
 }
@@ -261,7 +268,7 @@ static int64_t row_blocks_of(const yk_decode_launch *L) {
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
   const int64_t grid = L->a.kv_heads * row_blocks_of(L) * L->a.batch * L->splits;
-  if (L->paged && L->splits == 1 && L->a.head_dim <= 128 && grid <= ctx->multiprocessors)
+  if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
     spec->v[WARPS] = ONE_WAVE_PAGED_WARPS;
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;

@@ -121,18 +121,15 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
   if ((st = yk_attention_check_aligned(ctx, op, rows, names, 4))) return st;
   if (pr.shape.batch > 65535)
     return yk_error(ctx, YK_ERR_UNSUPPORTED, "%s: batch %lld is above 65535", op, (long long)pr.shape.batch);
+  const yk_attention_operands a =
+      yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv);
   if (yk_decode_takes_queries(&pr, pr.max_seqlen_k)) {
-    yk_decode_launch D = {
-        .a =
-            yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
-        .cu_k = pr.cu_k,
-        .max_seqlen_k = pr.max_seqlen_k,
-    };
+    yk_decode_launch D = {.a = a, .cu_k = pr.cu_k, .max_seqlen_k = pr.max_seqlen_k};
     return yk_decode_queries(ctx, op, &pr, &D, pr.max_seqlen_k, pr.total_k, stream);
   }
 
   const yk_prefill_launch L = {
-      .a = yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv),
+      .a = a,
       .causal = pr.shape.causal,
       .cu_q = pr.cu_q,
       .cu_k = pr.cu_k,
