@@ -169,49 +169,63 @@ static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, con
   return 0;
 }
 
-/* A few query tokens a sequence against a long key sequence, through the prefill call (causal,
- * ragged offsets in device memory): speculative decoding's verification step and a chunked
- * prefill's last chunk. GB/s of K and V read, as decode's rows, which read the same bytes. */
+/* A few query tokens a sequence against a long key sequence, through the prefill call (causal):
+ * speculative decoding's verification step and a chunked prefill's last chunk. Ragged (offsets in
+ * device memory) with the split's workspace allocated by the call, as every row before the call
+ * took a workspace; ragged and dense with one from yk_flash_attention_forward_workspace_floats.
+ * GB/s of K and V read, as decode's rows, which read the same bytes. */
 static void bench_short_queries(bench_timer *t, bench_results *r) {
   yh_rng rng = {24};
   static const int64_t shapes[][3] = {{1, 4, 32768}, {1, 8, 32768}, {1, 16, 32768}, {8, 8, 4096}, {64, 8, 4096}};
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-    const int64_t batch = shapes[i][0], nq = shapes[i][1], len = shapes[i][2], cu_n = batch + 1;
-    attention_case c;
-    memset(&c, 0, sizeof c);
-    c.ctx = t->ctx, c.params.causal = 1;
-    const int64_t qd[3] = {batch * nq, 32, 128}, kd[3] = {batch * len, 8, 128}, ld[2] = {32, batch * nq};
-    int bad = yh_tensor_init(&c.q, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
-              yh_tensor_init(&c.lse, t->ctx, YK_F32, 2, ld, NULL, 1) ||
-              yh_tensor_init(&c.k, t->ctx, YK_BF16, 3, kd, NULL, 1) ||
-              yh_tensor_init(&c.v, t->ctx, YK_BF16, 3, kd, NULL, 1) ||
-              yh_tensor_init(&c.out, t->ctx, YK_BF16, 3, qd, NULL, 1) ||
-              yh_tensor_init(&c.cu_q, t->ctx, YK_I32, 1, &cu_n, NULL, 1) ||
+  static const char *const forms[3] = {"", " ws", " dense ws"};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    for (int form = 0; form < 3; form++) {
+      const int64_t batch = shapes[i][0], nq = shapes[i][1], len = shapes[i][2], cu_n = batch + 1;
+      const int dense = form == 2;
+      attention_case c;
+      yh_tensor ws = {0};
+      memset(&c, 0, sizeof c);
+      c.ctx = t->ctx, c.params.causal = 1;
+      const int64_t qd[4] = {batch * nq, 32, 128}, kd[4] = {batch * len, 8, 128}, ld[3] = {32, batch * nq};
+      const int64_t dq[4] = {batch, nq, 32, 128}, dk[4] = {batch, len, 8, 128}, dl[3] = {batch, 32, nq};
+      int bad = yh_tensor_init(&c.q, t->ctx, YK_BF16, dense ? 4 : 3, dense ? dq : qd, NULL, 1) ||
+                yh_tensor_init(&c.lse, t->ctx, YK_F32, dense ? 3 : 2, dense ? dl : ld, NULL, 1) ||
+                yh_tensor_init(&c.k, t->ctx, YK_BF16, dense ? 4 : 3, dense ? dk : kd, NULL, 1) ||
+                yh_tensor_init(&c.v, t->ctx, YK_BF16, dense ? 4 : 3, dense ? dk : kd, NULL, 1) ||
+                yh_tensor_init(&c.out, t->ctx, YK_BF16, dense ? 4 : 3, dense ? dq : qd, NULL, 1);
+      if (!bad && !dense) {
+        bad = yh_tensor_init(&c.cu_q, t->ctx, YK_I32, 1, &cu_n, NULL, 1) ||
               yh_tensor_init(&c.cu_k, t->ctx, YK_I32, 1, &cu_n, NULL, 1);
-    if (!bad) {
-      for (int64_t b = 0; b <= batch; b++)
-        ((int32_t *)c.cu_q.host)[b] = (int32_t)(b * nq), ((int32_t *)c.cu_k.host)[b] = (int32_t)(b * len);
-      bad = yh_upload(&c.cu_q) || yh_upload(&c.cu_k);
-    }
-    char name[96];
-    snprintf(name, sizeof name, "prefill q%lld of B%lld L%lld causal gqa4 d128", (long long)nq, (long long)batch,
-             (long long)len);
-    if (!bad) {
-      yh_fill_uniform(&c.q, &rng, -1, 1), yh_fill_uniform(&c.k, &rng, -1, 1), yh_fill_uniform(&c.v, &rng, -1, 1);
-      c.params.cu_seqlens_q = &c.cu_q.dl, c.params.cu_seqlens_k = &c.cu_k.dl;
-      c.params.max_seqlen_q = (int)nq, c.params.max_seqlen_k = (int)len;
-      const double ms = bench_median_ms(t, call, &c), bytes = 2.0 * (double)(batch * len) * 8 * 128 * 2;
-      if (ms > 0) {
-        bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
-        fprintf(stderr, "  %-52s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
-      } else {
-        fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+        for (int64_t b = 0; !bad && b <= batch; b++)
+          ((int32_t *)c.cu_q.host)[b] = (int32_t)(b * nq), ((int32_t *)c.cu_k.host)[b] = (int32_t)(b * len);
+        bad = bad || yh_upload(&c.cu_q) || yh_upload(&c.cu_k);
+        c.params.cu_seqlens_q = &c.cu_q.dl, c.params.cu_seqlens_k = &c.cu_k.dl;
+        c.params.max_seqlen_q = (int)nq, c.params.max_seqlen_k = (int)len;
       }
-    } else {
-      fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+      if (!bad && form > 0) {
+        const int64_t floats = (int64_t)yk_flash_attention_forward_workspace_floats(t->ctx, batch, batch * nq, nq, 32,
+                                                                                    8, 128, len, batch * len, 0);
+        bad = floats > 0 && yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1);
+        if (floats > 0) c.params.workspace = &ws.dl;
+      }
+      char name[96];
+      snprintf(name, sizeof name, "prefill q%lld of B%lld L%lld causal gqa4 d128%s", (long long)nq, (long long)batch,
+               (long long)len, forms[form]);
+      if (!bad) {
+        yh_fill_uniform(&c.q, &rng, -1, 1), yh_fill_uniform(&c.k, &rng, -1, 1), yh_fill_uniform(&c.v, &rng, -1, 1);
+        const double ms = bench_median_ms(t, call, &c), bytes = 2.0 * (double)(batch * len) * 8 * 128 * 2;
+        if (ms > 0) {
+          bench_add(r, name, ms, bytes / ms / 1e6, bytes / ms / 1e6, "GB/s");
+          fprintf(stderr, "  %-52s %9.4f ms %7.0f GB/s\n", name, ms, bytes / ms / 1e6);
+        } else {
+          fprintf(stderr, "  %s failed: %s\n", name, yk_ctx_last_error(t->ctx));
+        }
+      } else {
+        fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+      }
+      free_case(&c);
+      yh_tensor_free(&ws);
     }
-    free_case(&c);
-  }
 }
 
 static void bench_decode_ragged(bench_timer *t, bench_results *r) {

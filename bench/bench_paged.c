@@ -20,9 +20,9 @@ typedef struct paged_bench {
   yk_paged_kv shared;
   yh_tensor shared_table, shared_len;
   int cascade;
-  /* paged prefill of a few queries a sequence */
+  /* paged prefill of a few queries a sequence: ragged (cu_q) or dense; ws the split's when given */
   yh_tensor cu_q;
-  int queries;
+  int queries, dense_q;
 } paged_bench;
 
 static yk_status run(void *p) {
@@ -32,7 +32,8 @@ static yk_status run(void *p) {
     return yk_cascade_attention_decode(b->ctx, &b->q.dl, &b->shared, &b->kv, &params, &b->out.dl, NULL, NULL);
   }
   if (b->queries) {
-    yk_attention_params params = {.causal = 1, .cu_seqlens_q = &b->cu_q.dl, .max_seqlen_q = b->queries};
+    yk_attention_params params = {.causal = 1, .workspace = b->ws.numel ? &b->ws.dl : NULL};
+    if (!b->dense_q) params.cu_seqlens_q = &b->cu_q.dl, params.max_seqlen_q = b->queries;
     return yk_paged_attention_prefill(b->ctx, &b->q.dl, &b->kv, &params, &b->out.dl, NULL, NULL);
   }
   return yk_paged_decode_run(b->plan, &b->q.dl, &b->kv, &b->out.dl, NULL, b->ws.numel ? &b->ws.dl : NULL, NULL);
@@ -203,16 +204,25 @@ static void bench_paged_ragged(bench_timer *t, bench_results *r, yh_rng *rng) {
 }
 
 /* batch sequences of len keys (page 16, a block table) with nq queries each for the paged prefill
- * call: setup's decode tensors with q and out of nq tokens a sequence, cu_seqlens_q in device memory. */
-static int setup_queries(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t nq, int64_t len, int float8, yh_rng *rng) {
+ * call: setup's decode tensors with q and out of nq tokens a sequence, ragged with cu_seqlens_q in
+ * device memory (form 0, 1) or dense [batch, nq, ...] (form 2); the split's workspace from
+ * yk_flash_attention_forward_workspace_floats (form 1, 2) or allocated by each call (form 0). */
+static int setup_queries(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t nq, int64_t len, int float8, int form,
+                         yh_rng *rng) {
   if (batch > 64 || setup(b, ctx, batch, len, NULL, 0, 16, 0, 0, float8, rng)) return 1;
-  const int64_t qd[3] = {batch * nq, Q_HEADS, HEAD_DIM}, n1 = batch + 1;
+  const int64_t qd[4] = {batch * nq, Q_HEADS, HEAD_DIM}, dense[4] = {batch, nq, Q_HEADS, HEAD_DIM}, n1 = batch + 1;
   int32_t cu[65];
   for (int64_t s = 0; s <= batch; s++) cu[s] = (int32_t)(s * nq);
-  yh_tensor_free(&b->q), yh_tensor_free(&b->out);
-  if (yh_tensor_init(&b->q, ctx, YK_BF16, 3, qd, NULL, 1) || yh_tensor_init(&b->out, ctx, YK_BF16, 3, qd, NULL, 1) ||
+  yh_tensor_free(&b->q), yh_tensor_free(&b->out), yh_tensor_free(&b->ws);
+  b->dense_q = form == 2;
+  if (yh_tensor_init(&b->q, ctx, YK_BF16, b->dense_q ? 4 : 3, b->dense_q ? dense : qd, NULL, 1) ||
+      yh_tensor_init(&b->out, ctx, YK_BF16, b->dense_q ? 4 : 3, b->dense_q ? dense : qd, NULL, 1) ||
       index_tensor(&b->cu_q, ctx, 1, &n1, cu))
     return 1;
+  const int64_t floats = form ? (int64_t)yk_flash_attention_forward_workspace_floats(
+                                    ctx, batch, batch * nq, nq, Q_HEADS, KV_HEADS, HEAD_DIM, len, batch * len, 0)
+                              : 0;
+  if (floats && yh_tensor_init(&b->ws, ctx, YK_F32, 1, &floats, NULL, 1)) return 1;
   yh_fill_uniform(&b->q, rng, -1, 1);
   b->queries = (int)nq;
   return 0;
@@ -233,17 +243,20 @@ static void query_shape_name(char *name, size_t n, size_t i) {
 }
 
 static void bench_paged_queries(bench_timer *t, bench_results *r, yh_rng *rng) {
-  for (size_t i = 0; i < sizeof query_shapes / sizeof query_shapes[0]; i++) {
-    paged_bench b;
-    char name[112];
-    query_shape_name(name, sizeof name, i);
-    if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len,
-                      query_shapes[i].float8, rng))
-      fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
-    else
-      time_case(t, r, &b, name, kv_bytes(query_shapes[i].batch, query_shapes[i].len, query_shapes[i].float8));
-    free_bench(&b);
-  }
+  static const char *const forms[3] = {"", " ws", " dense ws"};
+  for (size_t i = 0; i < sizeof query_shapes / sizeof query_shapes[0]; i++)
+    for (int form = 0; form < (i == 1 || i == 3 ? 3 : 1); form++) { /* 8 queries of B1 and B8: each form */
+      paged_bench b;
+      char name[112];
+      query_shape_name(name, sizeof name, i);
+      strncat(name, forms[form], sizeof name - strlen(name) - 1);
+      if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len,
+                        query_shapes[i].float8, form, rng))
+        fprintf(stderr, "  %s: cannot set up: %s\n", name, yk_ctx_last_error(t->ctx));
+      else
+        time_case(t, r, &b, name, kv_bytes(query_shapes[i].batch, query_shapes[i].len, query_shapes[i].float8));
+      free_bench(&b);
+    }
 }
 
 int bench_paged(bench_timer *t, bench_results *r) {
@@ -312,12 +325,17 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
   free_bench(&b);
   /* a few queries a sequence (the decode kernel, with the split only at batch 1): its teams, stages,
      tiles and hint */
-  static const char *const query_knobs[] = {"warps=4,stages=3",   "warps=8,stages=2",    "warps=8,stages=3",
-                                            "warps=4,block_n=32", "kv_hint=evict_first", "kv_hint=none"};
+  static const char *const query_knobs[] = {"warps=4,stages=3,kv_hint=none",
+                                            "warps=8,stages=2,kv_hint=none",
+                                            "warps=8,stages=2",
+                                            "warps=8,stages=3",
+                                            "warps=4,block_n=32",
+                                            "kv_hint=evict_first",
+                                            "kv_hint=none"};
   for (size_t i = 1; i < 5; i++) { /* query_shapes 1-4: 8 and 16 queries of B1, 8 of B8 and of B64 */
     char shape[112];
     query_shape_name(shape, sizeof shape, i);
-    if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len, 0, &rng)) {
+    if (setup_queries(&b, t->ctx, query_shapes[i].batch, query_shapes[i].queries, query_shapes[i].len, 0, 0, &rng)) {
       fprintf(stderr, "  %s: cannot set up: %s\n", shape, yk_ctx_last_error(t->ctx));
     } else {
       const double bytes = kv_bytes(query_shapes[i].batch, query_shapes[i].len, 0);
@@ -333,7 +351,7 @@ void bench_paged_knobs(bench_timer *t, bench_results *r) {
   } else {
     const double bytes = kv_bytes(16, 4096, 0);
     bench_sweep_one(t, r, "paged decode B16 L4096 page16", NULL, "default", run, &b, bytes, "GB/s");
-    for (size_t k = 0; k < 3; k++)
+    for (size_t k = 0; k < sizeof query_knobs / sizeof query_knobs[0]; k++)
       bench_sweep_one(t, r, "paged decode B16 L4096 page16", "attention_decode", query_knobs[k], run, &b, bytes,
                       "GB/s");
   }

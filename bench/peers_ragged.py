@@ -1,8 +1,8 @@
 """The peer of yk bench's ragged decode rows: FlashAttention-2's varlen forward (torch's
 aten._flash_attention_forward, the kernel SDPA's flash backend runs) with one query a sequence,
 over the same batches: 32 q heads, 8 kv heads, head dim 128, bfloat16, k and v [total, 8, 128].
-Then its rows of a few queries a sequence (causal, bottom-right), the peer of yk bench --decode's
-"prefill q.." and "paged prefill q.." rows. GB/s of K and V read, timed as
+Then its rows of a few queries a sequence (causal, bottom-right), varlen and dense, the peers of
+yk bench --decode's "prefill q.." and "paged prefill q.." rows. GB/s of K and V read, timed as
 ../shared/anchors/peers.py times (triton's do_bench, median).
 
     python3 bench/peers_ragged.py [OUT.json]
@@ -61,6 +61,30 @@ def run_varlen(out, key, q_lens, k_lens, causal):
     torch.cuda.empty_cache()
 
 
+def run_dense(out, key, batch, queries, keys):
+    """FlashAttention-2's dense forward (the same aten op without offsets: flash_attn_func), causal
+    bottom-right: the peer of the "dense ws" rows."""
+    dev = "cuda"
+    q = torch.randn(batch, queries, 32, 128, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(batch, keys, 8, 128, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    nbytes = 2 * batch * keys * 8 * 128 * 2
+
+    def fa2():
+        return torch.ops.aten._flash_attention_forward(q, k, v, None, None, queries, keys, 0.0, True, False)
+
+    try:
+        fa2()
+        ms = do_bench(fa2, return_mode="median")
+        out[key + " GB/s"] = nbytes / ms / 1e6
+        print(f"{key:52s} {ms * 1e3:9.1f} us {nbytes / ms / 1e6:7.0f} GB/s", flush=True)
+    except Exception as e:
+        out[key + " error"] = str(e).splitlines()[0][:200]
+        print(f"{key:52s} unavailable: {out[key + ' error']}", flush=True)
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
 def main():
     out = {}
     torch.manual_seed(0)
@@ -71,6 +95,7 @@ def main():
     for batch, queries, keys in SHORT_QUERIES:
         run_varlen(out, f"prefill.flash varlen q{queries} of B{batch} L{keys} causal", [queries] * batch,
                    [keys] * batch, True)
+        run_dense(out, f"prefill.flash dense q{queries} of B{batch} L{keys} causal", batch, queries, keys)
     if len(sys.argv) > 1:
         with open(sys.argv[1], "w") as f:
             json.dump(out, f, indent=1)

@@ -87,6 +87,9 @@ yk_status yk_attention_check_heads(yk_ctx *ctx, const char *op, const yk_attenti
   if (!isfinite(params->scale) || params->scale < 0)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: scale must be finite and positive (0 for 1/sqrt(head_dim))", op);
   s->scale = params->scale != 0 ? params->scale : 1.f / sqrtf((float)s->head_dim);
+  if (params->num_splits < 0 || params->num_splits > YK_DECODE_MAX_SPLITS)
+    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_splits %d is outside 0..%d", op, params->num_splits,
+                    YK_DECODE_MAX_SPLITS);
   return YK_OK;
 }
 

@@ -51,11 +51,12 @@ yk_status yk_attention_check_aligned(yk_ctx *ctx, const char *op, const yk_view 
                                      int count);
 
 /* The combine of split-KV decode (gen/ops/merge_attention_states.c): float32 partials
- * [splits][batch * heads][head_dim] and their lse [splits][batch * heads] into out
- * [batch, heads, head_dim] (strides o_b, o_h, dtype) and lse (strides l_b, l_h; NULL: not wanted). */
-yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t batch, int64_t heads, int64_t head_dim, int splits,
-                            const float *part_o, const float *part_lse, void *out, int64_t o_b, int64_t o_h, float *lse,
-                            int64_t l_b, int64_t l_h, void *stream);
+ * [splits][tokens * heads][head_dim] and their lse [splits][tokens * heads] into out (of dtype)
+ * and lse (data NULL: not wanted), token i being token i % per of sequence i / per, at
+ * batch_stride * (i / per) + seq_stride * (i % per). */
+yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t tokens, int64_t per, int64_t heads, int64_t head_dim,
+                            int splits, const float *part_o, const float *part_lse, const yk_attn_operand *out,
+                            const yk_attn_operand *lse, void *stream);
 
 /* Compiles (or finds) the merge yk_merge_partials launches, so that a plan's runs never compile. */
 yk_status yk_merge_partials_prepare(yk_ctx *ctx, int dtype, int64_t head_dim);
@@ -152,10 +153,10 @@ yk_attention_operands yk_attention_operands_of(const yk_attention_problem *pr, y
  * ragged key batch (table NULL) or paged keys. */
 typedef struct yk_decode_launch {
   yk_attention_operands a;
-  const int32_t *cu_q;             /* several queries a sequence, device-readable (q, out and lse token-major); or
-                          NULL: one a sequence */
-  int64_t max_seqlen_q, total_q;   /* with cu_q: a bound on a sequence's queries, and q's tokens */
-  int causal;                      /* with cu_q */
+  int queries;                     /* several queries a sequence (q, out and lse token-major); 0: one */
+  const int32_t *cu_q;             /* with queries: ragged ones, device-readable offsets; NULL: dense */
+  int64_t max_seqlen_q, total_q;   /* with queries: a bound on a sequence's (dense: every sequence's), q's tokens */
+  int causal;                      /* with queries */
   const int32_t *cu_k;             /* ragged keys, device-readable; or NULL */
   const yk_page_table_args *table; /* paged keys; or NULL */
   int paged, page_size;
@@ -176,21 +177,27 @@ typedef struct yk_decode_split {
 } yk_decode_split;
 yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
                                  int64_t total_keys, int num_splits);
-/* The split of a direct call: yk_decode_splits, but no deeper than a caller's workspace holds (and
- * never below the split of the lengths unknown: a dense batch of the shape). */
+/* The split of a direct call: yk_decode_splits, but halved while a caller's workspace (NULL:
+ * allocated for the call, which nothing caps) holds less than split_floats float32 a split; down
+ * to num_splits where given, else to the split of the lengths unknown (a dense batch of the shape)
+ * with keep_batch_split, else to none. */
 yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
-                                        int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
-                                        const DLTensor *workspace);
+                                        int64_t max_keys, int64_t total_keys, int num_splits, const DLTensor *workspace,
+                                        size_t split_floats, int keep_batch_split);
+/* Float32 partials a split of `tokens` query tokens of q_heads takes (their rows and lse), and a
+ * decode's workspace for `splits` (0 when it does not split). */
+size_t yk_decode_split_floats(int64_t tokens, int64_t q_heads, int64_t head_dim);
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
 
-/* The prefill calls' few queries a sequence (ragged, at most 64 (token, q head) rows a kv head, on
- * the GPU) run on the decode kernel: yk_decode_takes_queries says whether; yk_decode_queries runs a
- * checked call whose keys and operands L holds (contiguous with cu_k, or paged), its split chosen
- * as decode's from max_keys (a bound on every sequence's keys; 0: none has any) and total_keys
- * (the batch's keys, or a bound on them; 0 where unknown). */
+/* The prefill calls' few queries a sequence (ragged or dense, at most 64 (token, q head) rows a kv
+ * head, on the GPU) run on the decode kernel: yk_decode_takes_queries says whether; yk_decode_queries
+ * runs a checked call whose keys and operands L holds (contiguous with cu_k, or paged), its split
+ * chosen as decode's from max_keys (a bound on every sequence's keys; 0: none has any) and
+ * total_keys (the batch's keys, or a bound on them; 0 where unknown), and params' num_splits and
+ * workspace (yk_flash_attention_forward_workspace_floats). */
 int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys);
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
-                            int64_t max_keys, int64_t total_keys, void *stream);
+                            int64_t max_keys, int64_t total_keys, const yk_attention_params *params, void *stream);
 
 /* The spec a launch takes, finished (for plans that compile ahead). */
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *launch, yk_spec *spec);

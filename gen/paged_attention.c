@@ -257,13 +257,6 @@ static yk_decode_launch decode_launch(const yk_attention_problem *pr, const page
   };
 }
 
-static yk_status check_splits(yk_ctx *ctx, const char *op, int num_splits) {
-  if (num_splits < 0 || num_splits > YK_DECODE_MAX_SPLITS)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_splits %d is outside 0..%d", op, num_splits,
-                    YK_DECODE_MAX_SPLITS);
-  return YK_OK;
-}
-
 yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                     const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
   static const char op[] = "paged_attention_decode";
@@ -272,9 +265,7 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
   yk_attention_problem pr;
   yk_view ov, lv;
   yk_status st;
-  if ((st = check_paged(ctx, op, q, kv, params, 1, out, lse, &pk, &pr, &ov, &lv)) ||
-      (st = check_splits(ctx, op, params->num_splits)))
-    return st;
+  if ((st = check_paged(ctx, op, q, kv, params, 1, out, lse, &pk, &pr, &ov, &lv))) return st;
   if (pk.batch == 0) return YK_OK;
   if (!pr.on_device) {
     cpu_forward(ctx, &pr, &pk, &ov, &lv);
@@ -287,15 +278,17 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
                     op);
   yk_decode_launch L =
       decode_launch(&pr, &pk, &ov, &lv,
-                    yk_decode_splits_within(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.head_dim, pk.max_len,
-                                            pk.total_len, params->num_splits, params->workspace));
+                    yk_decode_splits_within(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.max_len, pk.total_len,
+                                            params->num_splits, params->workspace,
+                                            yk_decode_split_floats(pk.batch, pr.shape.q_heads, pk.head_dim), 1));
   return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }
 
-yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
-                                     const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
-  static const char op[] = "paged_attention_prefill";
-  if (!ctx) return YK_ERR_INVALID_ARGUMENT;
+/* The paged prefill; few_queries 0 keeps a few queries a sequence on the prefill kernel (the
+ * cascade's prefix, whose scratch holds no split partials for the decode kernel's). */
+static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, const yk_paged_kv *kv,
+                               const yk_attention_params *params, DLTensor *out, DLTensor *lse, int few_queries,
+                               void *stream) {
   paged_keys pk;
   yk_attention_problem pr;
   yk_view ov, lv;
@@ -309,9 +302,9 @@ yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_pa
   /* the longest sequence; or, from a table in device memory without max_context_len, as many keys
      as the table holds: a bound that only sizes the split, since each sequence cuts its own keys */
   const int64_t max_keys = pk.max_len || pk.host_readable ? pk.max_len : pk.map.max_blocks * pk.page_size;
-  if (yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
+  if (few_queries && yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
     yk_decode_launch D = decode_launch(&pr, &pk, &ov, &lv, (yk_decode_split){1, 0});
-    return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, stream);
+    return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, params, stream);
   }
   const yk_prefill_launch L = {
       .a = yk_attention_operands_of(&pr, pk.k_rows, pk.v_rows, &ov, &lv),
@@ -324,6 +317,12 @@ yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_pa
       .max_seqlen_k = INT32_MAX, /* the table bounds each sequence's keys */
   };
   return yk_prefill_run(ctx, &L, stream);
+}
+
+yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
+                                     const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
+  if (!ctx) return YK_ERR_INVALID_ARGUMENT;
+  return paged_prefill(ctx, "paged_attention_prefill", q, kv, params, out, lse, 1, stream);
 }
 
 /* ---- plan / run ---- */
@@ -376,12 +375,11 @@ yk_status yk_paged_decode_plan(yk_paged_plan *plan, const yk_paged_plan_shape *s
   yk_attention_problem pr = {.on_device = 1, .decode = 1};
   pr.shape = (yk_attention_shape){
       .dtype = dtype, .q_heads = shape->q_heads, .kv_heads = shape->kv_heads, .head_dim = shape->head_dim};
-  const yk_attention_params params = {.scale = shape->scale};
+  const yk_attention_params params = {.scale = shape->scale, .num_splits = shape->num_splits};
   if (shape->q_heads <= 0 || shape->kv_heads <= 0)
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: q_heads %d and kv_heads %d must be positive", op, shape->q_heads,
                     shape->kv_heads);
-  if ((st = yk_attention_check_heads(ctx, op, &params, &pr)) || (st = check_splits(ctx, op, shape->num_splits)))
-    return st;
+  if ((st = yk_attention_check_heads(ctx, op, &params, &pr))) return st;
   int64_t longest = 0, total = 0;
   for (int64_t b = 0; b < batch; b++) {
     if (kv_lens[b] < 0)
@@ -526,9 +524,7 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   yk_attention_problem pr;
   yk_view ov, lv;
   yk_status st;
-  if ((st = check_paged(ctx, op, q, unique, params, 1, out, lse, &pk, &pr, &ov, &lv)) ||
-      (st = check_splits(ctx, op, params->num_splits)))
-    return st;
+  if ((st = check_paged(ctx, op, q, unique, params, 1, out, lse, &pk, &pr, &ov, &lv))) return st;
   if (!shared) return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: shared is NULL", op);
   if ((st = check_caches(ctx, op, shared, &prefix))) return st;
   if (prefix.k.data != pk.k.data || prefix.v.data != pk.v.data)
@@ -588,8 +584,7 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   const yk_attention_params prefix_params = {.scale = pr.shape.scale};
   yk_attention_params suffix_params = {.scale = pr.shape.scale, .num_splits = splits};
   if (splits > 1) suffix_params.workspace = &decode_ws;
-  if (st == YK_OK)
-    st = yk_paged_attention_prefill(ctx, &q_rows, &chunks, &prefix_params, &out_rows, &lse_shared, stream);
+  if (st == YK_OK) st = paged_prefill(ctx, op, &q_rows, &chunks, &prefix_params, &out_rows, &lse_shared, 0, stream);
   /* the chunks merged into the first, which then holds the whole prefix's attention */
   DLTensor o_first = C > 1 ? scratch_view(q, base, l.o_chunks, q->dtype, 3, o3, NULL) : *out;
   DLTensor lse_first = scratch_view(q, base, l.lse_shared, f32, 2, lse2, lse2_t);

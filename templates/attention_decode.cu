@@ -23,7 +23,7 @@
 //     k's is in scale_log2, v's (out_scale) multiplies O.
 //
 // Spec constants: T, HEAD_DIM, BLOCK_N, WARPS, D_SPLIT, STAGES, RAGGED, SPLIT, QUERIES (0: one query
-// a sequence; 1: several, located by cu_q, each (token, q head) pair a row of the tile; 2: the
+// a sequence; 1: several, located by cu_q or seq_q each, each (token, q head) pair a row of the tile; 2: the
 // same, causal: token t of len_q sees keys j <= len_k - len_q + t), Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
 // K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles, head dims a multiple of 64; 0:
@@ -156,14 +156,26 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      const int *__restrict__ cu_k, const int *__restrict__ cu_q, long long q_b, long long q_h,
                      long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
-                     long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_q,
+                     long long l_b, long long l_h, long long q_bb, long long o_bb, long long l_bb, int batch,
+                     int q_heads, int group, int row_blocks, int seq_q,
                      int seq_k, int chunk_keys, float scale_log2, yk_page_table pt, float out_scale) {
   if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;
   yk_sequence sq;
   const int *pages;
-  if (!yk_locate_keys<QUERIES != 0, RAGGED, PAGED, PAGE_SIZE>(sq, pages, cu_q, cu_k, pt, b, seq_q, seq_k)) return;
+  // QUERIES: ragged queries located by cu_q (their token axis shared by the batch), or dense ones
+  // without (seq_q a sequence, from its q_bb, o_bb and l_bb; partial rows from b * seq_q)
+  if (!yk_locate_keys<false, RAGGED, PAGED, PAGE_SIZE>(sq, pages, nullptr, cu_k, pt, b, seq_q, seq_k)) return;
+  if (QUERIES && cu_q) {
+    sq.q_start = cu_q[b], sq.len_q = cu_q[b + 1] - sq.q_start;
+    if (sq.len_q < 0 || sq.len_q > seq_q) return;
+  }
+  if (QUERIES) { // one query a sequence is at b times the "b" strides (q_bb and the rest unused)
+    q += b * q_bb, out += b * o_bb;
+    if (lse) lse += b * l_bb;
+  }
+  const long long part_base = QUERIES && !cu_q ? (long long)b * seq_q : 0; // the sequence's first partial row
   const int k_start = sq.k_start, len_k = sq.len_k, len_q = sq.len_q;
   // The sequence's chunks: gridDim.z, or with chunk_keys (a ragged batch, balanced by the host)
   // as many chunks of at least chunk_keys keys as it needs, so that short sequences stay whole
@@ -174,14 +186,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   const int first = split * chunk, last = min(len_k, first + chunk); // this block's keys
   // The tile's rows: the q heads of the kv head's group, or with QUERIES the sequence's (query
   // token, q head) pairs, token-major, so that each K and V byte serves every query of the group.
-  // `batch` is then the partials' token count, and q, out and lse's "b" strides are a token's.
+  // `batch` is then the partials' token count, and q, out and lse's "b" strides are a token's
+  // (their "bb" strides a sequence's, 0 for ragged queries).
   const int row0 = row_block * 16, rows = min(16, (QUERIES ? len_q : 1) * group - row0); // valid rows
   if (QUERIES && rows <= 0) return;
   auto row_token = [&](int r) { return QUERIES ? sq.q_start + (row0 + r) / group : b; };
   auto row_head = [&](int r) { return kv_head * group + (QUERIES ? (row0 + r) % group : row0 + r); };
   if (SPLIT && first >= last) { // an empty chunk: only its rows' lse, which tells the merge to skip them
     for (int r = threadIdx.x; r < rows; r += THREADS)
-      part_lse[((long long)split * batch + row_token(r)) * q_heads + row_head(r)] = -INFINITY;
+      part_lse[((long long)split * batch + part_base + row_token(r)) * q_heads + row_head(r)] = -INFINITY;
     return;
   }
 
@@ -434,7 +447,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const float value = l > 0.f ? acc / l : 0.f;
     const float row_lse = l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
     if (SPLIT) {
-      const long long slot = ((long long)split * batch + token) * q_heads + head;
+      const long long slot = ((long long)split * batch + part_base + token) * q_heads + head;
       part_o[slot * HEAD_DIM + col] = value;
       if (col == 0) part_lse[slot] = row_lse;
     } else {

@@ -6,7 +6,7 @@
 //   STATES == 0: num_states float32 partials laid out [state][token * heads + head][HEAD_DIM], as
 //                split-KV decode writes them.
 //
-// Spec constants: T (output type), HEAD_DIM, IN_TYPE (input type), STATES, VEC, THREADS.
+// Spec constants: T (output type), HEAD_DIM, IN_TYPE (input type), STATES, VEC, THREADS, SEQS.
 
 typedef yk_type_of<IN_TYPE>::type IN;
 static_assert(HEAD_DIM % VEC == 0, "rows are whole vectors");
@@ -15,13 +15,16 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     merge_attention_states(const IN *__restrict__ o_a, long long a_t, long long a_h, const IN *__restrict__ o_b,
                            long long b_t, long long b_h, const float *__restrict__ lse_a, long long la_t,
                            long long la_h, const float *__restrict__ lse_b, long long lb_t, long long lb_h, T *out,
-                           long long o_t, long long o_h, float *out_lse, long long lo_t, long long lo_h, int tokens,
-                           int heads, int num_states) {
+                           long long o_t, long long o_h, float *out_lse, long long lo_t, long long lo_h,
+                           long long o_bb, long long lo_bb, int per, int tokens, int heads, int num_states) {
   yk_wait_previous_grid(); // split-KV partials: the decode kernel before may still be finishing
   const long long row = (long long)blockIdx.x * (THREADS / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= (long long)tokens * heads) return;
   const long long t = row / heads, h = row % heads;
+  // SEQS: the outputs of token t are token t % per of sequence t / per, o_bb and lo_bb apart (the
+  // partials of dense queries, seq_q a sequence); else token t at t times o_t and lo_t
+  const long long seq = SEQS ? (int)t / per : 0, token = SEQS ? t - seq * per : t; // t < 2^31
   const int states = STATES == 2 ? 2 : num_states;
   auto state_lse = [&](int i) {
     if (STATES == 2) return i == 0 ? lse_a[t * la_t + h * la_h] : lse_b[t * lb_t + h * lb_h];
@@ -94,8 +97,9 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     if (c < HEAD_DIM) {
 #pragma unroll
       for (int j = 0; j < VEC; ++j) acc[p][j] *= inv;
-      yk_store<T, VEC>(out + t * o_t + h * o_h + c, acc[p]);
+      yk_store<T, VEC>(out + seq * o_bb + token * o_t + h * o_h + c, acc[p]);
     }
   }
-  if (out_lse && lane == 0) out_lse[t * lo_t + h * lo_h] = total > 0.f ? m + __logf(total) : -INFINITY;
+  if (out_lse && lane == 0)
+    out_lse[seq * lo_bb + token * lo_t + h * lo_h] = total > 0.f ? m + __logf(total) : -INFINITY;
 }

@@ -310,14 +310,16 @@ static const int32_t lens_q_few3[] = {3, 4}, lens_k_few3[] = {513, 40};
 static const int32_t lens_q_few4[] = {2, 5}, lens_k_few4[] = {1000, 300};
 
 /* Every head_dim the GPU builds and a few only the CPU takes; GQA 1, 4, 8; seq_q equal to, below
- * and above seq_k (causal rows that see nothing); ragged batches; padded (strided) views. */
+ * and above seq_k (causal rows that see nothing); ragged batches; padded (strided) views. Dense
+ * batches of more than 64 (token, q head) rows a kv head take the prefill kernels (their tile
+ * tails: 37, 17, 9 rows); the few-query ones below the decode kernel. */
 static const attn_case forward_cases[] = {
-    {2, 4, 4, 64, 37, 37},
+    {2, 4, 2, 64, 37, 37},
     {1, 8, 2, 80, 20, 75},
     {2, 8, 1, 96, 50, 19},
     {3, 4, 1, 128, 64, 64},
-    {1, 2, 2, 256, 17, 130},
-    {2, 4, 2, 128, 9, 40, .pad = 8},
+    {1, 4, 1, 256, 17, 130},
+    {2, 8, 1, 128, 9, 40, .pad = 8},
     {1, 4, 2, 128, 300, 777}, /* many key tiles: each pipeline stage is reused, its barriers' phases wrap */
     {2, 2, 1, 128, 520, 520, .pad = 8},
     {2, 8, 8, 64, 24, 24, .pad = 3, .scale = 0.3f, .cpu_only = 1},
@@ -330,6 +332,13 @@ static const attn_case forward_cases[] = {
     {3, 4, 1, 64, 0, 0, lens_q_few2, lens_k_few2},
     {2, 16, 16, 80, 0, 0, lens_q_few3, lens_k_few3, .pad = 8},
     {2, 8, 2, 256, 0, 0, lens_q_few4, lens_k_few4},
+    /* dense few queries: split long keys, a padded group of one, 64 rows (4 tiles) of head dim 80,
+     * head dim 256, and causal rows that see no key (12 queries, 5 keys) */
+    {2, 8, 2, 128, 4, 3000},
+    {3, 4, 4, 64, 16, 700, .pad = 8},
+    {2, 16, 2, 80, 8, 40},
+    {1, 2, 1, 256, 5, 2000},
+    {2, 4, 1, 128, 12, 5},
     /* head dims whose AMX tiles pad their dims (112 to 128, 240 to 256), over several key tiles
      * with tails */
     {1, 4, 2, 112, 70, 300, .cpu_only = 1},
@@ -703,14 +712,39 @@ Test(attention, decode_splits_follow_the_lengths) {
 
   /* a caller's workspace: halved until the partials fit, never below the batch's rule */
   const int64_t per_split = 32 * 32 * 129, room4[1] = {4 * per_split}, room1[1] = {per_split / 2};
+  const size_t split_floats = yk_decode_split_floats(32, 32, 128);
+  cr_assert_eq(split_floats, (size_t)per_split);
   DLTensor ws = {.ndim = 1, .dtype = {kDLFloat, 32, 1}, .shape = (int64_t *)room4};
-  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, &ws);
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 0, &ws, split_floats, 1);
   cr_assert(s.splits == 4 && s.chunk_keys == 8192, "%d %d", s.splits, s.chunk_keys);
   ws.shape = (int64_t *)room1;
-  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, &ws);
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 0, &ws, split_floats, 1);
   cr_assert(s.splits == 1 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
-  s = yk_decode_splits_within(ctx, 32, 32, 8, 128, 32768, 32768 + 31 * 512, 0, NULL);
+  s = yk_decode_splits_within(ctx, 32, 32, 8, 32768, 32768 + 31 * 512, 0, NULL, split_floats, 1);
   cr_assert(s.splits == 16 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  /* batch 1 keeps the batch's 16 splits, however small the workspace; the prefill calls' few
+   * queries (keep_batch_split 0) go down to none, an explicit count aside */
+  const size_t one_split = yk_decode_split_floats(1, 32, 128);
+  s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 0, &ws, one_split * 64, 1);
+  cr_assert(s.splits == 16 && s.chunk_keys == 2048, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 0, &ws, one_split * 64, 0);
+  cr_assert(s.splits == 1 && s.chunk_keys == 0, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 0, &ws, one_split * 4, 0); /* room for 4 */
+  cr_assert(s.splits == 4 && s.chunk_keys == 8192, "%d %d", s.splits, s.chunk_keys);
+  s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 8, &ws, one_split * 64, 0);
+  cr_assert(s.splits == 8 && s.chunk_keys == 4096, "%d %d", s.splits, s.chunk_keys);
+  /* the few queries' workspace: 4 queries of 4 q heads a kv head are one tile of 16 rows, 8 blocks
+   * at batch 1 (16 splits), 16 at batch 2 (8); 17 queries (68 rows) take the prefill kernel */
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 0),
+               (size_t)16 * 4 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 0),
+               (size_t)8 * 8 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 3),
+               (size_t)3 * 8 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 17, 17, 32, 8, 128, 32768, 32768, 0), 0);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 64, 256, 4, 32, 8, 128, 4096, 64 * 4096, 0), 0);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 6, 128, 32768, 32768, 0), 0);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 129), 0);
   /* the workspace query: the call's own split for a dense batch, or for a ragged one of total_k
    * keys; max_seqlen_k as total_k bounds every ragged batch of that length */
   cr_assert_eq(yk_attention_decode_workspace_floats(ctx, 1, 32, 8, 128, 32768, 0, 0), (size_t)16 * 32 * 129);
@@ -1480,6 +1514,79 @@ Test(attention, gpu_decode_matches_cpu) {
   gpu = ts_gpu_ctx_forcing("attention_decode", "swizzle=0,kv_hint=none");
   cr_assert_not_null(gpu);
   decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, count);
+  yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
+}
+
+/* The prefill call's few queries a sequence (dense and ragged) through a caller's workspace: of the
+ * size yk_flash_attention_forward_workspace_floats gives, the same bytes as one allocated for the
+ * call; num_splits 3 in its own size; one float caps the split to none. Each against the CPU; an
+ * explicit split the workspace cannot hold is refused before anything runs. */
+static const attn_case gpu_few_query_cases[] = {
+    {2, 8, 2, 128, 4, 3000},
+    {4, 8, 2, 128, 0, 0, lens_q_few, lens_k_few},
+    {1, 2, 1, 256, 5, 2000},
+};
+
+Test(attention, gpu_few_queries_take_workspace_and_splits) {
+  yk_ctx *gpu = ts_gpu_ctx();
+  TS_REQUIRE_GPU(gpu);
+  yk_ctx *cpu = ts_cpu_ctx();
+  const uint64_t seed = ts_seed("attention.gpu_few_queries");
+  yh_rng rng = {seed};
+  for (int i = 0; i < (int)(sizeof gpu_few_query_cases / sizeof gpu_few_query_cases[0]); i++) {
+    attn_data a;
+    make_data(&a, gpu_few_query_cases[i], 1, 0, &rng);
+    const int dtype = YK_BF16;
+    attn_tensors h, d;
+    cpu_and_gpu(cpu, gpu, &a, dtype, 0, &h, &d);
+    attn_ref want = cpu_result(&h, &a);
+    char what[200];
+    describe(&a, dtype, what, sizeof what);
+    int64_t floats[3];
+    for (int k = 0; k < 3; k++) /* the call's own split, 3 splits, one float */
+      floats[k] = k == 2 ? 1
+                         : (int64_t)yk_flash_attention_forward_workspace_floats(gpu, a.c.batch, a.total_q, a.max_q,
+                                                                                a.c.q_heads, a.c.kv_heads, a.c.head_dim,
+                                                                                a.max_k, a.total_k, k == 1 ? 3 : 0);
+    cr_assert(floats[0] > 0 && floats[1] == 3 * a.total_q * a.c.q_heads * (a.c.head_dim + 1), "%s: %lld %lld", what,
+              (long long)floats[0], (long long)floats[1]);
+    void *allocated = NULL;
+    for (int k = -1; k < 3; k++) { /* -1: no workspace */
+      yk_attention_params p = params_of(&a, &d, 1);
+      yh_tensor ws = {0};
+      if (k >= 0) {
+        cr_assert_eq(yh_tensor_init(&ws, gpu, YK_F32, 1, &floats[k], NULL, 1), 0);
+        yh_poison(&ws);
+        p.workspace = &ws.dl;
+      }
+      p.num_splits = k == 1 ? 3 : 0;
+      yh_poison(&d.out), yh_poison(&d.lse);
+      cr_assert_eq(yk_flash_attention_forward(gpu, &d.q.dl, &d.k.dl, &d.v.dl, &p, &d.out.dl, &d.lse.dl, NULL), YK_OK,
+                   "%s: %s", what, yk_ctx_last_error(gpu));
+      cr_assert_eq(yh_sync(gpu), 0, "%s: kernel failed", what);
+      static const char *const labels[4] = {"few queries, allocated workspace", "few queries, the workspace asked",
+                                            "few queries, 3 splits", "few queries, one float of workspace"};
+      check_forward(&d, &a, dtype, &want, 1, labels[k + 1], seed);
+      if (k == -1) allocated = yh_snapshot(&d.out);
+      if (k == 0)
+        cr_assert_eq(yh_bytes_changed(&d.out, allocated), 0, "%s: a caller's workspace changed the result", what);
+      if (k == 2) { /* 3 splits with no room for them: refused, nothing written */
+        void *before = yh_snapshot(&d.out);
+        p.num_splits = 3;
+        ts_assert_rejected(gpu,
+                           yk_flash_attention_forward(gpu, &d.q.dl, &d.k.dl, &d.v.dl, &p, &d.out.dl, &d.lse.dl, NULL),
+                           INVALID, "workspace");
+        cr_assert_eq(yh_sync(gpu), 0, "kernel failed");
+        cr_assert_eq(yh_bytes_changed(&d.out, before), 0, "%s: a refused call wrote", what);
+        free(before);
+      }
+      yh_tensor_free(&ws);
+    }
+    free(allocated);
+    free_ref(&want);
+    free_tensors(&h), free_tensors(&d);
+    free_data(&a);
+  }
   yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
 }
 

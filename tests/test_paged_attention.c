@@ -29,6 +29,8 @@ typedef struct paged_case {
 typedef struct scenario {
   paged_case c;
   int decode, causal, csr;
+  int dense_q; /* prefill with equal lens_q: q, out [batch, seq_q, q_heads, head_dim] and lse
+                  [batch, q_heads, seq_q], views of the ragged tensors (run_paged) */
   yk_kv_layout layout;
   int32_t cu_k[MAX_BATCH + 1], cu_q[MAX_BATCH + 1], indptr[MAX_BATCH + 1], last[MAX_BATCH];
   int64_t total_k, total_q, num_blocks, max_blocks, nnz;
@@ -204,10 +206,28 @@ static void cu_q_tensor(yh_tensor *t, yk_ctx *ctx, const scenario *s, int on_dev
 static yk_status run_paged(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_tensor *cu_q, int num_splits) {
   yk_attention_params p = {.causal = s->causal, .num_splits = num_splits};
   if (s->decode) return yk_paged_attention_decode(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+  if (s->dense_q) { /* the same memory as [batch, seq_q, ...] and [batch, q_heads, seq_q] */
+    const int64_t B = s->c.batch, S = s->c.lens_q[0], H = s->c.q_heads, D = s->c.head_dim;
+    int64_t q_shape[4] = {B, S, H, D}, q_strides[4] = {S * H * D, H * D, D, 1};
+    int64_t lse_shape[3] = {B, H, S}, lse_strides[3] = {S, s->total_q, 1};
+    DLTensor q = t->q.dl, out = t->out.dl, lse = t->lse.dl;
+    q.ndim = out.ndim = 4, lse.ndim = 3;
+    q.shape = out.shape = q_shape, q.strides = out.strides = q_strides;
+    lse.shape = lse_shape, lse.strides = lse_strides;
+    return yk_paged_attention_prefill(ctx, &q, &t->kv, &p, &out, &lse, NULL);
+  }
   p.cu_seqlens_q = &cu_q->dl;
   for (int b = 0; b < s->c.batch; b++)
     p.max_seqlen_q = s->c.lens_q[b] > p.max_seqlen_q ? s->c.lens_q[b] : p.max_seqlen_q;
   return yk_paged_attention_prefill(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+}
+
+/* Whether every sequence of a prefill scenario has as many queries (a dense q can hold them). */
+static int equal_queries(const scenario *s) {
+  if (s->decode) return 0;
+  for (int b = 1; b < s->c.batch; b++)
+    if (s->c.lens_q[b] != s->c.lens_q[0]) return 0;
+  return 1;
 }
 
 /* The same attention over dense ragged keys on the CPU: out and lse as float64. */
@@ -293,6 +313,11 @@ static const paged_case prefill_cases[] = {
     {3, {700, 129, 2}, {2, 5, 2}, 4, 4, 64, 1},
     {2, {90, 40}, {6, 7}, 6, 2, 80, 7},
     {3, {500, 64, 1000}, {3, 0, 2}, 8, 1, 256, 16},
+    /* equal queries, also run as a dense q (equal_queries): the decode kernel's few queries (8 x 2
+       rows; 4 x 8), and the prefill kernel past 64 rows (20 x 4) */
+    {2, {2500, 300}, {8, 8}, 16, 8, 128, 16},
+    {3, {40, 1000, 7}, {4, 4, 4}, 8, 1, 64, 1},
+    {2, {600, 100}, {20, 20}, 8, 2, 128, 16},
 };
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -339,6 +364,13 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t s
           char label[160];
           label_of(label, sizeof label, decode ? "decode" : "prefill", &s, dtype, i);
           check_paged_run(ctx, &s, &t, &cu_q, &want, label, seed);
+          if (equal_queries(&s)) {
+            char dense[200];
+            snprintf(dense, sizeof dense, "%s dense q", label);
+            s.dense_q = 1;
+            check_paged_run(ctx, &s, &t, &cu_q, &want, dense, seed);
+            s.dense_q = 0;
+          }
           /* a table in device memory without max_context_len: prefill's few queries a sequence
              split by what the table holds, each sequence cutting its own keys */
           if (gpu && !decode && variant == 3) {
@@ -529,19 +561,26 @@ Test(paged_attention, decode_teams_follow_the_grid) {
                         .max_seqlen_k = INT32_MAX,
                         .splits = 1};
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B16: 128 blocks");
+  expect_spec(ctx, &L, "kv_hint=none", "decode B16: 128 blocks");
   L.a.batch = 17;
   expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "decode B17: 136 blocks");
+  expect_spec(ctx, &L, "kv_hint=none", "decode B17: 136 blocks");
   L.splits = 2, L.a.batch = 8;
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8 split 2");
   L.splits = 1, L.paged = 2;
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8, a CSR table");
   /* a few queries a sequence: 8 tokens x 4 q heads = 2 row blocks a kv head */
   const int32_t cu_q_stub = 0;
-  L.cu_q = &cu_q_stub, L.max_seqlen_q = 8, L.total_q = 64, L.causal = 1;
+  L.queries = 1, L.cu_q = &cu_q_stub, L.max_seqlen_q = 8, L.total_q = 64, L.causal = 1;
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 queries of B8: 128 blocks");
+  expect_spec(ctx, &L, "kv_hint=evict_first", "8 queries of B8: 128 blocks");
   L.a.batch = 9, L.total_q = 72;
   expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "8 queries of B9: 144 blocks");
-  L.a.batch = 8, L.a.head_dim = 256; /* two warps a team already */
+  L.cu_q = NULL; /* dense queries: the same rows */
+  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "8 dense queries of B9: 144 blocks");
+  L.a.batch = 8, L.total_q = 64;
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 dense queries of B8: 128 blocks");
+  L.a.head_dim = 256; /* two warps a team already */
   expect_spec(ctx, &L, "warps=8,d_split=2,stages=3", "head_dim 256");
   L = (yk_decode_launch){.a = {.dtype = YK_BF16, .batch = 16, .q_heads = 32, .kv_heads = 8, .head_dim = 128},
                          .max_seqlen_k = 4096,

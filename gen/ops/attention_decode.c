@@ -36,10 +36,15 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 #define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
 #define MAX_QUERY_ROWS 64      /* several queries a sequence: (token, q head) rows a kv head, 4 tiles */
+static int queries_fit(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen_q) {
+  return max_seqlen_q > 0 && max_seqlen_q * (q_heads / kv_heads) <= MAX_QUERY_ROWS;
+}
 /* Paged keys in a grid of at most one block an SM take a split's 8 one-warp teams (complete()) with
  * no split too: bench --paged --sweep, H100, 8 queries a sequence of batch 8 x 4096 (128 blocks, no
  * split) read 1803 GB/s on them against 1467 on 4 teams of 3 stages; at batch 64 (1024 blocks)
- * they ran 0.92x, so only where the grid is one wave of single blocks. */
+ * they ran 0.92x, so only where the grid is one wave of single blocks. Several queries there take
+ * the split's evict-first hint too: 1934 against 1809 (decode of batch 16, one query: 2527
+ * against 2543, so not it). */
 #define ONE_WAVE_PAGED_WARPS 8
 /* Whether a launch of one wave of single blocks takes ONE_WAVE_PAGED_WARPS: paged keys, no split,
  * one warp a team (head dims up to 128). yk_decode_spec also asks the grid; the warm-up cannot. */
@@ -172,6 +177,7 @@ static void emit_variants(void *user, const yk_spec *s) {
       yk_spec several = forms[f];
       char why[256];
       several.v[QUERIES] = queries;
+      if (f == 1 && queries) several.v[KV_HINT] = HINT_EVICT_FIRST; /* as yk_decode_spec */
       if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
     }
 }
@@ -231,22 +237,28 @@ yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_hea
 }
 
 yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
-                                        int64_t head_dim, int64_t max_keys, int64_t total_keys, int num_splits,
-                                        const DLTensor *workspace) {
+                                        int64_t max_keys, int64_t total_keys, int num_splits, const DLTensor *workspace,
+                                        size_t split_floats, int keep_batch_split) {
   yk_decode_split s = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, total_keys, num_splits);
   if (!workspace) return s; /* allocated for the call: nothing caps it */
-  const int least = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits;
+  const int least = keep_batch_split ? yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits
+                    : num_splits     ? num_splits
+                                     : 1;
   const size_t room = yk_workspace_floats_offered(workspace);
-  while (s.splits > least && yk_decode_workspace_floats(batch, q_heads, head_dim, s.splits) > room) {
+  while (s.splits > least && (size_t)s.splits * split_floats > room) {
     s.splits /= 2;
+    if (s.splits < least) s.splits = least;
     s.chunk_keys = chunk_keys_of(lengths_known(max_keys, total_keys), max_keys, s.splits);
   }
   return s;
 }
 
+size_t yk_decode_split_floats(int64_t tokens, int64_t q_heads, int64_t head_dim) {
+  return (size_t)tokens * (size_t)q_heads * (size_t)(head_dim + 1);
+}
+
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits) {
-  if (splits <= 1) return 0;
-  return (size_t)splits * (size_t)batch * (size_t)q_heads * (size_t)(head_dim + 1);
+  return splits <= 1 ? 0 : (size_t)splits * yk_decode_split_floats(batch, q_heads, head_dim);
 }
 
 size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
@@ -262,31 +274,37 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
 /* Blocks of 16 rows a kv head: its q heads, or with several queries its (token, q head) pairs. */
 static int64_t row_blocks_of(const yk_decode_launch *L) {
   const int64_t group = L->a.q_heads / L->a.kv_heads;
-  return (group * (L->cu_q ? L->max_seqlen_q : 1) + 15) / 16;
+  return (group * (L->queries ? L->max_seqlen_q : 1) + 15) / 16;
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
   const int64_t grid = L->a.kv_heads * row_blocks_of(L) * L->a.batch * L->splits;
   if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
-    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS;
+    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = L->queries ? HINT_EVICT_FIRST : YK_UNSET;
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;
   spec->v[SPLIT] = L->splits > 1;
   spec->v[PAGED] = L->paged;
   spec->v[PAGE_SIZE] = L->page_size;
   spec->v[KV_FLOAT8] = L->a.kv_float8;
-  spec->v[QUERIES] = L->cu_q ? 1 + (L->causal != 0) : 0;
+  spec->v[QUERIES] = L->queries ? 1 + (L->causal != 0) : 0;
   yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
 /* The partials' token rows: the queries', or one a sequence. */
-static int64_t launch_tokens(const yk_decode_launch *L) { return L->cu_q ? L->total_q : L->a.batch; }
+static int64_t launch_tokens(const yk_decode_launch *L) { return L->queries ? L->total_q : L->a.batch; }
 
-/* Elements between the rows of consecutive tokens of q, out or lse: a ragged token axis's, or the
- * batch's (one query a sequence). */
+/* Of those, the rows a sequence's outputs take consecutively (the merge's `per`): one query a
+ * sequence 1, dense queries seq_q, a ragged token axis all of them. */
+static int64_t tokens_per_sequence(const yk_decode_launch *L) {
+  return !L->queries ? 1 : L->cu_q ? L->total_q : L->max_seqlen_q;
+}
+
+/* Elements between the rows of consecutive tokens of q, out or lse within a sequence: with several
+ * queries a sequence, its token axis's; with one, the batch's. */
 static long long token_stride(const yk_decode_launch *L, const yk_attn_operand *o) {
-  return L->cu_q ? o->seq_stride : o->batch_stride;
+  return L->queries ? o->seq_stride : o->batch_stride;
 }
 
 yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
@@ -296,7 +314,7 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   yk_status st = yk_kernel_get(ctx, &spec, &kern);
   if (st) return st;
   /* several queries a sequence: rows of (token, q head) pairs, partials and outputs by token */
-  const int several = L->cu_q != NULL;
+  const int several = L->queries;
   const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = row_blocks_of(L);
   const int64_t tokens = launch_tokens(L);
   /* partials: [splits][tokens * q_heads][head_dim] then [splits][tokens * q_heads] */
@@ -306,24 +324,26 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   yk_page_table_args table = L->table ? *L->table : no_table;
   void *qp = L->a.q.data, *kp = L->a.k.data, *vp = L->a.v.data, *op_ = L->a.out.data, *lp = L->a.lse.data, *po = part_o,
        *pl = part_lse;
-  const void *ck = L->cu_k, *cq = L->cu_q;
-  const long long o_t = token_stride(L, &L->a.out);
-  long long s[10] = {token_stride(L, &L->a.q), L->a.q.head_stride, L->a.k.batch_stride,
-                     L->a.k.seq_stride,        L->a.k.head_stride, L->a.v.batch_stride,
-                     L->a.v.seq_stride,        L->a.v.head_stride, o_t,
-                     L->a.out.head_stride};
-  long long l_b = token_stride(L, &L->a.lse), l_h = L->a.lse.head_stride;
+  const void *ck = L->cu_k, *cq = several ? L->cu_q : NULL;
+  /* token t of sequence b of q, out or lse: with several queries at b * batch_stride + t *
+     seq_stride (a ragged token axis has batch_stride 0, t its token); one query a sequence at
+     b * batch_stride, passed as the token's stride (the kernel's QUERIES 0 reads no other) */
+  const yk_attn_operand *q = &L->a.q, *k = &L->a.k, *v = &L->a.v, *o = &L->a.out, *l = &L->a.lse;
+  long long s[16] = {token_stride(L, q), q->head_stride, k->batch_stride, k->seq_stride,      k->head_stride,
+                     v->batch_stride,    v->seq_stride,  v->head_stride,  token_stride(L, o), o->head_stride,
+                     token_stride(L, l), l->head_stride, q->batch_stride, o->batch_stride,    l->batch_stride};
   int batch = (int)tokens, q_heads = (int)L->a.q_heads, grp = (int)group, rb = (int)row_blocks,
       seq_q = several ? (int)L->max_seqlen_q : 1, seq_k = (int)L->max_seqlen_k, chunk_keys = L->chunk_keys;
   float scale_log2 = yk_attention_score_scale(&L->a) * 1.4426950408889634f, out_scale = yk_attention_out_scale(&L->a);
-  void *args[] = {&qp,      &kp,   &vp,   &op_,   &lp,    &po,         &pl,         &ck,    &cq,       &s[0], &s[1],
-                  &s[2],    &s[3], &s[4], &s[5],  &s[6],  &s[7],       &s[8],       &s[9],  &l_b,      &l_h,  &batch,
-                  &q_heads, &grp,  &rb,   &seq_q, &seq_k, &chunk_keys, &scale_log2, &table, &out_scale};
+  void *args[] = {&qp,   &kp,    &vp,    &op_,        &lp,         &po,    &pl,       &ck,      &cq,
+                  &s[0], &s[1],  &s[2],  &s[3],       &s[4],       &s[5],  &s[6],     &s[7],    &s[8],
+                  &s[9], &s[10], &s[11], &s[12],      &s[13],      &s[14], &batch,    &q_heads, &grp,
+                  &rb,   &seq_q, &seq_k, &chunk_keys, &scale_log2, &table, &out_scale};
   st = yk_launch(ctx, kern, (unsigned)(L->a.kv_heads * row_blocks), (unsigned)L->a.batch, (unsigned)L->splits, stream,
                  args);
   if (st == YK_OK && L->splits > 1)
-    st = yk_merge_partials(ctx, L->a.dtype, tokens, L->a.q_heads, L->a.head_dim, L->splits, part_o, part_lse,
-                           L->a.out.data, o_t, L->a.out.head_stride, (float *)(void *)L->a.lse.data, l_b, l_h, stream);
+    st = yk_merge_partials(ctx, L->a.dtype, tokens, tokens_per_sequence(L), L->a.q_heads, L->a.head_dim, L->splits,
+                           part_o, part_lse, o, l, stream);
   return st;
 }
 
@@ -349,9 +369,6 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
   const yk_view *outs[] = {&ov, &lv}, *ins[] = {&pr.q, &pr.k, &pr.v};
   static const char *const out_names[] = {"out", "lse"}, *const in_names[] = {"q", "k", "v"};
   if ((st = yk_attention_check_outputs(ctx, op, outs, out_names, 2, ins, in_names, 3))) return st;
-  if (params->num_splits < 0 || params->num_splits > MAX_SPLITS)
-    return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "%s: num_splits %d is outside 0..%d", op, params->num_splits,
-                    MAX_SPLITS);
   if (pr.shape.batch == 0) return YK_OK;
   const yk_attn_operand lse_rows = yk_attention_lse_rows(&lv, &pr);
   if (!pr.on_device) {
@@ -372,8 +389,9 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
   };
   /* a ragged batch is balanced by its keys: k's token axis bounds them */
   const yk_decode_split split =
-      yk_decode_splits_within(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.shape.head_dim,
-                              pr.max_seqlen_k, pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace);
+      yk_decode_splits_within(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k,
+                              pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace,
+                              yk_decode_split_floats(pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim), 1);
   L.splits = split.splits;
   L.chunk_keys = split.chunk_keys;
   return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
@@ -386,21 +404,42 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
  * and has no key split: yk bench --decode, H100, 4-16 queries against 32768 keys read 350 GB/s,
  * 0.16x decode's rate on the same keys. max_keys bounds every sequence's keys (0: there are none). */
 int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
-  const int64_t group = pr->shape.q_heads / pr->shape.kv_heads;
-  return pr->on_device && pr->ragged_q && max_keys > 0 && pr->max_seqlen_q > 0 &&
-         pr->max_seqlen_q * group <= MAX_QUERY_ROWS;
+  return pr->on_device && max_keys > 0 && queries_fit(pr->shape.q_heads, pr->shape.kv_heads, pr->max_seqlen_q);
+}
+
+/* The split of a few queries a sequence: decode's over rows of a kv head that are its group's q
+ * heads times the queries; a caller's workspace caps it (down to none, since the prefill calls'
+ * workspace is optional), num_splits where given aside. */
+static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                     int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
+                                     int64_t total_keys, int num_splits, const DLTensor *workspace) {
+  return yk_decode_splits_within(ctx, batch, q_heads * max_seqlen_q, kv_heads, max_keys, total_keys, num_splits,
+                                 workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
 }
 
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
-                            int64_t max_keys, int64_t total_keys, void *stream) {
-  L->cu_q = pr->cu_q;
+                            int64_t max_keys, int64_t total_keys, const yk_attention_params *params, void *stream) {
+  L->queries = 1;
+  L->cu_q = pr->ragged_q ? pr->cu_q : NULL;
   L->max_seqlen_q = pr->max_seqlen_q;
   L->total_q = pr->total_q;
   L->causal = pr->shape.causal;
-  /* rows of a kv head: its group's q heads times the queries */
-  const yk_decode_split split = yk_decode_splits(ctx, pr->shape.batch, pr->shape.q_heads * pr->max_seqlen_q,
-                                                 pr->shape.kv_heads, max_keys, total_keys, 0);
+  const yk_decode_split split =
+      queries_split(ctx, pr->shape.batch, pr->shape.q_heads, pr->shape.kv_heads, pr->shape.head_dim, pr->max_seqlen_q,
+                    pr->total_q, max_keys, total_keys, params->num_splits, params->workspace);
   L->splits = split.splits;
   L->chunk_keys = split.chunk_keys;
-  return yk_decode_run_in(ctx, op, L, NULL, stream);
+  return yk_decode_run_in(ctx, op, L, params->workspace, stream);
+}
+
+size_t yk_flash_attention_forward_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t total_q, int64_t max_seqlen_q,
+                                                   int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                                                   int64_t max_seqlen_k, int64_t total_k, int num_splits) {
+  if (!ctx || batch <= 0 || total_q < 0 || q_heads <= 0 || kv_heads <= 0 || q_heads % kv_heads || head_dim <= 0 ||
+      max_seqlen_k <= 0 || total_k < 0 || num_splits < 0 || num_splits > MAX_SPLITS ||
+      !queries_fit(q_heads, kv_heads, max_seqlen_q))
+    return 0;
+  const yk_decode_split s = queries_split(ctx, batch, q_heads, kv_heads, head_dim, max_seqlen_q, total_q, max_seqlen_k,
+                                          total_k, num_splits, NULL);
+  return s.splits > 1 ? (size_t)s.splits * yk_decode_split_floats(total_q, q_heads, head_dim) : 0;
 }

@@ -125,7 +125,7 @@ yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTen
       yk_attention_operands_of(&pr, yk_attention_rows(&pr.k, &pr, 1), yk_attention_rows(&pr.v, &pr, 1), &ov, &lv);
   if (yk_decode_takes_queries(&pr, pr.max_seqlen_k)) {
     yk_decode_launch D = {.a = a, .cu_k = pr.cu_k, .max_seqlen_k = pr.max_seqlen_k};
-    return yk_decode_queries(ctx, op, &pr, &D, pr.max_seqlen_k, pr.total_k, stream);
+    return yk_decode_queries(ctx, op, &pr, &D, pr.max_seqlen_k, pr.total_k, params, stream);
   }
 
   const yk_prefill_launch L = {

@@ -84,11 +84,14 @@ typedef struct yk_attention_params {
   const DLTensor *cu_seqlens_k; /* set both or neither */
   int max_seqlen_q;             /* ragged batches on the GPU: bounds on the lengths, which the host */
   int max_seqlen_k;             /*   cannot read from device memory before the kernels run */
-  int num_splits;               /* decode: key splits per sequence (of the longest, in a ragged
-                                   batch); 0 chooses from the batch and its lengths (below) */
+  int num_splits;               /* decode, and the prefill calls' few queries (below): key splits
+                                   per sequence (of the longest, in a ragged batch), 0..128; 0
+                                   chooses from the batch and its lengths */
   DLTensor *workspace;          /* decode with splits: float32 scratch of at least
                                    yk_attention_decode_workspace_floats(...) elements on the device;
-                                   backward on the GPU: at least
+                                   the prefill calls' few queries: of
+                                   yk_flash_attention_forward_workspace_floats(...) (less caps
+                                   their split, down to none); backward on the GPU: at least
                                    yk_flash_attention_backward_workspace_floats(...);
                                    NULL: allocated on the stream (cuMemAllocAsync) for the call */
   int deterministic;            /* backward: 1 keeps the same bits on every run; 0 (default) lets
@@ -98,14 +101,26 @@ typedef struct yk_attention_params {
 } yk_attention_params;
 
 /* out = softmax(q k^T * scale [masked]) v, tiled with an online softmax (memory O(n)); lse may be
- * NULL. The prefill kernel; on the GPU, a ragged batch of a few queries a sequence (max_seqlen_q x
- * q_heads / kv_heads at most 64: speculative decoding's verification, a chunked prefill's last
- * chunk) runs on the decode kernel instead, its tile's rows (token, q head) pairs and its keys
- * split and merged as decode's (with a stream-ordered workspace): 2.0-5.7x the prefill kernel on
- * an H100. */
+ * NULL. The prefill kernel; on the GPU, a few queries a sequence, dense or ragged (seq_q, or
+ * max_seqlen_q, times q_heads / kv_heads at most 64: speculative decoding's verification, a
+ * chunked prefill's last chunk) run on the decode kernel instead, its tile's rows (token, q head)
+ * pairs and its keys split and merged as decode's (params' num_splits and workspace as decode's):
+ * 2.0-5.7x the prefill kernel on an H100. */
 YK_API yk_status yk_flash_attention_forward(yk_ctx *ctx, const DLTensor *q, const DLTensor *k, const DLTensor *v,
                                             const yk_attention_params *params, DLTensor *out, DLTensor *lse,
                                             void *stream);
+
+/* Float32 elements of workspace the few queries above need on ctx's device to split as the call
+ * would choose (num_splits 0) or as num_splits asks; 0 where they take the prefill kernel or do not
+ * split. batch: sequences; total_q: tokens on q's token axis (batch x seq_q for dense batches);
+ * max_seqlen_q: the longest sequence's queries; total_k: the keys of the batch (k's token rows, or
+ * batch x seq_k) or 0 where unknown. For yk_paged_attention_prefill: max_seqlen_k the longest
+ * sequence's keys (kv->max_context_len where the tables are in device memory) and total_k the
+ * tables' tokens. To size once, give the largest batch and lengths with total_k = max_seqlen_k. */
+YK_API size_t yk_flash_attention_forward_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t total_q,
+                                                          int64_t max_seqlen_q, int64_t q_heads, int64_t kv_heads,
+                                                          int64_t head_dim, int64_t max_seqlen_k, int64_t total_k,
+                                                          int num_splits);
 
 /* Gradients of the forward above given dout, the forward's out and lse. dq like q; dk, dv like k.
  * On the GPU, params->workspace (or a stream-ordered allocation when NULL) holds each query row's
@@ -196,10 +211,11 @@ YK_API yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const
  * read it), lse [q_heads, total_q]; or q [batch, seq_q, q_heads, head_dim], lse
  * [batch, q_heads, seq_q]. params->causal masks bottom-right: query i of a sequence of len_q
  * queries and len_k keys sees keys j <= i + len_k - len_q. cu_seqlens_k must be NULL. On the GPU,
- * ragged queries of at most 64 (token, q head) rows a kv head (max_seqlen_q x q_heads / kv_heads:
- * speculative decoding's verification over a paged cache) run on the paged decode kernel, split
- * and merged as the dense prefill call's few queries are (the split sized by the longest sequence:
- * from a table the host can read, else kv->max_context_len, else what the table holds). */
+ * queries of at most 64 (token, q head) rows a kv head (seq_q or max_seqlen_q, times q_heads /
+ * kv_heads: speculative decoding's verification over a paged cache) run on the paged decode
+ * kernel, split and merged as the dense prefill call's few queries are (the split sized by the
+ * longest sequence: from a table the host can read, else kv->max_context_len, else what the table
+ * holds; params' num_splits and workspace as yk_flash_attention_forward's). */
 YK_API yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                             const yk_attention_params *params, DLTensor *out, DLTensor *lse,
                                             void *stream);

@@ -84,6 +84,10 @@ def _forward(op, q, k, v, causal, scale, host_only):
     params = AttentionParams(causal=causal, scale=_scale(scale))
     ctx, stream = place(ad, qd)
     buf, base = scratch()
+    if stream is not None:  # a few queries' split partials from the framework's allocator
+        (batch, seq_q, heads, head_dim), (_, seq_k, kv_heads, _) = qv[0], kv[0]
+        ws, params.workspace = _workspace(ad, q, buf, base, 5, op, C.yk_flash_attention_forward_workspace_floats(
+            ctx, batch, batch * seq_q, seq_q, heads, kv_heads, head_dim, seq_k, batch * seq_k, 0))
     st = C.yk_flash_attention_forward(ctx, pack(buf, base, 0, qd, *qv), pack(buf, base, 1, kd, *kv),
                                       pack(buf, base, 2, vd, *vv), ctypes.addressof(params),
                                       pack(buf, base, 3, od, *_sdpa_view(od, op, "out")),
@@ -311,6 +315,14 @@ def _prefill(op, q, k, v, causal, scale, cu_seqlens_q, cu_seqlens_k, max_seqlen_
                              cu_seqlens_q=pack(buf, base, 5, cq) if cq else None,
                              cu_seqlens_k=pack(buf, base, 6, ck) if ck else None,
                              max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
+    if stream is not None and len(shape) in (3, 4) and len(kd[5]) == len(shape):  # as _forward's
+        ragged = len(shape) == 3
+        batch = (cq[5][0] - 1) if ragged and cq else shape[0]
+        total_q = shape[0] if ragged else shape[0] * shape[1]
+        most_q, most_k = (max_seqlen_q, max_seqlen_k) if ragged else (shape[1], kd[5][1])
+        total_k = kd[5][0] if ragged else shape[0] * kd[5][1]
+        ws, params.workspace = _workspace(ad, q, buf, base, 7, op, C.yk_flash_attention_forward_workspace_floats(
+            ctx, batch, total_q, most_q, shape[-2], kd[5][-2], shape[-1], most_k, total_k, 0))
     st = C.yk_flash_attention_forward(ctx, pack(buf, base, 0, qd), pack(buf, base, 1, kd), pack(buf, base, 2, vd),
                                       ctypes.addressof(params), pack(buf, base, 3, od),
                                       pack(buf, base, 4, ld) if ld else None, stream)

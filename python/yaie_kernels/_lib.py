@@ -219,6 +219,7 @@ _PROTOTYPES = {
     "yk_gelu_and_mul": (_i, [_p, _p, _p, _p]),
     "yk_gelu_tanh_and_mul": (_i, [_p, _p, _p, _p]),
     "yk_flash_attention_forward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
+    "yk_flash_attention_forward_workspace_floats": (ctypes.c_size_t, [_p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i]),
     "yk_flash_attention_backward": (_i, [_p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p]),
     "yk_flash_attention_backward_workspace_floats": (ctypes.c_size_t, [_i64, _i64, _i64, _i64, _i]),
     "yk_attention_decode": (_i, [_p, _p, _p, _p, _p, _p, _p, _p]),
