@@ -49,6 +49,8 @@ static int queries_fit(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen_q) 
 /* Whether a launch of one wave of single blocks takes ONE_WAVE_PAGED_WARPS: paged keys, no split,
  * one warp a team (head dims up to 128). yk_decode_spec also asks the grid; the warm-up cannot. */
 static int one_wave_teams_apply(int paged, int split, int head_dim) { return paged && !split && head_dim <= 128; }
+/* The L2 hint of such a launch: evict-first with several queries a sequence, else the default. */
+static int one_wave_hint(int queries) { return queries ? HINT_EVICT_FIRST : YK_UNSET; }
 
 static void complete(yk_spec *s) {
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -177,7 +179,7 @@ static void emit_variants(void *user, const yk_spec *s) {
       yk_spec several = forms[f];
       char why[256];
       several.v[QUERIES] = queries;
-      if (f == 1 && queries) several.v[KV_HINT] = HINT_EVICT_FIRST; /* as yk_decode_spec */
+      if (f == 1) several.v[KV_HINT] = one_wave_hint(queries), complete(&several);
       if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
     }
 }
@@ -281,7 +283,7 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
   const int64_t grid = L->a.kv_heads * row_blocks_of(L) * L->a.batch * L->splits;
   if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
-    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = L->queries ? HINT_EVICT_FIRST : YK_UNSET;
+    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = one_wave_hint(L->queries);
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;
   spec->v[SPLIT] = L->splits > 1;
