@@ -194,7 +194,9 @@ size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_d
  * runs a checked call whose keys and operands L holds (contiguous with cu_k, or paged), its split
  * chosen as decode's from max_keys (a bound on every sequence's keys; 0: none has any) and
  * total_keys (the batch's keys, or a bound on them; 0 where unknown), and params' num_splits and
- * workspace (yk_flash_attention_forward_workspace_floats). */
+ * workspace (yk_flash_attention_forward_workspace_floats). yk_decode_fits_queries: whether max_seqlen_q
+ * queries of a sequence fit the tile's rows, wherever they run. */
+int yk_decode_fits_queries(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen_q);
 int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys);
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
                             int64_t max_keys, int64_t total_keys, const yk_attention_params *params, void *stream);

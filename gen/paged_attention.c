@@ -284,11 +284,9 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
   return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }
 
-/* The paged prefill; few_queries 0 keeps a few queries a sequence on the prefill kernel (the
- * cascade's prefix, whose scratch holds no split partials for the decode kernel's). */
+/* The paged prefill, for op: its own call's, and the cascade's prefix. */
 static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, const yk_paged_kv *kv,
-                               const yk_attention_params *params, DLTensor *out, DLTensor *lse, int few_queries,
-                               void *stream) {
+                               const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
   paged_keys pk;
   yk_attention_problem pr;
   yk_view ov, lv;
@@ -302,7 +300,7 @@ static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, c
   /* the longest sequence; or, from a table in device memory without max_context_len, as many keys
      as the table holds: a bound that only sizes the split, since each sequence cuts its own keys */
   const int64_t max_keys = pk.max_len || pk.host_readable ? pk.max_len : pk.map.max_blocks * pk.page_size;
-  if (few_queries && yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
+  if (yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
     yk_decode_launch D = decode_launch(&pr, &pk, &ov, &lv, (yk_decode_split){1, 0});
     return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, params, stream);
   }
@@ -322,7 +320,7 @@ static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, c
 yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                      const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
   if (!ctx) return YK_ERR_INVALID_ARGUMENT;
-  return paged_prefill(ctx, "paged_attention_prefill", q, kv, params, out, lse, 1, stream);
+  return paged_prefill(ctx, "paged_attention_prefill", q, kv, params, out, lse, stream);
 }
 
 /* ---- plan / run ---- */
@@ -461,12 +459,29 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
 
 /* The prefix is cut into up to MAX_CHUNKS chunks of whole pages, run as the sequences of one
  * prefill launch (the same queries against each chunk) and merged by lse: one chunk gives a block
- * per q head, which leaves most SMs idle. */
+ * per q head, which leaves most SMs idle. A batch of a few requests (at most 64 rows of (request,
+ * q head) a kv head: parallel sampling, a beam) runs its prefix on the decode kernel instead, as
+ * one sequence of B queries whose keys it splits and merges itself: each K and V byte read once
+ * for the group's q heads, where the prefill kernel reads them again for each q head of tiles
+ * mostly empty (B of 128 rows). */
 #define MAX_CHUNKS 8
+
+/* Whether the batch's queries take the prefix on the decode kernel (on the GPU), and the float32
+ * partials its split may take: sized for any prefix's length, since the workspace's size is asked
+ * without it (the split grows with the keys only until the SMs are full). */
+static int cascade_prefix_on_decode(int on_device, int64_t batch, int64_t q_heads, int64_t kv_heads) {
+  return on_device && yk_decode_fits_queries(q_heads, kv_heads, batch);
+}
+
+static size_t cascade_prefix_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t head_dim) {
+  return yk_flash_attention_forward_workspace_floats(ctx, 1, batch, batch, q_heads, kv_heads, head_dim, INT32_MAX,
+                                                     INT32_MAX, 0);
+}
 
 /* The cascade's scratch, in float32 units: the suffixes' output and the prefix chunks' outputs (in
  * q's dtype, room for float32, the CPU path's widest), both lse, the chunks' lengths, then the
- * suffix decode's own workspace; each part 16-byte aligned. */
+ * split partials of the suffixes' decode and of the prefix's on the decode kernel, which run one
+ * after the other and share them (decode_floats, the larger); each part 16-byte aligned. */
 typedef struct cascade_layout {
   size_t o_unique, o_chunks, lse_shared, lse_unique, lens, decode, total;
 } cascade_layout;
@@ -490,7 +505,11 @@ size_t yk_cascade_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_
       max_suffix_len < 0 || num_splits < 0 || num_splits > YK_DECODE_MAX_SPLITS)
     return 0;
   const int splits = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_suffix_len, 0, num_splits).splits;
-  return cascade_scratch(batch, q_heads, head_dim, yk_decode_workspace_floats(batch, q_heads, head_dim, splits)).total;
+  const size_t suffix = yk_decode_workspace_floats(batch, q_heads, head_dim, splits),
+               prefix = cascade_prefix_on_decode(ctx->device == YK_DEVICE_CUDA, batch, q_heads, kv_heads)
+                            ? cascade_prefix_floats(ctx, batch, q_heads, kv_heads, head_dim)
+                            : 0;
+  return cascade_scratch(batch, q_heads, head_dim, suffix > prefix ? suffix : prefix).total;
 }
 
 /* A view into the scratch: ndim dimensions of type at float offset `at`. */
@@ -542,8 +561,11 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   const int splits =
       pr.on_device ? yk_decode_splits(ctx, B, H, pk.kv_heads, pk.max_len ? pk.max_len : 1, 0, params->num_splits).splits
                    : 1;
-  const int64_t C = cascade_chunks(ctx, shared, &prefix, H, B, pr.on_device);
-  const cascade_layout l = cascade_scratch(B, H, D, yk_decode_workspace_floats(B, H, D, splits));
+  const int prefix_on_decode = cascade_prefix_on_decode(pr.on_device, B, H, pk.kv_heads);
+  const int64_t C = prefix_on_decode ? 1 : cascade_chunks(ctx, shared, &prefix, H, B, pr.on_device);
+  const size_t suffix_floats = yk_decode_workspace_floats(B, H, D, splits),
+               prefix_floats = prefix_on_decode ? cascade_prefix_floats(ctx, B, H, pk.kv_heads, D) : 0;
+  const cascade_layout l = cascade_scratch(B, H, D, suffix_floats > prefix_floats ? suffix_floats : prefix_floats);
 
   /* the scratch: the caller's, or one allocation for the call */
   float *base = NULL, *allocated = NULL;
@@ -581,10 +603,11 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
     if (r != CUDA_SUCCESS) st = yk_cuda_error(ctx, r, "setting the prefix chunks' lengths");
   }
   if (!pr.on_device) q_rows.device = out_rows.device = lse_shared.device = (DLDevice){kDLCPU, 0};
-  const yk_attention_params prefix_params = {.scale = pr.shape.scale};
+  yk_attention_params prefix_params = {.scale = pr.shape.scale};
   yk_attention_params suffix_params = {.scale = pr.shape.scale, .num_splits = splits};
+  if (prefix_floats) prefix_params.workspace = &decode_ws;
   if (splits > 1) suffix_params.workspace = &decode_ws;
-  if (st == YK_OK) st = paged_prefill(ctx, op, &q_rows, &chunks, &prefix_params, &out_rows, &lse_shared, 0, stream);
+  if (st == YK_OK) st = paged_prefill(ctx, op, &q_rows, &chunks, &prefix_params, &out_rows, &lse_shared, stream);
   /* the chunks merged into the first, which then holds the whole prefix's attention */
   DLTensor o_first = C > 1 ? scratch_view(q, base, l.o_chunks, q->dtype, 3, o3, NULL) : *out;
   DLTensor lse_first = scratch_view(q, base, l.lse_shared, f32, 2, lse2, lse2_t);

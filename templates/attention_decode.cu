@@ -156,9 +156,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                      const int *__restrict__ cu_k, const int *__restrict__ cu_q, long long q_b, long long q_h,
                      long long k_b, long long k_s,
                      long long k_h, long long v_b, long long v_s, long long v_h, long long o_b, long long o_h,
-                     long long l_b, long long l_h, long long q_bb, long long o_bb, long long l_bb, int batch,
-                     int q_heads, int group, int row_blocks, int seq_q,
-                     int seq_k, int chunk_keys, float scale_log2, yk_page_table pt, float out_scale) {
+                     long long l_b, long long l_h, int batch, int q_heads, int group, int row_blocks, int seq_q,
+                     int seq_k, int chunk_keys, float scale_log2, yk_page_table pt, float out_scale, long long q_bb,
+                     long long o_bb, long long l_bb) {
   if (SPLIT) yk_allow_next_grid(); // the merge of the partials may be scheduled now; it waits for us
   const int kv_head = blockIdx.x / row_blocks, row_block = blockIdx.x % row_blocks;
   const int b = blockIdx.y, split = blockIdx.z;

@@ -16,7 +16,7 @@ extern "C" __global__ void __launch_bounds__(THREADS)
                            long long b_t, long long b_h, const float *__restrict__ lse_a, long long la_t,
                            long long la_h, const float *__restrict__ lse_b, long long lb_t, long long lb_h, T *out,
                            long long o_t, long long o_h, float *out_lse, long long lo_t, long long lo_h,
-                           long long o_bb, long long lo_bb, int per, int tokens, int heads, int num_states) {
+                           int tokens, int heads, int num_states, long long o_bb, long long lo_bb, int per) {
   yk_wait_previous_grid(); // split-KV partials: the decode kernel before may still be finishing
   const long long row = (long long)blockIdx.x * (THREADS / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;

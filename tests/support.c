@@ -92,3 +92,14 @@ void ts_assert_rejected(yk_ctx *ctx, yk_status got, yk_status want, const char *
   cr_assert_eq(got, want, "expected %s, got %s: %s", yk_status_name(want), yk_status_name(got), message);
   cr_assert(strstr(message, needle) != NULL, "message '%s' lacks '%s'", message, needle);
 }
+
+int ts_kernels_like(yk_ctx *ctx, const char *text, const char *also) {
+  int count = 0;
+  char spec[512];
+  for (int i = 0; i < YK_KERNEL_BUCKETS; i++)
+    for (yk_kernel *k = atomic_load(&ctx->cache.buckets[i]); k; k = k->next) {
+      yk_spec_format(&k->key.spec, spec, sizeof spec);
+      count += strstr(spec, text) && strstr(spec, also);
+    }
+  return count;
+}

@@ -45,6 +45,10 @@ void ts_round_to_dtype(int dtype, double *values, int64_t n);
 extern const int ts_float_types[3];
 const char *ts_type_name(int type);
 
+/* Kernels in ctx's memory whose spec, as yk_spec_format writes it, contains both texts: which
+ * kernel a call took ("attention_decode:", "queries=1"). */
+int ts_kernels_like(yk_ctx *ctx, const char *text, const char *also);
+
 /* Asserts a failed call: its status, and a message for this thread containing `needle`. */
 void ts_assert_rejected(yk_ctx *ctx, yk_status got, yk_status want, const char *needle);
 

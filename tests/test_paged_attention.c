@@ -1096,11 +1096,17 @@ static void share_prefix(scenario *s, int prefix_pages) {
   place_tokens(s);
 }
 
+/* Five requests sharing a prefix of 1024 keys: of 8 q heads on 2 kv heads (20 rows of (request, q
+ * head) a kv head: the prefix on the GPU's decode kernel, its keys split in 4), or of 16 on 1 (80
+ * rows: in 4 chunks on the prefill kernel). */
+static const paged_case cascade_few = {5, {1024 + 37, 1024 + 1, 1024, 1024 + 200, 1024 + 16}, {0}, 8, 2, 128, 16},
+                        cascade_many = {5, {1024 + 37, 1024 + 1, 1024, 1024 + 200, 1024 + 16}, {0}, 16, 1, 128, 16};
+
 /* float8: over a float8 cache (CPU only), where shared and unique must carry the same scales. */
-static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed, int float8) {
+static void cascade_matches_paged(yk_ctx *ctx, const paged_case *cp, uint64_t seed, int float8) {
   yh_rng rng = {seed};
-  const int gpu = ctx->device == YK_DEVICE_CUDA, prefix_pages = 20;
-  static const paged_case c = {5, {320 + 37, 320 + 1, 320, 320 + 200, 320 + 16}, {0}, 8, 2, 128, 16};
+  const int gpu = ctx->device == YK_DEVICE_CUDA, prefix_pages = 64;
+  const paged_case c = *cp;
   scenario s;
   make_scenario(&s, &c, 1, 0, 0, YK_KV_NHD, &rng);
   share_prefix(&s, prefix_pages);
@@ -1136,12 +1142,19 @@ static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed, int float8) {
     cr_assert_eq(yh_sync(ctx), 0);
     double *got = as_doubles(&t.out);
     const double err = ts_gpu_error(got, want, t.out.numel), tol = dtype == YK_F32 ? 1e-5 : ts_gpu_tolerance(dtype);
-    cr_assert(err < tol, "cascade %s %s: error %.3g against paged decode (seed %llu)", gpu ? "gpu" : "cpu",
-              ts_type_name(dtype), err, (unsigned long long)seed);
+    cr_assert(err < tol, "cascade %s %s, %d q heads on %d: error %.3g against paged decode (seed %llu)",
+              gpu ? "gpu" : "cpu", ts_type_name(dtype), c.q_heads, c.kv_heads, err, (unsigned long long)seed);
     check_lse(&t.lse, want_lse, 1e-3, "cascade lse", seed);
+    if (gpu) { /* the prefix's kernel: the decode kernel's with several queries for a few rows only */
+      const int few = c.batch * (c.q_heads / c.kv_heads) <= 64;
+      cr_assert_eq(ts_kernels_like(ctx, "attention_decode:", "queries=1") > 0, few,
+                   "cascade of %d q heads on %d: the prefix %s the decode kernel", c.q_heads, c.kv_heads,
+                   few ? "missed" : "took");
+    }
     /* the caller's workspace, in the tensors' memory: the same bytes, nothing allocated; one
      * element short is refused with nothing written */
-    const int64_t floats = (int64_t)yk_cascade_decode_workspace_floats(ctx, c.batch, 8, 2, 128, 200, 0);
+    const int64_t floats =
+        (int64_t)yk_cascade_decode_workspace_floats(ctx, c.batch, c.q_heads, c.kv_heads, c.head_dim, 200, 0);
     cr_assert_gt(floats, 0);
     yh_tensor ws, ws_short;
     const int64_t short_floats = floats - 1;
@@ -1182,14 +1195,16 @@ static void cascade_matches_paged(yk_ctx *ctx, uint64_t seed, int float8) {
 
 Test(paged_attention, cpu_cascade_matches_paged_decode) {
   yk_ctx *cpu = ts_cpu_ctx();
-  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade"), 0);
-  cascade_matches_paged(cpu, ts_seed("paged_attention.cpu_cascade_float8"), 1);
+  cascade_matches_paged(cpu, &cascade_few, ts_seed("paged_attention.cpu_cascade"), 0);
+  cascade_matches_paged(cpu, &cascade_many, ts_seed("paged_attention.cpu_cascade_many"), 0);
+  cascade_matches_paged(cpu, &cascade_few, ts_seed("paged_attention.cpu_cascade_float8"), 1);
   yk_ctx_destroy(cpu);
 }
 
 Test(paged_attention, gpu_cascade_matches_paged_decode) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
-  cascade_matches_paged(gpu, ts_seed("paged_attention.gpu_cascade"), 0);
+  cascade_matches_paged(gpu, &cascade_many, ts_seed("paged_attention.gpu_cascade_many"), 0);
+  cascade_matches_paged(gpu, &cascade_few, ts_seed("paged_attention.gpu_cascade"), 0);
   yk_ctx_destroy(gpu);
 }

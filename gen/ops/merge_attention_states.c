@@ -111,8 +111,8 @@ yk_status yk_merge_partials(yk_ctx *ctx, int dtype, int64_t tokens, int64_t per,
             lt = per == 1 ? lse->batch_stride : lse->seq_stride, lh = lse->head_stride, obb = out->batch_stride,
             lbb = lse->batch_stride;
   int t = (int)tokens, p = (int)per, h = (int)heads, states = splits;
-  void *args[] = {&a, &a_t, &a_h, &b,  &zero, &zero, &la,  &la_t, &la_h, &lb, &zero, &zero,
-                  &o, &ot,  &oh,  &lo, &lt,   &lh,   &obb, &lbb,  &p,    &t,  &h,    &states};
+  void *args[] = {&a, &a_t, &a_h, &b,  &zero, &zero, &la, &la_t, &la_h,   &lb,  &zero, &zero,
+                  &o, &ot,  &oh,  &lo, &lt,   &lh,   &t,  &h,    &states, &obb, &lbb,  &p};
   const unsigned rows_per_block = (unsigned)spec.v[THREADS] / 32;
   const unsigned blocks = (unsigned)((tokens * heads + rows_per_block - 1) / rows_per_block);
   return yk_launch_early(ctx, k, blocks, 1, 1, stream, args);
@@ -192,8 +192,8 @@ yk_status yk_merge_attention_states(yk_ctx *ctx, const DLTensor *o_a, const DLTe
   long long lo_t = out_lse ? lo.stride[0] : 0, lo_h = out_lse ? lo.stride[1] : 0;
   long long zero = 0;
   int t = (int)tokens, h = (int)heads, states = 2;
-  void *args[] = {&pa, &s[0], &s[1], &pb,  &s[2], &s[3], &pla,  &s[4], &s[5], &plb, &s[6], &s[7],
-                  &po, &s[8], &s[9], &plo, &lo_t, &lo_h, &zero, &zero, &t,    &t,   &h,    &states};
+  void *args[] = {&pa, &s[0], &s[1], &pb,  &s[2], &s[3], &pla, &s[4], &s[5],   &plb,  &s[6], &s[7],
+                  &po, &s[8], &s[9], &plo, &lo_t, &lo_h, &t,   &h,    &states, &zero, &zero, &t};
   const uint64_t rows_per_block = (uint64_t)spec.v[THREADS] / 32;
   const unsigned blocks = (unsigned)(((uint64_t)tokens * heads + rows_per_block - 1) / rows_per_block);
   return yk_launch_early(ctx, k, blocks, 1, 1, stream, args);

@@ -255,8 +255,10 @@ YK_API yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, con
 /* Cascade decode, for batches that share a prefix: batch requests whose keys are one shared prefix
  * (the same pages for all) followed by each request's own pages. Attention over the prefix is
  * computed once for the batch (the requests' queries are the rows of one paged prefill over its
- * pages, which are read once a q head rather than once a request), over the suffixes by paged
- * decode, and the two merged by lse: the result is paged decode over prefix + suffix.
+ * pages, which are read once a q head rather than once a request; on the GPU, batch x q_heads /
+ * kv_heads of at most 64 runs them on the decode kernel, its keys split: each page read once a kv
+ * head), over the suffixes by paged decode, and the two merged by lse: the result is paged decode
+ * over prefix + suffix.
  * q, out [batch, q_heads, head_dim]; lse [batch, q_heads] or NULL. shared: a page table of one
  * sequence (the prefix); unique: one of batch sequences (the suffixes, empty ones allowed), over
  * the same caches. params: scale, num_splits (the suffix decode's), and workspace: float32 of at

@@ -378,20 +378,26 @@ def test_calls_run_on_the_current_stream():
     close(s, F.silu(g) * u, torch.bfloat16)
 
 
+def record_workspaces(monkeypatch, module):
+    """The (op, floats) of every workspace module's calls allocate through torch, in order."""
+    sizes = []
+    real = module._workspace
+
+    def recording(ad, like, buf, base, slot, op, floats):
+        sizes.append((op, floats))
+        return real(ad, like, buf, base, slot, op, floats)
+
+    monkeypatch.setattr(module, "_workspace", recording)
+    return sizes
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_workspaces_come_from_torch_and_replay_in_a_graph(gen, monkeypatch):
     """A split decode's partials and the backward's stats and float32 dq are allocated by torch's
     caching allocator (libyk would otherwise allocate them on the stream every call); a split decode
     captured in a CUDA graph takes its workspace from the graph's pool and replays with new keys."""
     from yaie_kernels import _attention
-    sizes = []
-    real = _attention._workspace
-
-    def recording(ad, like, buf, base, slot, op, floats):
-        sizes.append((op, floats))
-        return real(ad, like, buf, base, slot, op, floats)
-
-    monkeypatch.setattr(_attention, "_workspace", recording)
+    sizes = record_workspaces(monkeypatch, _attention)
     q = torch.randn(1, 8, 128, device="cuda", dtype=torch.bfloat16)
     k, v = (torch.randn(1, 8192, 2, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     want = sdpa(q.float()[:, :, None], k.float().transpose(1, 2), v.float().transpose(1, 2), False)[:, :, 0]
@@ -423,6 +429,27 @@ def test_workspaces_come_from_torch_and_replay_in_a_graph(gen, monkeypatch):
         sdpa(qf, kf, vf, True).backward(dout.float())
         for got, ref in ((dq, qf.grad), (dk, kf.grad), (dv, vf.grad)):
             close(got, ref, torch.bfloat16, 2)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_paged_prefill_few_queries_take_a_torch_workspace(gen, monkeypatch):
+    """A few queries a sequence through the paged prefill (a verification step), ragged and dense,
+    split on the decode kernel: their partials come from torch's allocator, sized for the call."""
+    from yaie_kernels import _paged
+    sizes = record_workspaces(monkeypatch, _paged)
+    lens, n = [4096, 3001], 4
+    _, k_cache, v_cache, bt, _, csr = paged_setup("cuda", torch.bfloat16, "NHD", 16, lens)
+    q = torch.randn(len(lens) * n, 8, 64, device="cuda", dtype=torch.bfloat16)
+    qo = torch.arange(0, len(lens) * n + 1, n, device="cuda", dtype=torch.int32)
+    att = yk.FlashInferPagedAttention(8, 2, 64, 16, causal=False, dtype=torch.bfloat16)
+    ragged = att.prefill(q, (k_cache, v_cache), qo, *csr, max_seqlen_q=n)
+    assert sizes[-1][0] == "FlashInferPagedAttention.prefill" and sizes[-1][1] > 0, sizes
+    dense = att.prefill(q.view(len(lens), n, 8, 64), (k_cache, v_cache), None, *csr)
+    assert sizes[-1] == sizes[-2], sizes  # the same queries: the same split
+    for t in range(n):  # token t of each sequence, against all its keys
+        want = gathered_sdpa(q[t::n], k_cache, v_cache, bt, lens, 16, "NHD")
+        close(ragged[t::n], want, torch.bfloat16)
+        close(dense[:, t], want, torch.bfloat16)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")

@@ -11,7 +11,7 @@ contiguous; where the host can read them libyk checks every entry before anythin
 import ctypes
 import operator
 
-from ._attention import _scale
+from ._attention import _scale, _workspace
 from ._host import _address, _np, int_array
 from ._kv import _LAYOUTS, _c_int, _dtype_code
 from ._lib import C, HOST_DEVICE_TYPES, AttentionParams, c_struct, context_for, raise_status
@@ -411,12 +411,33 @@ class FlashInferPagedAttention:
         params = AttentionParams(causal=1 if (self.causal if causal is None else causal) else 0,
                                  scale=_scale(self.scale), cu_seqlens_q=pack(buf, base, slot, cq) if cq else None,
                                  max_seqlen_q=_length(max_seqlen_q, op, "max_seqlen_q"))
+        if stream is not None:  # a few queries' split partials from the framework's allocator
+            ws, params.workspace = _workspace(ad, q, buf, base, slot + 2, op, self._prefill_floats(
+                ctx, shape, qo_indptr, cq, params.max_seqlen_q, tables[1][5][0], tables[0][5][0] - 1))
         st = C.yk_paged_attention_prefill(ctx, pack(buf, base, 0, qd), ctypes.addressof(kv), ctypes.addressof(params),
                                           pack(buf, base, 1, od), pack(buf, base, slot + 1, ld) if ld else None,
                                           stream)
         if st:
             raise_status(st, ctx, op)
         return _finish(op, out, out_given, lse, lse_given, want_lse)
+
+    def _prefill_floats(self, ctx, shape, qo_indptr, cq, max_seqlen_q, pages, batch):
+        """The workspace a prefill's few queries a sequence take on the decode kernel (0: none), sized
+        as libyk sizes the call's split where the tables are in device memory: every sequence as
+        long as all of kv_indices' pages. A ragged q's longest run is max_seqlen_q, else read from a
+        host qo_indptr (a device one without it is refused by the call)."""
+        if len(shape) == 4:
+            total_q, longest = shape[0] * shape[1], shape[1]
+        else:
+            total_q, longest = shape[0], max_seqlen_q
+            if not longest and cq is not None and cq[1] in HOST_DEVICE_TYPES:
+                runs = _np().diff(int_array(qo_indptr, "FlashInferPagedAttention.prefill", "qo_indptr", "int64"))
+                longest = int(runs.max()) if runs.size else 0
+        keys = pages * self.page_size
+        if batch <= 0 or not longest or not keys:
+            return 0
+        return C.yk_flash_attention_forward_workspace_floats(ctx, batch, total_q, longest, self.num_qo_heads,
+                                                              self.num_kv_heads, self.head_dim, keys, keys, 0)
 
     def cascade_workspace_floats(self, batch, max_suffix_len):
         """Float32 elements of the workspace cascade_decode(workspace=) needs for batch requests
