@@ -473,9 +473,18 @@ static int cascade_prefix_on_decode(int on_device, int64_t batch, int64_t q_head
   return on_device && yk_decode_fits_queries(q_heads, kv_heads, batch);
 }
 
-static size_t cascade_prefix_floats(yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t head_dim) {
+static size_t cascade_prefix_floats(yk_ctx *ctx, int on_device, int64_t batch, int64_t q_heads, int64_t kv_heads,
+                                    int64_t head_dim) {
+  if (!cascade_prefix_on_decode(on_device, batch, q_heads, kv_heads)) return 0;
   return yk_flash_attention_forward_workspace_floats(ctx, 1, batch, batch, q_heads, kv_heads, head_dim, INT32_MAX,
                                                      INT32_MAX, 0);
+}
+
+/* The split partials' region: the suffixes' decode's of `splits`, or the prefix's, the larger. */
+static size_t cascade_partials_floats(size_t prefix_floats, int64_t batch, int64_t q_heads, int64_t head_dim,
+                                      int splits) {
+  const size_t suffix = yk_decode_workspace_floats(batch, q_heads, head_dim, splits);
+  return suffix > prefix_floats ? suffix : prefix_floats;
 }
 
 /* The cascade's scratch, in float32 units: the suffixes' output and the prefix chunks' outputs (in
@@ -505,11 +514,9 @@ size_t yk_cascade_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t q_
       max_suffix_len < 0 || num_splits < 0 || num_splits > YK_DECODE_MAX_SPLITS)
     return 0;
   const int splits = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_suffix_len, 0, num_splits).splits;
-  const size_t suffix = yk_decode_workspace_floats(batch, q_heads, head_dim, splits),
-               prefix = cascade_prefix_on_decode(ctx->device == YK_DEVICE_CUDA, batch, q_heads, kv_heads)
-                            ? cascade_prefix_floats(ctx, batch, q_heads, kv_heads, head_dim)
-                            : 0;
-  return cascade_scratch(batch, q_heads, head_dim, suffix > prefix ? suffix : prefix).total;
+  const size_t prefix = cascade_prefix_floats(ctx, ctx->device == YK_DEVICE_CUDA, batch, q_heads, kv_heads, head_dim);
+  return cascade_scratch(batch, q_heads, head_dim, cascade_partials_floats(prefix, batch, q_heads, head_dim, splits))
+      .total;
 }
 
 /* A view into the scratch: ndim dimensions of type at float offset `at`. */
@@ -563,9 +570,8 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
                    : 1;
   const int prefix_on_decode = cascade_prefix_on_decode(pr.on_device, B, H, pk.kv_heads);
   const int64_t C = prefix_on_decode ? 1 : cascade_chunks(ctx, shared, &prefix, H, B, pr.on_device);
-  const size_t suffix_floats = yk_decode_workspace_floats(B, H, D, splits),
-               prefix_floats = prefix_on_decode ? cascade_prefix_floats(ctx, B, H, pk.kv_heads, D) : 0;
-  const cascade_layout l = cascade_scratch(B, H, D, suffix_floats > prefix_floats ? suffix_floats : prefix_floats);
+  const size_t prefix_floats = cascade_prefix_floats(ctx, pr.on_device, B, H, pk.kv_heads, D);
+  const cascade_layout l = cascade_scratch(B, H, D, cascade_partials_floats(prefix_floats, B, H, D, splits));
 
   /* the scratch: the caller's, or one allocation for the call */
   float *base = NULL, *allocated = NULL;

@@ -446,5 +446,5 @@ size_t yk_flash_attention_forward_workspace_floats(yk_ctx *ctx, int64_t batch, i
     return 0;
   const yk_decode_split s = queries_split(ctx, batch, q_heads, kv_heads, head_dim, max_seqlen_q, total_q, max_seqlen_k,
                                           total_k, num_splits, NULL);
-  return s.splits > 1 ? (size_t)s.splits * yk_decode_split_floats(total_q, q_heads, head_dim) : 0;
+  return yk_decode_workspace_floats(total_q, q_heads, head_dim, s.splits);
 }
