@@ -20,9 +20,9 @@ enum { YK_E4M3 = 18 };
 
 typedef struct yk_op_def yk_op_def;
 
-/* No padding (8 + 4 + 60 bytes: the largest op has 14 fields, and a 15th keeps the size a whole
- * number of words), so two specs are equal exactly when their bytes are: the memory cache hashes
- * and compares the bytes. Build specs with yk_spec_init. */
+/* No padding (8 + 4 + 60 bytes: the largest op, attention_decode, has 15 fields), so two specs are
+ * equal exactly when their bytes are: the memory cache hashes and compares the bytes. Build specs
+ * with yk_spec_init. */
 typedef struct yk_spec {
   const yk_op_def *op;
   int32_t dtype;

@@ -2,7 +2,10 @@
 // of K and V it must read.
 //   - The q heads that share a kv head (the GQA group, up to 16 of them) are the rows of one 16-row
 //     mma tile, so every K and V byte is read once for the whole group.
-//   - A block owns (kv head, row block, sequence, split); each team of D_SPLIT warps streams its own
+//   - Several queries a sequence (QUERIES) make more rows, (token, q head) pairs, up to 64 a kv head:
+//     a block holds ROW_TILES tiles of 16, a warp of each team holding one, so that the team's K and
+//     V serve all of them (as many blocks would read them each).
+//   - A block owns (kv head, row block, sequence, split); each team of its warps streams its own
 //     tiles of BLOCK_N keys through its own cp.async pipeline, STAGES deep, so no block-wide barrier
 //     stalls the loads; the teams merge their softmax states at the end. A team's warps both
 //     compute the scores and each accumulates head_dim / D_SPLIT columns of the output (at head_dim
@@ -27,10 +30,14 @@
 // same, causal: token t of len_q sees keys j <= len_k - len_q + t), Q_IN_REGS (Q's
 // fragments kept in registers; 0 reads them from shared memory each tile), KV_HINT (the L2 hint of
 // K and V's loads, yk_cp_async16), SWIZZLE (1: swizzled tiles, head dims a multiple of 64; 0:
-// padded; attention_common.cuh), PAGED, PAGE_SIZE, KV_FLOAT8.
+// padded; attention_common.cuh), PAGED, PAGE_SIZE, KV_FLOAT8, ROW_TILES (16-row tiles a block;
+// a team is ROW_TILES x D_SPLIT warps).
 
 constexpr int THREADS = WARPS * 32;
-constexpr int TEAMS = WARPS / D_SPLIT, TEAM_THREADS = 32 * D_SPLIT;
+// A team: ROW_TILES x D_SPLIT warps sharing one pipeline, warp w holding tile rows [16 (w / D_SPLIT),
+// + 16) and columns [(w % D_SPLIT) COLS, + COLS) of O.
+constexpr int TEAM_WARPS = ROW_TILES * D_SPLIT, TEAMS = WARPS / TEAM_WARPS, TEAM_THREADS = 32 * TEAM_WARPS;
+constexpr int TILE_ROWS = 16 * ROW_TILES; // a block's rows
 constexpr int KSTEPS = HEAD_DIM / 16;
 constexpr int S_TILES = BLOCK_N / 8;
 constexpr int COLS = HEAD_DIM / D_SPLIT, O_TILES = COLS / 8; // a warp's output columns
@@ -39,7 +46,7 @@ constexpr int ROW = yk_row_stride<SWIZZLED>();
 typedef typename yk_kv_element<KV_FLOAT8>::type KV;
 // One team's K and V, in bytes: STAGES stages of K's tile, then of V's (of T, or float8 bytes)
 constexpr int TEAM_BYTES = STAGES * 2 * BLOCK_N * (KV_FLOAT8 ? HEAD_DIM : ROW * (int)sizeof(T));
-static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % D_SPLIT == 0, "tiles are whole mma steps");
+static_assert(BLOCK_N % 16 == 0 && COLS % 16 == 0 && WARPS % TEAM_WARPS == 0, "tiles are whole mma steps");
 
 // ---- float8 ----
 // Each K and V byte is read by one warp, so where the prefill widens a tile in shared memory for
@@ -146,7 +153,7 @@ __device__ __forceinline__ void fp8_value_words(unsigned (&w)[V_WORDS], const un
 
 // A team's warps share its pipeline: a named barrier for two or more, the warp's own otherwise.
 __device__ __forceinline__ void team_sync(int team) {
-  if (D_SPLIT == 1) __syncwarp();
+  if (TEAM_WARPS == 1) __syncwarp();
   else asm volatile("bar.sync %0, %1;" ::"r"(team + 1), "n"(TEAM_THREADS));
 }
 
@@ -188,7 +195,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // token, q head) pairs, token-major, so that each K and V byte serves every query of the group.
   // `batch` is then the partials' token count, and q, out and lse's "b" strides are a token's
   // (their "bb" strides a sequence's, 0 for ragged queries).
-  const int row0 = row_block * 16, rows = min(16, (QUERIES ? len_q : 1) * group - row0); // valid rows
+  const int row0 = row_block * TILE_ROWS, rows = min(TILE_ROWS, (QUERIES ? len_q : 1) * group - row0); // valid
   if (QUERIES && rows <= 0) return;
   auto row_token = [&](int r) { return QUERIES ? sq.q_start + (row0 + r) / group : b; };
   auto row_head = [&](int r) { return kv_head * group + (QUERIES ? (row0 + r) % group : row0 + r); };
@@ -200,7 +207,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int team = warp / D_SPLIT, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
+  const int team = warp / TEAM_WARPS, team_tid = tid % TEAM_THREADS, col0 = (warp % D_SPLIT) * COLS;
+  const int wrow = (warp % TEAM_WARPS) / D_SPLIT * 16; // the warp's first row of the block's tile
   unsigned char *team_smem = smem_raw + team * TEAM_BYTES;
   T *sK = reinterpret_cast<T *>(team_smem), *sV = sK + STAGES * BLOCK_N * ROW;           // 16-bit stages
   unsigned char *rawK = team_smem, *rawV = team_smem + STAGES * BLOCK_N * HEAD_DIM; // float8 stages
@@ -244,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     for (int ks = 0; ks < (Q_IN_REGS ? KSTEPS : 0); ++ks)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        qf[Q_IN_REGS ? ks : 0][e] = q_at(g + (e & 1) * 8, ks * 16 + 2 * t4 + (e >> 1) * 8);
+        qf[Q_IN_REGS ? ks : 0][e] = q_at(wrow + g + (e & 1) * 8, ks * 16 + 2 * t4 + (e >> 1) * 8);
         if (Q_TO_F16) max_bits = max(max_bits, abs_max_bits(qf[Q_IN_REGS ? ks : 0][e]));
       }
     if (Q_TO_F16) {
@@ -260,13 +268,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       if (tid == 0) *block_max_bits = 0;
       __syncthreads();
       unsigned max_bits = 0;
-      for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS)
+      for (int i = tid; i < TILE_ROWS * HEAD_DIM / 2; i += THREADS)
         max_bits = max(max_bits, abs_max_bits(q_at(i / (HEAD_DIM / 2), 2 * (i % (HEAD_DIM / 2)))));
       atomicMax(block_max_bits, warp_max(max_bits));
       __syncthreads();
       shift = q_shift(*block_max_bits);
     }
-    for (int i = tid; i < 16 * HEAD_DIM / 2; i += THREADS) {
+    for (int i = tid; i < TILE_ROWS * HEAD_DIM / 2; i += THREADS) {
       const int row = i / (HEAD_DIM / 2), col = 2 * (i % (HEAD_DIM / 2));
       *reinterpret_cast<unsigned *>(sQ + yk_tile_at<SWIZZLED>(row, col & ~7) + col % 8) =
           q_pair(q_at(row, col), pow2(shift));
@@ -274,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __syncthreads();
   }
   const float score_log2 = Q_TO_F16 ? scale_log2 * pow2(-shift) : scale_log2; // undoes 2^shift
-  const auto q_rows = yk_a_rows<SWIZZLED>(sQ, lane);
+  const auto q_rows = yk_a_rows<SWIZZLED>(sQ + wrow * ROW, lane); // 16 rows keep the swizzle's phase
 
   // this team's tiles: team, team + TEAMS, ... of the block's range
   const int tiles = last > first ? (last - first + BLOCK_N - 1) / BLOCK_N : 0;
@@ -366,8 +374,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_mma_rows<BLOCK_N>(s, q_rows, yk_b_rows<SWIZZLED>(k_tile, lane));
     }
     if (key0 + BLOCK_N > last) yk_mask_scores(s, key0, last, false, 0, 0, t4);
-    if (QUERIES == 2 && key0 + BLOCK_N > len_k - len_q + row0 / group + 1) { // causal: token t sees keys
-      const int lim[2] = {len_k - len_q + (row0 + g) / group + 1, len_k - len_q + (row0 + g + 8) / group + 1};
+    const int r0 = row0 + wrow; // the warp's first row in the sequence's
+    if (QUERIES == 2 && key0 + BLOCK_N > len_k - len_q + r0 / group + 1) { // causal: token t sees keys
+      const int lim[2] = {len_k - len_q + (r0 + g) / group + 1, len_k - len_q + (r0 + g + 8) / group + 1};
 #pragma unroll
       for (int nt = 0; nt < S_TILES; ++nt)
 #pragma unroll
@@ -406,11 +415,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const float both_rows[2] = {out_scale, out_scale};
     yk_rescale(o, both_rows);
   }
-  float *sO = reinterpret_cast<float *>(smem_raw);             // [TEAMS][16] rows, so_at
-  float *sM = sO + TEAMS * 16 * SO_ROW, *sL = sM + TEAMS * 16; // [TEAMS][16] each
+  float *sO = reinterpret_cast<float *>(smem_raw);                           // [TEAMS][TILE_ROWS] rows, so_at
+  float *sM = sO + TEAMS * TILE_ROWS * SO_ROW, *sL = sM + TEAMS * TILE_ROWS; // [TEAMS][TILE_ROWS] each
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int row = g + 8 * r;
+    const int row = team * TILE_ROWS + wrow + g + 8 * r; // of sO, sM and sL
     const float l = yk_quad_sum(l_row[r]);
 #pragma unroll
     for (int m = 0; m < O_TILES / 2; ++m) {
@@ -418,30 +427,30 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         float v[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) v[k] = o[(4 * m + k) % O_TILES][2 * r + (4 * m + k) / O_TILES];
-        *reinterpret_cast<float4 *>(sO + so_at(team * 16 + row, col0 + 2 * t4 * O_TILES + 4 * m)) =
+        *reinterpret_cast<float4 *>(sO + so_at(row, col0 + 2 * t4 * O_TILES + 4 * m)) =
             make_float4(v[0], v[1], v[2], v[3]);
       } else { // tiles 2m and 2m + 1
 #pragma unroll
         for (int nt = 2 * m; nt < 2 * m + 2; ++nt)
-          *reinterpret_cast<float2 *>(sO + so_at(team * 16 + row, col0 + nt * 8 + 2 * t4)) =
+          *reinterpret_cast<float2 *>(sO + so_at(row, col0 + nt * 8 + 2 * t4)) =
               make_float2(o[nt][2 * r], o[nt][2 * r + 1]);
       }
     }
-    if (t4 == 0 && col0 == 0) sM[team * 16 + row] = m_row[r], sL[team * 16 + row] = l;
+    if (t4 == 0 && col0 == 0) sM[row] = m_row[r], sL[row] = l;
   }
   __syncthreads();
   for (int idx = tid; idx < rows * HEAD_DIM; idx += THREADS) {
     const int row = idx / HEAD_DIM, col = idx % HEAD_DIM, head = row_head(row), token = row_token(row);
     float m = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < TEAMS; ++w) m = fmaxf(m, sM[w * 16 + row]);
+    for (int w = 0; w < TEAMS; ++w) m = fmaxf(m, sM[w * TILE_ROWS + row]);
     float l = 0.f, acc = 0.f;
     if (m != -INFINITY) {
 #pragma unroll
       for (int w = 0; w < TEAMS; ++w) {
-        const float scale = exp2f(sM[w * 16 + row] - m);
-        l += scale * sL[w * 16 + row];
-        acc += scale * sO[so_at(w * 16 + row, col)];
+        const float scale = exp2f(sM[w * TILE_ROWS + row] - m);
+        l += scale * sL[w * TILE_ROWS + row];
+        acc += scale * sO[so_at(w * TILE_ROWS + row, col)];
       }
     }
     const float value = l > 0.f ? acc / l : 0.f;

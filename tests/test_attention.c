@@ -741,6 +741,12 @@ Test(attention, decode_splits_follow_the_lengths) {
                (size_t)8 * 8 * 32 * 129);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 3),
                (size_t)3 * 8 * 32 * 129);
+  /* 16 queries (64 rows) are one block of 4 row tiles a kv head: 16 splits at batch 1, as 4
+   * queries; 8 (32 rows) two blocks of one tile at batch 1 (8 splits) */
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 8, 8, 32, 8, 128, 32768, 32768, 0),
+               (size_t)8 * 8 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 16, 16, 32, 8, 128, 32768, 32768, 0),
+               (size_t)16 * 16 * 32 * 129);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 17, 17, 32, 8, 128, 32768, 32768, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 64, 256, 4, 32, 8, 128, 4096, 64 * 4096, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 6, 128, 32768, 32768, 0), 0);

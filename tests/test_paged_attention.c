@@ -569,18 +569,29 @@ Test(paged_attention, decode_teams_follow_the_grid) {
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8 split 2");
   L.splits = 1, L.paged = 2;
   expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "decode B8, a CSR table");
-  /* a few queries a sequence: 8 tokens x 4 q heads = 2 row blocks a kv head */
+  /* a few queries a sequence: 8 tokens x 4 q heads = 32 rows a kv head, one block of 2 row tiles
+     (their team's tiles twice as long) */
   const int32_t cu_q_stub = 0;
-  L.queries = 1, L.cu_q = &cu_q_stub, L.max_seqlen_q = 8, L.total_q = 64, L.causal = 1;
-  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 queries of B8: 128 blocks");
-  expect_spec(ctx, &L, "kv_hint=evict_first", "8 queries of B8: 128 blocks");
-  L.a.batch = 9, L.total_q = 72;
-  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "8 queries of B9: 144 blocks");
+  L.queries = 1, L.cu_q = &cu_q_stub, L.max_seqlen_q = 8, L.total_q = 128, L.causal = 1, L.a.batch = 16;
+  expect_spec(ctx, &L, "block_n=32,warps=8,d_split=1,stages=2", "8 queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "kv_hint=evict_first", "8 queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "row_tiles=2", "8 queries of B16: 128 blocks");
+  L.a.batch = 17, L.total_q = 136;
+  expect_spec(ctx, &L, "block_n=32,warps=4,d_split=1,stages=3", "8 queries of B17: 136 blocks");
   L.cu_q = NULL; /* dense queries: the same rows */
-  expect_spec(ctx, &L, "warps=4,d_split=1,stages=3", "8 dense queries of B9: 144 blocks");
-  L.a.batch = 8, L.total_q = 64;
-  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 dense queries of B8: 128 blocks");
-  L.a.head_dim = 256; /* two warps a team already */
+  expect_spec(ctx, &L, "block_n=32,warps=4,d_split=1,stages=3", "8 dense queries of B17: 136 blocks");
+  L.a.batch = 16, L.total_q = 128;
+  expect_spec(ctx, &L, "warps=8,d_split=1,stages=2", "8 dense queries of B16: 128 blocks");
+  L.a.batch = 8, L.total_q = 64; /* 32 rows within one wave of 16-row blocks: those */
+  expect_spec(ctx, &L, "block_n=16,warps=8,d_split=1,stages=2", "8 dense queries of B8: 128 blocks");
+  expect_spec(ctx, &L, "row_tiles=1", "8 dense queries of B8: 128 blocks");
+  L.a.batch = 16, L.max_seqlen_q = 16, L.total_q = 256; /* 64 rows: 4 row tiles */
+  expect_spec(ctx, &L, "block_n=32,warps=8,d_split=1,stages=2", "16 dense queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "row_tiles=4", "16 dense queries of B16: 128 blocks");
+  L.max_seqlen_q = 4, L.total_q = 64; /* 16 rows: one tile */
+  expect_spec(ctx, &L, "block_n=16,warps=8,d_split=1,stages=2", "4 dense queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "row_tiles=1", "4 dense queries of B16: 128 blocks");
+  L.max_seqlen_q = 8, L.total_q = 128, L.a.head_dim = 256; /* two warps a team already */
   expect_spec(ctx, &L, "warps=8,d_split=2,stages=3", "head_dim 256");
   L = (yk_decode_launch){.a = {.dtype = YK_BF16, .batch = 16, .q_heads = 32, .kv_heads = 8, .head_dim = 128},
                          .max_seqlen_k = 4096,

@@ -27,7 +27,8 @@ enum {
   PAGED,
   PAGE_SIZE,
   KV_FLOAT8,
-  QUERIES
+  QUERIES,
+  ROW_TILES
 };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 enum { HINT_NONE, HINT_PREFETCH128, HINT_PREFETCH256, HINT_EVICT_FIRST }; /* yk_cp_async16's HINT */
@@ -36,6 +37,17 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 #define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
 #define MAX_QUERY_ROWS 64      /* several queries a sequence: (token, q head) rows a kv head, 4 tiles */
+/* A block's 16-row tiles for rows (token, q head) pairs of a kv head: their warps share the team's K
+ * and V, read once for all of them, where blocks of 16 rows read them each. yk bench --decode and
+ * --paged, H100, against blocks of 16 rows: 64 rows (16 queries of 4 q heads) 1.37-1.45x at batch
+ * 1 x 32768, 16 requests' cascade prefix 1.27x; 32 rows 1.05-1.19x at batch 64 x 4096 but
+ * 0.94-0.97x at batch 1 and 8 (two blocks reading the keys together from L2 cost little; one
+ * block of longer tiles split further cost more), so 32 rows take 2 only past one wave of blocks
+ * of 16 rows. */
+static int row_tiles_for(const yk_ctx *ctx, int64_t rows, int64_t batch, int64_t kv_heads) {
+  if (rows > 32) return 4;
+  return rows > 16 && batch * kv_heads * 2 > ctx->multiprocessors ? 2 : 1;
+}
 int yk_decode_fits_queries(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen_q) {
   return max_seqlen_q > 0 && max_seqlen_q * (q_heads / kv_heads) <= MAX_QUERY_ROWS;
 }
@@ -58,13 +70,18 @@ static void complete(yk_spec *s) {
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   if (s->v[SPLIT] == YK_UNSET) s->v[SPLIT] = 0;
   if (s->v[QUERIES] == YK_UNSET) s->v[QUERIES] = 0;
-  /* float8: 32 keys, a tile of the same bytes as 16 of 16-bit keys */
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[KV_FLOAT8] ? 32 : 16;
+  if (s->v[ROW_TILES] == YK_UNSET) s->v[ROW_TILES] = 1;
+  /* float8: 32 keys, a tile of the same bytes as 16 of 16-bit keys. Several row tiles share a
+   * team's tiles, so with fewer teams (below) its 16-bit tiles grow to 32 keys; 64 held 255
+   * registers and spilled (4 tiles, and float8 from 2; NVRTC, sm_80 and sm_90) */
+  const int rt = s->v[ROW_TILES];
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[KV_FLOAT8] || rt > 1 ? 32 : 16;
   /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
   if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = s->v[HEAD_DIM] > 128 ? 2 : 1;
   /* bench --lengths, H200, batch 1 x 32768: paged keys with a split ran at 1.08x on 8 one-warp
    * teams with 2 stages each against 4 with 3 (2740 against 2534 GB/s; 6 teams 2731, 12 2144):
-   * twice the tiles in flight an SM hide the page-table gathers. Dense keys: 1.00x, kept at 4 */
+   * twice the tiles in flight an SM hide the page-table gathers. Dense keys: 1.00x, kept at 4.
+   * Row tiles keep the warps: teams of rt x d_split warps, rt times fewer */
   const int paged_split = s->v[PAGED] && s->v[SPLIT] && s->v[D_SPLIT] == 1;
   if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = (paged_split ? 8 : 4) * s->v[D_SPLIT];
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[WARPS] / s->v[D_SPLIT] >= 8 ? 2 : 3; /* 128 KiB at 8 */
@@ -88,10 +105,12 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   if (s->v[BLOCK_N] % 16) return snprintf(why, n, "block_n %d is not a multiple of 16", s->v[BLOCK_N]), 1;
   if (s->v[SWIZZLE] && s->v[HEAD_DIM] % 64)
     return snprintf(why, n, "swizzled tiles need head_dim a multiple of 64, not %d", s->v[HEAD_DIM]), 1;
-  if (s->v[WARPS] % s->v[D_SPLIT] || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
-    return snprintf(why, n, "warps %d and head_dim %d must divide among d_split %d", s->v[WARPS], s->v[HEAD_DIM],
-                    s->v[D_SPLIT]),
+  if (s->v[WARPS] % (s->v[D_SPLIT] * s->v[ROW_TILES]) || s->v[HEAD_DIM] % (16 * s->v[D_SPLIT]))
+    return snprintf(why, n, "warps %d and head_dim %d must divide among d_split %d (warps among teams of %d)",
+                    s->v[WARPS], s->v[HEAD_DIM], s->v[D_SPLIT], s->v[D_SPLIT] * s->v[ROW_TILES]),
            1;
+  if (s->v[ROW_TILES] > 1 && !s->v[QUERIES])
+    return snprintf(why, n, "row_tiles %d: one query a sequence fills one tile (its group)", s->v[ROW_TILES]), 1;
   /* The cp.async of evict-first K and V, 4 or more stages deep, ran an illegal instruction on the
    * H100 with CUDA 13's ptxas (the cache policy's uniform register read unset; from a constant
    * fraction or one read at run time alike), where 2 and 3 stages run right: bench --lengths and
@@ -110,15 +129,15 @@ static int valid(const yk_spec *s, char *why, size_t n) {
 
 static unsigned smem_bytes(const yk_spec *s) {
   const unsigned row = (unsigned)(s->v[HEAD_DIM] + (s->v[SWIZZLE] ? 0 : 8)) * 2u;
-  const int teams = s->v[WARPS] / s->v[D_SPLIT];
+  const int teams = s->v[WARPS] / (s->v[D_SPLIT] * s->v[ROW_TILES]), rows = 16 * s->v[ROW_TILES];
   /* a team's stages of K and V tiles: of T, or of float8 bytes (the template's TEAM_BYTES) */
   const unsigned team =
       (unsigned)(s->v[STAGES] * 2 * s->v[BLOCK_N]) * (s->v[KV_FLOAT8] ? (unsigned)s->v[HEAD_DIM] : row);
-  const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : 16u * row); /* Q after the pipelines */
+  const unsigned pipelines = (unsigned)teams * team + (s->v[Q_IN_REGS] ? 0u : (unsigned)rows * row); /* then Q */
   /* the teams' O rows for their merge (the template's SO_ROW floats a row), then m and l */
   const int so_base = s->v[HEAD_DIM] + s->v[HEAD_DIM] / 32 * 4;
   const int so_row = so_base + ((s->v[KV_FLOAT8] ? 16 : 8) - so_base % 32 + 32) % 32;
-  const unsigned combine = (unsigned)((teams * 16 * so_row + 2 * teams * 16) * 4);
+  const unsigned combine = (unsigned)((teams * rows * so_row + 2 * teams * rows) * 4);
   return pipelines > combine ? pipelines : combine;
 }
 
@@ -129,7 +148,7 @@ const yk_op_def yk_op_attention_decode = {
     .summary = "decode attention: one query a sequence (or a few), GQA-packed tiles, split-KV merged by lse",
     .includes = includes,
     .dtypes = 1u << YK_F16 | 1u << YK_BF16,
-    .field_count = 14,
+    .field_count = 15,
     .fields =
         {
             {"head_dim", "elements a head (a multiple of 16)", 16, 256, 0, 0, NULL},
@@ -150,6 +169,10 @@ const yk_op_def yk_op_attention_decode = {
              "0: one query a sequence; 1: several (cu_seqlens_q, or seq_q a sequence), each token's q heads rows of "
              "the tile; 2: the same, causal",
              0, 2, 0, 1, NULL},
+            {"row_tiles",
+             "16-row tiles a block (several queries: up to 64 rows a kv head), each a warp's of a team, sharing the "
+             "team's K and V",
+             1, 4, 1, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -159,7 +182,7 @@ const yk_op_def yk_op_attention_decode = {
 
 /* The warm-up matrix's decode specs in the forms the calls also launch: paged keys in a grid of at
  * most one block an SM on 8 teams (yk_decode_spec), and the ragged and paged specs for the prefill
- * calls' few queries a sequence, causal or not (yk_decode_queries). */
+ * calls' few queries a sequence, causal or not, in 1, 2 or 4 row tiles (yk_decode_queries). */
 typedef struct with_variants {
   yk_spec_emit_fn emit;
   void *user;
@@ -175,13 +198,16 @@ static void emit_variants(void *user, const yk_spec *s) {
     count = 2;
   }
   for (int f = 0; f < count; f++)
-    for (int queries = 0; queries <= (forms[f].v[RAGGED] || forms[f].v[PAGED] ? 2 : 0); queries++) {
-      yk_spec several = forms[f];
-      char why[256];
-      several.v[QUERIES] = queries;
-      if (f == 1) several.v[KV_HINT] = one_wave_hint(queries), complete(&several);
-      if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
-    }
+    for (int queries = 0; queries <= (forms[f].v[RAGGED] || forms[f].v[PAGED] ? 2 : 0); queries++)
+      for (int rt = 1; rt <= (queries ? 4 : 1); rt *= 2) { /* row_tiles_for's */
+        yk_spec several = forms[f];
+        char why[256];
+        several.v[QUERIES] = queries, several.v[ROW_TILES] = rt;
+        if (rt > 1) several.v[BLOCK_N] = YK_UNSET; /* row tiles take longer tiles */
+        if (f == 1) several.v[KV_HINT] = one_wave_hint(queries);
+        complete(&several);
+        if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
+      }
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
@@ -273,15 +299,24 @@ size_t yk_attention_decode_workspace_floats(yk_ctx *ctx, int64_t batch, int64_t 
       yk_decode_splits(ctx, batch, q_heads, kv_heads, max_seqlen_k, total_k, num_splits).splits);
 }
 
-/* Blocks of 16 rows a kv head: its q heads, or with several queries its (token, q head) pairs. */
-static int64_t row_blocks_of(const yk_decode_launch *L) {
-  const int64_t group = L->a.q_heads / L->a.kv_heads;
-  return (group * (L->queries ? L->max_seqlen_q : 1) + 15) / 16;
+/* A kv head's rows: its q heads, or with several queries its (token, q head) pairs. */
+static int64_t rows_of(const yk_decode_launch *L) {
+  return L->a.q_heads / L->a.kv_heads * (L->queries ? L->max_seqlen_q : 1);
+}
+
+static int row_tiles_of(const yk_ctx *ctx, const yk_decode_launch *L) {
+  return L->queries ? row_tiles_for(ctx, rows_of(L), L->a.batch, L->a.kv_heads) : 1;
+}
+
+/* Blocks a kv head, of row_tiles 16-row tiles each. */
+static int64_t row_blocks_of(const yk_decode_launch *L, int row_tiles) {
+  const int64_t tile_rows = 16 * (int64_t)row_tiles;
+  return (rows_of(L) + tile_rows - 1) / tile_rows;
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
-  const int64_t grid = L->a.kv_heads * row_blocks_of(L) * L->a.batch * L->splits;
+  const int64_t grid = L->a.kv_heads * row_blocks_of(L, row_tiles_of(ctx, L)) * L->a.batch * L->splits;
   if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
     spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = one_wave_hint(L->queries);
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
@@ -291,6 +326,7 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   spec->v[PAGE_SIZE] = L->page_size;
   spec->v[KV_FLOAT8] = L->a.kv_float8;
   spec->v[QUERIES] = L->queries ? 1 + (L->causal != 0) : 0;
+  spec->v[ROW_TILES] = row_tiles_of(ctx, L);
   yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
@@ -317,7 +353,7 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   if (st) return st;
   /* several queries a sequence: rows of (token, q head) pairs, partials and outputs by token */
   const int several = L->queries;
-  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = row_blocks_of(L);
+  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = row_blocks_of(L, spec.v[ROW_TILES]);
   const int64_t tokens = launch_tokens(L);
   /* partials: [splits][tokens * q_heads][head_dim] then [splits][tokens * q_heads] */
   float *part_o = L->workspace, *part_lse = NULL;
@@ -413,13 +449,15 @@ int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
 }
 
 /* The split of a few queries a sequence: decode's over rows of a kv head that are its group's q
- * heads times the queries; a caller's workspace caps it (down to none, since the prefill calls'
- * workspace is optional), num_splits where given aside. */
+ * heads times the queries, a block's 16 x row_tiles of them (decode's blocks hold 16: it is asked
+ * for the blocks of rows / row_tiles); a caller's workspace caps it (down to none, since the
+ * prefill calls' workspace is optional), num_splits where given aside. */
 static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
                                      int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
                                      int64_t total_keys, int num_splits, const DLTensor *workspace) {
-  return yk_decode_splits_within(ctx, batch, q_heads * max_seqlen_q, kv_heads, max_keys, total_keys, num_splits,
-                                 workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
+  const int64_t rows = q_heads / kv_heads * max_seqlen_q, tiles = row_tiles_for(ctx, rows, batch, kv_heads);
+  return yk_decode_splits_within(ctx, batch, kv_heads * ((rows + tiles - 1) / tiles), kv_heads, max_keys, total_keys,
+                                 num_splits, workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
 }
 
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
