@@ -1526,11 +1526,22 @@ Test(attention, gpu_decode_matches_cpu) {
 /* The prefill call's few queries a sequence (dense and ragged) through a caller's workspace: of the
  * size yk_flash_attention_forward_workspace_floats gives, the same bytes as one allocated for the
  * call; num_splits 3 in its own size; one float caps the split to none. Each against the CPU; an
- * explicit split the workspace cannot hold is refused before anything runs. */
-static const attn_case gpu_few_query_cases[] = {
-    {2, 8, 2, 128, 4, 3000},
-    {4, 8, 2, 128, 0, 0, lens_q_few, lens_k_few},
-    {1, 2, 1, 256, 5, 2000},
+ * explicit split the workspace cannot hold is refused before anything runs. The cases take the
+ * decode kernel's blocks of 1, 2 and 4 row tiles (row_tiles, gen/ops/attention_decode.c): 16 rows
+ * or fewer one; 64 (8 queries of 8 q heads, 4 of 16, ragged 16 of 4 with tails) 4; 24 two where
+ * 16-row blocks would pass one wave (8 x 10 kv heads x 2 on 132 SMs), a grid the call does not
+ * split. */
+static const struct {
+  attn_case c;
+  int row_tiles, splits; /* splits: whether the call's own choice splits the keys */
+} gpu_few_query_cases[] = {
+    {{2, 8, 2, 128, 4, 3000}, 1, 1},
+    {{4, 8, 2, 128, 0, 0, lens_q_few, lens_k_few}, 1, 1},
+    {{1, 2, 1, 256, 5, 2000}, 1, 1},
+    {{2, 16, 2, 128, 8, 3000}, 4, 1},
+    {{3, 8, 2, 128, 0, 0, lens_q_few2, lens_k_few2}, 4, 1},
+    {{1, 16, 1, 256, 4, 1500}, 4, 1},
+    {{8, 20, 10, 64, 12, 700}, 2, 0},
 };
 
 Test(attention, gpu_few_queries_take_workspace_and_splits) {
@@ -1539,9 +1550,10 @@ Test(attention, gpu_few_queries_take_workspace_and_splits) {
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_few_queries");
   yh_rng rng = {seed};
-  for (int i = 0; i < (int)(sizeof gpu_few_query_cases / sizeof gpu_few_query_cases[0]); i++) {
+  for (int n = 0; n < 2 * (int)(sizeof gpu_few_query_cases / sizeof gpu_few_query_cases[0]); n++) {
+    const int i = n / 2; /* each case causal, then not */
     attn_data a;
-    make_data(&a, gpu_few_query_cases[i], 1, 0, &rng);
+    make_data(&a, gpu_few_query_cases[i].c, n % 2 == 0, 0, &rng);
     const int dtype = YK_BF16;
     attn_tensors h, d;
     cpu_and_gpu(cpu, gpu, &a, dtype, 0, &h, &d);
@@ -1554,10 +1566,12 @@ Test(attention, gpu_few_queries_take_workspace_and_splits) {
                          : (int64_t)yk_flash_attention_forward_workspace_floats(gpu, a.c.batch, a.total_q, a.max_q,
                                                                                 a.c.q_heads, a.c.kv_heads, a.c.head_dim,
                                                                                 a.max_k, a.total_k, k == 1 ? 3 : 0);
-    cr_assert(floats[0] > 0 && floats[1] == 3 * a.total_q * a.c.q_heads * (a.c.head_dim + 1), "%s: %lld %lld", what,
-              (long long)floats[0], (long long)floats[1]);
+    cr_assert((floats[0] > 0) == gpu_few_query_cases[i].splits &&
+                  floats[1] == 3 * a.total_q * a.c.q_heads * (a.c.head_dim + 1),
+              "%s: %lld %lld", what, (long long)floats[0], (long long)floats[1]);
     void *allocated = NULL;
-    for (int k = -1; k < 3; k++) { /* -1: no workspace */
+    for (int k = -1; k < 3; k++) {        /* -1: no workspace */
+      if (k == 0 && !floats[0]) continue; /* no split: none asked */
       yk_attention_params p = params_of(&a, &d, 1);
       yh_tensor ws = {0};
       if (k >= 0) {
@@ -1588,6 +1602,9 @@ Test(attention, gpu_few_queries_take_workspace_and_splits) {
       }
       yh_tensor_free(&ws);
     }
+    char tiles[32];
+    snprintf(tiles, sizeof tiles, "row_tiles=%d", gpu_few_query_cases[i].row_tiles);
+    cr_assert_gt(ts_kernels_like(gpu, "attention_decode:", tiles), 0, "%s: no decode kernel of %s", what, tiles);
     free(allocated);
     free_ref(&want);
     free_tensors(&h), free_tensors(&d);

@@ -39,11 +39,11 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 #define MAX_QUERY_ROWS 64      /* several queries a sequence: (token, q head) rows a kv head, 4 tiles */
 /* A block's 16-row tiles for rows (token, q head) pairs of a kv head: their warps share the team's K
  * and V, read once for all of them, where blocks of 16 rows read them each. yk bench --decode and
- * --paged, H100, against blocks of 16 rows: 64 rows (16 queries of 4 q heads) 1.37-1.45x at batch
- * 1 x 32768, 16 requests' cascade prefix 1.27x; 32 rows 1.05-1.19x at batch 64 x 4096 but
- * 0.94-0.97x at batch 1 and 8 (two blocks reading the keys together from L2 cost little; one
- * block of longer tiles split further cost more), so 32 rows take 2 only past one wave of blocks
- * of 16 rows. */
+ * --paged, H100, against blocks of 16 rows (bench/results/2026-12-06-h100-session30.md): 64 rows
+ * (16 queries of 4 q heads) at batch 1 x 32768 1.40x dense, 1.52x paged; 16 requests' cascade
+ * prefix 1.39x; 32 rows at batch 64 x 4096 1.06x dense, 1.20x paged. Two tiles at batch 1 and 8
+ * ran 0.94-0.97x (session 29: two blocks reading the keys together from L2 cost little, one block
+ * of longer tiles split further cost more), so 32 rows take 2 only past one wave of 16-row blocks. */
 static int row_tiles_for(const yk_ctx *ctx, int64_t rows, int64_t batch, int64_t kv_heads) {
   if (rows > 32) return 4;
   return rows > 16 && batch * kv_heads * 2 > ctx->multiprocessors ? 2 : 1;
@@ -72,8 +72,9 @@ static void complete(yk_spec *s) {
   if (s->v[QUERIES] == YK_UNSET) s->v[QUERIES] = 0;
   if (s->v[ROW_TILES] == YK_UNSET) s->v[ROW_TILES] = 1;
   /* float8: 32 keys, a tile of the same bytes as 16 of 16-bit keys. Several row tiles share a
-   * team's tiles, so with fewer teams (below) its 16-bit tiles grow to 32 keys; 64 held 255
-   * registers and spilled (4 tiles, and float8 from 2; NVRTC, sm_80 and sm_90) */
+   * team's tiles, so with fewer teams (below) its 16-bit tiles grow to 32 keys. 64 spilled under
+   * NVRTC with Q in registers (255 registers; 4 tiles, and float8 from 2); with Q in shared memory
+   * they compile clean at head_dim 128 but ran 0.93-0.96x these at 64 rows and 0.79-0.89x at 32 */
   const int rt = s->v[ROW_TILES];
   if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[KV_FLOAT8] || rt > 1 ? 32 : 16;
   /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
