@@ -309,15 +309,15 @@ static int row_tiles_of(const yk_ctx *ctx, const yk_decode_launch *L) {
   return L->queries ? row_tiles_for(ctx, rows_of(L), L->a.batch, L->a.kv_heads) : 1;
 }
 
-/* Blocks a kv head, of row_tiles 16-row tiles each. */
-static int64_t row_blocks_of(const yk_decode_launch *L, int row_tiles) {
-  const int64_t tile_rows = 16 * (int64_t)row_tiles;
-  return (rows_of(L) + tile_rows - 1) / tile_rows;
+/* Blocks for a kv head's rows, of row_tiles 16-row tiles each. */
+static int64_t blocks_for_rows(int64_t rows, int64_t row_tiles) {
+  return (rows + 16 * row_tiles - 1) / (16 * row_tiles);
 }
 
 void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
-  const int64_t grid = L->a.kv_heads * row_blocks_of(L, row_tiles_of(ctx, L)) * L->a.batch * L->splits;
+  const int row_tiles = row_tiles_of(ctx, L);
+  const int64_t grid = L->a.kv_heads * blocks_for_rows(rows_of(L), row_tiles) * L->a.batch * L->splits;
   if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
     spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = one_wave_hint(L->queries);
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
@@ -327,7 +327,7 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   spec->v[PAGE_SIZE] = L->page_size;
   spec->v[KV_FLOAT8] = L->a.kv_float8;
   spec->v[QUERIES] = L->queries ? 1 + (L->causal != 0) : 0;
-  spec->v[ROW_TILES] = row_tiles_of(ctx, L);
+  spec->v[ROW_TILES] = row_tiles;
   yk_spec_finish(ctx, spec, L->paged ? 0 : L->a.batch * L->max_seqlen_k); /* paged: each sequence its own */
 }
 
@@ -354,7 +354,7 @@ yk_status yk_decode_run(yk_ctx *ctx, const yk_decode_launch *L, void *stream) {
   if (st) return st;
   /* several queries a sequence: rows of (token, q head) pairs, partials and outputs by token */
   const int several = L->queries;
-  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = row_blocks_of(L, spec.v[ROW_TILES]);
+  const int64_t group = L->a.q_heads / L->a.kv_heads, row_blocks = blocks_for_rows(rows_of(L), spec.v[ROW_TILES]);
   const int64_t tokens = launch_tokens(L);
   /* partials: [splits][tokens * q_heads][head_dim] then [splits][tokens * q_heads] */
   float *part_o = L->workspace, *part_lse = NULL;
@@ -449,16 +449,17 @@ int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
          yk_decode_fits_queries(pr->shape.q_heads, pr->shape.kv_heads, pr->max_seqlen_q);
 }
 
-/* The split of a few queries a sequence: decode's over rows of a kv head that are its group's q
- * heads times the queries, a block's 16 x row_tiles of them (decode's blocks hold 16: it is asked
- * for the blocks of rows / row_tiles); a caller's workspace caps it (down to none, since the
- * prefill calls' workspace is optional), num_splits where given aside. */
+/* The split of a few queries a sequence: decode's over the launch's blocks, a kv head's (token, q
+ * head) rows in blocks of row_tiles 16-row tiles (decode's split counts blocks of 16 q heads, so it
+ * is asked for 16 a block); a caller's workspace caps it (down to none, since the prefill calls'
+ * workspace is optional), num_splits where given aside. */
 static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
                                      int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
                                      int64_t total_keys, int num_splits, const DLTensor *workspace) {
-  const int64_t rows = q_heads / kv_heads * max_seqlen_q, tiles = row_tiles_for(ctx, rows, batch, kv_heads);
-  return yk_decode_splits_within(ctx, batch, kv_heads * ((rows + tiles - 1) / tiles), kv_heads, max_keys, total_keys,
-                                 num_splits, workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
+  const int64_t rows = q_heads / kv_heads * max_seqlen_q;
+  const int64_t blocks = blocks_for_rows(rows, row_tiles_for(ctx, rows, batch, kv_heads));
+  return yk_decode_splits_within(ctx, batch, kv_heads * 16 * blocks, kv_heads, max_keys, total_keys, num_splits,
+                                 workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
 }
 
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
