@@ -260,8 +260,8 @@ static int setup_queries(paged_bench *b, yk_ctx *ctx, int64_t batch, int64_t nq,
 static const struct {
   int64_t batch, queries, len;
   int float8;
-} query_shapes[] = {{1, 4, 32768, 0}, {1, 8, 32768, 0}, {1, 16, 32768, 0},
-                    {8, 8, 4096, 0},  {64, 8, 4096, 0}, {1, 8, 32768, 1}};
+} query_shapes[] = {{1, 4, 32768, 0}, {1, 8, 32768, 0},  {1, 16, 32768, 0}, {8, 8, 4096, 0},  {64, 8, 4096, 0},
+                    {1, 8, 32768, 1}, {1, 32, 32768, 0}, {1, 64, 32768, 0}, {16, 32, 4096, 0}};
 
 static void query_shape_name(char *name, size_t n, size_t i) {
   snprintf(name, n, "paged prefill q%lld of B%lld L%lld causal page16 table%s", (long long)query_shapes[i].queries,
@@ -310,12 +310,13 @@ int bench_paged(bench_timer *t, bench_results *r) {
   }
   bench_paged_ragged(t, r, &rng);
   bench_paged_queries(t, r, &rng);
-  /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each (issue 5's, in us); 8 and
-     16 sharing 32768 (parallel sampling of a long prompt: the prefix on the decode kernel; in GB/s
+  /* 64 requests sharing a 4096-token prefix, 256 tokens of their own each (issue 5's, in us); 8, 16
+     and 32 sharing 32768 (parallel sampling of a long prompt: the prefix on the decode kernel; in GB/s
      of the K and V each call reads, the prefix once for cascade) */
   bench_cascade(t, r, 64, 4096, 256, 0, &rng);
   bench_cascade(t, r, 8, 32768, 256, 1, &rng);
   bench_cascade(t, r, 16, 32768, 256, 1, &rng);
+  bench_cascade(t, r, 32, 32768, 256, 1, &rng);
   return 0;
 }
 
