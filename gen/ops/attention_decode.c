@@ -42,8 +42,9 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
  * --paged, H100, against blocks of 16 rows (bench/results/2026-12-06-h100-session30.md): 64 rows
  * (16 queries of 4 q heads) at batch 1 x 32768 1.40x dense, 1.52x paged; 16 requests' cascade
  * prefix 1.39x; 32 rows at batch 64 x 4096 1.06x dense, 1.20x paged. Two tiles at batch 1 and 8
- * ran 0.94-0.97x (session 29: two blocks reading the keys together from L2 cost little, one block
- * of longer tiles split further cost more), so 32 rows take 2 only past one wave of 16-row blocks. */
+ * ran 0.94-0.97x with 64-key tiles (session 29) and 0.967-0.985x paged with these 32-key ones
+ * (session 31; 8 requests' cascade 0.976x): two blocks reading the keys together from L2 cost
+ * little, one block split further cost more. So 32 rows take 2 only past one wave of 16-row blocks. */
 static int row_tiles_for(const yk_ctx *ctx, int64_t rows, int64_t batch, int64_t kv_heads) {
   if (rows > 32) return 4;
   return rows > 16 && batch * kv_heads * 2 > ctx->multiprocessors ? 2 : 1;
