@@ -189,7 +189,7 @@ yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_
 size_t yk_decode_split_floats(int64_t tokens, int64_t q_heads, int64_t head_dim);
 size_t yk_decode_workspace_floats(int64_t batch, int64_t q_heads, int64_t head_dim, int splits);
 
-/* The prefill calls' few queries a sequence (ragged or dense, at most 64 (token, q head) rows a kv
+/* The prefill calls' few queries a sequence (ragged or dense, at most 256 (token, q head) rows a kv
  * head, on the GPU) run on the decode kernel: yk_decode_takes_queries says whether; yk_decode_queries
  * runs a checked call whose keys and operands L holds (contiguous with cu_k, or paged), its split
  * chosen as decode's from max_keys (a bound on every sequence's keys; 0: none has any) and

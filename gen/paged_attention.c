@@ -459,18 +459,23 @@ yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, const yk_p
 
 /* The prefix is cut into up to MAX_CHUNKS chunks of whole pages, run as the sequences of one
  * prefill launch (the same queries against each chunk) and merged by lse: one chunk gives a block
- * per q head, which leaves most SMs idle. A batch of a few requests (at most 64 rows of (request,
- * q head) a kv head: parallel sampling, a beam) runs its prefix on the decode kernel instead, as
- * one sequence of B queries whose keys it splits and merges itself: each K and V byte read once
- * for the group's q heads, where the prefill kernel reads them again for each q head of tiles
- * mostly empty (B of 128 rows). */
+ * per q head, which leaves most SMs idle. A batch of a few requests (at most CASCADE_DECODE_ROWS
+ * rows of (request, q head) a kv head: parallel sampling, a beam) runs its prefix on the decode
+ * kernel instead, as one sequence of B queries whose keys it splits and merges itself: each K and
+ * V byte read once for the group's q heads, where the prefill kernel reads them again for each q
+ * head of tiles mostly empty (B of 128 rows). yk bench --paged, H100 (session 31), 32 q / 8 kv
+ * heads: 32 requests' prefix of 32768 keys (128 rows, one block of 8 row tiles a kv head) ran
+ * 1.66x on the decode kernel, 64 requests' of 4096 (256 rows) 0.87x, where the prefill kernel's
+ * chunks already fill the SMs. */
 #define MAX_CHUNKS 8
+#define CASCADE_DECODE_ROWS 128
 
 /* Whether the batch's queries take the prefix on the decode kernel (on the GPU), and the float32
  * partials its split may take: sized for any prefix's length, since the workspace's size is asked
  * without it (the split grows with the keys only until the SMs are full). */
 static int cascade_prefix_on_decode(int on_device, int64_t batch, int64_t q_heads, int64_t kv_heads) {
-  return on_device && yk_decode_fits_queries(q_heads, kv_heads, batch);
+  return on_device && batch * (q_heads / kv_heads) <= CASCADE_DECODE_ROWS &&
+         yk_decode_fits_queries(q_heads, kv_heads, batch);
 }
 
 static size_t cascade_prefix_floats(yk_ctx *ctx, int on_device, int64_t batch, int64_t q_heads, int64_t kv_heads,

@@ -2,9 +2,9 @@
 // of K and V it must read.
 //   - The q heads that share a kv head (the GQA group, up to 16 of them) are the rows of one 16-row
 //     mma tile, so every K and V byte is read once for the whole group.
-//   - Several queries a sequence (QUERIES) make more rows, (token, q head) pairs, up to 64 a kv head:
-//     a block holds ROW_TILES tiles of 16, a warp of each team holding one, so that the team's K and
-//     V serve all of them (as many blocks would read them each).
+//   - Several queries a sequence (QUERIES) make more rows, (token, q head) pairs, up to 256 a kv
+//     head: a block holds ROW_TILES tiles of 16 (up to 8), a warp of each team holding one, so that
+//     the team's K and V serve all of them (as many blocks would read them each).
 //   - A block owns (kv head, row block, sequence, split); each team of its warps streams its own
 //     tiles of BLOCK_N keys through its own cp.async pipeline, STAGES deep, so no block-wide barrier
 //     stalls the loads; the teams merge their softmax states at the end. A team's warps both

@@ -302,7 +302,7 @@ static void check_forward(attn_tensors *t, const attn_data *a, int dtype, const 
 static const int32_t lens_long[] = {1, 17, 128, 1000};
 static const int32_t lens_q_mixed[] = {17, 1, 128, 0, 5}, lens_k_mixed[] = {1, 1000, 17, 64, 128};
 static const int32_t lens_q_wide[] = {128, 17, 1}, lens_k_wide[] = {17, 128, 40};
-/* a few queries a sequence (at most 64 (token, q head) rows a kv head): on the GPU the decode
+/* a few queries a sequence (at most 256 (token, q head) rows a kv head): on the GPU the decode
  * kernel's tiles, split by the keys and merged (speculative decoding's verification step) */
 static const int32_t lens_q_few[] = {4, 1, 8, 0}, lens_k_few[] = {3000, 17, 8, 5};
 static const int32_t lens_q_few2[] = {16, 3, 2}, lens_k_few2[] = {700, 2, 1000};
@@ -310,14 +310,16 @@ static const int32_t lens_q_few3[] = {3, 4}, lens_k_few3[] = {513, 40};
 static const int32_t lens_q_few4[] = {2, 5}, lens_k_few4[] = {1000, 300};
 
 /* Every head_dim the GPU builds and a few only the CPU takes; GQA 1, 4, 8; seq_q equal to, below
- * and above seq_k (causal rows that see nothing); ragged batches; padded (strided) views. Dense
- * batches of more than 64 (token, q head) rows a kv head take the prefill kernels (their tile
- * tails: 37, 17, 9 rows); the few-query ones below the decode kernel. */
+ * and above seq_k (causal rows that see nothing); ragged batches; padded (strided) views. Batches
+ * of more than 256 (token, q head) rows a kv head take the prefill kernels (their tile tails: 37,
+ * 17, 50 rows); those of fewer the decode kernel, past 64 rows in blocks of 8 row tiles (4 at
+ * head_dim 256): 80 rows, 256 (two whole blocks), 68 at 256 (two of 4), 72 padded. */
 static const attn_case forward_cases[] = {
-    {2, 4, 2, 64, 37, 37},
+    {2, 16, 2, 64, 37, 37},
     {1, 8, 2, 80, 20, 75},
     {2, 8, 1, 96, 50, 19},
     {3, 4, 1, 128, 64, 64},
+    {1, 16, 1, 256, 17, 130},
     {1, 4, 1, 256, 17, 130},
     {2, 8, 1, 128, 9, 40, .pad = 8},
     {1, 4, 2, 128, 300, 777}, /* many key tiles: each pipeline stage is reused, its barriers' phases wrap */
@@ -327,7 +329,7 @@ static const attn_case forward_cases[] = {
     {1, 1, 1, 1024, 6, 70, .cpu_only = 1},
     {4, 1, 1, 64, 0, 0, lens_long, lens_long},
     {5, 8, 1, 80, 0, 0, lens_q_mixed, lens_k_mixed},
-    {3, 4, 4, 256, 0, 0, lens_q_wide, lens_k_wide, .pad = 8},
+    {3, 12, 4, 256, 0, 0, lens_q_wide, lens_k_wide, .pad = 8},
     {4, 8, 2, 128, 0, 0, lens_q_few, lens_k_few},
     {3, 4, 1, 64, 0, 0, lens_q_few2, lens_k_few2},
     {2, 16, 16, 80, 0, 0, lens_q_few3, lens_k_few3, .pad = 8},
@@ -734,7 +736,7 @@ Test(attention, decode_splits_follow_the_lengths) {
   s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 8, &ws, one_split * 64, 0);
   cr_assert(s.splits == 8 && s.chunk_keys == 4096, "%d %d", s.splits, s.chunk_keys);
   /* the few queries' workspace: 4 queries of 4 q heads a kv head are one tile of 16 rows, 8 blocks
-   * at batch 1 (16 splits), 16 at batch 2 (8); 17 queries (68 rows) take the prefill kernel */
+   * at batch 1 (16 splits), 16 at batch 2 (8) */
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 0),
                (size_t)16 * 4 * 32 * 129);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 0),
@@ -747,7 +749,18 @@ Test(attention, decode_splits_follow_the_lengths) {
                (size_t)8 * 8 * 32 * 129);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 16, 16, 32, 8, 128, 32768, 32768, 0),
                (size_t)16 * 16 * 32 * 129);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 17, 17, 32, 8, 128, 32768, 32768, 0), 0);
+  /* past 64 rows blocks of 8 tiles (4 at head_dim 256): 17 queries (68 rows) one a kv head, 16
+   * splits; 50 (200 rows) and 64 (256) two, 8 splits; at head_dim 256 four, 4 splits; 65 queries
+   * (260 rows) take the prefill kernel */
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 17, 17, 32, 8, 128, 32768, 32768, 0),
+               (size_t)16 * 17 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 50, 50, 32, 8, 128, 32768, 32768, 0),
+               (size_t)8 * 50 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 50, 50, 32, 8, 256, 32768, 32768, 0),
+               (size_t)4 * 50 * 32 * 257);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 64, 64, 32, 8, 128, 32768, 32768, 0),
+               (size_t)8 * 64 * 32 * 129);
+  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 65, 65, 32, 8, 128, 32768, 32768, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 64, 256, 4, 32, 8, 128, 4096, 64 * 4096, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 6, 128, 32768, 32768, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 129), 0);
@@ -1527,10 +1540,11 @@ Test(attention, gpu_decode_matches_cpu) {
  * size yk_flash_attention_forward_workspace_floats gives, the same bytes as one allocated for the
  * call; num_splits 3 in its own size; one float caps the split to none. Each against the CPU; an
  * explicit split the workspace cannot hold is refused before anything runs. The cases take the
- * decode kernel's blocks of 1, 2 and 4 row tiles (row_tiles, gen/ops/attention_decode.c): 16 rows
- * or fewer one; 64 (8 queries of 8 q heads, 4 of 16, ragged 16 of 4 with tails) 4; 24 two where
- * 16-row blocks would pass one wave (8 x 10 kv heads x 2 on 132 SMs), a grid the call does not
- * split. */
+ * decode kernel's blocks of 1, 2, 4 and 8 row tiles (row_tiles, gen/ops/attention_decode.c): 16
+ * rows or fewer one; 64 (8 queries of 8 q heads, 4 of 16, ragged 16 of 4 with tails) 4; 24 two
+ * where 16-row blocks would pass one wave (8 x 10 kv heads x 2 on 132 SMs), a grid the call does
+ * not split; 128 (32 queries of 4) one block of 8, 200 (25 of 8, head_dim 80) two with a 72-row
+ * tail; 72 at head_dim 256 two blocks of 4. */
 static const struct {
   attn_case c;
   int row_tiles, splits; /* splits: whether the call's own choice splits the keys */
@@ -1542,6 +1556,9 @@ static const struct {
     {{3, 8, 2, 128, 0, 0, lens_q_few2, lens_k_few2}, 4, 1},
     {{1, 16, 1, 256, 4, 1500}, 4, 1},
     {{8, 20, 10, 64, 12, 700}, 2, 0},
+    {{1, 32, 8, 128, 32, 3000}, 8, 1},
+    {{2, 8, 1, 80, 25, 900}, 8, 1},
+    {{1, 16, 2, 256, 9, 1500}, 4, 1},
 };
 
 Test(attention, gpu_few_queries_take_workspace_and_splits) {

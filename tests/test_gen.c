@@ -86,6 +86,8 @@ Test(gen, invalid_specs_are_refused_with_reasons) {
       {"attention_decode:dtype=bf16,head_dim=96,swizzle=1", "swizzled tiles need head_dim a multiple of 64"},
       {"attention_decode:dtype=bf16,head_dim=128,split=1,stages=4,kv_hint=evict_first",
        "kv_hint evict_first takes at most 3 stages"},
+      {"attention_decode:dtype=bf16,head_dim=128,paged=1,kv_float8=1,queries=1,row_tiles=8,kv_hint=evict_first",
+       "which ptxas miscompiles"},
       {"attention_decode:dtype=bf16,head_dim=128,queries=3", "queries"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

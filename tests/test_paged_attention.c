@@ -307,17 +307,18 @@ static const paged_case prefill_cases[] = {
     {2, {1000, 129}, {200, 129}, 4, 4, 64, 1},
     {4, {256, 300, 128, 700}, {256, 1, 100, 64}, 8, 1, 128, 128},
     {2, {90, 40}, {33, 40}, 6, 2, 80, 7},
-    /* a few queries a sequence (at most 64 (token, q head) rows a kv head): on the GPU the paged
+    /* a few queries a sequence (at most 256 (token, q head) rows a kv head): on the GPU the paged
        decode kernel, split where the keys are long; a sequence of no queries, rows that see no key */
     {3, {3000, 17, 600}, {4, 1, 16}, 32, 8, 128, 16},
     {3, {700, 129, 2}, {2, 5, 2}, 4, 4, 64, 1},
     {2, {90, 40}, {6, 7}, 6, 2, 80, 7},
     {3, {500, 64, 1000}, {3, 0, 2}, 8, 1, 256, 16},
     /* equal queries, also run as a dense q (equal_queries): the decode kernel's few queries (8 x 2
-       rows; 4 x 8), and the prefill kernel past 64 rows (20 x 4) */
+       rows; 4 x 8; 20 x 4, a block of 8 row tiles), and the prefill kernel past 256 rows (66 x 4) */
     {2, {2500, 300}, {8, 8}, 16, 8, 128, 16},
     {3, {40, 1000, 7}, {4, 4, 4}, 8, 1, 64, 1},
     {2, {600, 100}, {20, 20}, 8, 2, 128, 16},
+    {2, {600, 100}, {66, 66}, 8, 2, 128, 16},
     /* 32 rows past one wave of 16-row blocks (9 x 8 kv heads x 2 on 132 SMs): blocks of 2 row
        tiles, float8 too (bench/NOTES.md item 74) */
     {9, {300, 40, 17, 129, 64, 8, 1000, 33, 9}, {8, 8, 8, 8, 8, 8, 8, 8, 8}, 32, 8, 128, 16},
@@ -465,14 +466,14 @@ static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t 
           make_tensors(&t, ctx, &s, dtype, gpu);
           if (sc == 0) t.kv.scales = (yk_kv_scales){0, 0}; /* 0 reads as 1 */
           cu_q_tensor(&cu_q, ctx, &s, gpu);
-          yh_poison(&t.out), yh_poison(&t.lse);
-          cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s", yk_ctx_last_error(ctx));
-          cr_assert_eq(yh_sync(ctx), 0, "kernel failed");
-          dense_result want = dense_cpu(cpu, &s, dtype);
           char label[160];
           label_of(label, sizeof label, decode ? "float8 decode" : "float8 prefill", &s, dtype, i);
           snprintf(label + strlen(label), sizeof label - strlen(label), " scales %g %g", (double)s.scales.k,
                    (double)s.scales.v);
+          yh_poison(&t.out), yh_poison(&t.lse);
+          cr_assert_eq(run_paged(ctx, &s, &t, &cu_q, 0), YK_OK, "%s: %s", label, yk_ctx_last_error(ctx));
+          cr_assert_eq(yh_sync(ctx), 0, "%s: kernel failed", label);
+          dense_result want = dense_cpu(cpu, &s, dtype);
           double *got = as_doubles(&t.out);
           if (gpu) { /* against the CPU fallback over the same float8 cache: dense keys in q's 16-bit
                         dtype round stored * scale where the scale is not a power of two */
@@ -591,11 +592,29 @@ Test(paged_attention, decode_teams_follow_the_grid) {
   L.a.batch = 16, L.max_seqlen_q = 16, L.total_q = 256; /* 64 rows: 4 row tiles */
   expect_spec(ctx, &L, "block_n=32,warps=8,d_split=1,stages=2", "16 dense queries of B16: 128 blocks");
   expect_spec(ctx, &L, "row_tiles=4", "16 dense queries of B16: 128 blocks");
+  L.max_seqlen_q = 32, L.total_q = 512; /* 128 rows: 8 row tiles, their 8 warps one team of 3 stages */
+  expect_spec(ctx, &L, "block_n=32,warps=8,d_split=1,stages=3", "32 dense queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "row_tiles=8", "32 dense queries of B16: 128 blocks");
+  expect_spec(ctx, &L, "kv_hint=evict_first", "32 dense queries of B16: 128 blocks");
+  L.a.kv_float8 = 1; /* one float8 piece a thread a tile: ptxas miscompiles their evict-first loads */
+  expect_spec(ctx, &L, "kv_hint=none", "32 float8 queries of B16: 128 blocks");
+  L.splits = 2;
+  expect_spec(ctx, &L, "kv_hint=none", "32 float8 queries of B16, split");
+  L.a.kv_float8 = 0;
+  expect_spec(ctx, &L, "kv_hint=evict_first", "32 queries of B16, split");
+  L.splits = 1;
+  L.a.batch = 64, L.max_seqlen_q = 64, L.total_q = 4096; /* 256 rows: two blocks of 8, no longer one wave */
+  expect_spec(ctx, &L, "block_n=32,warps=8,d_split=1,stages=3", "64 dense queries of B64: 1024 blocks");
+  expect_spec(ctx, &L, "row_tiles=8", "64 dense queries of B64: 1024 blocks");
+  L.a.batch = 16;
   L.max_seqlen_q = 4, L.total_q = 64; /* 16 rows: one tile */
   expect_spec(ctx, &L, "block_n=16,warps=8,d_split=1,stages=2", "4 dense queries of B16: 128 blocks");
   expect_spec(ctx, &L, "row_tiles=1", "4 dense queries of B16: 128 blocks");
   L.max_seqlen_q = 8, L.total_q = 128, L.a.head_dim = 256; /* two warps a team already */
   expect_spec(ctx, &L, "warps=8,d_split=2,stages=3", "head_dim 256");
+  L.max_seqlen_q = 32, L.total_q = 512; /* 128 rows at head_dim 256: two blocks of 4 row tiles */
+  expect_spec(ctx, &L, "row_tiles=4", "32 queries at head_dim 256");
+  expect_spec(ctx, &L, "warps=8,d_split=2,stages=3", "32 queries at head_dim 256");
   L = (yk_decode_launch){.a = {.dtype = YK_BF16, .batch = 16, .q_heads = 32, .kv_heads = 8, .head_dim = 128},
                          .max_seqlen_k = 4096,
                          .splits = 1};
@@ -1110,11 +1129,13 @@ static void share_prefix(scenario *s, int prefix_pages) {
   place_tokens(s);
 }
 
-/* Five requests sharing a prefix of 1024 keys: of 8 q heads on 2 kv heads (20 rows of (request, q
- * head) a kv head: the prefix on the GPU's decode kernel, its keys split in 4), or of 16 on 1 (80
- * rows: in 4 chunks on the prefill kernel). */
+/* Requests sharing a prefix of 1024 keys: five of 8 q heads on 2 kv heads (20 rows of (request, q
+ * head) a kv head: the prefix on the GPU's decode kernel, its keys split in 4) or of 16 on 1 (80
+ * rows: a block of 8 row tiles), nine of 16 on 1 (144 rows, past the decode kernel's 128 for a
+ * cascade: in 4 chunks on the prefill kernel). */
 static const paged_case cascade_few = {5, {1024 + 37, 1024 + 1, 1024, 1024 + 200, 1024 + 16}, {0}, 8, 2, 128, 16},
-                        cascade_many = {5, {1024 + 37, 1024 + 1, 1024, 1024 + 200, 1024 + 16}, {0}, 16, 1, 128, 16};
+                        cascade_many = {5, {1024 + 37, 1024 + 1, 1024, 1024 + 200, 1024 + 16}, {0}, 16, 1, 128, 16},
+                        cascade_wide = {9, {1061, 1025, 1024, 1224, 1040, 1029, 1123, 1088, 1174}, {0}, 16, 1, 128, 16};
 
 /* float8: over a float8 cache (CPU only), where shared and unique must carry the same scales. */
 static void cascade_matches_paged(yk_ctx *ctx, const paged_case *cp, uint64_t seed, int float8) {
@@ -1159,8 +1180,8 @@ static void cascade_matches_paged(yk_ctx *ctx, const paged_case *cp, uint64_t se
     cr_assert(err < tol, "cascade %s %s, %d q heads on %d: error %.3g against paged decode (seed %llu)",
               gpu ? "gpu" : "cpu", ts_type_name(dtype), c.q_heads, c.kv_heads, err, (unsigned long long)seed);
     check_lse(&t.lse, want_lse, 1e-3, "cascade lse", seed);
-    if (gpu) { /* the prefix's kernel: the decode kernel's with several queries for a few rows only */
-      const int few = c.batch * (c.q_heads / c.kv_heads) <= 64;
+    if (gpu) { /* the prefix's kernel: the decode kernel's with several queries for up to 128 rows */
+      const int few = c.batch * (c.q_heads / c.kv_heads) <= 128;
       cr_assert_eq(ts_kernels_like(ctx, "attention_decode:", "queries=1") > 0, few,
                    "cascade of %d q heads on %d: the prefix %s the decode kernel", c.q_heads, c.kv_heads,
                    few ? "missed" : "took");
@@ -1218,6 +1239,9 @@ Test(paged_attention, cpu_cascade_matches_paged_decode) {
 Test(paged_attention, gpu_cascade_matches_paged_decode) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
+  /* first the batch whose prefix must not compile a decode kernel of several queries: the
+     context's kernels are counted */
+  cascade_matches_paged(gpu, &cascade_wide, ts_seed("paged_attention.gpu_cascade_wide"), 0);
   cascade_matches_paged(gpu, &cascade_many, ts_seed("paged_attention.gpu_cascade_many"), 0);
   cascade_matches_paged(gpu, &cascade_few, ts_seed("paged_attention.gpu_cascade"), 0);
   yk_ctx_destroy(gpu);

@@ -36,7 +36,7 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
 
 #define MAX_SPLITS YK_DECODE_MAX_SPLITS
 #define MIN_KEYS_PER_SPLIT 256 /* below this the merge costs more than the parallelism gains */
-#define MAX_QUERY_ROWS 64      /* several queries a sequence: (token, q head) rows a kv head, 4 tiles */
+#define MAX_QUERY_ROWS 256     /* several queries a sequence: (token, q head) rows a kv head */
 /* A block's 16-row tiles for rows (token, q head) pairs of a kv head: their warps share the team's K
  * and V, read once for all of them, where blocks of 16 rows read them each. yk bench --decode and
  * --paged, H100, against blocks of 16 rows (bench/results/2026-12-06-h100-session30.md): 64 rows
@@ -44,10 +44,16 @@ static const char *const kv_hints[] = {"none", "prefetch128", "prefetch256", "ev
  * prefix 1.39x; 32 rows at batch 64 x 4096 1.06x dense, 1.20x paged. Two tiles at batch 1 and 8
  * ran 0.94-0.97x with 64-key tiles (session 29) and 0.967-0.985x paged with these 32-key ones
  * (session 31; 8 requests' cascade 0.976x): two blocks reading the keys together from L2 cost
- * little, one block split further cost more. So 32 rows take 2 only past one wave of 16-row blocks. */
-static int row_tiles_for(const yk_ctx *ctx, int64_t rows, int64_t batch, int64_t kv_heads) {
-  if (rows > 32) return 4;
-  return rows > 16 && batch * kv_heads * 2 > ctx->multiprocessors ? 2 : 1;
+ * little, one block split further cost more. So 32 rows take 2 only past one wave of 16-row blocks.
+ * Past 64 rows, 8 tiles (128 rows) a block, where the prefill kernel took them before at a few
+ * hundred GB/s (session 31, paged, against that: 32 queries of B1 x 32768 6.57x, 64 queries 3.76x,
+ * 32 of B16 x 4096 1.83x); head_dim 256 stays at 4 (8 tiles of two warps each spilled in 16 warps). */
+static int max_row_tiles(int64_t head_dim) { return head_dim <= 128 ? 8 : 4; }
+static int row_tiles_for(const yk_ctx *ctx, int64_t rows, int64_t batch, int64_t kv_heads, int64_t head_dim) {
+  if (rows <= 32) return rows > 16 && batch * kv_heads * 2 > ctx->multiprocessors ? 2 : 1;
+  int tiles = 4;
+  while (16 * tiles < rows && tiles < max_row_tiles(head_dim)) tiles *= 2;
+  return tiles;
 }
 int yk_decode_fits_queries(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen_q) {
   return max_seqlen_q > 0 && max_seqlen_q * (q_heads / kv_heads) <= MAX_QUERY_ROWS;
@@ -62,8 +68,27 @@ int yk_decode_fits_queries(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen
 /* Whether a launch of one wave of single blocks takes ONE_WAVE_PAGED_WARPS: paged keys, no split,
  * one warp a team (head dims up to 128). yk_decode_spec also asks the grid; the warm-up cannot. */
 static int one_wave_teams_apply(int paged, int split, int head_dim) { return paged && !split && head_dim <= 128; }
-/* The L2 hint of such a launch: evict-first with several queries a sequence, else the default. */
-static int one_wave_hint(int queries) { return queries ? HINT_EVICT_FIRST : YK_UNSET; }
+
+/* Float8 tiles of one 16-byte piece or less a thread of their team (a team of 8 row tiles at head
+ * dims 64 to 128; of 4 at 64): CUDA 13's ptxas encodes their evict-first cp.async with uniform
+ * registers it never sets (the SASS reads UR0 and UR1 for the shared offset and the cache policy),
+ * and the H100 ran an illegal instruction (gpu_prefill_matches_dense, float8 case 0, 180 rows in
+ * 8 tiles; compute-sanitizer: the first LDGSTS). bench/sass_scan.py over every float8 decode
+ * spec of 4 to 8 row tiles found it in 11 of 32 and in none of more pieces a thread, nor in any
+ * 16-bit spec; such tiles load without the hint. The block_n and d_split are complete()'s. */
+static int default_block_n(int kv_float8, int row_tiles) { return kv_float8 || row_tiles > 1 ? 32 : 16; }
+static int default_d_split(int head_dim) { return head_dim > 128 ? 2 : 1; }
+static int evict_first_miscompiles(int kv_float8, int block_n, int head_dim, int team_warps) {
+  return kv_float8 && block_n * head_dim / 16 <= 32 * team_warps;
+}
+/* The L2 hint of such a launch: evict-first with several queries a sequence (where ptxas builds
+ * it), else the default. */
+static int one_wave_hint(int queries, int kv_float8, int head_dim, int row_tiles) {
+  const int team_warps = row_tiles * default_d_split(head_dim);
+  if (!queries || evict_first_miscompiles(kv_float8, default_block_n(kv_float8, row_tiles), head_dim, team_warps))
+    return YK_UNSET;
+  return HINT_EVICT_FIRST;
+}
 
 static void complete(yk_spec *s) {
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -77,22 +102,26 @@ static void complete(yk_spec *s) {
    * NVRTC with Q in registers (255 registers; 4 tiles, and float8 from 2); with Q in shared memory
    * they compile clean at head_dim 128 but ran 0.93-0.96x these at 64 rows and 0.79-0.89x at 32 */
   const int rt = s->v[ROW_TILES];
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[KV_FLOAT8] || rt > 1 ? 32 : 16;
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = default_block_n(s->v[KV_FLOAT8], rt);
   /* head_dim 256: a team of two warps shares the keys, each holding half of O (128 registers whole) */
-  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = s->v[HEAD_DIM] > 128 ? 2 : 1;
+  if (s->v[D_SPLIT] == YK_UNSET) s->v[D_SPLIT] = default_d_split(s->v[HEAD_DIM]);
   /* bench --lengths, H200, batch 1 x 32768: paged keys with a split ran at 1.08x on 8 one-warp
    * teams with 2 stages each against 4 with 3 (2740 against 2534 GB/s; 6 teams 2731, 12 2144):
    * twice the tiles in flight an SM hide the page-table gathers. Dense keys: 1.00x, kept at 4.
    * Row tiles keep the warps: teams of rt x d_split warps, rt times fewer */
   const int paged_split = s->v[PAGED] && s->v[SPLIT] && s->v[D_SPLIT] == 1;
-  if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = (paged_split ? 8 : 4) * s->v[D_SPLIT];
-  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[WARPS] / s->v[D_SPLIT] >= 8 ? 2 : 3; /* 128 KiB at 8 */
+  if (s->v[WARPS] == YK_UNSET) s->v[WARPS] = (paged_split || rt > 4 ? 8 : 4) * s->v[D_SPLIT];
+  /* 8 teams' pipelines of 3 stages take 192 KiB at head_dim 128; one team of 8 tiles' warps keeps 3 */
+  const int teams = s->v[WARPS] / (s->v[D_SPLIT] * rt);
+  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[WARPS] / s->v[D_SPLIT] >= 8 && teams > 1 ? 2 : 3;
   /* head_dim 256: O alone takes 128 registers a thread; Q's fragments go to shared memory */
   if (s->v[Q_IN_REGS] == YK_UNSET) s->v[Q_IN_REGS] = s->v[HEAD_DIM] <= 128;
   /* bench --decode --sweep, H200: with a split (batch 1 x 32768) evict-first K and V ran at 1.06x
    * no hint; without (batch 64 x 4096, 256 x 1024) at 0.96x, and 128-byte prefetch made no
    * difference once the tiles were swizzled */
-  if (s->v[KV_HINT] == YK_UNSET) s->v[KV_HINT] = s->v[SPLIT] && s->v[STAGES] <= 3 ? HINT_EVICT_FIRST : HINT_NONE;
+  const int miscompiles = evict_first_miscompiles(s->v[KV_FLOAT8], s->v[BLOCK_N], s->v[HEAD_DIM], rt * s->v[D_SPLIT]);
+  if (s->v[KV_HINT] == YK_UNSET)
+    s->v[KV_HINT] = s->v[SPLIT] && s->v[STAGES] <= 3 && !miscompiles ? HINT_EVICT_FIRST : HINT_NONE;
   /* swizzled tiles read each 128-byte line with one L2 request, where padded rows took 2.6 and
    * read a third of the sectors twice: 1.05-1.10x at every batch (ncu and bench --decode --sweep);
    * a swizzled row is whole 128-byte lines, so the head dim must be a multiple of 64 */
@@ -120,6 +149,13 @@ static int valid(const yk_spec *s, char *why, size_t n) {
   if (s->v[KV_HINT] == HINT_EVICT_FIRST && s->v[STAGES] > 3)
     return snprintf(why, n, "kv_hint evict_first takes at most 3 stages, not %d (ptxas miscompiles deeper ones)",
                     s->v[STAGES]),
+           1;
+  if (s->v[KV_HINT] == HINT_EVICT_FIRST &&
+      evict_first_miscompiles(s->v[KV_FLOAT8], s->v[BLOCK_N], s->v[HEAD_DIM], s->v[ROW_TILES] * s->v[D_SPLIT]))
+    return snprintf(why, n,
+                    "kv_hint evict_first: float8 tiles of %d keys load one piece a thread of a team of %d warps, "
+                    "which ptxas miscompiles",
+                    s->v[BLOCK_N], s->v[ROW_TILES] * s->v[D_SPLIT]),
            1;
   /* O's columns, Q's fragments, S */
   const int held = s->v[HEAD_DIM] / 2 / s->v[D_SPLIT] + (s->v[Q_IN_REGS] ? s->v[HEAD_DIM] / 4 : 0) + s->v[BLOCK_N] / 2;
@@ -172,9 +208,9 @@ const yk_op_def yk_op_attention_decode = {
              "the tile; 2: the same, causal",
              0, 2, 0, 1, NULL},
             {"row_tiles",
-             "16-row tiles a block (several queries: up to 64 rows a kv head), each a warp's of a team, sharing the "
-             "team's K and V",
-             1, 4, 1, 1, NULL},
+             "16-row tiles a block (several queries: up to 256 rows a kv head in blocks of up to 8 tiles, 4 at "
+             "head_dim 256), each a warp's of a team, sharing the team's K and V",
+             1, 8, 1, 1, NULL},
         },
     .complete = complete,
     .valid = valid,
@@ -184,7 +220,7 @@ const yk_op_def yk_op_attention_decode = {
 
 /* The warm-up matrix's decode specs in the forms the calls also launch: paged keys in a grid of at
  * most one block an SM on 8 teams (yk_decode_spec), and the ragged and paged specs for the prefill
- * calls' few queries a sequence, causal or not, in 1, 2 or 4 row tiles (yk_decode_queries). */
+ * calls' few queries a sequence, causal or not, in 1, 2, 4 or 8 row tiles (yk_decode_queries). */
 typedef struct with_variants {
   yk_spec_emit_fn emit;
   void *user;
@@ -201,12 +237,15 @@ static void emit_variants(void *user, const yk_spec *s) {
   }
   for (int f = 0; f < count; f++)
     for (int queries = 0; queries <= (forms[f].v[RAGGED] || forms[f].v[PAGED] ? 2 : 0); queries++)
-      for (int rt = 1; rt <= (queries ? 4 : 1); rt *= 2) { /* row_tiles_for's */
+      for (int rt = 1; rt <= (queries ? max_row_tiles(s->v[HEAD_DIM]) : 1); rt *= 2) { /* row_tiles_for's */
         yk_spec several = forms[f];
         char why[256];
         several.v[QUERIES] = queries, several.v[ROW_TILES] = rt;
-        if (rt > 1) several.v[BLOCK_N] = YK_UNSET; /* row tiles take longer tiles */
-        if (f == 1) several.v[KV_HINT] = one_wave_hint(queries);
+        if (rt > 1) { /* row tiles take longer tiles, and teams of rt warps their own warps and stages */
+          several.v[BLOCK_N] = several.v[STAGES] = YK_UNSET;
+          if (f == 0) several.v[WARPS] = YK_UNSET;
+        }
+        if (f == 1) several.v[KV_HINT] = one_wave_hint(queries, s->v[KV_FLOAT8], s->v[HEAD_DIM], rt);
         complete(&several);
         if (!valid(&several, why, sizeof why)) w->emit(w->user, &several);
       }
@@ -307,7 +346,7 @@ static int64_t rows_of(const yk_decode_launch *L) {
 }
 
 static int row_tiles_of(const yk_ctx *ctx, const yk_decode_launch *L) {
-  return L->queries ? row_tiles_for(ctx, rows_of(L), L->a.batch, L->a.kv_heads) : 1;
+  return L->queries ? row_tiles_for(ctx, rows_of(L), L->a.batch, L->a.kv_heads, L->a.head_dim) : 1;
 }
 
 /* Blocks for a kv head's rows, of row_tiles 16-row tiles each. */
@@ -319,8 +358,10 @@ void yk_decode_spec(yk_ctx *ctx, const yk_decode_launch *L, yk_spec *spec) {
   yk_spec_init(spec, &yk_op_attention_decode, (yk_dtype)L->a.dtype);
   const int row_tiles = row_tiles_of(ctx, L);
   const int64_t grid = L->a.kv_heads * blocks_for_rows(rows_of(L), row_tiles) * L->a.batch * L->splits;
-  if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors)
-    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS, spec->v[KV_HINT] = one_wave_hint(L->queries);
+  if (one_wave_teams_apply(L->paged, L->splits > 1, (int)L->a.head_dim) && grid <= ctx->multiprocessors) {
+    spec->v[WARPS] = ONE_WAVE_PAGED_WARPS;
+    spec->v[KV_HINT] = one_wave_hint(L->queries, L->a.kv_float8, (int)L->a.head_dim, row_tiles);
+  }
   spec->v[HEAD_DIM] = (int32_t)L->a.head_dim;
   spec->v[RAGGED] = L->cu_k != NULL;
   spec->v[SPLIT] = L->splits > 1;
@@ -458,7 +499,7 @@ static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q
                                      int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
                                      int64_t total_keys, int num_splits, const DLTensor *workspace) {
   const int64_t rows = q_heads / kv_heads * max_seqlen_q;
-  const int64_t blocks = blocks_for_rows(rows, row_tiles_for(ctx, rows, batch, kv_heads));
+  const int64_t blocks = blocks_for_rows(rows, row_tiles_for(ctx, rows, batch, kv_heads, head_dim));
   return yk_decode_splits_within(ctx, batch, kv_heads * 16 * blocks, kv_heads, max_keys, total_keys, num_splits,
                                  workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
 }

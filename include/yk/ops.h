@@ -102,7 +102,7 @@ typedef struct yk_attention_params {
 
 /* out = softmax(q k^T * scale [masked]) v, tiled with an online softmax (memory O(n)); lse may be
  * NULL. The prefill kernel; on the GPU, a few queries a sequence, dense or ragged (seq_q, or
- * max_seqlen_q, times q_heads / kv_heads at most 64: speculative decoding's verification, a
+ * max_seqlen_q, times q_heads / kv_heads at most 256: speculative decoding's verification, a
  * chunked prefill's last chunk) run on the decode kernel instead, its tile's rows (token, q head)
  * pairs and its keys split and merged as decode's (params' num_splits and workspace as decode's):
  * 2.0-5.7x the prefill kernel on an H100. */
@@ -211,7 +211,7 @@ YK_API yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const
  * read it), lse [q_heads, total_q]; or q [batch, seq_q, q_heads, head_dim], lse
  * [batch, q_heads, seq_q]. params->causal masks bottom-right: query i of a sequence of len_q
  * queries and len_k keys sees keys j <= i + len_k - len_q. cu_seqlens_k must be NULL. On the GPU,
- * queries of at most 64 (token, q head) rows a kv head (seq_q or max_seqlen_q, times q_heads /
+ * queries of at most 256 (token, q head) rows a kv head (seq_q or max_seqlen_q, times q_heads /
  * kv_heads: speculative decoding's verification over a paged cache) run on the paged decode
  * kernel, split and merged as the dense prefill call's few queries are (the split sized by the
  * longest sequence: from a table the host can read, else kv->max_context_len, else what the table
@@ -256,7 +256,7 @@ YK_API yk_status yk_paged_decode_run(yk_paged_plan *plan, const DLTensor *q, con
  * (the same pages for all) followed by each request's own pages. Attention over the prefix is
  * computed once for the batch (the requests' queries are the rows of one paged prefill over its
  * pages, which are read once a q head rather than once a request; on the GPU, batch x q_heads /
- * kv_heads of at most 64 runs them on the decode kernel, its keys split: each page read once a kv
+ * kv_heads of at most 128 runs them on the decode kernel, its keys split: each page read once a kv
  * head), over the suffixes by paged decode, and the two merged by lse: the result is paged decode
  * over prefix + suffix.
  * q, out [batch, q_heads, head_dim]; lse [batch, q_heads] or NULL. shared: a page table of one
