@@ -284,9 +284,12 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
   return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }
 
-/* The paged prefill, for op: its own call's, and the cascade's prefix. */
+/* The paged prefill, for op: its own call's, and the cascade's prefix. decode_kernel: whether a few
+ * queries a sequence may take the decode kernel (a cascade's prefix past CASCADE_DECODE_ROWS keeps
+ * to the prefill kernel's chunks). */
 static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, const yk_paged_kv *kv,
-                               const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
+                               const yk_attention_params *params, int decode_kernel, DLTensor *out, DLTensor *lse,
+                               void *stream) {
   paged_keys pk;
   yk_attention_problem pr;
   yk_view ov, lv;
@@ -300,7 +303,7 @@ static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, c
   /* the longest sequence; or, from a table in device memory without max_context_len, as many keys
      as the table holds: a bound that only sizes the split, since each sequence cuts its own keys */
   const int64_t max_keys = pk.max_len || pk.host_readable ? pk.max_len : pk.map.max_blocks * pk.page_size;
-  if (yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
+  if (decode_kernel && yk_decode_takes_queries(&pr, max_keys)) { /* a few queries a sequence */
     yk_decode_launch D = decode_launch(&pr, &pk, &ov, &lv, (yk_decode_split){1, 0});
     return yk_decode_queries(ctx, op, &pr, &D, max_keys, pk.total_len, params, stream);
   }
@@ -320,7 +323,7 @@ static yk_status paged_prefill(yk_ctx *ctx, const char *op, const DLTensor *q, c
 yk_status yk_paged_attention_prefill(yk_ctx *ctx, const DLTensor *q, const yk_paged_kv *kv,
                                      const yk_attention_params *params, DLTensor *out, DLTensor *lse, void *stream) {
   if (!ctx) return YK_ERR_INVALID_ARGUMENT;
-  return paged_prefill(ctx, "paged_attention_prefill", q, kv, params, out, lse, stream);
+  return paged_prefill(ctx, "paged_attention_prefill", q, kv, params, 1, out, lse, stream);
 }
 
 /* ---- plan / run ---- */
@@ -618,7 +621,8 @@ yk_status yk_cascade_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_p
   yk_attention_params suffix_params = {.scale = pr.shape.scale, .num_splits = splits};
   if (prefix_floats) prefix_params.workspace = &decode_ws;
   if (splits > 1) suffix_params.workspace = &decode_ws;
-  if (st == YK_OK) st = paged_prefill(ctx, op, &q_rows, &chunks, &prefix_params, &out_rows, &lse_shared, stream);
+  if (st == YK_OK)
+    st = paged_prefill(ctx, op, &q_rows, &chunks, &prefix_params, prefix_on_decode, &out_rows, &lse_shared, stream);
   /* the chunks merged into the first, which then holds the whole prefix's attention */
   DLTensor o_first = C > 1 ? scratch_view(q, base, l.o_chunks, q->dtype, 3, o3, NULL) : *out;
   DLTensor lse_first = scratch_view(q, base, l.lse_shared, f32, 2, lse2, lse2_t);
