@@ -11,6 +11,7 @@ cuobjdump and nvdisasm: the CUDA toolkit's, or PyPI's wheels (nvidia-cuda-cuobjd
 nvidia-cuda-nvdisasm: their nvidia/cu13/bin); give their folder with --tools or put it on PATH.
 Exits 1 if any kernel reads such a register."""
 import argparse
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -49,31 +50,38 @@ def spec_names(yk, cache):
     return {line.split()[0]: line.split()[-1] for line in out.splitlines()[1:] if line.split()}
 
 
+def scan_entry(path, tmp, env):
+    """The unset descriptor registers of one cache entry's cubin ([] for PTX only)."""
+    data = open(path, "rb").read()
+    at = data.find(b"\x7fELF")
+    if at < 0:
+        return []
+    cubin = os.path.join(tmp, os.path.basename(path) + ".cubin")
+    with open(cubin, "wb") as f:
+        f.write(data[at:])
+    run = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, env=env)
+    os.unlink(cubin)
+    if run.returncode:
+        raise RuntimeError(f"cuobjdump failed on {path}: {run.stderr.strip()}")
+    return unset_descriptors(run.stdout)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cache", help="a kernel cache directory (YK_CACHE_DIR)")
     ap.add_argument("--yk", help="the yk binary, to name each entry's spec")
     ap.add_argument("--tools", help="the folder of cuobjdump and nvdisasm")
+    ap.add_argument("-j", type=int, default=os.cpu_count() or 1, help="entries disassembled at once")
     args = ap.parse_args()
     env = dict(os.environ)
     if args.tools:
         env["PATH"] = args.tools + os.pathsep + env.get("PATH", "")
     names = spec_names(args.yk, args.cache)
     entries = sorted(f for f in os.listdir(args.cache) if f.endswith(".ykc"))
-    bad = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
-        for entry in entries:
-            data = open(os.path.join(args.cache, entry), "rb").read()
-            at = data.find(b"\x7fELF")
-            if at < 0:
-                continue  # PTX only
-            with open(cubin, "wb") as f:
-                f.write(data[at:])
-            run = subprocess.run(["cuobjdump", "-sass", cubin], capture_output=True, text=True, env=env)
-            if run.returncode:
-                sys.exit(f"cuobjdump failed on {entry}: {run.stderr.strip()}")
-            missing = unset_descriptors(run.stdout)
+    with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(args.j) as pool:
+        found = pool.map(lambda e: scan_entry(os.path.join(args.cache, e), tmp, env), entries)
+        bad = 0
+        for entry, missing in zip(entries, found):
             if missing:
                 bad += 1
                 print(f"unset {','.join(missing)}: {names.get(entry[:12], entry)}")

@@ -37,6 +37,16 @@ fi
 "$py_env/bin/pip" install -q ./python
 YK_LIBRARY=$PWD/build/libyk.so "$py_env/bin/python" -m pytest -q python/tests
 
+# ptxas (CUDA 13) has emitted loads whose cache policy sits in uniform registers nothing sets, which
+# run an illegal instruction on the GPU (bench/NOTES.md item 75). The decode warm matrix's cubins
+# are scanned for them with cuobjdump and nvdisasm from PyPI's wheels: no GPU needed.
+echo "== SASS scan of the decode kernels (bench/sass_scan.py)"
+"$py_env/bin/pip" install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
+sass_tools=$("$py_env/bin/python" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin'))")
+rm -rf build/sass-cache
+YK_CACHE_DIR=$PWD/build/sass-cache build/yk warm --arch sm_90 --ops attention_decode -j "$jobs" | tail -1
+"$py_env/bin/python" bench/sass_scan.py build/sass-cache --yk build/yk --tools "$sass_tools" -j "$jobs"
+
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_suite build-sanitize -DCMAKE_BUILD_TYPE=Debug -DYK_SANITIZE=ON
