@@ -70,7 +70,7 @@ int yk_decode_fits_queries(int64_t q_heads, int64_t kv_heads, int64_t max_seqlen
 static int one_wave_teams_apply(int paged, int split, int head_dim) { return paged && !split && head_dim <= 128; }
 
 /* Float8 tiles of one 16-byte piece or less a thread of their team (a team of 8 row tiles at head
- * dims 64 to 128; of 4 at 64): CUDA 13's ptxas encodes their evict-first cp.async with uniform
+ * dims 64 to 128, of 4 at 64, of 8 two-warp tiles at 256): CUDA 13's ptxas encodes their evict-first cp.async with uniform
  * registers it never sets (the SASS reads UR0 and UR1 for the shared offset and the cache policy),
  * and the H100 ran an illegal instruction (gpu_prefill_matches_dense, float8 case 0, 180 rows in
  * 8 tiles; compute-sanitizer: the first LDGSTS). bench/sass_scan.py over every float8 decode
