@@ -38,13 +38,13 @@ fi
 YK_LIBRARY=$PWD/build/libyk.so "$py_env/bin/python" -m pytest -q python/tests
 
 # ptxas (CUDA 13) has emitted loads whose cache policy sits in uniform registers nothing sets, which
-# run an illegal instruction on the GPU (bench/NOTES.md item 75). The decode warm matrix's cubins
-# are scanned for them with cuobjdump and nvdisasm from PyPI's wheels: no GPU needed.
-echo "== SASS scan of the decode kernels (bench/sass_scan.py)"
+# run an illegal instruction on the GPU (bench/NOTES.md item 75). The warm matrix's cubins (every
+# op, sm_90) are scanned for them with cuobjdump and nvdisasm from PyPI's wheels: no GPU needed.
+echo "== SASS scan of the warm matrix (bench/sass_scan.py)"
 "$py_env/bin/pip" install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
 sass_tools=$("$py_env/bin/python" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin'))")
 rm -rf build/sass-cache
-YK_CACHE_DIR=$PWD/build/sass-cache build/yk warm --arch sm_90 --ops attention_decode -j "$jobs" | tail -1
+YK_CACHE_DIR=$PWD/build/sass-cache build/yk warm --arch sm_90 -j "$jobs" | tail -1
 "$py_env/bin/python" bench/sass_scan.py build/sass-cache --yk build/yk --tools "$sass_tools" -j "$jobs"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
