@@ -735,32 +735,27 @@ Test(attention, decode_splits_follow_the_lengths) {
   cr_assert(s.splits == 4 && s.chunk_keys == 8192, "%d %d", s.splits, s.chunk_keys);
   s = yk_decode_splits_within(ctx, 1, 32, 8, 32768, 32768, 8, &ws, one_split * 64, 0);
   cr_assert(s.splits == 8 && s.chunk_keys == 4096, "%d %d", s.splits, s.chunk_keys);
-  /* the few queries' workspace: 4 queries of 4 q heads a kv head are one tile of 16 rows, 8 blocks
-   * at batch 1 (16 splits), 16 at batch 2 (8) */
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 0),
-               (size_t)16 * 4 * 32 * 129);
+  /* the few queries' workspace, batch 1 of 32768 keys, 32 q heads on 8: splits x queries x 32 rows
+   * of head_dim + 1 floats. 4 queries of 4 q heads a kv head are one tile of 16 rows, 8 blocks (16
+   * splits); 8 (32 rows) two blocks of one tile (8); 16 (64 rows) one block of 4 tiles (16); past
+   * 64 rows blocks of 8 tiles (4 at head_dim 256): 17 queries (68 rows) one a kv head (16), 50
+   * (200 rows) and 64 (256) two (8), at head_dim 256 four (4); 65 queries (260 rows) take the
+   * prefill kernel (no workspace) */
+  static const struct {
+    int queries, head_dim, splits;
+  } batch1[] = {{4, 128, 16}, {8, 128, 8},  {16, 128, 16}, {17, 128, 16},
+                {50, 128, 8}, {50, 256, 4}, {64, 128, 8},  {65, 128, 0}};
+  for (size_t i = 0; i < sizeof batch1 / sizeof batch1[0]; i++) {
+    const int64_t q = batch1[i].queries, d = batch1[i].head_dim;
+    const size_t got = yk_flash_attention_forward_workspace_floats(ctx, 1, q, q, 32, 8, d, 32768, 32768, 0);
+    cr_assert_eq(got, (size_t)batch1[i].splits * (size_t)(q * 32 * (d + 1)), "%lld queries, head_dim %lld: %zu floats",
+                 (long long)q, (long long)d, got);
+  }
+  /* batch 2 (16 blocks): 8 splits, or 3 given */
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 0),
                (size_t)8 * 8 * 32 * 129);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 2, 8, 4, 32, 8, 128, 32768, 2 * 32768, 3),
                (size_t)3 * 8 * 32 * 129);
-  /* 16 queries (64 rows) are one block of 4 row tiles a kv head: 16 splits at batch 1, as 4
-   * queries; 8 (32 rows) two blocks of one tile at batch 1 (8 splits) */
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 8, 8, 32, 8, 128, 32768, 32768, 0),
-               (size_t)8 * 8 * 32 * 129);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 16, 16, 32, 8, 128, 32768, 32768, 0),
-               (size_t)16 * 16 * 32 * 129);
-  /* past 64 rows blocks of 8 tiles (4 at head_dim 256): 17 queries (68 rows) one a kv head, 16
-   * splits; 50 (200 rows) and 64 (256) two, 8 splits; at head_dim 256 four, 4 splits; 65 queries
-   * (260 rows) take the prefill kernel */
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 17, 17, 32, 8, 128, 32768, 32768, 0),
-               (size_t)16 * 17 * 32 * 129);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 50, 50, 32, 8, 128, 32768, 32768, 0),
-               (size_t)8 * 50 * 32 * 129);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 50, 50, 32, 8, 256, 32768, 32768, 0),
-               (size_t)4 * 50 * 32 * 257);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 64, 64, 32, 8, 128, 32768, 32768, 0),
-               (size_t)8 * 64 * 32 * 129);
-  cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 65, 65, 32, 8, 128, 32768, 32768, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 64, 256, 4, 32, 8, 128, 4096, 64 * 4096, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 6, 128, 32768, 32768, 0), 0);
   cr_assert_eq(yk_flash_attention_forward_workspace_floats(ctx, 1, 4, 4, 32, 8, 128, 32768, 32768, 129), 0);

@@ -1237,12 +1237,20 @@ Test(paged_attention, cpu_cascade_matches_paged_decode) {
 }
 
 Test(paged_attention, gpu_cascade_matches_paged_decode) {
-  yk_ctx *gpu = ts_gpu_ctx();
-  TS_REQUIRE_GPU(gpu);
-  /* first the batch whose prefix must not compile a decode kernel of several queries: the
-     context's kernels are counted */
-  cascade_matches_paged(gpu, &cascade_wide, ts_seed("paged_attention.gpu_cascade_wide"), 0);
-  cascade_matches_paged(gpu, &cascade_many, ts_seed("paged_attention.gpu_cascade_many"), 0);
-  cascade_matches_paged(gpu, &cascade_few, ts_seed("paged_attention.gpu_cascade"), 0);
-  yk_ctx_destroy(gpu);
+  yk_ctx *probe = ts_gpu_ctx();
+  TS_REQUIRE_GPU(probe);
+  yk_ctx_destroy(probe);
+  /* a context each: which kernels the prefix compiled is read from the context's own */
+  static const struct {
+    const paged_case *c;
+    const char *seed;
+  } cases[] = {{&cascade_wide, "paged_attention.gpu_cascade_wide"},
+               {&cascade_many, "paged_attention.gpu_cascade_many"},
+               {&cascade_few, "paged_attention.gpu_cascade"}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    yk_ctx *gpu = ts_gpu_ctx();
+    cr_assert_not_null(gpu);
+    cascade_matches_paged(gpu, cases[i].c, ts_seed(cases[i].seed), 0);
+    yk_ctx_destroy(gpu);
+  }
 }
