@@ -172,7 +172,8 @@ static int ragged_decode_case(attention_case *c, yh_tensor *ws, yk_ctx *ctx, con
 /* A few query tokens a sequence against a long key sequence, through the prefill call (causal):
  * speculative decoding's verification step and a chunked prefill's last chunk. Ragged (offsets in
  * device memory) with the split's workspace allocated by the call, as every row before the call
- * took a workspace; ragged and dense with one from yk_flash_attention_forward_workspace_floats.
+ * took a workspace; ragged and dense with one from yk_flash_attention_forward_workspace_floats (the
+ * ragged one only where the call splits: with none its row is the plain one).
  * GB/s of K and V read, as decode's rows, which read the same bytes. */
 static void bench_short_queries(bench_timer *t, bench_results *r) {
   yh_rng rng = {24};
@@ -210,6 +211,10 @@ static void bench_short_queries(bench_timer *t, bench_results *r) {
                                                                                     8, 128, len, batch * len, 0);
         bad = floats > 0 && yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1);
         if (floats > 0) c.params.workspace = &ws.dl;
+        if (floats == 0 && !dense) { /* no split, no workspace: the plain row again */
+          free_case(&c);
+          continue;
+        }
       }
       char name[96];
       snprintf(name, sizeof name, "prefill q%lld of B%lld L%lld causal gqa4 d128%s", (long long)nq, (long long)batch,

@@ -278,8 +278,8 @@ yk_status yk_paged_attention_decode(yk_ctx *ctx, const DLTensor *q, const yk_pag
                     op);
   yk_decode_launch L =
       decode_launch(&pr, &pk, &ov, &lv,
-                    yk_decode_splits_within(ctx, pk.batch, pr.shape.q_heads, pk.kv_heads, pk.max_len, pk.total_len,
-                                            params->num_splits, params->workspace,
+                    yk_decode_splits_within(ctx, pk.batch, yk_decode_sequence_blocks(pr.shape.q_heads, pk.kv_heads),
+                                            pk.max_len, pk.total_len, params->num_splits, params->workspace,
                                             yk_decode_split_floats(pk.batch, pr.shape.q_heads, pk.head_dim), 1));
   return yk_decode_run_in(ctx, op, &L, params->workspace, stream);
 }

@@ -284,9 +284,19 @@ static int chunk_keys_of(int known, int64_t max_keys, int splits) {
   return (int)(chunk < INT32_MAX ? chunk : 0);
 }
 
+int64_t yk_decode_sequence_blocks(int64_t q_heads, int64_t kv_heads) {
+  return kv_heads * ((q_heads / kv_heads + 15) / 16);
+}
+
 yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
                                  int64_t total_keys, int num_splits) {
-  const int64_t units = kv_heads * ((q_heads / kv_heads + 15) / 16), blocks = batch * units; /* a sequence's */
+  return yk_decode_splits_of(ctx, batch, yk_decode_sequence_blocks(q_heads, kv_heads), max_keys, total_keys,
+                             num_splits);
+}
+
+yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+                                    int64_t total_keys, int num_splits) {
+  const int64_t blocks = batch * units;
   const int known = lengths_known(max_keys, total_keys) && units > 0;
   int splits = num_splits;
   if (!splits) {
@@ -305,12 +315,12 @@ yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_hea
   return (yk_decode_split){splits, chunk_keys_of(known, max_keys, splits)};
 }
 
-yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
-                                        int64_t max_keys, int64_t total_keys, int num_splits, const DLTensor *workspace,
+yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+                                        int64_t total_keys, int num_splits, const DLTensor *workspace,
                                         size_t split_floats, int keep_batch_split) {
-  yk_decode_split s = yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, total_keys, num_splits);
+  yk_decode_split s = yk_decode_splits_of(ctx, batch, units, max_keys, total_keys, num_splits);
   if (!workspace) return s; /* allocated for the call: nothing caps it */
-  const int least = keep_batch_split ? yk_decode_splits(ctx, batch, q_heads, kv_heads, max_keys, 0, num_splits).splits
+  const int least = keep_batch_split ? yk_decode_splits_of(ctx, batch, units, max_keys, 0, num_splits).splits
                     : num_splits     ? num_splits
                                      : 1;
   const size_t room = yk_workspace_floats_offered(workspace);
@@ -472,8 +482,8 @@ yk_status yk_attention_decode(yk_ctx *ctx, const DLTensor *q, const DLTensor *k,
   };
   /* a ragged batch is balanced by its keys: k's token axis bounds them */
   const yk_decode_split split =
-      yk_decode_splits_within(ctx, pr.shape.batch, pr.shape.q_heads, pr.shape.kv_heads, pr.max_seqlen_k,
-                              pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace,
+      yk_decode_splits_within(ctx, pr.shape.batch, yk_decode_sequence_blocks(pr.shape.q_heads, pr.shape.kv_heads),
+                              pr.max_seqlen_k, pr.ragged_k ? pr.total_k : 0, params->num_splits, params->workspace,
                               yk_decode_split_floats(pr.shape.batch, pr.shape.q_heads, pr.shape.head_dim), 1);
   L.splits = split.splits;
   L.chunk_keys = split.chunk_keys;
@@ -492,16 +502,15 @@ int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
 }
 
 /* The split of a few queries a sequence: decode's over the launch's blocks, a kv head's (token, q
- * head) rows in blocks of row_tiles 16-row tiles (decode's split counts blocks of 16 q heads, so it
- * is asked for 16 a block); a caller's workspace caps it (down to none, since the prefill calls'
+ * head) rows in blocks of row_tiles 16-row tiles; a caller's workspace caps it (down to none, since the prefill calls'
  * workspace is optional), num_splits where given aside. */
 static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
                                      int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
                                      int64_t total_keys, int num_splits, const DLTensor *workspace) {
   const int64_t rows = q_heads / kv_heads * max_seqlen_q;
   const int64_t blocks = blocks_for_rows(rows, row_tiles_for(ctx, rows, batch, kv_heads, head_dim));
-  return yk_decode_splits_within(ctx, batch, kv_heads * 16 * blocks, kv_heads, max_keys, total_keys, num_splits,
-                                 workspace, yk_decode_split_floats(total_q, q_heads, head_dim), 0);
+  return yk_decode_splits_within(ctx, batch, kv_heads * blocks, max_keys, total_keys, num_splits, workspace,
+                                 yk_decode_split_floats(total_q, q_heads, head_dim), 0);
 }
 
 yk_status yk_decode_queries(yk_ctx *ctx, const char *op, const yk_attention_problem *pr, yk_decode_launch *L,
