@@ -44,7 +44,9 @@ echo "== SASS scan of the warm matrix (bench/sass_scan.py)"
 "$py_env/bin/pip" install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
 sass_tools=$("$py_env/bin/python" -c "import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], 'cu13', 'bin'))")
 rm -rf build/sass-cache
-YK_CACHE_DIR=$PWD/build/sass-cache build/yk warm --arch sm_90 -j "$jobs" | tail -1
+# (its progress lines to a log, shown only if the warm-up fails)
+YK_CACHE_DIR=$PWD/build/sass-cache build/yk warm --arch sm_90 -j "$jobs" 2> build/sass-warm.log | tail -1 ||
+  { cat build/sass-warm.log; exit 1; }
 "$py_env/bin/python" bench/sass_scan.py build/sass-cache --yk build/yk --tools "$sass_tools" -j "$jobs"
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer"
