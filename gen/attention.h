@@ -177,16 +177,16 @@ typedef struct yk_decode_split {
 } yk_decode_split;
 yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t max_keys,
                                  int64_t total_keys, int num_splits);
-/* The same for `units` blocks a sequence before it splits (more than one query's rows take more);
- * one query's are yk_decode_sequence_blocks: a block a kv head and 16 of its q heads. */
-yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+/* The same for seq_blocks blocks a sequence before it splits (a few queries' rows take more than
+ * one query's, yk_decode_sequence_blocks: a block a kv head and 16 of its q heads). */
+yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t seq_blocks, int64_t max_keys,
                                     int64_t total_keys, int num_splits);
 int64_t yk_decode_sequence_blocks(int64_t q_heads, int64_t kv_heads);
 /* The split of a direct call: yk_decode_splits_of, but halved while a caller's workspace (NULL:
  * allocated for the call, which nothing caps) holds less than split_floats float32 a split; down
  * to num_splits where given, else to the split of the lengths unknown (a dense batch of the shape)
  * with keep_batch_split, else to none. */
-yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t seq_blocks, int64_t max_keys,
                                         int64_t total_keys, int num_splits, const DLTensor *workspace,
                                         size_t split_floats, int keep_batch_split);
 /* Float32 partials a split of `tokens` query tokens of q_heads takes (their rows and lse), and a

@@ -294,10 +294,10 @@ yk_decode_split yk_decode_splits(const yk_ctx *ctx, int64_t batch, int64_t q_hea
                              num_splits);
 }
 
-yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t seq_blocks, int64_t max_keys,
                                     int64_t total_keys, int num_splits) {
-  const int64_t blocks = batch * units;
-  const int known = lengths_known(max_keys, total_keys) && units > 0;
+  const int64_t blocks = batch * seq_blocks;
+  const int known = lengths_known(max_keys, total_keys) && seq_blocks > 0;
   int splits = num_splits;
   if (!splits) {
     const int64_t most_keys = max_keys / MIN_KEYS_PER_SPLIT, cap = most_keys < MAX_SPLITS ? most_keys : MAX_SPLITS;
@@ -305,7 +305,7 @@ yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t un
     splits = 1;
     while (2.0 * splits <= by_batch && 2 * splits <= cap) splits *= 2;
     if (known && (double)batch * (double)max_keys >= 2.0 * (double)total_keys) { /* ragged */
-      const double share = (double)ctx->multiprocessors * (double)max_keys / ((double)total_keys * (double)units);
+      const double share = (double)ctx->multiprocessors * (double)max_keys / ((double)total_keys * (double)seq_blocks);
       int ragged = 1;
       while (ragged < share && 2 * ragged <= cap) ragged *= 2;
       while ((max_keys + ragged - 1) / ragged > BALANCED_CHUNK_KEYS && 2 * ragged <= cap) ragged *= 2;
@@ -315,12 +315,12 @@ yk_decode_split yk_decode_splits_of(const yk_ctx *ctx, int64_t batch, int64_t un
   return (yk_decode_split){splits, chunk_keys_of(known, max_keys, splits)};
 }
 
-yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t units, int64_t max_keys,
+yk_decode_split yk_decode_splits_within(const yk_ctx *ctx, int64_t batch, int64_t seq_blocks, int64_t max_keys,
                                         int64_t total_keys, int num_splits, const DLTensor *workspace,
                                         size_t split_floats, int keep_batch_split) {
-  yk_decode_split s = yk_decode_splits_of(ctx, batch, units, max_keys, total_keys, num_splits);
+  yk_decode_split s = yk_decode_splits_of(ctx, batch, seq_blocks, max_keys, total_keys, num_splits);
   if (!workspace) return s; /* allocated for the call: nothing caps it */
-  const int least = keep_batch_split ? yk_decode_splits_of(ctx, batch, units, max_keys, 0, num_splits).splits
+  const int least = keep_batch_split ? yk_decode_splits_of(ctx, batch, seq_blocks, max_keys, 0, num_splits).splits
                     : num_splits     ? num_splits
                                      : 1;
   const size_t room = yk_workspace_floats_offered(workspace);
@@ -502,8 +502,8 @@ int yk_decode_takes_queries(const yk_attention_problem *pr, int64_t max_keys) {
 }
 
 /* The split of a few queries a sequence: decode's over the launch's blocks, a kv head's (token, q
- * head) rows in blocks of row_tiles 16-row tiles; a caller's workspace caps it (down to none, since the prefill calls'
- * workspace is optional), num_splits where given aside. */
+ * head) rows in blocks of row_tiles 16-row tiles; a caller's workspace caps it (down to none, since
+ * the prefill calls' workspace is optional), num_splits where given aside. */
 static yk_decode_split queries_split(const yk_ctx *ctx, int64_t batch, int64_t q_heads, int64_t kv_heads,
                                      int64_t head_dim, int64_t max_seqlen_q, int64_t total_q, int64_t max_keys,
                                      int64_t total_keys, int num_splits, const DLTensor *workspace) {
