@@ -16,10 +16,6 @@
 #include "cpu_fallback/half.h"
 #include "gen/attention.h"
 #include "runtime/context.h"
-
-#ifdef __x86_64__
-#include <cpuid.h>
-#endif
 #include "tests/support.h"
 
 #define MAX_BATCH 8

@@ -3,6 +3,10 @@
  * every attention call. The backward, decode and merge have files of their own. */
 #include "tests/attention_support.h"
 
+#ifdef __x86_64__
+#include <cpuid.h>
+#endif
+
 /* ---- the CPU fallback against float64 ---- */
 
 static const int32_t lens_long[] = {1, 17, 128, 1000};

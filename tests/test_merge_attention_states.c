@@ -2,8 +2,6 @@
  * the whole, on the CPU and the GPU, and rows that one or both halves leave empty. */
 #include "tests/attention_support.h"
 
-/* ---- merge ---- */
-
 /* Decode of t's queries against keys [first, first + count) of its dense k and v (views). */
 static void decode_keys(yk_ctx *ctx, attn_tensors *t, int64_t first, int64_t count, yh_tensor *out, yh_tensor *lse) {
   DLTensor k = t->k.dl, v = t->v.dl;
