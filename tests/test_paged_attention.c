@@ -17,6 +17,8 @@
 #include "runtime/module.h"
 #include "tests/support.h"
 
+#include <criterion/parameterized.h>
+
 #define MAX_BATCH 9
 #define CACHE_PAD 16 /* elements after each block: caches with a block stride that is not compact */
 
@@ -348,8 +350,11 @@ static void check_paged_run(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh
 }
 
 /* Every case, layout and form: the paged call against the dense one over the same tokens. On the
- * CPU both run the same fallback, so they must agree bit for bit. */
-static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed) {
+ * CPU both run the same fallback, so they must agree bit for bit. only_dtype: one of the dtypes
+ * the context takes, or EVERY_DTYPE (a GPU test's shards split them). */
+enum { EVERY_DTYPE = -1 };
+
+static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_dtype, uint64_t seed) {
   yh_rng rng = {seed};
   const paged_case *cases = decode ? decode_cases : prefill_cases;
   const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases), gpu = ctx != cpu;
@@ -359,6 +364,7 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t s
         scenario s;
         make_scenario(&s, &cases[i], decode, causal, variant & 1, variant & 2 ? YK_KV_HND : YK_KV_NHD, &rng);
         for (int dtype = gpu ? YK_F16 : YK_F32; dtype <= YK_BF16; dtype++) {
+          if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
           paged_tensors t;
           yh_tensor cu_q;
           make_tensors(&t, ctx, &s, dtype, gpu);
@@ -390,19 +396,19 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t s
       }
 }
 
-static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed); /* float8 caches, below */
+static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_dtype, uint64_t seed); /* below */
 
 Test(paged_attention, cpu_decode_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
-  paged_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_decode"));
-  float8_matches_dense(cpu, cpu, 1, ts_seed("paged_attention.cpu_float8_decode"));
+  paged_matches_dense(cpu, cpu, 1, EVERY_DTYPE, ts_seed("paged_attention.cpu_decode"));
+  float8_matches_dense(cpu, cpu, 1, EVERY_DTYPE, ts_seed("paged_attention.cpu_float8_decode"));
   yk_ctx_destroy(cpu);
 }
 
 Test(paged_attention, cpu_prefill_matches_dense) {
   yk_ctx *cpu = ts_cpu_ctx();
-  paged_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_prefill"));
-  float8_matches_dense(cpu, cpu, 0, ts_seed("paged_attention.cpu_float8_prefill"));
+  paged_matches_dense(cpu, cpu, 0, EVERY_DTYPE, ts_seed("paged_attention.cpu_prefill"));
+  float8_matches_dense(cpu, cpu, 0, EVERY_DTYPE, ts_seed("paged_attention.cpu_float8_prefill"));
   yk_ctx_destroy(cpu);
 }
 
@@ -410,28 +416,44 @@ Test(paged_attention, gpu_decode_matches_dense) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
-  paged_matches_dense(gpu, cpu, 1, ts_seed("paged_attention.gpu_decode"));
-  float8_matches_dense(gpu, cpu, 1, ts_seed("paged_attention.gpu_float8_decode"));
+  paged_matches_dense(gpu, cpu, 1, EVERY_DTYPE, ts_seed("paged_attention.gpu_decode"));
+  float8_matches_dense(gpu, cpu, 1, EVERY_DTYPE, ts_seed("paged_attention.gpu_float8_decode"));
   yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
 }
 
-Test(paged_attention, gpu_prefill_matches_dense) {
+/* The prefill's kernels by shard (what runs, and a dtype): Criterion's workers run them side by
+ * side, where one test took ~390 s of the H100 host's time, nearly all NVRTC. */
+typedef struct prefill_shard {
+  int part; /* PREFILL_DEFAULT, PREFILL_FLOAT8, or a Hopper prefill loop (PREFILL_LOOPS + i) */
+  int dtype;
+} prefill_shard;
+
+enum { PREFILL_DEFAULT, PREFILL_FLOAT8, PREFILL_LOOPS, PREFILL_PARTS = PREFILL_LOOPS + 2 };
+
+ParameterizedTestParameters(paged_attention, gpu_prefill_matches_dense) {
+  static prefill_shard shards[PREFILL_PARTS * 2];
+  for (int i = 0; i < PREFILL_PARTS * 2; i++) shards[i] = (prefill_shard){i / 2, YK_F16 + i % 2};
+  return cr_make_param_array(prefill_shard, shards, PREFILL_PARTS * 2);
+}
+
+ParameterizedTest(prefill_shard *shard, paged_attention, gpu_prefill_matches_dense) {
+  /* the Hopper prefill's producer-warpgroup loops read pages too */
+  static const char *const loops[PREFILL_PARTS - PREFILL_LOOPS] = {"pipeline=1,warpgroups=1",
+                                                                   "pipeline=2,warpgroups=2"};
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
-  yk_ctx *cpu = ts_cpu_ctx();
-  paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
-  /* float8 caches: the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
-  float8_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_float8_prefill"));
-  yk_ctx_destroy(gpu);
-  /* the Hopper prefill's producer-warpgroup loops read pages too */
-  static const char *const loops[2] = {"pipeline=1,warpgroups=1", "pipeline=2,warpgroups=2"};
-  for (int i = 0; i < 2; i++) {
-    gpu = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
-    cr_assert_not_null(gpu);
-    paged_matches_dense(gpu, cpu, 0, ts_seed("paged_attention.gpu_prefill"));
+  if (shard->part >= PREFILL_LOOPS) {
     yk_ctx_destroy(gpu);
+    gpu = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[shard->part - PREFILL_LOOPS]);
+    cr_assert_not_null(gpu);
   }
-  yk_ctx_destroy(cpu);
+  yk_ctx *cpu = ts_cpu_ctx();
+  if (shard->part ==
+      PREFILL_FLOAT8) /* the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
+    float8_matches_dense(gpu, cpu, 0, shard->dtype, ts_seed("paged_attention.gpu_float8_prefill"));
+  else
+    paged_matches_dense(gpu, cpu, 0, shard->dtype, ts_seed("paged_attention.gpu_prefill"));
+  yk_ctx_destroy(gpu), yk_ctx_destroy(cpu);
 }
 
 /* ---- float8 caches ---- */
@@ -441,7 +463,7 @@ Test(paged_attention, gpu_prefill_matches_dense) {
  * path exact, so the CPU must agree bit for bit; others (float32 q) within float32's rounding. The
  * GPU (ctx != cpu; float16 and bfloat16) against the CPU over the same cache, within the attention
  * tolerances. */
-static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t seed) {
+static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_dtype, uint64_t seed) {
   yh_rng rng = {seed};
   const paged_case *cases = decode ? decode_cases : prefill_cases;
   const int count = decode ? COUNT(decode_cases) : COUNT(prefill_cases), gpu = ctx != cpu;
@@ -461,6 +483,7 @@ static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, uint64_t 
           s.q[e] *= q_gains[(i + variant) % 3];
         const int first = gpu ? YK_F16 : YK_F32, last = gpu || bitwise ? YK_BF16 : YK_F32;
         for (int dtype = first; dtype <= last; dtype++) {
+          if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
           paged_tensors t;
           yh_tensor cu_q;
           make_tensors(&t, ctx, &s, dtype, gpu);
