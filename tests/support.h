@@ -3,6 +3,7 @@
 #define YK_TESTS_SUPPORT_H
 
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 
 #include "bench/harness.h"
 
@@ -15,6 +16,16 @@ const char *ts_no_gpu_reason(void);
  * "field=value,..." of op (ts_gpu_ctx_forcing("attention_prefill_sm90", "pipeline=2,warpgroups=2")
  * runs that loop wherever the Hopper prefill runs; elsewhere nothing changes). NULL without a device. */
 yk_ctx *ts_gpu_ctx_forcing(const char *op, const char *config);
+
+enum { EVERY_DTYPE = -1 }; /* a shared check's dtype argument where no test splits them */
+
+/* The GPU kernels' dtypes (float16, bfloat16) as the parameters of a GPU test run once a dtype:
+ * Criterion's workers run the shards side by side, and their specs (NVRTC's minutes on one core)
+ * are none of the other's. ParameterizedTest(int *dtype, suite, name) takes them. */
+static inline struct criterion_test_params ts_gpu_dtype_params(void) {
+  static int dtypes[] = {YK_F16, YK_BF16};
+  return cr_make_param_array(int, dtypes, 2);
+}
 
 /* GPU tests call this first: with no device the test is reported as skipped, not passed. */
 #define TS_REQUIRE_GPU(ctx)                                                                                            \

@@ -3,8 +3,6 @@
  * every attention call. The backward, decode and merge have files of their own. */
 #include "tests/attention_support.h"
 
-#include <criterion/parameterized.h>
-
 #ifdef __x86_64__
 #include <cpuid.h>
 #endif

@@ -223,9 +223,11 @@ static const attn_case gpu_backward_cases[] = {
 /* dq, dk, dv against the CPU backward given the CPU's out and lse, on n backward kernel sets (a
  * context each, deterministic or not). A second launch, through a caller's workspace, gives the same
  * bytes where deterministic (the same values within the bound otherwise); one a float short is
- * refused before anything runs. The kernel sets are split over several tests so that Criterion's
- * jobs compile them in parallel: cold, each set's kernels take minutes on one core. */
-static void gpu_backward_on(int n, yk_ctx *const *gpus, const int *deterministic, const char *const *labels) {
+ * refused before anything runs. The kernel sets are split over several tests, and each test over
+ * the dtypes, so that Criterion's workers compile them side by side: cold, each set's kernels take
+ * minutes on one core. */
+static void gpu_backward_on(int n, yk_ctx *const *gpus, const int *deterministic, const char *const *labels,
+                            int dtype) {
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_backward");
   yh_rng rng = {seed};
@@ -233,59 +235,57 @@ static void gpu_backward_on(int n, yk_ctx *const *gpus, const int *deterministic
     for (int causal = 0; causal <= 1; causal++) {
       attn_data a;
       make_data(&a, gpu_backward_cases[i], causal, 0, &rng);
-      for (int dtype = YK_F16; dtype <= YK_BF16; dtype++) {
-        attn_tensors h, d;
-        cpu_and_gpu(cpu, gpus[0], &a, dtype, 1, &h, &d);
-        cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
-        attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)}; /* once for every kernel */
-        for (int kernel = 0; kernel < n; kernel++) {
-          yk_ctx *g = gpus[kernel];
-          if (kernel > 0) gpu_copy(g, &a, dtype, 1, &h, &d);
-          cr_assert(!yh_tensor_copy(&d.out, &h.out) && !yh_tensor_copy(&d.lse, &h.lse));
-          yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-          const int det = deterministic[kernel];
-          cr_assert_eq(backward_with(g, &a, &d, 1, NULL, det), YK_OK, "%s: %s", labels[kernel], yk_ctx_last_error(g));
-          cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
-          check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
-          void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
-          yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
-          const int64_t floats = (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q,
-                                                                                       a.c.batch, a.c.head_dim, det);
-          yh_tensor ws, short_ws;
-          /* short of even the stats, whichever kernels the head dim takes */
-          const int64_t short_floats = (int64_t)yk_flash_attention_backward_workspace_floats(
-                                           a.c.q_heads, a.total_q, a.c.batch, a.c.head_dim, 1) -
-                                       1;
-          cr_assert_eq(yh_tensor_init(&ws, g, YK_F32, 1, &floats, NULL, 1), 0);
-          cr_assert_eq(yh_tensor_init(&short_ws, g, YK_F32, 1, &short_floats, NULL, 1), 0);
-          yh_poison(&ws); /* the atomic dq must zero its float32 sums itself */
-          cr_assert_eq(backward_with(g, &a, &d, 1, &ws.dl, det), YK_OK, "%s", yk_ctx_last_error(g));
-          cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
-          char what[200];
-          if (det)
-            cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
-                          yh_bytes_changed(&d.dv, first[2]) == 0,
-                      "%s, %s: the GPU backward is not deterministic (seed %llu)", labels[kernel],
-                      describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
-          else /* dk and dv have one writer each still */
-            cr_assert(yh_bytes_changed(&d.dk, first[1]) == 0 && yh_bytes_changed(&d.dv, first[2]) == 0,
-                      "%s, %s: dk or dv changed on a second run (seed %llu)", labels[kernel],
-                      describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
-          check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
-          free(first[0]), first[0] = yh_snapshot(&d.dq);
-          ts_assert_rejected(g, backward_with(g, &a, &d, 1, &short_ws.dl, det), INVALID,
-                             "workspace must be a float32 device vector");
-          cr_assert_eq(yh_sync(g), 0, "kernel failed");
+      attn_tensors h, d;
+      cpu_and_gpu(cpu, gpus[0], &a, dtype, 1, &h, &d);
+      cr_assert_eq(backward(cpu, &a, &h, 0), YK_OK, "%s", yk_ctx_last_error(cpu));
+      attn_grads want = {doubles(&h.dq), doubles(&h.dk), doubles(&h.dv)}; /* once for every kernel */
+      for (int kernel = 0; kernel < n; kernel++) {
+        yk_ctx *g = gpus[kernel];
+        if (kernel > 0) gpu_copy(g, &a, dtype, 1, &h, &d);
+        cr_assert(!yh_tensor_copy(&d.out, &h.out) && !yh_tensor_copy(&d.lse, &h.lse));
+        yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
+        const int det = deterministic[kernel];
+        cr_assert_eq(backward_with(g, &a, &d, 1, NULL, det), YK_OK, "%s: %s", labels[kernel], yk_ctx_last_error(g));
+        cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
+        check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
+        void *first[3] = {yh_snapshot(&d.dq), yh_snapshot(&d.dk), yh_snapshot(&d.dv)};
+        yh_poison(&d.dq), yh_poison(&d.dk), yh_poison(&d.dv);
+        const int64_t floats =
+            (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q, a.c.batch, a.c.head_dim, det);
+        yh_tensor ws, short_ws;
+        /* short of even the stats, whichever kernels the head dim takes */
+        const int64_t short_floats =
+            (int64_t)yk_flash_attention_backward_workspace_floats(a.c.q_heads, a.total_q, a.c.batch, a.c.head_dim, 1) -
+            1;
+        cr_assert_eq(yh_tensor_init(&ws, g, YK_F32, 1, &floats, NULL, 1), 0);
+        cr_assert_eq(yh_tensor_init(&short_ws, g, YK_F32, 1, &short_floats, NULL, 1), 0);
+        yh_poison(&ws); /* the atomic dq must zero its float32 sums itself */
+        cr_assert_eq(backward_with(g, &a, &d, 1, &ws.dl, det), YK_OK, "%s", yk_ctx_last_error(g));
+        cr_assert_eq(yh_sync(g), 0, "%s: kernel failed", labels[kernel]);
+        char what[200];
+        if (det)
           cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
                         yh_bytes_changed(&d.dv, first[2]) == 0,
-                    "%s: a refused backward wrote", describe(&a, dtype, what, sizeof what));
-          yh_tensor_free(&ws), yh_tensor_free(&short_ws);
-          free(first[0]), free(first[1]), free(first[2]);
-          free_tensors(&d);
-        }
-        free(want.dq), free(want.dk), free(want.dv);
-        free_tensors(&h);
+                    "%s, %s: the GPU backward is not deterministic (seed %llu)", labels[kernel],
+                    describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
+        else /* dk and dv have one writer each still */
+          cr_assert(yh_bytes_changed(&d.dk, first[1]) == 0 && yh_bytes_changed(&d.dv, first[2]) == 0,
+                    "%s, %s: dk or dv changed on a second run (seed %llu)", labels[kernel],
+                    describe(&a, dtype, what, sizeof what), (unsigned long long)seed);
+        check_grads(&d, &a, dtype, want, 1, labels[kernel], seed);
+        free(first[0]), first[0] = yh_snapshot(&d.dq);
+        ts_assert_rejected(g, backward_with(g, &a, &d, 1, &short_ws.dl, det), INVALID,
+                           "workspace must be a float32 device vector");
+        cr_assert_eq(yh_sync(g), 0, "kernel failed");
+        cr_assert(yh_bytes_changed(&d.dq, first[0]) == 0 && yh_bytes_changed(&d.dk, first[1]) == 0 &&
+                      yh_bytes_changed(&d.dv, first[2]) == 0,
+                  "%s: a refused backward wrote", describe(&a, dtype, what, sizeof what));
+        yh_tensor_free(&ws), yh_tensor_free(&short_ws);
+        free(first[0]), free(first[1]), free(first[2]);
+        free_tensors(&d);
       }
+      free(want.dq), free(want.dk), free(want.dv);
+      free_tensors(&h);
       free_data(&a);
     }
   yk_ctx_destroy(cpu);
@@ -293,19 +293,21 @@ static void gpu_backward_on(int n, yk_ctx *const *gpus, const int *deterministic
 
 /* sm_90: by default the stats, the dk/dv kernel adding dq by atomics and dq's conversion, with TMA
  * loads; deterministic, the wgmma pair */
-Test(attention_backward, gpu_backward_matches_cpu) {
+ParameterizedTestParameters(attention_backward, gpu_backward_matches_cpu) { return ts_gpu_dtype_params(); }
+ParameterizedTest(int *dtype, attention_backward, gpu_backward_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
   yk_ctx *const gpus[2] = {gpu, gpu};
   static const int deterministic[2] = {0, 1};
   static const char *const labels[2] = {"gpu backward (default kernels, atomic dq)", "gpu backward (deterministic)"};
-  gpu_backward_on(2, gpus, deterministic, labels);
+  gpu_backward_on(2, gpus, deterministic, labels, *dtype);
   yk_ctx_destroy(gpu);
 }
 
 /* mma.sync forced, which is always deterministic; the Hopper kernels with one warpgroup, 3 stages and
  * cp.async loads, both ways of adding dq */
-Test(attention_backward, gpu_backward_other_kernels_match_cpu) {
+ParameterizedTestParameters(attention_backward, gpu_backward_other_kernels_match_cpu) { return ts_gpu_dtype_params(); }
+ParameterizedTest(int *dtype, attention_backward, gpu_backward_other_kernels_match_cpu) {
   setenv("YK_BACKWARD_KERNEL", "mma_sync", 1);
   yk_ctx *mma = ts_gpu_ctx();
   unsetenv("YK_BACKWARD_KERNEL");
@@ -317,13 +319,14 @@ Test(attention_backward, gpu_backward_other_kernels_match_cpu) {
   static const char *const labels[3] = {"gpu backward (mma.sync)",
                                         "gpu backward (sm90, 1 warpgroup, cp.async, atomic dq)",
                                         "gpu backward (sm90, 1 warpgroup, cp.async)"};
-  gpu_backward_on(3, gpus, deterministic, labels);
+  gpu_backward_on(3, gpus, deterministic, labels, *dtype);
   yk_ctx_destroy(mma), yk_ctx_destroy(one_wg);
 }
 
 /* the dk/dv kernel's orders of dq's sums, which a sweep may choose whatever each head dim's default
  * (behind at head dim 128, block at 64) */
-Test(attention_backward, gpu_backward_dq_sums_match_cpu) {
+ParameterizedTestParameters(attention_backward, gpu_backward_dq_sums_match_cpu) { return ts_gpu_dtype_params(); }
+ParameterizedTest(int *dtype, attention_backward, gpu_backward_dq_sums_match_cpu) {
   yk_ctx *behind = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=behind,tile=64");
   TS_REQUIRE_GPU(behind);
   yk_ctx *block = ts_gpu_ctx_forcing("attention_backward_sm90", "part=dkdv,dq_sum=block");
@@ -334,6 +337,6 @@ Test(attention_backward, gpu_backward_dq_sums_match_cpu) {
   static const char *const labels[3] = {"gpu backward (sm90, dq issued behind dk/dv)",
                                         "gpu backward (sm90, dq issued once the block met)",
                                         "gpu backward (sm90, dq summed a warpgroup)"};
-  gpu_backward_on(3, gpus, deterministic, labels);
+  gpu_backward_on(3, gpus, deterministic, labels, *dtype);
   yk_ctx_destroy(behind), yk_ctx_destroy(block), yk_ctx_destroy(own);
 }

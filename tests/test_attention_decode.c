@@ -183,13 +183,15 @@ static const attn_case gpu_decode_cases[] = {
 /* num_splits 1, 8 and automatic, each with and without a caller's workspace, against the CPU and
  * against each other. An automatic split count is at most 128, so a workspace sized for 128
  * splits fits it. */
-static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed, const attn_case *cases, int count) {
+static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed, const attn_case *cases, int count,
+                               int only_dtype) {
   yh_rng rng = {seed};
   static const int splits[3] = {1, 8, 0};
   for (int i = 0; i < count; i++) {
     attn_data a;
     make_data(&a, cases[i], 0, 1, &rng);
     for (int dtype = YK_F16; dtype <= YK_BF16; dtype++) {
+      if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
       attn_tensors h, d;
       cpu_and_gpu(cpu, gpu, &a, dtype, 0, &h, &d);
       attn_ref want = cpu_result(&h, &a);
@@ -232,41 +234,44 @@ static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed, const at
   }
 }
 
-Test(attention_decode, gpu_decode_matches_cpu) {
+ParameterizedTestParameters(attention_decode, gpu_decode_matches_cpu) { return ts_gpu_dtype_params(); }
+ParameterizedTest(int *dtype, attention_decode, gpu_decode_matches_cpu) {
   yk_ctx *gpu = ts_gpu_ctx();
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
   const uint64_t seed = ts_seed("attention.gpu_decode");
   const int count = (int)(sizeof gpu_decode_cases / sizeof gpu_decode_cases[0]);
-  decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, count);
+  decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, count, *dtype);
   yk_ctx_destroy(gpu);
   /* the padded shared-memory layout and no L2 hint, which yk tune may choose */
   gpu = ts_gpu_ctx_forcing("attention_decode", "swizzle=0,kv_hint=none");
   cr_assert_not_null(gpu);
-  decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, count);
+  decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, count, *dtype);
   yk_ctx_destroy(cpu), yk_ctx_destroy(gpu);
 }
 
 /* The decode's knobs as yk tune and bench --lengths set them (pipeline depth, teams a block, keys
  * a tile, the L2 hint), each forced on two cases with and without splits: whatever a tuning run
  * keeps gives the same answers. Forced to 4 stages, decode with the evict-first hint ran an
- * illegal instruction on the H100 (gen/ops/attention_decode.c); deeper pipelines now load without it. */
-Test(attention_decode, gpu_decode_knobs_match_cpu) {
-  yk_ctx *probe = ts_gpu_ctx();
-  TS_REQUIRE_GPU(probe);
-  yk_ctx_destroy(probe);
-  static const char *const knobs[] = {
-      "stages=4",          "stages=6",         "stages=3,kv_hint=none", "warps=8",    "warps=6",
-      "warps=12,stages=2", "warps=2,stages=3", "warps=3,stages=2",      "block_n=32", "block_n=64,warps=2,stages=2",
-      "kv_hint=none"};
+ * illegal instruction on the H100 (gen/ops/attention_decode.c); deeper pipelines now load without it.
+ * A test a knob, so that Criterion's workers compile them side by side. */
+static const char *const decode_knobs[] = {
+    "stages=4",          "stages=6",         "stages=3,kv_hint=none", "warps=8",    "warps=6",
+    "warps=12,stages=2", "warps=2,stages=3", "warps=3,stages=2",      "block_n=32", "block_n=64,warps=2,stages=2",
+    "kv_hint=none"};
+#define DECODE_KNOBS (int)(sizeof decode_knobs / sizeof decode_knobs[0])
+
+ParameterizedTestParameters(attention_decode, gpu_decode_knobs_match_cpu) {
+  static int knobs[DECODE_KNOBS];
+  for (int k = 0; k < DECODE_KNOBS; k++) knobs[k] = k;
+  return cr_make_param_array(int, knobs, DECODE_KNOBS);
+}
+
+ParameterizedTest(int *knob, attention_decode, gpu_decode_knobs_match_cpu) {
+  yk_ctx *gpu = ts_gpu_ctx_forcing("attention_decode", decode_knobs[*knob]);
+  TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
-  const uint64_t seed = ts_seed("attention.gpu_decode_knobs");
-  for (size_t k = 0; k < sizeof knobs / sizeof knobs[0]; k++) {
-    yk_ctx *gpu = ts_gpu_ctx_forcing("attention_decode", knobs[k]);
-    cr_assert_not_null(gpu);
-    cr_log_info("decode forced to %s", knobs[k]);
-    decode_matches_cpu(gpu, cpu, seed, gpu_decode_cases, 2);
-    yk_ctx_destroy(gpu);
-  }
-  yk_ctx_destroy(cpu);
+  cr_log_info("decode forced to %s", decode_knobs[*knob]);
+  decode_matches_cpu(gpu, cpu, ts_seed("attention.gpu_decode_knobs"), gpu_decode_cases, 2, EVERY_DTYPE);
+  yk_ctx_destroy(gpu), yk_ctx_destroy(cpu);
 }

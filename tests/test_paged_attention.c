@@ -17,8 +17,6 @@
 #include "runtime/module.h"
 #include "tests/support.h"
 
-#include <criterion/parameterized.h>
-
 #define MAX_BATCH 9
 #define CACHE_PAD 16 /* elements after each block: caches with a block stride that is not compact */
 
@@ -352,7 +350,6 @@ static void check_paged_run(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh
 /* Every case, layout and form: the paged call against the dense one over the same tokens. On the
  * CPU both run the same fallback, so they must agree bit for bit. only_dtype: one of the dtypes
  * the context takes, or EVERY_DTYPE (a GPU test's shards split them). */
-enum { EVERY_DTYPE = -1 };
 
 static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_dtype, uint64_t seed) {
   yh_rng rng = {seed};
@@ -440,13 +437,10 @@ ParameterizedTest(prefill_shard *shard, paged_attention, gpu_prefill_matches_den
   /* the Hopper prefill's producer-warpgroup loops read pages too */
   static const char *const loops[PREFILL_PARTS - PREFILL_LOOPS] = {"pipeline=1,warpgroups=1",
                                                                    "pipeline=2,warpgroups=2"};
-  yk_ctx *gpu = ts_gpu_ctx();
+  yk_ctx *gpu = shard->part < PREFILL_LOOPS
+                    ? ts_gpu_ctx()
+                    : ts_gpu_ctx_forcing("attention_prefill_sm90", loops[shard->part - PREFILL_LOOPS]);
   TS_REQUIRE_GPU(gpu);
-  if (shard->part >= PREFILL_LOOPS) {
-    yk_ctx_destroy(gpu);
-    gpu = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[shard->part - PREFILL_LOOPS]);
-    cr_assert_not_null(gpu);
-  }
   yk_ctx *cpu = ts_cpu_ctx();
   if (shard->part ==
       PREFILL_FLOAT8) /* the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
