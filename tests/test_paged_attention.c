@@ -350,7 +350,6 @@ static void check_paged_run(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh
 /* Every case, layout and form: the paged call against the dense one over the same tokens. On the
  * CPU both run the same fallback, so they must agree bit for bit. only_dtype: one of the dtypes
  * the context takes, or EVERY_DTYPE (a GPU test's shards split them). */
-
 static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_dtype, uint64_t seed) {
   yh_rng rng = {seed};
   const paged_case *cases = decode ? decode_cases : prefill_cases;
@@ -442,8 +441,8 @@ ParameterizedTest(prefill_shard *shard, paged_attention, gpu_prefill_matches_den
                     : ts_gpu_ctx_forcing("attention_prefill_sm90", loops[shard->part - PREFILL_LOOPS]);
   TS_REQUIRE_GPU(gpu);
   yk_ctx *cpu = ts_cpu_ctx();
-  if (shard->part ==
-      PREFILL_FLOAT8) /* the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
+  /* float8 caches: the mma.sync prefill widens their tiles (the Hopper one takes 16-bit keys only) */
+  if (shard->part == PREFILL_FLOAT8)
     float8_matches_dense(gpu, cpu, 0, shard->dtype, ts_seed("paged_attention.gpu_float8_prefill"));
   else
     paged_matches_dense(gpu, cpu, 0, shard->dtype, ts_seed("paged_attention.gpu_prefill"));
