@@ -18,6 +18,8 @@ const char *ts_no_gpu_reason(void);
 yk_ctx *ts_gpu_ctx_forcing(const char *op, const char *config);
 
 enum { EVERY_DTYPE = -1 }; /* a shared check's dtype argument where no test splits them */
+/* Whether a shared check given only_dtype (a dtype or EVERY_DTYPE) runs dtype. */
+static inline int ts_runs_dtype(int only_dtype, int dtype) { return only_dtype == EVERY_DTYPE || dtype == only_dtype; }
 
 /* The GPU kernels' dtypes (float16, bfloat16) as the parameters of a GPU test run once a dtype:
  * Criterion's workers run the shards side by side, and their specs (NVRTC's minutes on one core)

@@ -191,7 +191,7 @@ static void decode_matches_cpu(yk_ctx *gpu, yk_ctx *cpu, uint64_t seed, const at
     attn_data a;
     make_data(&a, cases[i], 0, 1, &rng);
     for (int dtype = YK_F16; dtype <= YK_BF16; dtype++) {
-      if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
+      if (!ts_runs_dtype(only_dtype, dtype)) continue;
       attn_tensors h, d;
       cpu_and_gpu(cpu, gpu, &a, dtype, 0, &h, &d);
       attn_ref want = cpu_result(&h, &a);

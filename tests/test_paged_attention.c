@@ -360,7 +360,7 @@ static void paged_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_d
         scenario s;
         make_scenario(&s, &cases[i], decode, causal, variant & 1, variant & 2 ? YK_KV_HND : YK_KV_NHD, &rng);
         for (int dtype = gpu ? YK_F16 : YK_F32; dtype <= YK_BF16; dtype++) {
-          if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
+          if (!ts_runs_dtype(only_dtype, dtype)) continue;
           paged_tensors t;
           yh_tensor cu_q;
           make_tensors(&t, ctx, &s, dtype, gpu);
@@ -476,7 +476,7 @@ static void float8_matches_dense(yk_ctx *ctx, yk_ctx *cpu, int decode, int only_
           s.q[e] *= q_gains[(i + variant) % 3];
         const int first = gpu ? YK_F16 : YK_F32, last = gpu || bitwise ? YK_BF16 : YK_F32;
         for (int dtype = first; dtype <= last; dtype++) {
-          if (only_dtype != EVERY_DTYPE && dtype != only_dtype) continue;
+          if (!ts_runs_dtype(only_dtype, dtype)) continue;
           paged_tensors t;
           yh_tensor cu_q;
           make_tensors(&t, ctx, &s, dtype, gpu);
