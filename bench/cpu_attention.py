@@ -1,9 +1,9 @@
-"""The CPU fallback's attention (cpu_fallback/attention.c) through the bindings on numpy arrays:
-prefill (causal and not) in float32 and, where ml_dtypes or torch is installed, bfloat16, and its
-backward in float32; decode, dense and paged (pages of 16 tokens), in float32 and float16, and
-paged over a float8 cache (float16 queries). The median of 5 calls after one warm call, in GFLOP/s
-(4 B H Sq Sk D for the forward, 2.5 times that for the backward as `yk bench --backward` counts it,
-halved for causal) or GB/s of K and V (decode). No GPU needed:
+"""The CPU fallback's attention (cpu_fallback/attention.c, attention_backward.c) through the bindings
+on numpy arrays: prefill (causal and not) in float32 and, where ml_dtypes or torch is installed,
+bfloat16, and its backward in float32; decode, dense and paged (pages of 16 tokens), in float32 and
+float16, and paged over a float8 cache (float16 queries). The median of 5 calls after one warm call,
+in GFLOP/s (4 B H Sq Sk D for the forward, 2.5 times that for the backward as `yk bench --backward`
+counts it, halved for causal) or GB/s of K and V (decode). No GPU needed:
     YK_LIBRARY=build/libyk.so PYTHONPATH=python python3 bench/cpu_attention.py [prefill | decode]
 (prefill: the prefill's forward rows alone; decode: the decode rows alone). On x86-64 the library runs the widest build of the
 kernels the CPU has (AVX-512F, with AMX tiles for the bfloat16 forward where the CPU has AMX-BF16;

@@ -1,6 +1,8 @@
-/* Attention on the CPU: forward (the prefill and decode fallback), backward, and the merge of two
- * partial attentions; and the float64 references the tests, the demo and the benchmarks check
- * against. The maths and the layouts are the public ones (include/yk/ops.h). */
+/* Attention on the CPU: the shapes and operands its calls take, the forward (the prefill's and the
+ * decode's fallback, attention.c), and the float64 references the tests, the demo and the
+ * benchmarks check against (attention_reference.c). The backward and the merge of partial
+ * attentions have headers of their own. The maths and the layouts are the public ones
+ * (include/yk/ops.h). */
 #ifndef YK_CPU_ATTENTION_H
 #define YK_CPU_ATTENTION_H
 
@@ -68,35 +70,10 @@ typedef struct yk_attn_operand {
 void yk_cpu_attention_forward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand q,
                               yk_attn_operand k, yk_attn_operand v, yk_attn_operand out, yk_attn_operand lse);
 
-/* dq, dk, dv from dout, q, k, v, the forward's out and lse. Deterministic (no races, a fixed
- * order of summation). dk and dv sum over the q heads that share a kv head. */
-void yk_cpu_attention_backward(yk_thread_pool *pool, const yk_attention_shape *shape, yk_attn_operand dout,
-                               yk_attn_operand q, yk_attn_operand k, yk_attn_operand v, yk_attn_operand out,
-                               yk_attn_operand lse, yk_attn_operand dq, yk_attn_operand dk, yk_attn_operand dv);
-
 /* A key or value row of n elements of kv_type (the dtype, or YK_E4M3) as the pool's build of the
  * tile kernels loads it: float8 as the values times 2^-8 (the kernels fold 2^8 into their scales,
  * so that the AVX2 build converts them through F16C), other types as their values. */
 void yk_cpu_kv_row_floats(const yk_thread_pool *pool, int kv_type, const void *row, float *dst, int64_t n);
-
-/* out_o, out_lse = merge(o_a, lse_a, o_b, lse_b) for [tokens, heads] rows of head_dim: with
- * m = max(lse_a, lse_b), w_a = exp(lse_a - m), w_b = exp(lse_b - m):
- * out_o = (w_a o_a + w_b o_b) / (w_a + w_b), out_lse = m + log(w_a + w_b); both -inf gives o = 0,
- * lse = -inf. o in dtype, lse float32; rows of o at o + elem * (t * token_stride + h * head_stride),
- * lse at lse + 4 * (t * lse_token_stride + h * lse_head_stride). Outputs may alias inputs. */
-typedef struct yk_merge_args {
-  int dtype;
-  int64_t tokens, heads, head_dim;
-  const char *o_a, *o_b;
-  char *out_o;
-  int64_t o_a_token_stride, o_a_head_stride, o_b_token_stride, o_b_head_stride, out_token_stride, out_head_stride;
-  const float *lse_a, *lse_b;
-  float *out_lse; /* NULL: not wanted */
-  int64_t lse_a_token_stride, lse_a_head_stride, lse_b_token_stride, lse_b_head_stride, out_lse_token_stride,
-      out_lse_head_stride;
-} yk_merge_args;
-
-void yk_cpu_merge_attention_states(yk_thread_pool *pool, const yk_merge_args *args);
 
 /* ---- float64 references on compact arrays ----
  * q, out, dout, dq: [total_q, q_heads, head_dim]; k, v, dk, dv: [total_k, kv_heads, head_dim];

@@ -8,11 +8,11 @@
 
 typedef void (*yk_range_fn)(void *arg, int64_t begin, int64_t end);
 
-/* The builds of the CPU attention's tile kernels (cpu_fallback/attention.c), in the order each
- * adds to the one before: for every CPU; x86-64 with AVX2, FMA and F16C; with AVX-512F too; and
- * the AVX-512 build taking its bfloat16 forward's products to AMX tiles (cpu_fallback/attention_amx.h)
- * where the CPU has AMX-TILE and AMX-BF16 and the OS saves their state (yk_cpu_amx_ready: and lets
- * the process use them). */
+/* The builds of the CPU attention's tile kernels (cpu_fallback/attention.c and
+ * attention_backward.c), in the order each adds to the one before: for every CPU; x86-64 with
+ * AVX2, FMA and F16C; with AVX-512F too; and the AVX-512 build taking its bfloat16 forward's
+ * products to AMX tiles (cpu_fallback/attention_amx.h) where the CPU has AMX-TILE and AMX-BF16 and
+ * the OS saves their state (yk_cpu_amx_ready: and lets the process use them). */
 typedef enum yk_cpu_isa { YK_CPU_PLAIN, YK_CPU_AVX2, YK_CPU_AVX512, YK_CPU_AMX } yk_cpu_isa;
 
 typedef struct yk_thread_pool {

@@ -8,11 +8,11 @@
  * for head dims 64 and 128, yk_flash_attention_backward launches the same two kernels on warpgroup
  * MMAs instead (gen/ops/attention_backward_sm90.c; YK_BACKWARD_KERNEL=mma_sync keeps these).
  * Template: templates/attention_backward.cu (+ attention_common.cuh, attention_backward.cuh).
- * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+ * CPU: cpu_fallback/attention_backward.c. Tests: tests/test_attention_backward.c. */
 #include <stdio.h>
 #include <string.h>
 
-#include "cpu_fallback/attention.h"
+#include "cpu_fallback/attention_backward.h"
 #include "gen/attention.h"
 #include "gen/spec.h"
 #include "runtime/context.h"

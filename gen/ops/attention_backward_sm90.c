@@ -5,7 +5,7 @@
  * other side, which a producer copies stages deep, by TMA where the host can build the tensor maps
  * (gen/ops/attention_backward.c), else by cp.async (see the template's header).
  * Template: templates/attention_backward_sm90.cu (+ attention_common.cuh, wgmma.cuh, hopper.cuh,
- * attention_backward.cuh). CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+ * attention_backward.cuh). CPU: cpu_fallback/attention_backward.c. Tests: tests/test_attention_backward.c. */
 #include <stdio.h>
 
 #include "gen/attention.h"

@@ -2,7 +2,7 @@
  * tokens and q heads rows of one tile), GQA group packed in one tile, split-KV with an lse merge
  * when the batch alone cannot fill the GPU or a ragged batch waits on its longest sequence.
  * Template: templates/attention_decode.cu (+ attention_common.cuh). CPU: cpu_fallback/attention.c.
- * Tests: tests/test_attention.c. */
+ * Tests: tests/test_attention_decode.c. */
 #include <stdio.h>
 
 #include "cpu_fallback/attention.h"

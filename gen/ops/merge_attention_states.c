@@ -1,9 +1,9 @@
 /* merge_attention_states: the exact merge of partial attentions by their log-sum-exp; also the
  * combine step of split-KV decode. Template: templates/merge_attention_states.cu.
- * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
+ * CPU: cpu_fallback/merge_attention_states.c. Tests: tests/test_merge_attention_states.c. */
 #include <stdio.h>
 
-#include "cpu_fallback/attention.h"
+#include "cpu_fallback/merge_attention_states.h"
 #include "gen/attention.h"
 #include "gen/spec.h"
 #include "runtime/context.h"
