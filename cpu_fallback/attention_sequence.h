@@ -1,6 +1,7 @@
 /* A batch's sequences as the CPU attention walks them: where each one's queries and keys start,
- * how many there are, which keys a query sees. Shared by the tile kernels (attention_tiles.h) and
- * the float64 references (attention_reference.c). */
+ * how many there are, the longest. Shared by the tile kernels (attention_tiles.h, which also says
+ * which keys a query sees) and the float64 references (attention_reference.c, which state the mask
+ * themselves). */
 #ifndef YK_CPU_ATTENTION_SEQUENCE_H
 #define YK_CPU_ATTENTION_SEQUENCE_H
 
