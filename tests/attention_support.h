@@ -43,13 +43,6 @@ typedef struct attn_tensors {
   yh_tensor q, k, v, out, lse, cu_q, cu_k, dout, dq, dk, dv;
 } attn_tensors;
 
-static inline double *values(yh_rng *rng, int64_t n) {
-  double *x = malloc((size_t)(n ? n : 1) * sizeof *x);
-  cr_assert_not_null(x);
-  for (int64_t i = 0; i < n; i++) x[i] = (double)((int64_t)(yh_next(rng) % 255) - 127) / 64;
-  return x;
-}
-
 static inline double *doubles(yh_tensor *t) {
   double *d = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *d);
   cr_assert_not_null(d);
@@ -86,10 +79,10 @@ static inline void make_data(attn_data *a, attn_case c, int causal, int decode, 
                                   .seq_k = c.seq_k,
                                   .causal = a->causal,
                                   .scale = c.scale != 0 ? c.scale : 1.f / sqrtf((float)c.head_dim)};
-  a->q = values(rng, a->total_q * c.q_heads * c.head_dim);
-  a->dout = values(rng, a->total_q * c.q_heads * c.head_dim);
-  a->k = values(rng, a->total_k * c.kv_heads * c.head_dim);
-  a->v = values(rng, a->total_k * c.kv_heads * c.head_dim);
+  a->q = ts_sixty_fourths(rng, a->total_q * c.q_heads * c.head_dim);
+  a->dout = ts_sixty_fourths(rng, a->total_q * c.q_heads * c.head_dim);
+  a->k = ts_sixty_fourths(rng, a->total_k * c.kv_heads * c.head_dim);
+  a->v = ts_sixty_fourths(rng, a->total_k * c.kv_heads * c.head_dim);
 }
 
 static inline void free_data(attn_data *a) { free(a->q), free(a->k), free(a->v), free(a->dout); }

@@ -47,13 +47,6 @@ typedef struct paged_tensors {
   yk_paged_kv kv;
 } paged_tensors;
 
-static inline double *noise(yh_rng *rng, int64_t n) {
-  double *x = malloc((size_t)(n ? n : 1) * sizeof *x);
-  cr_assert_not_null(x);
-  for (int64_t i = 0; i < n; i++) x[i] = (double)((int64_t)(yh_next(rng) % 255) - 127) / 64;
-  return x;
-}
-
 static inline int64_t cache_index(const scenario *s, int64_t block, int64_t offset, int64_t head, int64_t col) {
   const int64_t P = s->c.page_size, H = s->c.kv_heads, D = s->c.head_dim;
   return s->layout == YK_KV_NHD ? ((block * P + offset) * H + head) * D + col
@@ -97,9 +90,10 @@ static inline void make_scenario(scenario *s, const paged_case *c, int decode, i
       s->table[b * s->max_blocks + j] = s->indices[s->indptr[b] + j] = order[next];
   free(order);
 
-  s->q = noise(rng, s->total_q * c->q_heads * D);
-  s->k = noise(rng, s->total_k * H * D), s->v = noise(rng, s->total_k * H * D);
-  s->k_cache = noise(rng, s->num_blocks * P * H * D), s->v_cache = noise(rng, s->num_blocks * P * H * D);
+  s->q = ts_sixty_fourths(rng, s->total_q * c->q_heads * D);
+  s->k = ts_sixty_fourths(rng, s->total_k * H * D), s->v = ts_sixty_fourths(rng, s->total_k * H * D);
+  s->k_cache = ts_sixty_fourths(rng, s->num_blocks * P * H * D),
+  s->v_cache = ts_sixty_fourths(rng, s->num_blocks * P * H * D);
   place_tokens(s);
 }
 

@@ -75,6 +75,13 @@ uint64_t ts_seed(const char *name) {
 double ts_reference_tolerance(int dtype) { return dtype == YK_F32 ? 1e-5 : dtype == YK_F16 ? 2e-3 : 1e-2; }
 double ts_gpu_tolerance(int dtype) { return dtype == YK_F32 ? 1e-5 : 1e-2; }
 
+double *ts_sixty_fourths(yh_rng *rng, int64_t n) {
+  double *x = malloc((size_t)(n ? n : 1) * sizeof *x);
+  cr_assert_not_null(x);
+  for (int64_t i = 0; i < n; i++) x[i] = (double)((int64_t)(yh_next(rng) % 255) - 127) / 64;
+  return x;
+}
+
 double ts_gpu_error(const double *got, const double *want, int64_t n) {
   return yh_error(got, want, n, 1e-3 * sqrt((double)n));
 }

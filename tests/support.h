@@ -51,6 +51,10 @@ double ts_gpu_tolerance(int dtype);
  * the tests has norm far above it. NaN or infinity in got gives INFINITY. */
 double ts_gpu_error(const double *got, const double *want, int64_t n);
 
+/* n random multiples of 1/64 in (-2, 2), malloc'd (the caller frees them): every dtype holds them
+ * exactly, so one float64 reference serves f32, f16 and bf16 alike. */
+double *ts_sixty_fourths(yh_rng *rng, int64_t n);
+
 /* Rounds a float64 reference to what the output dtype can hold, so that tiny values (f16
  * subnormals) measure the op's error rather than the dtype's. */
 void ts_round_to_dtype(int dtype, double *values, int64_t n);

@@ -68,7 +68,7 @@ static void merge_empty_rows(yk_ctx *ctx, int dtype, int on_device, yh_rng *rng,
   tensor(&om, ctx, dtype, 3, od, 0, on_device);
   tensor(&la, ctx, YK_F32, 2, ld, 0, on_device), tensor(&lb, ctx, YK_F32, 2, ld, 0, on_device);
   tensor(&lm, ctx, YK_F32, 2, ld, 0, on_device);
-  double *a = values(rng, ROWS * D), *b = values(rng, ROWS * D), want[ROWS * D], want_lse[ROWS];
+  double *a = ts_sixty_fourths(rng, ROWS * D), *b = ts_sixty_fourths(rng, ROWS * D), want[ROWS * D], want_lse[ROWS];
   yh_from_double(&oa, a), yh_from_double(&ob, b), yh_from_double(&la, lse_a), yh_from_double(&lb, lse_b);
   for (int r = 0; r < ROWS; r++) {
     const double top = fmax(lse_a[r], lse_b[r]);

@@ -629,7 +629,7 @@ Test(paged_attention, cpu_over_kv_cache_tables) {
   DLTensor kl, vl;
   cr_assert_eq(yk_kv_cache_layer(cache, 1, &kl, &vl), YK_OK);
   const int64_t D = 64, H = 2, total = lens[0] + lens[1] + lens[2];
-  double *k = noise(&rng, total * H * D), *v = noise(&rng, total * H * D);
+  double *k = ts_sixty_fourths(&rng, total * H * D), *v = ts_sixty_fourths(&rng, total * H * D);
   /* the fork holds its parent's 37 tokens (in shared blocks) before its own 20 */
   memcpy(k + lens[0] * H * D, k, (size_t)(lens[0] * H * D) * sizeof *k);
   memcpy(v + lens[0] * H * D, v, (size_t)(lens[0] * H * D) * sizeof *v);
@@ -648,7 +648,7 @@ Test(paged_attention, cpu_over_kv_cache_tables) {
   scenario s = {.c = {3, {37, 57, 130}, {0}, 8, 2, 64, 16}, .decode = 1, .layout = YK_KV_NHD, .k = k, .v = v};
   for (int b = 0; b < 3; b++) s.cu_k[b + 1] = s.cu_k[b] + s.c.lens_k[b], s.cu_q[b + 1] = b + 1;
   s.total_k = total, s.total_q = 3;
-  s.q = noise(&rng, 3 * 8 * D);
+  s.q = ts_sixty_fourths(&rng, 3 * 8 * D);
   dense_result want = dense_cpu(cpu, &s, YK_F16);
 
   int64_t max_blocks, total_blocks;
