@@ -186,6 +186,10 @@ static void bench_short_queries(bench_timer *t, bench_results *r) {
     for (int form = 0; form < 3; form++) {
       const int64_t batch = shapes[i][0], nq = shapes[i][1], len = shapes[i][2], cu_n = batch + 1;
       const int dense = form == 2;
+      const int64_t floats = form > 0 ? (int64_t)yk_flash_attention_forward_workspace_floats(
+                                            t->ctx, batch, batch * nq, nq, 32, 8, 128, len, batch * len, 0)
+                                      : 0;
+      if (form == 1 && floats == 0) continue; /* no split, no workspace: the plain row again */
       attention_case c;
       yh_tensor ws = {0};
       memset(&c, 0, sizeof c);
@@ -206,15 +210,9 @@ static void bench_short_queries(bench_timer *t, bench_results *r) {
         c.params.cu_seqlens_q = &c.cu_q.dl, c.params.cu_seqlens_k = &c.cu_k.dl;
         c.params.max_seqlen_q = (int)nq, c.params.max_seqlen_k = (int)len;
       }
-      if (!bad && form > 0) {
-        const int64_t floats = (int64_t)yk_flash_attention_forward_workspace_floats(t->ctx, batch, batch * nq, nq, 32,
-                                                                                    8, 128, len, batch * len, 0);
-        bad = floats > 0 && yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1);
-        if (floats > 0) c.params.workspace = &ws.dl;
-        if (floats == 0 && !dense) { /* no split, no workspace: the plain row again */
-          free_case(&c);
-          continue;
-        }
+      if (!bad && floats > 0) {
+        bad = yh_tensor_init(&ws, t->ctx, YK_F32, 1, &floats, NULL, 1);
+        c.params.workspace = &ws.dl;
       }
       char name[96];
       snprintf(name, sizeof name, "prefill q%lld of B%lld L%lld causal gqa4 d128%s", (long long)nq, (long long)batch,
