@@ -75,10 +75,10 @@ yk_status yk_attention_check_outputs(yk_ctx *ctx, const char *op, const yk_view 
 void yk_attention_warm(const yk_warm_request *req, const yk_op_def *op, int flag_a, int flag_b, int paged_field,
                        int float8_field, int (*accepts)(int head_dim), yk_spec_emit_fn emit, void *user);
 
-/* The Hopper prefill's spec before completion, and the query rows its blocks own
- * (gen/ops/attention_prefill_sm90.c). */
+/* The Hopper prefill's spec before completion for queries of at most max_seqlen_q a sequence, and the
+ * query rows its blocks own (gen/ops/attention_prefill_sm90.c). */
 void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
-                                    int page_size);
+                                    int page_size, int64_t max_seqlen_q);
 int yk_attention_prefill_sm90_rows(const yk_spec *s);
 /* Rows of the K and V boxes a complete spec loads by TMA (its block_n), 0 where it loads by cp.async;
  * and the same spec loading by cp.async, for keys a tensor map cannot describe. */

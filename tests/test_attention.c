@@ -408,6 +408,49 @@ static void bad_inputs(yk_ctx *ctx, int on_device) {
   free_data(&da), free_data(&ra), free_data(&dec);
 }
 
+/* The Hopper prefill's warpgroups by the queries' length (no GPU needed): causal grids of short
+ * sequences at head dim 64 on two (128-row blocks), longer or unmasked ones, and head dim 128, on
+ * complete()'s choice; and the warm-up matrix holds both forms a causal call at head dim 64 takes. */
+typedef struct warm_forms {
+  int causal[4], plain[4]; /* specs by warpgroups */
+} warm_forms;
+
+static void count_forms(void *user, const yk_spec *s) {
+  warm_forms *f = user;
+  const int groups = yk_attention_prefill_sm90_rows(s) / 64;
+  cr_assert(groups >= 1 && groups <= 3, "warpgroups %d", groups);
+  (s->v[4] ? f->causal : f->plain)[groups]++; /* field 4: causal */
+}
+
+Test(attention, prefill_sm90_warpgroups_follow_the_length) {
+  const int index = yk_registry_find("attention_prefill_sm90");
+  cr_assert_geq(index, 0);
+  const yk_op_def *op = yk_registry_op(index);
+  cr_assert_str_eq(op->fields[4].name, "causal");
+  static const struct {
+    int head_dim, causal;
+    int64_t queries;
+    int rows;
+  } cases[] = {{64, 1, 1, 128},     {64, 1, 1024, 128}, {64, 1, 4095, 128},  {64, 1, 4096, 192},
+               {64, 1, 16384, 192}, {64, 0, 1024, 192}, {128, 1, 1024, 128}, {128, 0, 16384, 128}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    yk_spec s;
+    yk_attention_prefill_sm90_spec(&s, YK_BF16, cases[i].head_dim, cases[i].causal, 0, 0, 0, cases[i].queries);
+    op->complete(&s);
+    cr_assert_eq(yk_attention_prefill_sm90_rows(&s), cases[i].rows,
+                 "head_dim %d causal %d, %lld queries: %d rows a block", cases[i].head_dim, cases[i].causal,
+                 (long long)cases[i].queries, yk_attention_prefill_sm90_rows(&s));
+  }
+  const yk_model_preset d64 = {"d64", 2048, 32, 32, 64, 8192, "silu"}, *models[] = {&d64};
+  const yk_warm_request req = {1u << YK_BF16, models, 1};
+  warm_forms f = {0};
+  op->warm_specs(&req, count_forms, &f);
+  /* ragged or not, each paging (none, block table, CSR): six specs of each mask */
+  cr_assert(f.plain[3] == 6 && f.plain[2] == 0, "unmasked: %d on three warpgroups, %d on two", f.plain[3], f.plain[2]);
+  cr_assert(f.causal[3] == 6 && f.causal[2] == 6, "causal: %d on three warpgroups, %d on two", f.causal[3],
+            f.causal[2]);
+}
+
 Test(attention, bad_input_cpu) {
   yk_ctx *ctx = ts_cpu_ctx();
   bad_inputs(ctx, 0);

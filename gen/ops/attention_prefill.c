@@ -154,7 +154,8 @@ yk_status yk_prefill_run(yk_ctx *ctx, const yk_prefill_launch *L, void *stream) 
   const int ragged_q = L->cu_q != NULL;
   yk_spec spec;
   if (wgmma) {
-    yk_attention_prefill_sm90_spec(&spec, L->a.dtype, (int)L->a.head_dim, L->causal, ragged_q, L->paged, L->page_size);
+    yk_attention_prefill_sm90_spec(&spec, L->a.dtype, (int)L->a.head_dim, L->causal, ragged_q, L->paged, L->page_size,
+                                   L->max_seqlen_q);
   } else {
     yk_spec_init(&spec, &yk_op_attention_prefill, (yk_dtype)L->a.dtype);
     spec.v[HEAD_DIM] = (int32_t)L->a.head_dim;

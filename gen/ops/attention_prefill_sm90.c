@@ -24,7 +24,8 @@ static void complete(yk_spec *s) {
   if (s->v[PIPELINE] == YK_UNSET) s->v[PIPELINE] = 1;
   /* Three consumer warpgroups (192 rows a block, FlashAttention-3's shape at head dim 64) where their
    * 160 registers hold O, S and P: at head dim 64 with 128-key tiles they ran 1.01-1.11x two at every
-   * shape of the H100's sweep (bench/NOTES.md item 52). */
+   * shape of the H100's sweep at 4096 and 16384 queries (bench/NOTES.md item 52); short causal grids
+   * take two (takes_two_warpgroups). */
   if (s->v[WARPGROUPS] == YK_UNSET)
     s->v[WARPGROUPS] = s->v[HEAD_DIM] == 64 && s->v[BLOCK_N] <= 128 && s->v[PIPELINE] == 1 ? 3 : 2;
   /* The producer's whole K and V tiles by TMA where it can (paged keys are gathered row by row):
@@ -33,6 +34,19 @@ static void complete(yk_spec *s) {
   /* Under TMA a third stage ran 1.02-1.08x two at head dim 128 and 0.99-1.03x at 64 in the H100's
    * sweep (0.98-1.07x main's prefill at 128 in an A/B/A, item 52); with cp.async loads it was even */
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[TMA] ? 3 : 2;
+}
+
+/* Causal grids of sequences shorter than SHORT_CAUSAL_QUERIES at head dim 64 take two consumer
+ * warpgroups (128-row blocks), not complete()'s three (192): 1024 queries make five and a third
+ * 192-row blocks, and a causal grid's blocks differ in length by their row, so fewer, longer ones
+ * even out worse. yk bench --prefill --sweep on an H100 (bench/NOTES.md item 83): D64 S1024 causal
+ * 233 TFLOP/s on two against 198 on three (FlashAttention-2 212); three stay ahead at 4096 (356
+ * against 351) and at every length without the mask. The launch sets the field before the spec is
+ * finished, so a sweep's override still replaces it, and a tuned configuration's warpgroups does not. */
+#define SHORT_CAUSAL_QUERIES 4096
+
+static int takes_two_warpgroups(int head_dim, int causal, int64_t max_seqlen_q) {
+  return head_dim == 64 && causal && max_seqlen_q < SHORT_CAUSAL_QUERIES;
 }
 
 /* With two consumer warpgroups a block has 384 threads, 168 registers each at launch: setmaxnreg
@@ -129,19 +143,38 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .warm_specs = warm_specs,
 };
 
+/* The warm-up matrix's specs in the forms the calls launch: a causal one at head dim 64 also with the
+ * two warpgroups short sequences take (yk_attention_prefill_sm90_spec). */
+typedef struct with_variants {
+  yk_spec_emit_fn emit;
+  void *user;
+} with_variants;
+
+static void emit_variants(void *user, const yk_spec *s) {
+  const with_variants *w = user;
+  w->emit(w->user, s);
+  if (s->v[WARPGROUPS] == 2 || !takes_two_warpgroups(s->v[HEAD_DIM], s->v[CAUSAL], 0)) return;
+  yk_spec two = *s;
+  char why[256];
+  two.v[WARPGROUPS] = 2;
+  if (!valid(&two, why, sizeof why)) w->emit(w->user, &two);
+}
+
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_sm90_head_dim, emit,
-                    user);
+  with_variants w = {emit, user};
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_sm90_head_dim,
+                    emit_variants, &w);
 }
 
 void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int causal, int ragged, int paged,
-                                    int page_size) {
+                                    int page_size, int64_t max_seqlen_q) {
   yk_spec_init(s, &yk_op_attention_prefill_sm90, (yk_dtype)dtype);
   s->v[HEAD_DIM] = head_dim;
   s->v[CAUSAL] = causal;
   s->v[RAGGED] = ragged;
   s->v[PAGED] = paged;
   s->v[PAGE_SIZE] = page_size;
+  if (takes_two_warpgroups(head_dim, causal, max_seqlen_q)) s->v[WARPGROUPS] = 2;
 }
 
 int yk_attention_prefill_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
