@@ -32,6 +32,12 @@ _Static_assert(sizeof(yk_spec) == 72, "yk_spec must have no padding");
 
 typedef struct yk_warm_request yk_warm_request;
 typedef void (*yk_spec_emit_fn)(void *user, const yk_spec *spec);
+/* An emit function with its user pointer: what an emitter that wraps another (a warm-up matrix's
+ * variants of each spec) passes itself as user. */
+typedef struct yk_spec_sink {
+  yk_spec_emit_fn emit;
+  void *user;
+} yk_spec_sink;
 
 /* A constant of the generated source beside the spec's fields. */
 typedef struct yk_named_value {

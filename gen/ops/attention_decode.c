@@ -221,13 +221,8 @@ const yk_op_def yk_op_attention_decode = {
 /* The warm-up matrix's decode specs in the forms the calls also launch: paged keys in a grid of at
  * most one block an SM on 8 teams (yk_decode_spec), and the ragged and paged specs for the prefill
  * calls' few queries a sequence, causal or not, in 1, 2, 4 or 8 row tiles (yk_decode_queries). */
-typedef struct with_variants {
-  yk_spec_emit_fn emit;
-  void *user;
-} with_variants;
-
 static void emit_variants(void *user, const yk_spec *s) {
-  const with_variants *w = user;
+  const yk_spec_sink *w = user;
   yk_spec forms[2] = {*s, *s};
   int count = 1;
   if (one_wave_teams_apply(s->v[PAGED], s->v[SPLIT], s->v[HEAD_DIM])) {
@@ -252,7 +247,7 @@ static void emit_variants(void *user, const yk_spec *s) {
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  with_variants w = {emit, user};
+  yk_spec_sink w = {emit, user};
   yk_attention_warm(req, &yk_op_attention_decode, RAGGED, SPLIT, PAGED, KV_FLOAT8, NULL, emit_variants, &w);
 }
 

@@ -145,13 +145,8 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
 
 /* The warm-up matrix's specs in the forms the calls launch: a causal one at head dim 64 also with the
  * two warpgroups short sequences take (yk_attention_prefill_sm90_spec). */
-typedef struct with_variants {
-  yk_spec_emit_fn emit;
-  void *user;
-} with_variants;
-
 static void emit_variants(void *user, const yk_spec *s) {
-  const with_variants *w = user;
+  const yk_spec_sink *w = user;
   w->emit(w->user, s);
   if (s->v[WARPGROUPS] == 2 || !takes_two_warpgroups(s->v[HEAD_DIM], s->v[CAUSAL], 0)) return;
   yk_spec two = *s;
@@ -161,7 +156,7 @@ static void emit_variants(void *user, const yk_spec *s) {
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
-  with_variants w = {emit, user};
+  yk_spec_sink w = {emit, user};
   yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_sm90_head_dim,
                     emit_variants, &w);
 }
