@@ -8,6 +8,8 @@
 #include "runtime/context.h"
 #include "runtime/launch.h"
 #include "runtime/module.h"
+#include "tune/tune_context.h"
+#include "tune/tune_table.h"
 
 static double now_ms(void) {
   struct timespec t;
@@ -62,6 +64,35 @@ static int make_tiny(tiny *t, yk_ctx *ctx, int64_t hidden) {
 }
 
 static void free_tiny(tiny *t) { yh_tensor_free(&t->x), yh_tensor_free(&t->w), yh_tensor_free(&t->out); }
+
+/* A tune table for this GPU whose one key is the dispatch rows' rms_norm spec, with a winner at its
+ * one-row bucket: with it on the context, yk_rms_norm pays what every launch of a tuned context
+ * pays (the key's hash, a probe, the walk of its buckets), which the unit tests do not time. */
+static yk_tune_table *dispatch_table(yk_ctx *gpu) {
+  yk_tune_db db = {0};
+  static const char *const configs[] = {"threads=32,row_in_regs=1", "threads=64,row_in_regs=1"};
+  for (int winner = 0; winner < 2; winner++) {
+    yk_tune_record rec;
+    memset(&rec, 0, sizeof rec);
+    snprintf(rec.op, sizeof rec.op, "rms_norm");
+    snprintf(rec.spec, sizeof rec.spec, "rms_norm:dtype=bf16,hidden=128,vec=8,fused_add=0");
+    rec.bucket = rec.size = 1;
+    snprintf(rec.shape, sizeof rec.shape, "T1 H128");
+    yk_tune_identity_of(gpu, &rec.id);
+    snprintf(rec.config, sizeof rec.config, "%s", configs[winner]);
+    rec.is_default = !winner;
+    rec.status = YK_TUNE_OK;
+    rec.ms = winner ? 0.5 : 1.0;
+    if (yk_tune_db_put(gpu, &db, &rec)) break;
+  }
+  yk_tune_identity id;
+  yk_tune_identity_of(gpu, &id);
+  yk_tune_table *table = NULL;
+  if (yk_tune_table_build(gpu, &db, &id, &table) == YK_OK && table->entry_count != 1)
+    yk_tune_table_free(table), table = NULL;
+  yk_tune_db_free(&db);
+  return table;
+}
 
 int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
   char dir[512];
@@ -138,10 +169,18 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
    * for the GPU and the figures are host cost alone; the device is drained between batches. */
   const int batches = quick ? 20 : 100, per_batch = 200;
   /* variants, interleaved batch by batch so drift hits all alike: bare cuLaunchKernel, bare
-   * cuLaunchKernelEx, cuCtxGetCurrent + cuLaunchKernelEx (the driver part of our path), yk_rms_norm */
-  double times[4][100];
+   * cuLaunchKernelEx, cuCtxGetCurrent + cuLaunchKernelEx (the driver part of our path), yk_rms_norm,
+   * and yk_rms_norm on the context tuned (dispatch_table) */
+  yk_tune_table *table = dispatch_table(gpu), *untuned = gpu->tune;
+  gpu->tune = table; /* its kernel (64 threads) loaded before the timing */
+  if (table && yk_rms_norm(gpu, &t.x.dl, &t.w.dl, 1e-6f, &t.out.dl, NULL) != YK_OK)
+    yk_tune_table_free(table), table = NULL;
+  gpu->tune = untuned;
+  const int variants = table ? 5 : 4;
+  double times[5][100];
   for (int b = 0; b < batches; b++) {
-    for (int variant = 0; variant < 4; variant++) {
+    for (int variant = 0; variant < variants; variant++) {
+      gpu->tune = variant == 4 ? table : untuned;
       yh_sync(gpu);
       double t0 = now_ms();
       CUcontext current;
@@ -158,6 +197,8 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
       times[variant][b] = (now_ms() - t0) * 1e3 / per_batch;
     }
   }
+  gpu->tune = untuned;
+  yk_tune_table_free(table);
   yh_sync(gpu);
   double mb = bench_median(times[0], batches), mbx = bench_median(times[1], batches),
          mcx = bench_median(times[2], batches), mo = bench_median(times[3], batches);
@@ -169,6 +210,15 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
   fprintf(stderr,
           "  launch: bare %.2f us, bare Ex %.2f us, GetCurrent+Ex %.2f us, yk_rms_norm %.2f us, overhead %.2f us\n", mb,
           mbx, mcx, mo, mo - mbx);
+  if (variants == 5) {
+    const double mt = bench_median(times[4], batches);
+    bench_add(r, "launch.yk_rms_norm_tuned_us (the same on a tuned context)", 0, 0, mt, "us");
+    bench_add(r, "launch.tune_lookup_us (tuned - untuned yk_rms_norm)", 0, 0, mt - mo, "us");
+    fprintf(stderr, "  launch: tuned yk_rms_norm %.2f us, the lookup %.3f us\n", mt, mt - mo);
+  } else {
+    fprintf(stderr, "  launch: tuned yk_rms_norm not measured (no tune table)\n");
+    failures++;
+  }
   free_tiny(&t);
   return failures;
 }

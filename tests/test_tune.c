@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "gen/attention.h"
 #include "runtime/context.h"
@@ -379,39 +378,6 @@ Test(tune_table, a_winner_that_breaks_the_rules_is_dropped_with_a_warning) {
   cr_assert(strstr(log.last, "threads 48"), "warning: %s", log.last);
   yk_tune_table_free(t);
   yk_tune_db_free(&db);
-  yk_ctx_destroy(ctx);
-}
-
-static double ns_since(const struct timespec *t0, int n) {
-  struct timespec t1;
-  clock_gettime(CLOCK_MONOTONIC, &t1);
-  return ((double)(t1.tv_sec - t0->tv_sec) * 1e9 + (double)(t1.tv_nsec - t0->tv_nsec)) / n;
-}
-
-/* yk_spec_finish's cost with a table and without, over sizes that land in every bucket. */
-Test(tune_table, lookup_costs_nanoseconds) {
-  yk_ctx *ctx = ts_cpu_ctx();
-  yk_tune_table *table = three_buckets(ctx, &gpu_a);
-  const yk_spec key = rms_norm_key(4096);
-  const int n = 2000000;
-  double ns[2];
-  int64_t sum = 0;
-  for (int tuned = 0; tuned <= 1; tuned++) {
-    ctx->tune = tuned ? table : NULL;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < n; i++) {
-      yk_spec spec = key;
-      yk_spec_finish(ctx, &spec, 1 + (i & 8191));
-      sum += spec.v[THREADS];
-    }
-    ns[tuned] = ns_since(&t0, n);
-  }
-  ctx->tune = NULL;
-  fprintf(stderr, "yk_spec_finish: %.1f ns untuned, %.1f ns tuned: the lookup adds %.1f ns [%lld]\n", ns[0], ns[1],
-          ns[1] - ns[0], (long long)sum);
-  cr_assert_lt(ns[1], 2000.0, "a lookup must stay far below a launch's microseconds");
-  yk_tune_table_free(table);
   yk_ctx_destroy(ctx);
 }
 
