@@ -429,28 +429,37 @@ Test(attention, prefill_sm90_warpgroups_follow_the_length) {
   cr_assert_geq(index, 0);
   const yk_op_def *op = yk_registry_op(index);
   cr_assert_str_eq(op->fields[4].name, "causal");
+  cr_assert_str_eq(op->fields[1].name, "block_n");
+  /* head dim 64, causal: one warpgroup of 64-key tiles up to 1024 queries (two for paged keys), two
+   * below 4096, three from there and without the mask; head dim 128 always two */
   static const struct {
-    int head_dim, causal;
+    int head_dim, causal, paged;
     int64_t queries;
-    int rows;
-  } cases[] = {{64, 1, 1, 128},     {64, 1, 1024, 128}, {64, 1, 4095, 128},  {64, 1, 4096, 192},
-               {64, 1, 16384, 192}, {64, 0, 1024, 192}, {128, 1, 1024, 128}, {128, 0, 16384, 128}};
+    int rows, block_n;
+  } cases[] = {{64, 1, 0, 1, 64, 64},      {64, 1, 0, 1024, 64, 64},    {64, 1, 0, 1025, 128, 128},
+               {64, 1, 0, 4095, 128, 128}, {64, 1, 0, 4096, 192, 128},  {64, 1, 0, 16384, 192, 128},
+               {64, 0, 0, 1024, 192, 128}, {64, 1, 1, 1024, 128, 128},  {64, 1, 2, 1, 128, 128},
+               {64, 1, 1, 4096, 192, 128}, {128, 1, 0, 1024, 128, 128}, {128, 0, 0, 16384, 128, 128}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     yk_spec s;
-    yk_attention_prefill_sm90_spec(&s, YK_BF16, cases[i].head_dim, cases[i].causal, 0, 0, 0, cases[i].queries);
+    yk_attention_prefill_sm90_spec(&s, YK_BF16, cases[i].head_dim, cases[i].causal, 0, cases[i].paged,
+                                   cases[i].paged ? 16 : 0, cases[i].queries);
     op->complete(&s);
-    cr_assert_eq(yk_attention_prefill_sm90_rows(&s), cases[i].rows,
-                 "head_dim %d causal %d, %lld queries: %d rows a block", cases[i].head_dim, cases[i].causal,
-                 (long long)cases[i].queries, yk_attention_prefill_sm90_rows(&s));
+    cr_assert(yk_attention_prefill_sm90_rows(&s) == cases[i].rows && s.v[1] == cases[i].block_n,
+              "head_dim %d causal %d paged %d, %lld queries: %d rows a block, block_n %d", cases[i].head_dim,
+              cases[i].causal, cases[i].paged, (long long)cases[i].queries, yk_attention_prefill_sm90_rows(&s), s.v[1]);
   }
   const yk_model_preset d64 = {"d64", 2048, 32, 32, 64, 8192, "silu"}, *models[] = {&d64};
   const yk_warm_request req = {1u << YK_BF16, models, 1};
   warm_forms f = {0};
   op->warm_specs(&req, count_forms, &f);
-  /* ragged or not, each paging (none, block table, CSR): six specs of each mask */
-  cr_assert(f.plain[3] == 6 && f.plain[2] == 0, "unmasked: %d on three warpgroups, %d on two", f.plain[3], f.plain[2]);
-  cr_assert(f.causal[3] == 6 && f.causal[2] == 6, "causal: %d on three warpgroups, %d on two", f.causal[3],
-            f.causal[2]);
+  /* ragged or not, each paging (none, block table, CSR): six specs of each mask on three warpgroups;
+   * causal also on two (every paging, a short sequence's paged form and a longer one's contiguous
+   * form) and, contiguous only, on one */
+  cr_assert(f.plain[3] == 6 && f.plain[2] == 0 && f.plain[1] == 0, "unmasked: %d / %d / %d on three / two / one",
+            f.plain[3], f.plain[2], f.plain[1]);
+  cr_assert(f.causal[3] == 6 && f.causal[2] == 6 && f.causal[1] == 2, "causal: %d / %d / %d on three / two / one",
+            f.causal[3], f.causal[2], f.causal[1]);
 }
 
 Test(attention, bad_input_cpu) {

@@ -6,6 +6,7 @@
  * Template: templates/attention_prefill_sm90.cu (+ attention_common.cuh, wgmma.cuh).
  * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
+#include <string.h>
 
 #include "gen/attention.h"
 #include "gen/spec.h"
@@ -25,7 +26,7 @@ static void complete(yk_spec *s) {
   /* Three consumer warpgroups (192 rows a block, FlashAttention-3's shape at head dim 64) where their
    * 160 registers hold O, S and P: at head dim 64 with 128-key tiles they ran 1.01-1.11x two at every
    * shape of the H100's sweep at 4096 and 16384 queries (bench/NOTES.md item 52); short causal grids
-   * take two (takes_two_warpgroups). */
+   * take fewer (short_causal_form). */
   if (s->v[WARPGROUPS] == YK_UNSET)
     s->v[WARPGROUPS] = s->v[HEAD_DIM] == 64 && s->v[BLOCK_N] <= 128 && s->v[PIPELINE] == 1 ? 3 : 2;
   /* The producer's whole K and V tiles by TMA where it can (paged keys are gathered row by row):
@@ -36,17 +37,28 @@ static void complete(yk_spec *s) {
   if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[TMA] ? 3 : 2;
 }
 
-/* Causal grids of sequences shorter than SHORT_CAUSAL_QUERIES at head dim 64 take two consumer
- * warpgroups (128-row blocks), not complete()'s three (192): 1024 queries make five and a third
- * 192-row blocks, and a causal grid's blocks differ in length by their row, so fewer, longer ones
- * even out worse. yk bench --prefill --sweep on an H100 (bench/NOTES.md item 83): D64 S1024 causal
- * 233 TFLOP/s on two against 198 on three (FlashAttention-2 212); three stay ahead at 4096 (356
- * against 351) and at every length without the mask. The launch sets the field before the spec is
- * finished, so a sweep's override still replaces it, and a tuned configuration's warpgroups does not. */
+/* Causal grids of sequences shorter than SHORT_CAUSAL_QUERIES at head dim 64 take fewer consumer
+ * warpgroups than complete()'s three (192-row blocks): a causal grid's blocks differ in length by
+ * their row, so fewer, longer ones even out worse. yk bench --prefill --sweep on an H100 (bench/NOTES.md
+ * items 83 and 86), D64 causal, TFLOP/s:
+ *   - 1024 queries: one warpgroup with 64-key tiles 248 (247 on three stages), two 234, three 200
+ *     (FlashAttention-2 218);
+ *   - 2048: two 303, three 301, one with 64-key tiles 295;
+ *   - 4096: three ahead (362 against 352), and at every length without the mask.
+ * So up to ONE_WARPGROUP_QUERIES one warpgroup of 64-key tiles, below SHORT_CAUSAL_QUERIES two.
+ * Paged keys (the producer on cp.async, no TMA) keep two: one warpgroup of 64-key tiles ran 223
+ * there against two's 227. The launch sets the fields before the spec is finished, so a sweep's
+ * override still replaces them, and a tuned configuration's warpgroups and block_n do not. */
+#define ONE_WARPGROUP_QUERIES 1024
 #define SHORT_CAUSAL_QUERIES 4096
 
-static int takes_two_warpgroups(int head_dim, int causal, int64_t max_seqlen_q) {
-  return head_dim == 64 && causal && max_seqlen_q < SHORT_CAUSAL_QUERIES;
+/* Sets the short causal grids' warpgroups (and block_n) in a spec not yet finished. */
+static void short_causal_form(yk_spec *s, int64_t max_seqlen_q) {
+  if (s->v[HEAD_DIM] != 64 || !s->v[CAUSAL] || max_seqlen_q >= SHORT_CAUSAL_QUERIES) return;
+  if (!s->v[PAGED] && max_seqlen_q <= ONE_WARPGROUP_QUERIES)
+    s->v[WARPGROUPS] = 1, s->v[BLOCK_N] = 64;
+  else
+    s->v[WARPGROUPS] = 2;
 }
 
 /* With two consumer warpgroups a block has 384 threads, 168 registers each at launch: setmaxnreg
@@ -143,17 +155,24 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .warm_specs = warm_specs,
 };
 
-/* The warm-up matrix's specs in the forms the calls launch: a causal one at head dim 64 also with the
- * two warpgroups short sequences take (yk_attention_prefill_sm90_spec). */
+/* The warm-up matrix's specs in the forms the calls launch: a causal one at head dim 64 also in the
+ * forms shorter sequences take (short_causal_form), as the warm-up knows no lengths. */
 static void emit_variants(void *user, const yk_spec *s) {
   const yk_spec_sink *w = user;
   w->emit(w->user, s);
-  /* the warm-up knows no lengths: the form a short sequence (one query) takes */
-  if (s->v[WARPGROUPS] == 2 || !takes_two_warpgroups(s->v[HEAD_DIM], s->v[CAUSAL], 1)) return;
-  yk_spec two = *s;
-  char why[256];
-  two.v[WARPGROUPS] = 2;
-  if (!valid(&two, why, sizeof why)) w->emit(w->user, &two);
+  static const int64_t lengths[] = {1, ONE_WARPGROUP_QUERIES + 1};
+  yk_spec forms[2];
+  for (int i = 0; i < 2; i++) {
+    yk_spec *f = &forms[i];
+    *f = *s; /* the fields the launch leaves to complete(), unset again */
+    f->v[WARPGROUPS] = f->v[BLOCK_N] = f->v[STAGES] = f->v[PIPELINE] = f->v[TMA] = YK_UNSET;
+    short_causal_form(f, lengths[i]);
+    complete(f);
+    char why[256];
+    if (!memcmp(f->v, s->v, sizeof s->v) || (i && !memcmp(f->v, forms[0].v, sizeof f->v)) || valid(f, why, sizeof why))
+      continue;
+    w->emit(w->user, f);
+  }
 }
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
@@ -170,7 +189,7 @@ void yk_attention_prefill_sm90_spec(yk_spec *s, int dtype, int head_dim, int cau
   s->v[RAGGED] = ragged;
   s->v[PAGED] = paged;
   s->v[PAGE_SIZE] = page_size;
-  if (takes_two_warpgroups(head_dim, causal, max_seqlen_q)) s->v[WARPGROUPS] = 2;
+  short_causal_form(s, max_seqlen_q);
 }
 
 int yk_attention_prefill_sm90_rows(const yk_spec *s) { return 64 * s->v[WARPGROUPS]; }
