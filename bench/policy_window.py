@@ -6,10 +6,11 @@
 # do_bench and Triton launch on; its L2 flush writes outside them.
 # Usage on the GPU machine: python3 bench/policy_window.py OUT.json
 import ctypes, json, sys
-import torch, triton, triton.language as tl
+import torch
 import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel, SDPBackend
 from triton.testing import do_bench
+from kv_reader import D, kv_tensors, reader
 
 R = {}
 def rec(key, value):
@@ -33,23 +34,8 @@ def set_window(base, num_bytes, hit_ratio=1.0):
     rc = cu.cuStreamSetAttribute(stream, 1, ctypes.byref(w))  # CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW
     if rc: sys.exit(f"cuStreamSetAttribute: CUresult {rc}")
 
-@triton.jit
-def read_kernel(x_ptr, y_ptr, out_ptr, N, n_per, BLOCK: tl.constexpr, EVICT: tl.constexpr):
-    pid = tl.program_id(0)
-    base = pid * n_per
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for off in range(0, n_per, BLOCK):
-        idx = base + off + tl.arange(0, BLOCK)
-        m = (idx < N) & (off + tl.arange(0, BLOCK) < n_per)
-        a = tl.load(x_ptr + idx, mask=m, other=0., eviction_policy=EVICT)
-        b = tl.load(y_ptr + idx, mask=m, other=0., eviction_policy=EVICT)
-        acc += a.to(tl.float32) + b.to(tl.float32)
-    tl.store(out_ptr + pid, tl.sum(acc))
-
 torch.manual_seed(0)
-L, KVH, D = 32768, 8, 128
-kv = torch.randn(2, 1, L, KVH, D, device="cuda", dtype=torch.bfloat16)
-k, v = kv[0], kv[1]
+kv, k, v = kv_tensors()
 N = k.numel()
 nbytes = 2 * N * k.element_size()
 out = torch.empty(4096, device="cuda", dtype=torch.float32)
@@ -65,8 +51,7 @@ for name, (base, size, hit) in windows.items():
     for evict in ["", "evict_first"]:
         for G in [128, 528, 256]:
             BLOCK, W = 8192, 16
-            n_per = ((N + G - 1) // G + BLOCK - 1) // BLOCK * BLOCK
-            f = lambda: read_kernel[(G,)](k, v, out, N, n_per, BLOCK=BLOCK, EVICT=evict, num_warps=W)
+            f = reader(k, v, out, G, BLOCK, W, evict)
             f()
             torch.cuda.synchronize()
             rec(f"{name} G{G} B{BLOCK} w{W} {evict or 'normal'} GB/s", gbs(do_bench(f, return_mode="median")))
