@@ -334,8 +334,8 @@ static void prefill_configs(bench_timer *t, bench_results *r, const char *shape,
 
 static void prefill_sweep(bench_timer *t, bench_results *r) {
   yh_rng rng = {23};
-  /* the issue's lengths, 16k tokens a batch, and 2048 between the short causal grids' warpgroups
-   * (yk_attention_prefill_sm90_spec: two under 4096 queries at head dim 64) and the others' */
+  /* the issue's lengths, 16k tokens a batch, and 2048 between them: short causal grids at head dim
+   * 64 take fewer warpgroups (yk_attention_prefill_sm90_spec: one up to 1024 queries, two under 4096) */
   static const int64_t seqs[] = {1024, 2048, 4096, 16384};
   for (int i = 0; i < 16; i++) { /* head dims 64 and 128, each at every length, each without and with the mask */
     const int64_t head_dim = i < 8 ? 64 : 128, seq = seqs[i / 2 % 4], batch = 16384 / seq;
