@@ -69,6 +69,8 @@ static void free_tiny(tiny *t) { yh_tensor_free(&t->x), yh_tensor_free(&t->w), y
  * one-row bucket: with it on the context, yk_rms_norm pays what every launch of a tuned context
  * pays (the key's hash, a probe, the walk of its buckets), which the unit tests do not time. */
 static yk_tune_table *dispatch_table(yk_ctx *gpu) {
+  yk_tune_identity id;
+  yk_tune_identity_of(gpu, &id);
   yk_tune_db db = {0};
   static const char *const configs[] = {"threads=32,row_in_regs=1", "threads=64,row_in_regs=1"};
   for (int winner = 0; winner < 2; winner++) {
@@ -78,15 +80,13 @@ static yk_tune_table *dispatch_table(yk_ctx *gpu) {
     snprintf(rec.spec, sizeof rec.spec, "rms_norm:dtype=bf16,hidden=128,vec=8,fused_add=0");
     rec.bucket = rec.size = 1;
     snprintf(rec.shape, sizeof rec.shape, "T1 H128");
-    yk_tune_identity_of(gpu, &rec.id);
+    rec.id = id;
     snprintf(rec.config, sizeof rec.config, "%s", configs[winner]);
     rec.is_default = !winner;
     rec.status = YK_TUNE_OK;
     rec.ms = winner ? 0.5 : 1.0;
     if (yk_tune_db_put(gpu, &db, &rec)) break;
   }
-  yk_tune_identity id;
-  yk_tune_identity_of(gpu, &id);
   yk_tune_table *table = NULL;
   if (yk_tune_table_build(gpu, &db, &id, &table) == YK_OK && table->entry_count != 1)
     yk_tune_table_free(table), table = NULL;

@@ -156,7 +156,8 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
 };
 
 /* The warm-up matrix's specs in the forms the calls launch: a causal one at head dim 64 also in the
- * forms shorter sequences take (short_causal_form), as the warm-up knows no lengths. */
+ * forms shorter sequences take, as the warm-up knows no lengths. Each is built as the launch builds
+ * it (yk_attention_prefill_sm90_spec, then complete()), so the two cannot drift apart. */
 static void emit_variants(void *user, const yk_spec *s) {
   const yk_spec_sink *w = user;
   w->emit(w->user, s);
@@ -164,13 +165,11 @@ static void emit_variants(void *user, const yk_spec *s) {
   yk_spec forms[2];
   for (int i = 0; i < 2; i++) {
     yk_spec *f = &forms[i];
-    *f = *s; /* the fields the launch leaves to complete(), unset again */
-    f->v[WARPGROUPS] = f->v[BLOCK_N] = f->v[STAGES] = f->v[PIPELINE] = f->v[TMA] = YK_UNSET;
-    short_causal_form(f, lengths[i]);
+    yk_attention_prefill_sm90_spec(f, s->dtype, s->v[HEAD_DIM], s->v[CAUSAL], s->v[RAGGED], s->v[PAGED],
+                                   s->v[PAGE_SIZE], lengths[i]);
     complete(f);
     char why[256];
-    if (!memcmp(f->v, s->v, sizeof s->v) || (i && !memcmp(f->v, forms[0].v, sizeof f->v)) || valid(f, why, sizeof why))
-      continue;
+    if (!memcmp(f, s, sizeof *s) || (i && !memcmp(f, &forms[0], sizeof *f)) || valid(f, why, sizeof why)) continue;
     w->emit(w->user, f);
   }
 }
