@@ -41,7 +41,7 @@ typedef struct bench_row {
 } bench_row;
 
 typedef struct bench_results {
-  bench_row rows[2048]; /* yk bench --prefill --sweep alone fills 504 (session 36), --sweep more than 700 */
+  bench_row rows[2048]; /* yk bench --prefill --sweep alone filled 504 (session 36); --sweep adds the others */
   int count;
   double copy_gbps; /* measured device-to-device copy, read + write */
 } bench_results;
