@@ -9,6 +9,8 @@
 #include "runtime/launch.h"
 #include "runtime/module.h"
 #include "tune/tune_context.h"
+#include "tune/tune_key.h"
+#include "tune/tune_sweep.h"
 #include "tune/tune_table.h"
 
 static double now_ms(void) {
@@ -65,10 +67,16 @@ static int make_tiny(tiny *t, yk_ctx *ctx, int64_t hidden) {
 
 static void free_tiny(tiny *t) { yh_tensor_free(&t->x), yh_tensor_free(&t->w), yh_tensor_free(&t->out); }
 
-/* A tune table for this GPU whose one key is the dispatch rows' rms_norm spec, with a winner at its
- * one-row bucket: with it on the context, yk_rms_norm pays what every launch of a tuned context
- * pays (the key's hash, a probe, the walk of its buckets), which the unit tests do not time. */
-static yk_tune_table *dispatch_table(yk_ctx *gpu) {
+/* A tune table for this GPU whose one key is the spec the dispatch rows' yk_rms_norm builds (as the
+ * tuner finds it: yk_tune_keys_capture), with a winner at its one-row bucket: with it on the
+ * context, yk_rms_norm pays what every launch of a tuned context pays (the key's hash, a probe, the
+ * walk of its buckets), which the unit tests do not time. */
+static yk_tune_table *dispatch_table(yk_ctx *gpu, tiny *t) {
+  yk_tune_keys keys = {0};
+  gpu->spec_override = yk_tune_keys_capture, gpu->spec_override_user = &keys;
+  const yk_status st = yk_rms_norm(gpu, &t->x.dl, &t->w.dl, 1e-6f, &t->out.dl, NULL);
+  gpu->spec_override = NULL, gpu->spec_override_user = NULL;
+  if (st != YK_OK || keys.count != 1) return NULL;
   yk_tune_identity id;
   yk_tune_identity_of(gpu, &id);
   yk_tune_db db = {0};
@@ -76,8 +84,8 @@ static yk_tune_table *dispatch_table(yk_ctx *gpu) {
   for (int winner = 0; winner < 2; winner++) {
     yk_tune_record rec;
     memset(&rec, 0, sizeof rec);
-    snprintf(rec.op, sizeof rec.op, "rms_norm");
-    snprintf(rec.spec, sizeof rec.spec, "rms_norm:dtype=bf16,hidden=128,vec=8,fused_add=0");
+    snprintf(rec.op, sizeof rec.op, "%s", keys.key[0].op->name);
+    yk_tune_key_format(&keys.key[0], rec.spec, sizeof rec.spec);
     rec.bucket = rec.size = 1;
     snprintf(rec.shape, sizeof rec.shape, "T1 H128");
     rec.id = id;
@@ -171,7 +179,7 @@ int bench_jit(yk_ctx *gpu, bench_results *r, int quick) {
   /* variants, interleaved batch by batch so drift hits all alike: bare cuLaunchKernel, bare
    * cuLaunchKernelEx, cuCtxGetCurrent + cuLaunchKernelEx (the driver part of our path), yk_rms_norm,
    * and yk_rms_norm on the context tuned (dispatch_table) */
-  yk_tune_table *table = dispatch_table(gpu), *untuned = gpu->tune;
+  yk_tune_table *table = dispatch_table(gpu, &t), *untuned = gpu->tune;
   gpu->tune = table; /* its kernel (64 threads) loaded before the timing */
   if (table && yk_rms_norm(gpu, &t.x.dl, &t.w.dl, 1e-6f, &t.out.dl, NULL) != YK_OK)
     yk_tune_table_free(table), table = NULL;
