@@ -209,4 +209,30 @@ static inline void check_lse(yh_tensor *lse, const double *want, double tol, con
   free(got);
 }
 
+/* Tensors of the scenario's cu_seqlens_q (prefill) in ctx's memory. */
+static inline void cu_q_tensor(yh_tensor *t, yk_ctx *ctx, const scenario *s, int on_device) {
+  const int64_t n = s->c.batch + 1;
+  index_tensor(t, ctx, 1, &n, s->cu_q, on_device);
+}
+
+/* The scenario's paged call (decode, or prefill over a dense q where it can or cu_seqlens_q) on t. */
+static inline yk_status run_paged(yk_ctx *ctx, const scenario *s, paged_tensors *t, yh_tensor *cu_q, int num_splits) {
+  yk_attention_params p = {.causal = s->causal, .num_splits = num_splits};
+  if (s->decode) return yk_paged_attention_decode(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+  if (s->dense_q) { /* the same memory as [batch, seq_q, ...] and [batch, q_heads, seq_q] */
+    const int64_t B = s->c.batch, S = s->c.lens_q[0], H = s->c.q_heads, D = s->c.head_dim;
+    int64_t q_shape[4] = {B, S, H, D}, q_strides[4] = {S * H * D, H * D, D, 1};
+    int64_t lse_shape[3] = {B, H, S}, lse_strides[3] = {S, s->total_q, 1};
+    DLTensor q = t->q.dl, out = t->out.dl, lse = t->lse.dl;
+    q.ndim = out.ndim = 4, lse.ndim = 3;
+    q.shape = out.shape = q_shape, q.strides = out.strides = q_strides;
+    lse.shape = lse_shape, lse.strides = lse_strides;
+    return yk_paged_attention_prefill(ctx, &q, &t->kv, &p, &out, &lse, NULL);
+  }
+  p.cu_seqlens_q = &cu_q->dl;
+  for (int b = 0; b < s->c.batch; b++)
+    p.max_seqlen_q = s->c.lens_q[b] > p.max_seqlen_q ? s->c.lens_q[b] : p.max_seqlen_q;
+  return yk_paged_attention_prefill(ctx, &t->q.dl, &t->kv, &p, &t->out.dl, &t->lse.dl, NULL);
+}
+
 #endif
