@@ -1,5 +1,6 @@
-/* What the paged attention tests share (test_paged_attention.c, test_cascade_attention.c):
- * scenarios of sequences over pages and their tensors.
+/* What the paged attention tests share (test_paged_attention.c, test_paged_attention_bad_input.c,
+ * test_cascade_attention.c): scenarios of sequences over pages, their tensors, and the paged call
+ * on them.
  *
  * A scenario keeps every sequence's keys twice: dense ([total_k, kv_heads, head_dim], for the
  * reference call) and scattered over shuffled blocks of a cache whose other rows hold noise. */
