@@ -5,10 +5,12 @@
 # (with the demo), bench.log, yk_bench.json, yk_bench_mma_sync.json (the attention benchmarks
 # again with the mma.sync prefill), peers.json, peers_extra.json, peers.log, python.log (the
 # bindings' tests with torch on the GPU and their per-call overhead). The report last.
-#   bash bench/device_run.sh [tests] [bench] [sweep] [decode] [paged] [prefill] [backward] [tune] [python] [profile] [peers]
+#   bash bench/device_run.sh [tests] [bench] [sweep] [ops] [decode] [paged] [prefill] [backward] [tune] [python] [profile] [probe] [peers]
 #   (default: tests bench python peers; decode: yk bench --decode alone; paged: yk bench --paged; prefill: yk bench --prefill
 #   --sweep, the Hopper prefill's configurations, prefill.log; backward: yk bench --backward (with
-#   sweep, its tiles), backward.log; tune: yk tune over every op at Llama 3
+#   sweep, its tiles), backward.log; ops: yk bench --ops, ops.log; probe: the prefill timeline probe's
+#   two libraries (bench/probes/prefill_trace.sh made them here) alternated a, b, a, b, probe.log and
+#   probe.tgz (every block's stamps; NOTES.md item 91); tune: yk tune over every op at Llama 3
 #   8B's shapes and the peers on those shapes, tune.jsonl, tune.csv, tune.md; profile: ncu over the
 #   decode kernels, ncu.log)
 set -u
@@ -20,6 +22,16 @@ export YK_CACHE_DIR=/tmp/yk-cache YK_TEST_TMP=/tmp/yk-test
 parts=${*:-tests bench python peers}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 status=0
+if [[ $parts == *probe* ]]; then # before the rest, on a machine nothing else has warmed
+  mkdir -p "$OUT/probe"
+  for v in a b a b; do
+    echo "=== probe $v" >> "$OUT/probe.log"
+    YK_CACHE_DIR=/tmp/yk-cache-probe-$v YK_LIBRARY=$PWD/$B/lib/libyk_trace_$v.so TAG=$v OUT=$OUT/probe PYTHONUNBUFFERED=1 \
+      timeout 150 python3 bench/probes/prefill_trace.py >> "$OUT/probe.log" 2>&1 || status=1
+  done
+  tar czf "$OUT/probe.tgz" -C "$OUT" probe && rm -rf "$OUT/probe"
+  cat "$OUT/probe.log"
+fi
 if [[ $parts == *tests* ]]; then
   # a worker a core: the heaviest GPU tests are shards whose time is NVRTC's (bench/NOTES.md item 78);
   # gpu_forward_matches_cpu runs the mma.sync prefill beside the Hopper ones itself
@@ -45,6 +57,7 @@ narrow() {
   "$B/bin/yk" bench "--$name" "$@" --json "$OUT/yk_bench_$name.json" > "$OUT/$name.log" 2>&1 || status=1
   grep -v "^|" "$OUT/$name.log"
 }
+[[ $parts == *ops* ]] && narrow ops                  # norms, activations, RoPE, the JIT and dispatch rows
 [[ $parts == *decode* ]] && narrow decode $sweep     # dense (both layouts), paged, cascade; with sweep its splits, tiles, hints
 [[ $parts == *paged* ]] && narrow paged $sweep       # paged and cascade; with sweep the paged knobs (batch 1, float8)
 [[ $parts == *prefill* ]] && narrow prefill --sweep  # the prefill rows, then every Hopper prefill configuration
