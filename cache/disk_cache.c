@@ -17,6 +17,7 @@
 #include "runtime/error.h"
 
 static const char magic[8] = {'Y', 'K', 'C', 'A', 'C', 'H', 'E', '\0'};
+const char yk_disk_cache_other_version[] = "written by another format version";
 #define ENTRY_BYTES_MAX (1ull << 30) /* a sanity bound on one entry's payload */
 
 static void put_u32(unsigned char *p, uint32_t v) {
@@ -125,6 +126,10 @@ void yk_disk_cache_init(yk_ctx *ctx, yk_disk_cache *disk, const yk_ctx_options *
     }
   }
 
+  const char *max_size = getenv("YK_CACHE_MAX_SIZE");
+  if (disk->writable && max_size && max_size[0] && yk_disk_cache_parse_size(max_size, &disk->max_bytes))
+    yk_warn(ctx, "kernel cache: YK_CACHE_MAX_SIZE=%s is not a size (bytes, or with K, M, G or T); no bound", max_size);
+
   const char *path = options->cache_path ? options->cache_path : getenv("YK_CACHE_PATH");
   if (memory_only || !path) return;
   char buf[8192];
@@ -188,7 +193,7 @@ static const char *read_entry(const char *path, const uint8_t *expect_key, int v
     goto done;
   }
   if (get_u32(h + 8) != YK_GEN_FORMAT_VERSION || get_u32(h + 12) != YK_CACHE_HEADER_BYTES) {
-    problem = "written by another format version";
+    problem = yk_disk_cache_other_version;
     goto done;
   }
   if (get_u64(h + 64) != XXH3_64bits(h, 64)) {
@@ -272,6 +277,17 @@ static void entry_path(char *path, size_t size, const char *dir, const uint8_t k
   snprintf(path, size, "%s/%s%s", dir, hex, YK_CACHE_SUFFIX);
 }
 
+const char *yk_disk_cache_check(const char *path) {
+  const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+  if (!yk_disk_cache_is_entry_name(name)) return "not named by a key";
+  char hex[33];
+  uint8_t key[16];
+  memcpy(hex, name, 32);
+  hex[32] = '\0';
+  yk_key_from_hex(hex, key);
+  return read_entry(path, key, 0, NULL, NULL);
+}
+
 int yk_disk_cache_load(yk_ctx *ctx, const yk_disk_cache *disk, const uint8_t key[16], yk_binary *out) {
   char path[PATH_MAX + 64];
   for (int i = -1; i < disk->read_dir_count; i++) {
@@ -279,7 +295,10 @@ int yk_disk_cache_load(yk_ctx *ctx, const yk_disk_cache *disk, const uint8_t key
     if (!dir[0]) continue;
     entry_path(path, sizeof path, dir, key);
     const char *problem = read_entry(path, key, 1, out, NULL);
-    if (!problem) return 0;
+    if (!problem) {
+      if (i < 0 && disk->writable) utimensat(AT_FDCWD, path, NULL, 0); /* used now: pruning keeps it longest */
+      return 0;
+    }
     if (strcmp(problem, "missing") != 0)
       yk_warn(ctx, "kernel cache: %s is %s; ignoring it%s", path, problem, i < 0 ? " and recompiling" : "");
   }
@@ -338,11 +357,16 @@ void yk_disk_cache_store(yk_ctx *ctx, const yk_disk_cache *disk, const yk_binary
   }
   if (failed && yk_warn_first(ctx, YK_WARN_CACHE_WRITE_FAILED))
     yk_warn(ctx, "kernel cache: writing %s: %s (%s); kernels stay in memory", path, failed, strerror(errno));
+  char why[PATH_MAX + 256];
+  if (!failed && disk->max_bytes &&
+      yk_disk_cache_prune(disk, disk->max_bytes, 0, NULL, NULL, why, sizeof why) != YK_OK &&
+      yk_warn_first(ctx, YK_WARN_CACHE_PRUNE_FAILED))
+    yk_warn(ctx, "kernel cache: keeping %s within YK_CACHE_MAX_SIZE: %s", disk->dir, why);
 }
 
 /* ---- listing, verifying, clearing (yk/jit.h) ---- */
 
-static int is_entry_name(const char *name) {
+int yk_disk_cache_is_entry_name(const char *name) {
   size_t n = strlen(name);
   if (n != 32 + strlen(YK_CACHE_SUFFIX) || strcmp(name + 32, YK_CACHE_SUFFIX)) return 0;
   uint8_t key[16];
@@ -358,7 +382,7 @@ static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void 
   if (!d) return errno == ENOENT ? 0 : 1;
   struct dirent *de;
   while ((de = readdir(d))) {
-    if (!is_entry_name(de->d_name)) continue;
+    if (!yk_disk_cache_is_entry_name(de->d_name)) continue;
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
     uint8_t key[16];
@@ -424,7 +448,7 @@ yk_status yk_cache_clear(yk_ctx *ctx, int *removed) {
   yk_status status = YK_OK;
   while ((de = readdir(d))) {
     int stale_tmp = de->d_name[0] == '.' && strstr(de->d_name, ".tmp-") != NULL;
-    if (!is_entry_name(de->d_name) && !stale_tmp) continue;
+    if (!yk_disk_cache_is_entry_name(de->d_name) && !stale_tmp) continue;
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", disk->dir, de->d_name);
     if (unlink(path) == 0) {

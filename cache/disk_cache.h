@@ -35,6 +35,7 @@ typedef struct yk_disk_cache {
   char read_dirs[YK_CACHE_READ_DIRS_MAX][PATH_MAX]; /* YK_CACHE_PATH, searched after dir */
   int read_dir_count;
   char read_path[1024]; /* read_dirs joined with ':', for yk_ctx_get_info */
+  uint64_t max_bytes;   /* YK_CACHE_MAX_SIZE: pruned to this after each store; 0: no bound */
 } yk_disk_cache;
 
 /* Resolves the directories from options and the environment, creates the main one if needed,
@@ -46,7 +47,30 @@ void yk_disk_cache_init(yk_ctx *ctx, yk_disk_cache *disk, const yk_ctx_options *
  * is reported through a warning). */
 int yk_disk_cache_load(yk_ctx *ctx, const yk_disk_cache *disk, const uint8_t key[16], yk_binary *out);
 
-/* Writes an entry; failures are warned about once and otherwise ignored (the kernel is in memory). */
+/* Writes an entry, then prunes to max_bytes where set; failures are warned about once and otherwise
+ * ignored (the kernel is in memory). */
 void yk_disk_cache_store(yk_ctx *ctx, const yk_disk_cache *disk, const yk_binary *b);
+
+/* 1 if name is an entry's file name (32 hex digits and the suffix). */
+int yk_disk_cache_is_entry_name(const char *name);
+
+/* NULL if the entry file at path is sound (header, sizes, metadata; not the payload's checksum),
+ * else its problem: yk_disk_cache_other_version itself for a sound header of another format
+ * version (another library's entry, not a damaged one). */
+const char *yk_disk_cache_check(const char *path);
+extern const char yk_disk_cache_other_version[];
+
+/* Removes from the writable directory every damaged entry (another format version's are another
+ * library's, and are aged and sized like the rest), every entry unused
+ * for more than max_age_s seconds (0: no age bound), then the least recently used until the rest
+ * take at most max_bytes (0: no size bound), and temporary files older than an hour. Counts may
+ * be NULL; on failure why says the first problem (the rest is still done, except out of memory,
+ * which removes no entry). Used: stored, or loaded from disk (disk_prune.c). */
+yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int64_t max_age_s, int *removed,
+                              uint64_t *kept_bytes, char *why, size_t why_size);
+
+/* Sizes as YK_CACHE_MAX_SIZE and yk cache prune take them: bytes, or with K, M, G or T (powers of
+ * 1024; "KiB", "kB" and "K" alike); 0 if parsed. */
+int yk_disk_cache_parse_size(const char *text, uint64_t *bytes);
 
 #endif

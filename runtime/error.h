@@ -23,6 +23,7 @@ __attribute__((format(printf, 2, 3))) void yk_warn(yk_ctx *ctx, const char *fmt,
 enum {
   YK_WARN_CACHE_UNWRITABLE = 1u << 0,
   YK_WARN_CACHE_WRITE_FAILED = 1u << 1,
+  YK_WARN_CACHE_PRUNE_FAILED = 1u << 2,
 };
 /* 1 the first time for this flag on this context, then 0. */
 int yk_warn_first(yk_ctx *ctx, unsigned flag);

@@ -1,5 +1,5 @@
 /* The kernel cache: memory and disk hits, every kind of damaged entry, concurrency across threads
- * and processes, read-only and unwritable directories, untrusted directories and entries. */
+ * and processes, read-only and unwritable directories, untrusted directories and entries, pruning. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -8,8 +8,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "cache/disk_cache.h"
 #include "tests/support.h"
 
 #define SPEC "rms_norm:dtype=bf16,hidden=1024"
@@ -346,4 +348,209 @@ Test(cache, clear_and_memory_only) {
   cr_assert_eq(compile(b, SPEC), 1);
   cr_assert_eq(files_matching(dir, ".ykc"), 0, "YK_CACHE=memory wrote to disk");
   yk_ctx_destroy(b);
+}
+
+/* ---- pruning (cache/disk_prune.c) ---- */
+
+#define SPEC3 "rms_norm:dtype=f16,hidden=4096"
+
+typedef struct {
+  char paths[8][1024];
+  int count;
+} path_set;
+
+static void add_path(void *user, const yk_cache_entry *e) {
+  path_set *s = user;
+  if (s->count < 8 && !e->read_only) snprintf(s->paths[s->count++], sizeof s->paths[0], "%s", e->path);
+}
+
+/* Compiles spec and returns its entry's path (the one the listing did not have before). */
+static void compile_into(yk_ctx *ctx, const char *spec, char *path, size_t size) {
+  path_set before = {0}, after = {0};
+  cr_assert_eq(yk_cache_list(ctx, 0, add_path, &before, NULL, NULL), YK_OK);
+  cr_assert_eq(compile(ctx, spec), 1);
+  cr_assert_eq(yk_cache_list(ctx, 0, add_path, &after, NULL, NULL), YK_OK);
+  for (int i = 0; i < after.count; i++) {
+    int known = 0;
+    for (int j = 0; j < before.count; j++) known |= !strcmp(after.paths[i], before.paths[j]);
+    if (!known) {
+      snprintf(path, size, "%s", after.paths[i]);
+      return;
+    }
+  }
+  cr_assert_fail("no new entry for %s", spec);
+}
+
+/* Last used seconds_ago seconds ago, as a store or a disk load would leave it. */
+static void set_age(const char *path, long seconds_ago) {
+  struct timespec t[2];
+  clock_gettime(CLOCK_REALTIME, &t[0]);
+  t[0].tv_sec -= seconds_ago;
+  t[1] = t[0];
+  cr_assert_eq(utimensat(AT_FDCWD, path, t, 0), 0, "%s", path);
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+static uint64_t file_bytes(const char *path) {
+  struct stat st;
+  cr_assert_eq(stat(path, &st), 0, "%s", path);
+  return (uint64_t)st.st_size;
+}
+
+/* A disk load marks an entry used: the size bound then takes the entry used longest ago, not the
+ * one stored first. */
+Test(cache, prune_removes_least_recently_used_first) {
+  char dir[512], p1[1024], p2[1024], p3[1024];
+  ts_temp_dir(dir, sizeof dir, "prune-lru");
+  yk_ctx *a = cache_ctx(dir, NULL, NULL);
+  compile_into(a, SPEC, p1, sizeof p1);
+  compile_into(a, SPEC2, p2, sizeof p2);
+  compile_into(a, SPEC3, p3, sizeof p3);
+  yk_ctx_destroy(a);
+  set_age(p1, 300), set_age(p2, 200), set_age(p3, 100);
+
+  yk_ctx *b = cache_ctx(dir, NULL, NULL);
+  cr_assert_eq(compile(b, SPEC), 0, "the oldest entry must load from disk");
+  const uint64_t keep = file_bytes(p1) + file_bytes(p3);
+  int removed = -1;
+  uint64_t kept = 0;
+  cr_assert_eq(yk_cache_prune(b, keep, 0, &removed, &kept), YK_OK, "%s", yk_ctx_last_error(b));
+  cr_assert_eq(removed, 1);
+  cr_assert_eq(kept, keep);
+  cr_assert(!exists(p2), "the least recently used entry stayed");
+  cr_assert(exists(p1), "the entry just loaded from disk was removed");
+  cr_assert(exists(p3));
+
+  /* one byte under what is left: the older of the two goes; an unchanged bound removes nothing */
+  cr_assert_eq(yk_cache_prune(b, keep - 1, 0, &removed, &kept), YK_OK);
+  cr_assert_eq(removed, 1);
+  cr_assert(exists(p1) && !exists(p3), "p3 (used 100 s ago) is older than p1 (just loaded)");
+  cr_assert_eq(kept, file_bytes(p1));
+  cr_assert_eq(yk_cache_prune(b, keep - 1, 0, &removed, &kept), YK_OK);
+  cr_assert_eq(removed, 0);
+  cr_assert_eq(yk_cache_prune(b, 1, 0, &removed, &kept), YK_OK);
+  cr_assert(removed == 1 && kept == 0 && !exists(p1));
+  cr_assert_eq(compile(b, SPEC), 0, "pruning must leave the kernels in memory alone");
+  yk_ctx_destroy(b);
+}
+
+/* Age, entries that do not check out and temporary files a dead writer left go; a fresh
+ * temporary file, files that are not entries and read-only directories stay. */
+Test(cache, prune_by_age_and_soundness) {
+  char dir[512], shipped[512], old[1024], fresh[1024], bad[1024], shipped_entry[1024];
+  char stale_tmp[700], live_tmp[700], tune_db[700];
+  ts_temp_dir(dir, sizeof dir, "prune-age");
+  ts_temp_dir(shipped, sizeof shipped, "prune-shipped");
+  yk_ctx *s = cache_ctx(shipped, NULL, NULL);
+  compile_into(s, SPEC3, shipped_entry, sizeof shipped_entry);
+  yk_ctx_destroy(s);
+  set_age(shipped_entry, 30 * 86400);
+
+  yk_ctx *a = cache_ctx(dir, shipped, NULL);
+  compile_into(a, SPEC, old, sizeof old);
+  compile_into(a, SPEC2, fresh, sizeof fresh);
+  set_age(old, 3 * 86400);
+  snprintf(bad, sizeof bad, "%s/%032x%s", dir, 7, ".ykc");
+  FILE *f = fopen(bad, "wb");
+  fputs("a file named like an entry, from another version or torn", f);
+  fclose(f);
+  char other[1024]; /* another library's entry: a sound header of another format version */
+  snprintf(other, sizeof other, "%s/%032x%s", dir, 8, ".ykc");
+  FILE *from = fopen(fresh, "rb"), *to = fopen(other, "wb");
+  for (int c, at = 0; (c = fgetc(from)) != EOF; at++) fputc(at == 8 ? c + 1 : c, to); /* the version's low byte */
+  fclose(from), fclose(to);
+  set_age(other, 86400);
+  snprintf(stale_tmp, sizeof stale_tmp, "%s/.0123.tmp-abcdef", dir);
+  snprintf(live_tmp, sizeof live_tmp, "%s/.4567.tmp-ghijkl", dir);
+  snprintf(tune_db, sizeof tune_db, "%s/tune.jsonl", dir);
+  fclose(fopen(stale_tmp, "w")), fclose(fopen(live_tmp, "w")), fclose(fopen(tune_db, "w"));
+  set_age(stale_tmp, 7200);
+
+  int removed = -1;
+  uint64_t kept = 0;
+  cr_assert_eq(yk_cache_prune(a, 0, 0, &removed, &kept), YK_OK, "%s", yk_ctx_last_error(a));
+  cr_assert_eq(removed, 1, "only the bad entry goes without a bound");
+  cr_assert(!exists(bad) && exists(old) && exists(fresh));
+  cr_assert(!exists(stale_tmp), "an hour-old temporary file stayed");
+  cr_assert(exists(live_tmp), "a temporary file being written was removed");
+  cr_assert(exists(tune_db), "a file that is not an entry was removed");
+  cr_assert(exists(other), "another format version's entry is not damaged");
+  cr_assert_eq(kept, file_bytes(old) + file_bytes(fresh) + file_bytes(other));
+
+  cr_assert_eq(yk_cache_prune(a, 0, 2 * 86400, &removed, &kept), YK_OK);
+  cr_assert_eq(removed, 1);
+  cr_assert(!exists(old) && exists(fresh), "the entry unused for 3 days must go, the fresh one stay");
+  cr_assert(exists(shipped_entry), "prune touched a read-only directory");
+  cr_assert_eq(kept, file_bytes(fresh) + file_bytes(other));
+  cr_assert_eq(yk_cache_prune(a, file_bytes(fresh), 0, &removed, &kept), YK_OK);
+  cr_assert(removed == 1 && !exists(other) && exists(fresh), "the older entry goes first, whatever its version");
+  yk_ctx_destroy(a);
+}
+
+/* YK_CACHE_MAX_SIZE prunes after every store; a value that is not a size is one warning, no bound. */
+Test(cache, max_size_bounds_every_store) {
+  char dir[512], p1[1024], p2[1024];
+  ts_temp_dir(dir, sizeof dir, "prune-max");
+  yk_ctx *a = cache_ctx(dir, NULL, NULL);
+  compile_into(a, SPEC, p1, sizeof p1);
+  const uint64_t one = file_bytes(p1);
+  yk_ctx_destroy(a);
+  set_age(p1, 60);
+
+  char bound[32];
+  snprintf(bound, sizeof bound, "%llu", (unsigned long long)(one + one / 2));
+  setenv("YK_CACHE_MAX_SIZE", bound, 1);
+  log_capture log;
+  yk_ctx *b = cache_ctx(dir, NULL, &log);
+  compile_into(b, SPEC2, p2, sizeof p2);
+  cr_assert(exists(p2) && !exists(p1), "a store past the bound must remove the older entry");
+  cr_assert_eq(log.count, 0, "warnings: %s", log.text);
+  yk_ctx_destroy(b);
+
+  setenv("YK_CACHE_MAX_SIZE", "12 apples", 1);
+  yk_ctx *c = cache_ctx(dir, NULL, &log);
+  cr_assert_eq(log.count, 1, "warnings: %s", log.text);
+  cr_assert(strstr(log.text, "YK_CACHE_MAX_SIZE=12 apples is not a size"), "warning was '%s'", log.text);
+  cr_assert_eq(compile(c, SPEC), 1);
+  cr_assert(exists(p2) && exists(p1), "no bound after a bad value");
+  yk_ctx_destroy(c);
+}
+
+Test(cache, prune_bad_input_and_sizes) {
+  cr_assert_eq(yk_cache_prune(NULL, 0, 0, NULL, NULL), YK_ERR_INVALID_ARGUMENT);
+  char dir[512], p1[1024];
+  ts_temp_dir(dir, sizeof dir, "prune-bad");
+  yk_ctx *a = cache_ctx(dir, NULL, NULL);
+  compile_into(a, SPEC, p1, sizeof p1);
+  set_age(p1, 100 * 86400);
+  int removed = 5;
+  cr_assert_eq(yk_cache_prune(a, 0, -1, &removed, NULL), YK_ERR_INVALID_ARGUMENT);
+  cr_assert(strstr(yk_ctx_last_error(a), "max_age_s -1 is negative"), "%s", yk_ctx_last_error(a));
+  cr_assert_eq(removed, 0);
+  cr_assert(exists(p1), "a refused prune removed an entry");
+  yk_ctx_destroy(a);
+
+  setenv("YK_CACHE", "memory", 1);
+  yk_ctx *m = cache_ctx(dir, NULL, NULL);
+  cr_assert_eq(yk_cache_prune(m, 1, 1, &removed, NULL), YK_OK);
+  cr_assert_eq(removed, 0);
+  cr_assert(exists(p1), "a memory-only context pruned the directory");
+  yk_ctx_destroy(m);
+
+  static const struct {
+    const char *text;
+    uint64_t bytes;
+  } good[] = {{"0", 0}, {"1024", 1024}, {"1.5K", 1536}, {"2MiB", 2u << 20}, {"3gb", 3ull << 30}, {"1T", 1ull << 40}};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    uint64_t v = 7;
+    cr_assert_eq(yk_disk_cache_parse_size(good[i].text, &v), 0, "%s", good[i].text);
+    cr_assert_eq(v, good[i].bytes, "%s: %llu", good[i].text, (unsigned long long)v);
+  }
+  static const char *const bad[] = {"", "-1", "1X", "K", "1KK", "nan", "inf", "1e30", "12 apples"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    uint64_t v = 7;
+    cr_assert_neq(yk_disk_cache_parse_size(bad[i], &v), 0, "'%s' parsed", bad[i]);
+    cr_assert_eq(v, 7, "'%s' changed the result", bad[i]);
+  }
 }

@@ -11,7 +11,7 @@ static const struct {
 } commands[] = {
     {"info", cmd_info, "devices, driver and NVRTC versions, cache directories and size"},
     {"warm", cmd_warm, "compile the default spec matrix into the cache (NVRTC only, no GPU)"},
-    {"cache", cmd_cache, "ls | verify | clear: list, check or empty the disk cache"},
+    {"cache", cmd_cache, "ls | verify | clear | prune: list, check, empty or bound the disk cache"},
     {"gen", cmd_gen, "print the CUDA source (or key) the generator makes for a spec"},
     {"demo", cmd_demo, "run one decoder step's ops through the cache and check them"},
     {"bench", cmd_bench, "time every op and the JIT on the GPU; write a results table"},
@@ -23,7 +23,7 @@ static int usage(FILE *to) {
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
     fprintf(to, "  %-6s %s\n", commands[i].name, commands[i].help);
   fprintf(to, "\nenvironment: YK_DEVICE=cpu|cuda|auto, YK_CACHE_DIR, YK_CACHE_PATH, YK_CACHE=memory,\n"
-              "             YK_NVRTC_PATH, YK_NUM_THREADS, YK_TUNE_DB\n");
+              "             YK_CACHE_MAX_SIZE, YK_NVRTC_PATH, YK_NUM_THREADS, YK_TUNE_DB\n");
   return to == stdout ? 0 : 2;
 }
 
