@@ -113,11 +113,11 @@ YK_API yk_status yk_cache_clear(yk_ctx *ctx, int *removed);
 
 /* Bounds the writable cache directory, which otherwise only grows (each new template, NVRTC or
  * library version adds keys): removes every damaged entry (torn, corrupt, foreign; another format
- * version's entries belong to another library and are aged and sized like the rest), every entry unused for more than max_age_s seconds (0: no age bound), then
- * the least recently used until the rest take at most max_bytes (0: no size bound). An entry is
- * used when stored or loaded from disk. Read-only directories and the kernels in memory are left
- * alone; YK_CACHE_MAX_SIZE does the size part after every store. removed and kept_bytes (the
- * entries' bytes left) may be NULL. */
+ * version's entries belong to another library and are aged and sized like the rest), every entry
+ * unused for more than max_age_s seconds (0: no age bound), then the least recently used until
+ * the rest take at most max_bytes (0: no size bound). An entry is used when stored or loaded from
+ * disk. Read-only directories and the kernels in memory are left alone; YK_CACHE_MAX_SIZE does
+ * the size part after every store. removed and kept_bytes (the entries' bytes left) may be NULL. */
 YK_API yk_status yk_cache_prune(yk_ctx *ctx, uint64_t max_bytes, int64_t max_age_s, int *removed, uint64_t *kept_bytes);
 
 #ifdef __cplusplus
