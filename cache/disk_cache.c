@@ -278,13 +278,9 @@ static void entry_path(char *path, size_t size, const char *dir, const uint8_t k
 }
 
 const char *yk_disk_cache_check(const char *path) {
-  const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
-  if (!yk_disk_cache_is_entry_name(name)) return "not named by a key";
-  char hex[33];
+  const char *slash = strrchr(path, '/');
   uint8_t key[16];
-  memcpy(hex, name, 32);
-  hex[32] = '\0';
-  yk_key_from_hex(hex, key);
+  if (!yk_disk_cache_entry_key(slash ? slash + 1 : path, key)) return "not named by a key";
   return read_entry(path, key, 0, NULL, NULL);
 }
 
@@ -359,22 +355,22 @@ void yk_disk_cache_store(yk_ctx *ctx, const yk_disk_cache *disk, const yk_binary
     yk_warn(ctx, "kernel cache: writing %s: %s (%s); kernels stay in memory", path, failed, strerror(errno));
   char why[PATH_MAX + 256];
   if (!failed && disk->max_bytes &&
-      yk_disk_cache_prune(disk, disk->max_bytes, 0, NULL, NULL, why, sizeof why) != YK_OK &&
+      yk_disk_cache_prune(disk, disk->max_bytes, 0, 0, NULL, NULL, why, sizeof why) != YK_OK &&
       yk_warn_first(ctx, YK_WARN_CACHE_PRUNE_FAILED))
     yk_warn(ctx, "kernel cache: keeping %s within YK_CACHE_MAX_SIZE: %s", disk->dir, why);
 }
 
 /* ---- listing, verifying, clearing (yk/jit.h) ---- */
 
-int yk_disk_cache_is_entry_name(const char *name) {
-  size_t n = strlen(name);
-  if (n != 32 + strlen(YK_CACHE_SUFFIX) || strcmp(name + 32, YK_CACHE_SUFFIX)) return 0;
-  uint8_t key[16];
+int yk_disk_cache_entry_key(const char *name, uint8_t key[16]) {
+  if (strlen(name) != 32 + strlen(YK_CACHE_SUFFIX) || strcmp(name + 32, YK_CACHE_SUFFIX)) return 0;
   char hex[33];
   memcpy(hex, name, 32);
   hex[32] = '\0';
   return yk_key_from_hex(hex, key) == 0;
 }
+
+int yk_disk_cache_is_temp_name(const char *name) { return name[0] == '.' && strstr(name, ".tmp-") != NULL; }
 
 static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void *, const yk_cache_entry *), void *user,
                     int *entries, int *invalid) {
@@ -382,14 +378,10 @@ static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void 
   if (!d) return errno == ENOENT ? 0 : 1;
   struct dirent *de;
   while ((de = readdir(d))) {
-    if (!yk_disk_cache_is_entry_name(de->d_name)) continue;
+    uint8_t key[16];
+    if (!yk_disk_cache_entry_key(de->d_name, key)) continue;
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-    uint8_t key[16];
-    char hex[33];
-    memcpy(hex, de->d_name, 32);
-    hex[32] = '\0';
-    yk_key_from_hex(hex, key);
     entry_facts facts;
     const char *problem = read_entry(path, key, verify, NULL, &facts);
     yk_binary meta_only = {.meta = facts.meta};
@@ -413,7 +405,7 @@ static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void 
         .valid = problem == NULL,
         .problem = problem ? problem : "",
     };
-    memcpy(e.key, hex, sizeof hex);
+    memcpy(e.key, de->d_name, 32); /* the key's hex digits (e.key[32] is 0 from the initializer) */
     free(meta_only.meta);
     if (entries) (*entries)++;
     if (problem && invalid) (*invalid)++;
@@ -447,8 +439,9 @@ yk_status yk_cache_clear(yk_ctx *ctx, int *removed) {
   struct dirent *de;
   yk_status status = YK_OK;
   while ((de = readdir(d))) {
-    int stale_tmp = de->d_name[0] == '.' && strstr(de->d_name, ".tmp-") != NULL;
-    if (!yk_disk_cache_is_entry_name(de->d_name) && !stale_tmp) continue;
+    uint8_t key[16];
+    const int stale_tmp = yk_disk_cache_is_temp_name(de->d_name);
+    if (!stale_tmp && !yk_disk_cache_entry_key(de->d_name, key)) continue;
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", disk->dir, de->d_name);
     if (unlink(path) == 0) {

@@ -51,8 +51,11 @@ int yk_disk_cache_load(yk_ctx *ctx, const yk_disk_cache *disk, const uint8_t key
  * ignored (the kernel is in memory). */
 void yk_disk_cache_store(yk_ctx *ctx, const yk_disk_cache *disk, const yk_binary *b);
 
-/* 1 if name is an entry's file name (32 hex digits and the suffix). */
-int yk_disk_cache_is_entry_name(const char *name);
+/* 1 if name is an entry's file name (32 hex digits and the suffix), with its key; else 0. */
+int yk_disk_cache_entry_key(const char *name, uint8_t key[16]);
+
+/* 1 if name is a store's temporary file (yk_disk_cache_store: ".<hex>.tmp-XXXXXX"). */
+int yk_disk_cache_is_temp_name(const char *name);
 
 /* NULL if the entry file at path is sound (header, sizes, metadata; not the payload's checksum),
  * else its problem: yk_disk_cache_other_version itself for a sound header of another format
@@ -60,14 +63,16 @@ int yk_disk_cache_is_entry_name(const char *name);
 const char *yk_disk_cache_check(const char *path);
 extern const char yk_disk_cache_other_version[];
 
-/* Removes from the writable directory every damaged entry (another format version's are another
- * library's, and are aged and sized like the rest), every entry unused
- * for more than max_age_s seconds (0: no age bound), then the least recently used until the rest
- * take at most max_bytes (0: no size bound), and temporary files older than an hour. Counts may
- * be NULL; on failure why says the first problem (the rest is still done, except out of memory,
- * which removes no entry). Used: stored, or loaded from disk (disk_prune.c). */
-yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int64_t max_age_s, int *removed,
-                              uint64_t *kept_bytes, char *why, size_t why_size);
+/* Removes from the writable directory, with drop_damaged, every damaged entry (another format
+ * version's are another library's, and are aged and sized like the rest: reading each entry's
+ * header is the only I/O beyond the directory's listing, which the store's size bound does
+ * without, since a damaged entry is rewritten when next asked for); every entry unused for more
+ * than max_age_s seconds (0: no age bound); then the least recently used until the rest take at
+ * most max_bytes (0: no size bound); and temporary files older than an hour. Counts may be NULL;
+ * on failure why says the first problem (the rest is still done, except out of memory, which
+ * removes no entry). Used: stored, or loaded from disk (disk_prune.c). */
+yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int64_t max_age_s, int drop_damaged,
+                              int *removed, uint64_t *kept_bytes, char *why, size_t why_size);
 
 /* Sizes as YK_CACHE_MAX_SIZE and yk cache prune take them: bytes, or with K, M, G or T (powers of
  * 1024; "KiB", "kB" and "K" alike); 0 if parsed. */

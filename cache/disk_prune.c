@@ -72,8 +72,8 @@ int yk_disk_cache_parse_size(const char *text, uint64_t *bytes) {
 /* The first problem, into why; the status it is. */
 #define FAIL(code, ...) (status == YK_OK ? (snprintf(why, why_size, __VA_ARGS__), status = (code)) : status)
 
-yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int64_t max_age_s, int *removed,
-                              uint64_t *kept_bytes, char *why, size_t why_size) {
+yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int64_t max_age_s, int drop_damaged,
+                              int *removed, uint64_t *kept_bytes, char *why, size_t why_size) {
   if (removed) *removed = 0;
   if (kept_bytes) *kept_bytes = 0;
   yk_status status = YK_OK;
@@ -87,8 +87,9 @@ yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int
   size_t count = 0, capacity = 0;
   int gone = 0, out_of_memory = 0;
   for (struct dirent *de; (de = readdir(d));) {
-    const int tmp = de->d_name[0] == '.' && strstr(de->d_name, ".tmp-") != NULL;
-    if (!tmp && !yk_disk_cache_is_entry_name(de->d_name)) continue;
+    uint8_t key[16];
+    const int tmp = yk_disk_cache_is_temp_name(de->d_name);
+    if (!tmp && !yk_disk_cache_entry_key(de->d_name, key)) continue;
     char path[PATH_MAX + 256];
     snprintf(path, sizeof path, "%s/%s", disk->dir, de->d_name);
     struct stat st;
@@ -109,10 +110,10 @@ yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int
       items = more, capacity = grown;
     }
     prune_item *it = &items[count++];
-    memcpy(it->name, de->d_name, strlen(de->d_name) + 1); /* 36 bytes: yk_disk_cache_is_entry_name */
+    memcpy(it->name, de->d_name, strlen(de->d_name) + 1); /* 36 bytes: yk_disk_cache_entry_key */
     it->bytes = (uint64_t)st.st_size;
     it->used_ns = ns_of(st.st_mtim);
-    const char *problem = S_ISREG(st.st_mode) ? yk_disk_cache_check(path) : "not a regular file";
+    const char *problem = !S_ISREG(st.st_mode) ? "not a regular file" : drop_damaged ? yk_disk_cache_check(path) : NULL;
     it->bad = problem && problem != yk_disk_cache_other_version; /* another version's stays for it */
   }
   closedir(d);
@@ -151,6 +152,6 @@ yk_status yk_cache_prune(yk_ctx *ctx, uint64_t max_bytes, int64_t max_age_s, int
     return yk_error(ctx, YK_ERR_INVALID_ARGUMENT, "cache prune: max_age_s %lld is negative", (long long)max_age_s);
   char why[PATH_MAX + 256];
   const yk_status status =
-      yk_disk_cache_prune(&ctx->cache.disk, max_bytes, max_age_s, removed, kept_bytes, why, sizeof why);
+      yk_disk_cache_prune(&ctx->cache.disk, max_bytes, max_age_s, 1, removed, kept_bytes, why, sizeof why);
   return status == YK_OK ? YK_OK : yk_error(ctx, status, "cache prune: %s", why);
 }
