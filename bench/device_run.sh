@@ -9,7 +9,7 @@
 #   (default: tests bench python peers; decode: yk bench --decode alone; paged: yk bench --paged; prefill: yk bench --prefill
 #   --sweep, the Hopper prefill's configurations, prefill.log; backward: yk bench --backward (with
 #   sweep, its tiles), backward.log; ops: yk bench --ops, ops.log; probe: the prefill timeline probe's
-#   two libraries (bench/probes/prefill_trace.sh made them here) alternated a, b, a, b, probe.log and
+#   libraries (bench/probes/prefill_trace.sh made them here) alternated a, b, a, b, probe.log and
 #   probe.tgz (every block's stamps; NOTES.md item 91); tune: yk tune over every op at Llama 3
 #   8B's shapes and the peers on those shapes, tune.jsonl, tune.csv, tune.md; profile: ncu over the
 #   decode kernels, ncu.log)
@@ -25,6 +25,7 @@ status=0
 if [[ $parts == *probe* ]]; then # before the rest, on a machine nothing else has warmed
   mkdir -p "$OUT/probe"
   for v in a b a b; do
+    [ -f "$B/lib/libyk_trace_$v.so" ] || continue
     echo "=== probe $v" >> "$OUT/probe.log"
     YK_CACHE_DIR=/tmp/yk-cache-probe-$v YK_LIBRARY=$PWD/$B/lib/libyk_trace_$v.so TAG=$v OUT=$OUT/probe PYTHONUNBUFFERED=1 \
       timeout 150 python3 bench/probes/prefill_trace.py >> "$OUT/probe.log" 2>&1 || status=1

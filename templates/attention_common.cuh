@@ -486,8 +486,14 @@ __device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&
   yk_rescale(o, alpha);
 }
 
+// A finished row's lse (natural log) from its running max m (log2 units) and whole sum l: -inf for a
+// row that saw no key, whose o / l is then written as 0.
+__device__ __forceinline__ float yk_row_lse(float m, float l) {
+  return l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
+}
+
 // Finishes row r (0: g, 1: g + 8): writes o / l to row_out (NULL: not this block's row) and returns
-// the row's lse (natural log; -inf for a row that saw no key). Every lane of the quad calls it.
+// the row's lse. Every lane of the quad calls it.
 template <int O_TILES>
 __device__ __forceinline__ float yk_finish_row(const float (&o)[O_TILES][4], float m, float l_part, int r,
                                                T *row_out, int t4) {
@@ -498,5 +504,5 @@ __device__ __forceinline__ float yk_finish_row(const float (&o)[O_TILES][4], flo
     for (int nt = 0; nt < O_TILES; ++nt)
       *reinterpret_cast<unsigned *>(row_out + nt * 8 + 2 * t4) = yk_pack2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
   }
-  return l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
+  return yk_row_lse(m, l);
 }

@@ -153,6 +153,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
       yk_wgmma_hold(o);
       __syncthreads(); // every warpgroup is done with this stage before it is loaded again
     }
+    if (n_tiles == 0) { // Q's copies, some into other warpgroups' rows, land before O is staged there
+      yk_cp_async_wait<0>();
+      __syncthreads();
+    }
   } else {
     // Stage s of K (V): full_k[s] (full_v[s]) completes a phase when a tile's copies have landed
     // (the producer's 128 cp.async arrivals; under TMA one arrival and the tile's bytes);
@@ -313,11 +317,34 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
   }
 
+  // O leaves through this warpgroup's own rows of sQ (its last S has retired), in Q's swizzle, so the
+  // quads' 4-byte writes meet no bank conflict and each thread then stores 16 bytes, a warp whole
+  // rows, not 32 4-byte stores a thread into half sectors: at D128 a block's stores take 1.0 us, not
+  // 1.8, and the SM's next block starts 0.13 us sooner (bench/NOTES.md item 93). The host asks every
+  // row of out to start on 16 bytes (yk_attention_check_aligned). Unrolled by 2, not 8: fully
+  // unrolled, the paged three-warpgroup specs at head dim 64 spill.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int row = my_row + 8 * r;
-    T *row_out = row < len_q ? out + batch * o_b + (long long)(q_start + row) * o_s + head * o_h : nullptr;
-    const float row_lse = yk_finish_row(o, m_row[r], l_row[r], r, row_out, t4);
-    if (lse && row_out && t4 == 0) lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h] = row_lse;
+    const int rr = warp * 16 + g + 8 * r, row = my_row + 8 * r;
+    const float l = yk_quad_sum(l_row[r]);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    T *staged = sQ + (wg * 64 + rr) * 64;
+#pragma unroll
+    for (int nt = 0; nt < HEAD_DIM / 8; ++nt)
+      *reinterpret_cast<unsigned *>(staged + (nt / 8) * BLOCK_M * 64 + (((nt % 8) ^ (rr % 8)) * 8) + 2 * t4) =
+          yk_pack2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+    if (lse && row < len_q && t4 == 0)
+      lse[batch * l_b + (long long)(q_start + row) * l_s + head * l_h] = yk_row_lse(m_row[r], l);
+  }
+  yk_warpgroup_sync<BAR_Q, WARPGROUPS>(wg);
+  constexpr int CHUNKS = HEAD_DIM / 8; // 16-byte chunks a row
+  const int wt = tid % 128;
+#pragma unroll 2
+  for (int i = 0; i < 64 * CHUNKS / 128; ++i) {
+    const int idx = i * 128 + wt, rr = idx / CHUNKS, c = idx % CHUNKS, row = row0 + wg * 64 + rr;
+    const T *chunk = sQ + (c / 8) * BLOCK_M * 64 + (wg * 64 + rr) * 64 + (((c % 8) ^ (rr % 8)) * 8);
+    if (row < len_q)
+      *reinterpret_cast<uint4 *>(out + batch * o_b + (long long)(q_start + row) * o_s + head * o_h + c * 8) =
+          *reinterpret_cast<const uint4 *>(chunk);
   }
 }

@@ -527,7 +527,7 @@ Test(attention, bad_input_gpu_only) {
   yk_ctx_destroy(ctx);
 }
 
-enum { PREFILL_KERNELS = 8 };
+enum { PREFILL_KERNELS = 9 };
 
 /* One test a head dim and dtype: the specs of one are none of another's, so Criterion's workers
  * compile them side by side without compiling a kernel twice (in one test this took ~380 s of
@@ -565,7 +565,8 @@ ParameterizedTest(forward_shard *shard, attention, gpu_forward_matches_cpu) {
   /* (three warpgroups, the default at head_dim 64: with 64-key tiles at either head dim, as registers allow) */
   static const char *const loops[PREFILL_KERNELS - 2] = {
       "pipeline=1,warpgroups=1,block_n=64", "pipeline=2,warpgroups=2,stages=3",   "pipeline=1,warpgroups=2,tma=0",
-      "pipeline=2,warpgroups=2,tma=0",      "pipeline=1,warpgroups=3,block_n=64", "pipeline=1,warpgroups=2,stages=2"};
+      "pipeline=2,warpgroups=2,tma=0",      "pipeline=1,warpgroups=3,block_n=64", "pipeline=1,warpgroups=2,stages=2",
+      "pipeline=0,warpgroups=2,tma=0"};
   yk_ctx *gpus[PREFILL_KERNELS] = {gpu, mma};
   for (int i = 0; i < PREFILL_KERNELS - 2; i++) {
     gpus[2 + i] = ts_gpu_ctx_forcing("attention_prefill_sm90", loops[i]);
@@ -580,7 +581,8 @@ ParameterizedTest(forward_shard *shard, attention, gpu_forward_matches_cpu) {
                                                       "gpu forward (sm90 pipeline 1, cp.async producer)",
                                                       "gpu forward (sm90 pipeline 2, cp.async producer)",
                                                       "gpu forward (sm90 three warpgroups, 64-key tiles)",
-                                                      "gpu forward (sm90 two warpgroups, 2 stages)"};
+                                                      "gpu forward (sm90 two warpgroups, 2 stages)",
+                                                      "gpu forward (sm90 pipeline 0, no producer)"};
   const int dtype = shard->dtype;
   for (int i = 0; i < FORWARD_CASES; i++)
     for (int causal = 0; causal <= 1; causal++) {
