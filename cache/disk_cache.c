@@ -404,11 +404,12 @@ static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void 
         .read_only = read_only,
         .valid = problem == NULL,
         .problem = problem ? problem : "",
+        .other_version = problem == yk_disk_cache_other_version,
     };
     memcpy(e.key, de->d_name, 32); /* the key's hex digits (e.key[32] is 0 from the initializer) */
     free(meta_only.meta);
     if (entries) (*entries)++;
-    if (problem && invalid) (*invalid)++;
+    if (problem && !e.other_version && invalid) (*invalid)++;
     if (fn) fn(user, &e);
   }
   closedir(d);

@@ -59,7 +59,7 @@ static int compile(yk_ctx *ctx, const char *spec) {
 
 typedef struct {
   char path[1024];
-  int count, invalid, read_only;
+  int count, invalid, read_only, other_version, other_not_valid;
   char problem[128];
 } listing;
 
@@ -68,6 +68,8 @@ static void remember(void *user, const yk_cache_entry *e) {
   snprintf(l->path, sizeof l->path, "%s", e->path);
   snprintf(l->problem, sizeof l->problem, "%s", e->problem);
   l->read_only += e->read_only;
+  l->other_version += e->other_version;
+  l->other_not_valid += e->other_version && !e->valid && e->problem[0];
 }
 
 static listing list(yk_ctx *ctx, int verify) {
@@ -466,6 +468,12 @@ Test(cache, prune_by_age_and_soundness) {
   snprintf(tune_db, sizeof tune_db, "%s/tune.jsonl", dir);
   fclose(fopen(stale_tmp, "w")), fclose(fopen(live_tmp, "w")), fclose(fopen(tune_db, "w"));
   set_age(stale_tmp, 7200);
+
+  /* listing: the other version's entry is named as such, and only the bad one counts as damaged */
+  listing l = list(a, 1);
+  cr_assert_eq(l.count, 5, "old, fresh, bad, other and the read-only one: %d", l.count);
+  cr_assert_eq(l.invalid, 1, "another format version's entry counted as damaged");
+  cr_assert(l.other_version == 1 && l.other_not_valid == 1, "the other version's entry must be flagged, not valid");
 
   int removed = -1;
   uint64_t kept = 0;

@@ -9,19 +9,26 @@
 static const char usage_text[] =
     "usage: yk cache ls | verify | clear | prune [--max-size SIZE] [--older-than DAYS]\n"
     "  ls      list entries: key, target, registers, spills, size, spec\n"
-    "  verify  check every entry's checksums; exit 1 if any is bad\n"
+    "  verify  check every entry's checksums; exit 1 if any is bad (another format version's entries,\n"
+    "          from another library sharing the directory, are listed but not bad)\n"
     "  clear   remove every entry from the writable cache directory\n"
     "  prune   remove damaged entries, those unused for more than DAYS, then the\n"
     "          least recently used until the rest take at most SIZE (bytes, or with K, M, G or T)\n";
 
+typedef struct listing {
+  int verify, other_versions;
+} listing;
+
 static void print_entry(void *user, const yk_cache_entry *e) {
-  int *verify = user;
+  listing *l = user;
   char size[32];
   if (!e->valid) {
-    printf("%.12s  %-8s BAD: %s  (%s)\n", e->key, e->arch[0] ? e->arch : "?", e->problem, e->path);
+    l->other_versions += e->other_version;
+    printf("%.12s  %-8s %s: %s  (%s)\n", e->key, e->arch[0] ? e->arch : "?", e->other_version ? "OTHER" : "BAD",
+           e->problem, e->path);
     return;
   }
-  if (*verify) return;
+  if (l->verify) return;
   printf("%.12s  %-8s %4d regs %4d/%-4d spill %9s %6.0f ms%s  %s\n", e->key, e->arch, e->registers,
          e->spill_store_bytes, e->spill_load_bytes, cli_bytes((double)e->file_bytes, size, sizeof size), e->compile_ms,
          e->read_only ? " ro" : "   ", e->spec);
@@ -72,11 +79,14 @@ int cmd_cache(int argc, char **argv) {
       status = cli_fail("cache", "%s", yk_ctx_last_error(ctx));
     printf("removed %d entries; %s kept\n", removed, cli_bytes((double)kept, size, sizeof size));
   } else {
-    int verify = !strcmp(argv[1], "verify"), entries = 0, invalid = 0;
-    if (!verify) printf("key           target   registers  spill st/ld      size  compile     spec\n");
-    if (yk_cache_list(ctx, verify, print_entry, &verify, &entries, &invalid) != YK_OK)
+    listing l = {.verify = !strcmp(argv[1], "verify")};
+    int entries = 0, invalid = 0;
+    if (!l.verify) printf("key           target   registers  spill st/ld      size  compile     spec\n");
+    if (yk_cache_list(ctx, l.verify, print_entry, &l, &entries, &invalid) != YK_OK)
       status = cli_fail("cache", "%s", yk_ctx_last_error(ctx));
-    printf("%d entries, %d bad\n", entries, invalid);
+    printf("%d entries, %d bad", entries, invalid);
+    if (l.other_versions) printf(", %d of another format version", l.other_versions);
+    printf("\n");
     if (invalid) status = 1;
   }
   yk_ctx_destroy(ctx);

@@ -100,10 +100,13 @@ typedef struct yk_cache_entry {
   int read_only;       /* found in a YK_CACHE_PATH directory */
   int valid;           /* header (and with verify, every checksum) is sound */
   const char *problem; /* why not valid, else "" */
+  int other_version;   /* a sound header of another format version: another library's entry, which
+                          this one cannot read but which is not damaged (not valid, not invalid) */
 } yk_cache_entry;
 
 /* Calls fn for every entry of the cache directory and of the read-only directories. With verify,
- * every payload checksum is checked too. Counts may be NULL. */
+ * every payload checksum is checked too. invalid counts the damaged entries: those of another
+ * format version are listed (other_version) but not counted. Counts may be NULL. */
 YK_API yk_status yk_cache_list(yk_ctx *ctx, int verify, void (*fn)(void *user, const yk_cache_entry *e), void *user,
                                int *entries, int *invalid);
 
