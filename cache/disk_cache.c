@@ -409,7 +409,7 @@ static int list_dir(const char *dir, int read_only, int verify, void (*fn)(void 
     memcpy(e.key, de->d_name, 32); /* the key's hex digits (e.key[32] is 0 from the initializer) */
     free(meta_only.meta);
     if (entries) (*entries)++;
-    if (problem && !e.other_version && invalid) (*invalid)++;
+    if (yk_disk_cache_damaged(problem) && invalid) (*invalid)++;
     if (fn) fn(user, &e);
   }
   closedir(d);

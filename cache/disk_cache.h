@@ -63,6 +63,12 @@ int yk_disk_cache_is_temp_name(const char *name);
 const char *yk_disk_cache_check(const char *path);
 extern const char yk_disk_cache_other_version[];
 
+/* 1 if an entry with this problem (NULL: none) is damaged, of no use to any library: every problem
+ * but another format version's. Listing counts these, pruning removes them. */
+static inline int yk_disk_cache_damaged(const char *problem) {
+  return problem && problem != yk_disk_cache_other_version;
+}
+
 /* Removes from the writable directory, with drop_damaged, every damaged entry (another format
  * version's are another library's, and are aged and sized like the rest: reading each entry's
  * header is the only I/O beyond the directory's listing, which the store's size bound does

@@ -114,7 +114,7 @@ yk_status yk_disk_cache_prune(const yk_disk_cache *disk, uint64_t max_bytes, int
     it->bytes = (uint64_t)st.st_size;
     it->used_ns = ns_of(st.st_mtim);
     const char *problem = !S_ISREG(st.st_mode) ? "not a regular file" : drop_damaged ? yk_disk_cache_check(path) : NULL;
-    it->bad = problem && problem != yk_disk_cache_other_version; /* another version's stays for it */
+    it->bad = yk_disk_cache_damaged(problem); /* another version's stays for its library */
   }
   closedir(d);
   if (out_of_memory) { /* a partial listing would misjudge the oldest: remove no entry */
