@@ -246,7 +246,9 @@ yk_attn_operand yk_attention_rows(const yk_view *v, const yk_attention_problem *
   return o;
 }
 
-int yk_attention_sm90_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+int yk_attention_prefill_sm90_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
+int yk_attention_backward_sm90_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 int yk_attention_tensor_map(const yk_ctx *ctx, CUtensorMap *map, int dtype, int64_t head_dim, const yk_attn_operand *x,
                             int64_t rows, int64_t heads, int64_t batches, int box_rows) {

@@ -28,17 +28,24 @@ __device__ __forceinline__ void yk_load_rows(T *tile, int row0, int valid, int t
 // A producer warpgroup's copy of one ROWS-row tile, lean on registers (a producer keeps few):
 // thread p of 128 moves 16-byte chunk p % CHUNKS of rows p / CHUNKS + ROW_STEP i, whose swizzled
 // places lie ROW_STEP / 8 atoms apart from one base; row r from rows.at(first + r), zeros for r >= valid.
+// At head dim 256 a step is 4 rows, half an atom: rows 8 apart share a swizzle, so a thread keeps two
+// bases (rows r0 and r0 + 4) and alternates.
 template <int ROWS, class Rows>
 __device__ __forceinline__ void yk_produce_tile(T *tile, int first, int valid, int p, const Rows &rows) {
-  constexpr int CHUNKS = HEAD_DIM / 8, ROW_STEP = 128 / CHUNKS;
-  static_assert(128 % CHUNKS == 0 && ROW_STEP % 8 == 0 && ROWS % ROW_STEP == 0, "whole atoms a step");
+  constexpr int CHUNKS = HEAD_DIM / 8, ROW_STEP = 128 / CHUNKS, BASES = ROW_STEP < 8 ? 8 / ROW_STEP : 1;
+  constexpr int ATOM_STEP = ROW_STEP * BASES / 8; // atoms between one base's rows
+  static_assert(128 % CHUNKS == 0 && ROW_STEP * BASES % 8 == 0 && ROWS % (ROW_STEP * BASES) == 0,
+                "whole atoms a step");
   const int r0 = p / CHUNKS, c = (p % CHUNKS) * 8;
-  T *dst = tile + yk_swizzled<ROWS>(r0, c);
+#pragma unroll
+  for (int b = 0; b < BASES; ++b) {
+    T *dst = tile + yk_swizzled<ROWS>(r0 + b * ROW_STEP, c);
 #pragma unroll 4
-  for (int i = 0; i < ROWS / ROW_STEP; ++i) {
-    const int r = r0 + i * ROW_STEP;
-    const bool ok = r < valid;
-    yk_cp_async16(dst + i * (ROW_STEP / 8) * 512, rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+    for (int i = 0; i < ROWS / (ROW_STEP * BASES); ++i) {
+      const int r = r0 + b * ROW_STEP + i * ROW_STEP * BASES;
+      const bool ok = r < valid;
+      yk_cp_async16(dst + i * ATOM_STEP * 512, rows.at(first + (ok ? r : 0)) + c, ok ? 16 : 0);
+    }
   }
 }
 

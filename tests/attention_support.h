@@ -15,6 +15,7 @@
 #include "cpu_fallback/attention.h"
 #include "cpu_fallback/half.h"
 #include "gen/attention.h"
+#include "gen/spec.h"
 #include "runtime/context.h"
 #include "tests/support.h"
 

@@ -270,3 +270,41 @@ Test(gen, hopper_prefill_loops_compile_without_spills, .timeout = 300) {
   cr_assert_eq(s.bad, 0, "%d Hopper prefill configurations spill or lack a binary", s.bad);
   yk_ctx_destroy(ctx);
 }
+
+/* The Hopper prefill at head dim 256 (not routed yet: bench/NOTES.md item 95), in the forms a launch
+ * and the GPU test would build: the default (TMA producer, two warpgroups of 64-key tiles, two
+ * stages), causal and ragged; one warpgroup on three stages; the consumers in turn; the cp.async
+ * producer over pages (16-byte chunks four rows a step: two swizzle bases a thread); no producer.
+ * None spills. Tiles and depths that cannot fit are refused by name. */
+Test(gen, hopper_prefill_head_dim_256_compiles_without_spills, .timeout = 300) {
+  char dir[512], why[256];
+  ts_temp_dir(dir, sizeof dir, "sm90-256");
+  yk_ctx *ctx = jit_ctx(dir);
+  static const char *const specs[] = {
+      "attention_prefill_sm90:dtype=bf16,head_dim=256,causal=1,ragged=1",
+      "attention_prefill_sm90:dtype=f16,head_dim=256,warpgroups=1",
+      "attention_prefill_sm90:dtype=bf16,head_dim=256,pipeline=2",
+      "attention_prefill_sm90:dtype=bf16,head_dim=256,causal=1,ragged=1,paged=block_table,page_size=16",
+      "attention_prefill_sm90:dtype=bf16,head_dim=256,pipeline=0,tma=0",
+  };
+  enum { COUNT = sizeof specs / sizeof specs[0] };
+  for (int i = 0; i < COUNT; i++) {
+    int compiled = 0;
+    cr_assert_eq(yk_spec_compile(ctx, specs[i], "sm_90", &compiled), YK_OK, "%s: %s", specs[i], yk_ctx_last_error(ctx));
+  }
+  yk_spec s;
+  cr_assert_eq(yk_spec_parse("attention_prefill_sm90:dtype=bf16,head_dim=256", &s, why, sizeof why), 0, "%s", why);
+  char text[256];
+  yk_spec_format(&s, text, sizeof text);
+  cr_assert(strstr(text, "block_n=64,warpgroups=2,stages=2,"), "default at 256: %s", text);
+  cr_assert_neq(yk_spec_parse("attention_prefill_sm90:dtype=bf16,head_dim=256,block_n=128", &s, why, sizeof why), 0);
+  cr_assert(strstr(why, "registers"), "%s", why);
+  cr_assert_neq(yk_spec_parse("attention_prefill_sm90:dtype=bf16,head_dim=256,stages=3", &s, why, sizeof why), 0);
+  cr_assert(strstr(why, "shared memory"), "%s", why);
+  matrix_stats st = {0};
+  int entries, invalid;
+  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &st, &entries, &invalid), YK_OK);
+  cr_assert_eq(entries, COUNT);
+  cr_assert_eq(st.bad, 0, "%d head-dim-256 Hopper prefills spill or lack a binary", st.bad);
+  yk_ctx_destroy(ctx);
+}

@@ -79,6 +79,7 @@ static const paged_case prefill_cases[] = {
     {2, {1000, 129}, {200, 129}, 4, 4, 64, 1},
     {4, {256, 300, 128, 700}, {256, 1, 100, 64}, 8, 1, 128, 128},
     {2, {90, 40}, {33, 40}, 6, 2, 80, 7},
+    {2, {400, 130}, {150, 130}, 4, 2, 256, 16}, /* on sm_90 the Hopper prefill's 64-key tiles at 256 */
     /* a few queries a sequence (at most 256 (token, q head) rows a kv head): on the GPU the paged
        decode kernel, split where the keys are long; a sequence of no queries, rows that see no key */
     {3, {3000, 17, 600}, {4, 1, 16}, 32, 8, 128, 16},

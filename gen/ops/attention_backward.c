@@ -181,8 +181,8 @@ yk_status yk_flash_attention_backward(yk_ctx *ctx, const DLTensor *dout, const D
    * float32 dq: unless params->deterministic, the rows' stats, then dk/dv adding dq up by bulk
    * reductions into the zeroed float32 dq, then dq's conversion; else (and elsewhere) dq, then dk/dv.
    * In stream order, each writes what the next reads. */
-  const int hopper =
-      ctx->target_arch_specific[0] && !ctx->backward_mma_sync && yk_attention_sm90_head_dim((int)pr.shape.head_dim);
+  const int hopper = ctx->target_arch_specific[0] && !ctx->backward_mma_sync &&
+                     yk_attention_backward_sm90_head_dim((int)pr.shape.head_dim);
   const int atomic_dq = hopper && !params->deterministic;
   static const int deterministic_parts[] = {YK_BACKWARD_PART_DQ, YK_BACKWARD_PART_DKDV},
                    atomic_parts[] = {YK_BACKWARD_PART_STATS, YK_BACKWARD_PART_DKDV, YK_BACKWARD_PART_DQ_OUT};

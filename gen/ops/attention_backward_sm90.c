@@ -157,7 +157,7 @@ static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *u
   for (int d = YK_F16; d <= YK_BF16; d++) {
     if (!(req->dtypes & (1u << d))) continue;
     for (int m = 0; m < req->model_count; m++) {
-      if (!yk_attention_sm90_head_dim(req->models[m]->head_dim)) continue;
+      if (!yk_attention_backward_sm90_head_dim(req->models[m]->head_dim)) continue;
       for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++) {
         yk_spec s;
         char why[256];

@@ -15,12 +15,12 @@
 enum { HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, CAUSAL, RAGGED, Q_IN_REGS, PAGED, PAGE_SIZE, KV_FLOAT8 };
 static const char *const includes[] = {"attention_common.cuh", NULL};
 
-/* The Hopper kernel where it applies: an sm_90 device, head_dim 64 or 128, keys and values of T
+/* The Hopper kernel where it applies: an sm_90 device, a head_dim it routes (yk_attention_prefill_sm90_head_dim), keys and values of T
  * (float8 ones go to the mma.sync kernel), and YK_PREFILL_KERNEL not asking for mma.sync. Both
  * kernels take the same arguments; the Hopper one two tensor maps more. */
 static int use_wgmma(const yk_ctx *ctx, const yk_attention_operands *a) {
-  return ctx->target_arch_specific[0] && yk_attention_sm90_head_dim((int)a->head_dim) && !ctx->prefill_mma_sync &&
-         !a->kv_float8;
+  return ctx->target_arch_specific[0] && yk_attention_prefill_sm90_head_dim((int)a->head_dim) &&
+         !ctx->prefill_mma_sync && !a->kv_float8;
 }
 
 static void complete(yk_spec *s) {

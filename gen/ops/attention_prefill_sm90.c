@@ -1,8 +1,9 @@
 /* attention_prefill_sm90: the prefill kernel on Hopper's warpgroup MMAs (sm_90a). Spec, launch
  * shape and warm matrix; flash_attention_forward (gen/ops/attention_prefill.c) launches it on an
- * sm_90 device for head dims 64 and 128. (At 256 the 128 registers of O a thread spilled;
- * attention_prefill takes that size.) The field "pipeline" picks the loop: 0 the plain one, 1 and 2
- * FlashAttention-3's producer warpgroup and intra-warpgroup overlap (see the template's header).
+ * sm_90 device for the head dims yk_attention_prefill_sm90_head_dim routes, 64 and 128. The spec also
+ * builds 256 (64-key tiles, two stages: O alone takes 128 registers a thread), not routed until its
+ * GPU tests have run (bench/NOTES.md item 95). The field "pipeline" picks the loop: 0 the plain one,
+ * 1 and 2 FlashAttention-3's producer warpgroup and intra-warpgroup overlap (see the template's header).
  * Template: templates/attention_prefill_sm90.cu (+ attention_common.cuh, wgmma.cuh).
  * CPU: cpu_fallback/attention.c. Tests: tests/test_attention.c. */
 #include <stdio.h>
@@ -14,8 +15,15 @@
 enum { HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL, RAGGED, PAGED, PAGE_SIZE, PIPELINE, TMA };
 static const char *const includes[] = {"attention_common.cuh", "wgmma.cuh", "hopper.cuh", NULL};
 
+/* The most dynamic shared memory a Hopper block may opt in to (227 KB). */
+#define HOPPER_SMEM_BYTES (227 * 1024)
+
+static unsigned smem_bytes(const yk_spec *s);
+
 static void complete(yk_spec *s) {
-  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = 128;
+  /* At head dim 256 a consumer thread's O takes 128 registers: S and P of 128-key tiles (96 more)
+   * leave no room, of 64-key tiles (48) do. */
+  if (s->v[BLOCK_N] == YK_UNSET) s->v[BLOCK_N] = s->v[HEAD_DIM] > 128 ? 64 : 128;
   if (s->v[CAUSAL] == YK_UNSET) s->v[CAUSAL] = 0;
   if (s->v[RAGGED] == YK_UNSET) s->v[RAGGED] = 0;
   yk_attention_complete_paged(&s->v[PAGED], &s->v[PAGE_SIZE]);
@@ -34,7 +42,10 @@ static void complete(yk_spec *s) {
   if (s->v[TMA] == YK_UNSET) s->v[TMA] = s->v[PIPELINE] > 0 && !s->v[PAGED];
   /* Under TMA a third stage ran 1.02-1.08x two at head dim 128 and 0.99-1.03x at 64 in the H100's
    * sweep (0.98-1.07x main's prefill at 128 in an A/B/A, item 52); with cp.async loads it was even */
-  if (s->v[STAGES] == YK_UNSET) s->v[STAGES] = s->v[TMA] ? 3 : 2;
+  if (s->v[STAGES] == YK_UNSET) {
+    s->v[STAGES] = s->v[TMA] ? 3 : 2;
+    if (smem_bytes(s) > HOPPER_SMEM_BYTES) s->v[STAGES] = 2; /* head dim 256: 64 KB of Q, 64 KB a stage */
+  }
 }
 
 /* Causal grids of sequences shorter than SHORT_CAUSAL_QUERIES at head dim 64 take fewer consumer
@@ -106,6 +117,12 @@ static int valid(const yk_spec *s, char *why, size_t n) {
                     "consumer thread",
                     s->v[HEAD_DIM], s->v[BLOCK_N], held, consumer_registers(s)),
            1;
+  if (smem_bytes(s) > HOPPER_SMEM_BYTES)
+    return snprintf(why, n,
+                    "head_dim %d with %d warpgroups, block_n %d and %d stages takes %u bytes of shared memory, "
+                    "more than a Hopper block's %d",
+                    s->v[HEAD_DIM], s->v[WARPGROUPS], s->v[BLOCK_N], s->v[STAGES], smem_bytes(s), HOPPER_SMEM_BYTES),
+           1;
   return 0;
 }
 
@@ -130,7 +147,7 @@ const yk_op_def yk_op_attention_prefill_sm90 = {
     .field_count = 10,
     .fields =
         {
-            {"head_dim", "elements a head: 64 or 128", 64, 128, 0, 0, NULL},
+            {"head_dim", "elements a head: 64, 128 or 256", 64, 256, 0, 0, NULL},
             {"block_n", "keys a tile: 64, 128 or 256 (the wgmma widths)", 64, 256, 0, 1, NULL},
             {"warpgroups", "consumer warpgroups a block, 64 query rows each (pipelines 1, 2 add a producer)", 1, 3, 0,
              1, NULL},
@@ -176,7 +193,7 @@ static void emit_variants(void *user, const yk_spec *s) {
 
 static void warm_specs(const yk_warm_request *req, yk_spec_emit_fn emit, void *user) {
   yk_spec_sink w = {emit, user};
-  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_sm90_head_dim,
+  yk_attention_warm(req, &yk_op_attention_prefill_sm90, CAUSAL, RAGGED, PAGED, -1, yk_attention_prefill_sm90_head_dim,
                     emit_variants, &w);
 }
 
