@@ -84,10 +84,11 @@ void bench_decode(bench_timer *t, bench_results *r, int sweep);
 void bench_decode_lengths(bench_timer *t, bench_results *r);
 /* Paged batch-1 decode (page 16, 32768 keys) under the knobs of its kernel. */
 void bench_paged_knobs(bench_timer *t, bench_results *r);
-/* The prefill rows only; with sweep, the Hopper prefill's configurations too (yk bench --prefill). */
-void bench_prefill(bench_timer *t, bench_results *r, int sweep);
-/* The backward rows only; with sweep, its tiles too (yk bench --backward). */
-void bench_backward(bench_timer *t, bench_results *r, int sweep);
+/* The prefill rows only; with sweep, the Hopper prefill's configurations too (yk bench --prefill);
+ * head_dim nonzero: that head dim's rows alone (--head-dim), and no cold compiles. */
+void bench_prefill(bench_timer *t, bench_results *r, int sweep, int head_dim);
+/* The backward rows only; with sweep, its tiles too (yk bench --backward); head_dim as above. */
+void bench_backward(bench_timer *t, bench_results *r, int sweep, int head_dim);
 int bench_paged(bench_timer *t, bench_results *r);
 /* Times each op's tunable fields over a grid of values through the context's spec override. */
 int bench_sweep(bench_timer *t, bench_results *r);

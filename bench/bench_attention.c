@@ -58,13 +58,15 @@ static double attention_flops(int64_t batch, int64_t heads, int64_t seq, int64_t
 }
 
 enum { PREFILL = 1, BACKWARD = 2 };
-static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, int which) {
+/* head_dim: 0 every head dim, else that one alone (yk bench --head-dim). */
+static void prefill_and_backward(bench_timer *t, bench_results *r, int quick, int which, int head_dim) {
   yh_rng rng = {21};
   for (int backward = !(which & PREFILL); backward <= !!(which & BACKWARD); backward++)
-    for (int d = 64; d <= 128; d *= 2)
+    for (int d = 64; d <= (backward ? 128 : 256); d *= 2) /* 256 (Gemma's): the forward alone */
       for (int seq = 1024; seq <= 16384; seq *= 4)
         for (int causal = 0; causal <= 1; causal++) {
           if ((quick || backward) && seq == 1024) continue;
+          if (head_dim && d != head_dim) continue;
           const int64_t batch = 16384 / seq, heads = 2048 / d;
           attention_case c;
           char name[96];
@@ -313,8 +315,8 @@ void bench_decode(bench_timer *t, bench_results *r, int sweep) {
   if (sweep) decode_sweep(t, r);
 }
 
-/* The Hopper prefill's tiles and loops at head dims 64 and 128: block_n, stages, warpgroups (three
- * only at 64-key tiles or head dim 64: registers), pipeline (FlashAttention-3's producer warpgroup,
+/* The Hopper prefill's tiles and loops at head dims 64, 128 and 256: block_n, stages, warpgroups (three
+ * only at 64-key tiles or head dim 64: registers; at 256 only 64-key tiles, two warpgroups two stages), pipeline (FlashAttention-3's producer warpgroup,
  * and that with the consumers' MMAs in turn; the plain loop 0, slower at every shape on the H200,
  * is left out) and tma (the producer's loads). Configurations a rule refuses print as invalid. */
 static void prefill_configs(bench_timer *t, bench_results *r, const char *shape, attention_case *c, double flops) {
@@ -332,13 +334,14 @@ static void prefill_configs(bench_timer *t, bench_results *r, const char *shape,
           }
 }
 
-static void prefill_sweep(bench_timer *t, bench_results *r) {
+static void prefill_sweep(bench_timer *t, bench_results *r, int only_head_dim) {
   yh_rng rng = {23};
   /* the issue's lengths, 16k tokens a batch, and 2048 between them: short causal grids at head dim
    * 64 take fewer warpgroups (yk_attention_prefill_sm90_spec: one up to 1024 queries, two under 4096) */
   static const int64_t seqs[] = {1024, 2048, 4096, 16384};
-  for (int i = 0; i < 16; i++) { /* head dims 64 and 128, each at every length, each without and with the mask */
-    const int64_t head_dim = i < 8 ? 64 : 128, seq = seqs[i / 2 % 4], batch = 16384 / seq;
+  for (int i = 0; i < 24; i++) { /* head dims 64, 128 and 256, each at every length, without and with the mask */
+    const int64_t head_dim = 64 << (i / 8), seq = seqs[i / 2 % 4], batch = 16384 / seq;
+    if (only_head_dim && head_dim != only_head_dim) continue;
     const int64_t heads = 2048 / head_dim;
     const int causal = i % 2;
     attention_case c;
@@ -354,11 +357,12 @@ static void prefill_sweep(bench_timer *t, bench_results *r) {
  * (attention_backward_sm90): its rows pin the loads (tma=0: cp.async) and warpgroups (64 owned rows
  * each) of both, and the stages or walked tile of one part (part=dq: keys; part=dkdv: query rows);
  * mma_sync runs attention_backward's kernels instead (their tiles: NOTES.md items 20 and 22). */
-static void backward_sweep(bench_timer *t, bench_results *r) {
+static void backward_sweep(bench_timer *t, bench_results *r, int only_head_dim) {
   yh_rng rng = {29};
   static const int dims[] = {64, 128};
   for (int di = 0; di < 2; di++)
     for (int causal = 0; causal <= 1; causal++) {
+      if (only_head_dim && dims[di] != only_head_dim) continue;
       const int64_t seq = 4096, batch = 4, heads = 2048 / dims[di];
       attention_case c;
       char shape[64];
@@ -485,8 +489,8 @@ void bench_decode_lengths(bench_timer *t, bench_results *r) {
  * their tiles. What issue 6's tuner automates; here it chooses the defaults. */
 int bench_attention_sweep(bench_timer *t, bench_results *r) {
   decode_sweep(t, r);
-  prefill_sweep(t, r);
-  backward_sweep(t, r);
+  prefill_sweep(t, r, 0);
+  backward_sweep(t, r, 0);
   return 0;
 }
 
@@ -504,6 +508,7 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
       "attention_prefill_sm90:dtype=bf16,head_dim=128,causal=1",
       "attention_prefill_sm90:dtype=bf16,head_dim=64",
       "attention_prefill_sm90:dtype=bf16,head_dim=128,causal=1,ragged=1,paged=csr,page_size=16",
+      "attention_prefill_sm90:dtype=bf16,head_dim=256,causal=1",
       "attention_prefill:dtype=bf16,head_dim=128",
       "attention_prefill:dtype=bf16,head_dim=256,causal=1",
       "attention_decode:dtype=bf16,head_dim=128",
@@ -546,19 +551,19 @@ static void cold_compiles(yk_ctx *gpu, bench_results *r) {
 }
 
 int bench_attention(bench_timer *t, bench_results *r, int quick) {
-  prefill_and_backward(t, r, quick, PREFILL | BACKWARD);
+  prefill_and_backward(t, r, quick, PREFILL | BACKWARD, 0);
   bench_decode(t, r, 0);
   cold_compiles(t->ctx, r);
   return 0;
 }
 
-void bench_prefill(bench_timer *t, bench_results *r, int sweep) {
-  prefill_and_backward(t, r, 1, PREFILL);
-  cold_compiles(t->ctx, r);
-  if (sweep) prefill_sweep(t, r);
+void bench_prefill(bench_timer *t, bench_results *r, int sweep, int head_dim) {
+  prefill_and_backward(t, r, 1, PREFILL, head_dim);
+  if (!head_dim) cold_compiles(t->ctx, r);
+  if (sweep) prefill_sweep(t, r, head_dim);
 }
 
-void bench_backward(bench_timer *t, bench_results *r, int sweep) {
-  prefill_and_backward(t, r, 0, BACKWARD);
-  if (sweep) backward_sweep(t, r);
+void bench_backward(bench_timer *t, bench_results *r, int sweep, int head_dim) {
+  prefill_and_backward(t, r, 0, BACKWARD, head_dim);
+  if (sweep) backward_sweep(t, r, head_dim);
 }

@@ -37,11 +37,13 @@ static void write_json(const char *path, const yk_ctx_info *info, const bench_re
 int cmd_bench(int argc, char **argv) {
   const char *json = NULL;
   int quick = 0, sweep = 0, attention_only = 0, kv_only = 0, radix_only = 0, paged_only = 0, decode_only = 0,
-      prefill_only = 0, backward_only = 0, ops_only = 0, lengths_only = 0;
+      prefill_only = 0, backward_only = 0, ops_only = 0, lengths_only = 0, head_dim = 0;
   for (int i = 1; i < argc; i++) {
     const char *v;
     if ((v = cli_option(argc, argv, &i, "--json")))
       json = v;
+    else if ((v = cli_option(argc, argv, &i, "--head-dim")))
+      head_dim = atoi(v);
     else if (!strcmp(argv[i], "--quick"))
       quick = 1;
     else if (!strcmp(argv[i], "--sweep"))
@@ -69,7 +71,7 @@ int cmd_bench(int argc, char **argv) {
       fprintf(
           help ? stdout : stderr,
           "usage: yk bench [--json PATH] [--quick] [--sweep] [--attention] [--paged] [--decode] [--prefill]\n"
-          "                [--backward] [--ops] [--lengths] [--kv] [--radix]\n"
+          "                [--backward] [--ops] [--lengths] [--kv] [--radix] [--head-dim N]\n"
           "Times the ops and the JIT on the GPU; JSON goes to PATH, else $OUT/yk_bench.json.\n"
           "--paged: paged decode, paged prefill of a few queries and cascade decode only; with --sweep, their knobs\n"
           "         (batch 1, a few queries, batch 16, float8 caches).\n"
@@ -77,6 +79,7 @@ int cmd_bench(int argc, char **argv) {
           "  decode's split counts, tiles, shared-memory layouts and L2 hints too.\n"
           "--prefill: the prefill only; with --sweep, the Hopper prefill's configurations too.\n"
           "--backward: the backward only; with --sweep, its tiles too.\n"
+          "--head-dim N: with --prefill or --backward, head dim N's rows (and sweep) alone (64, 128; prefill 256).\n"
           "--lengths: batch-1 decode over lengths (dense and paged) under the knobs of its kernel.\n"
           "--ops: the norms, activations and RoPE, then the JIT and dispatch costs.\n"
           "--kv: the KV cache manager's host operations a second instead (no GPU needed).\n"
@@ -84,6 +87,8 @@ int cmd_bench(int argc, char **argv) {
       return help ? 0 : 2;
     }
   }
+  if (head_dim != 0 && head_dim != 64 && head_dim != 128 && head_dim != 256)
+    return cli_fail("bench", "--head-dim takes 64, 128 or 256"), 2;
   if (kv_only) return bench_kv(quick);
   if (radix_only) return bench_radix(quick);
   yk_ctx *ctx = cli_ctx(YK_DEVICE_AUTO);
@@ -114,9 +119,9 @@ int cmd_bench(int argc, char **argv) {
   if (lengths_only) {
     bench_decode_lengths(&timer, &results);
   } else if (prefill_only) {
-    bench_prefill(&timer, &results, sweep);
+    bench_prefill(&timer, &results, sweep, head_dim);
   } else if (backward_only) {
-    bench_backward(&timer, &results, sweep);
+    bench_backward(&timer, &results, sweep, head_dim);
   } else if (ops_only) {
     failures += bench_ops(&timer, &results, quick);
     failures += bench_jit(ctx, &results, quick);

@@ -1,5 +1,5 @@
 """Peers' figures for the shapes ../shared/anchors/peers.py does not time: fused add + RMSNorm,
-decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE, and attention backward. Same method as peers.py
+decode-sized (64-token) RMSNorm, fused add + RMSNorm and RoPE, prefill at head dim 256 and attention backward. Same method as peers.py
 (triton.testing.do_bench, median), same byte counts as yk bench. The 64-token ops also issued back to
 back (OP.eager_b2b / OP.compiled_b2b, microseconds a call), as yk bench's "back-to-back" rows are.
 Writes $OUT/peers_extra.json."""
@@ -32,6 +32,27 @@ def back_to_back_us(f):
 def b2b(name, shape, eager, compiled):
     rec(f"{name}.eager_b2b {shape}", back_to_back_us(eager), "us")
     rec(f"{name}.compiled_b2b {shape}", back_to_back_us(compiled), "us")
+
+from torch.nn.attention import sdpa_kernel, SDPBackend
+
+# prefill at head dim 256 (Gemma's) through SDPA's flash and cuDNN backends: yk bench's D256 rows,
+# which peers.py does not time
+for S in (1024, 4096, 16384):
+    D = 256; Hh = 2048 // D; B = 16384 // S
+    q = torch.randn(B, Hh, S, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn_like(q); v = torch.randn_like(q)
+    for causal in (False, True):
+        fl = 4 * B * Hh * S * S * D / (2 if causal else 1)
+        for name, be in (("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)):
+            try:
+                with sdpa_kernel(be):
+                    ms = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                  return_mode="median")
+                rec(f"prefill.{name} D{D} S{S} B{B} H{Hh} causal={int(causal)}", fl / ms / 1e9, "TFLOP/s")
+            except Exception as e:
+                print(f"prefill.{name} D{D} S{S} failed: {type(e).__name__}: {e}", flush=True)
+    del q, k, v
+json.dump(R, open(os.environ.get("OUT", "/tmp") + "/peers_extra.json", "w"), indent=1)  # kept if a later part times out
 
 def fused(x, r, w):
     r = x + r
@@ -79,7 +100,6 @@ rec(f"rope.compiled T{T} q32 k8 d128", bw(nb, do_bench(lambda: rc(q, k, cos, sin
 b2b("rope", f"T{T} q32 k8 d128", lambda: rope(q, k, cos, sin, pos), lambda: rc(q, k, cos, sin, pos))
 
 # attention backward through SDPA's flash and cuDNN backends: the shapes of yk bench's backward rows
-from torch.nn.attention import sdpa_kernel, SDPBackend
 for D in (64, 128):
     for S in (4096, 16384):
         Hh = 2048 // D; B = 16384 // S
