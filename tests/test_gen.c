@@ -162,6 +162,16 @@ static void check_entry(void *user, const yk_cache_entry *e) {
   }
 }
 
+/* The cache holds exactly `count` entries and every one passes check_entry; what names them. */
+static void assert_entries_clean(yk_ctx *ctx, int count, const char *what) {
+  matrix_stats s = {0};
+  int entries, invalid;
+  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &s, &entries, &invalid), YK_OK);
+  cr_assert_eq(entries, count, "%s: %d entries, %d compiled", what, entries, count);
+  cr_assert_eq(invalid, 0, "%s: %d invalid entries", what, invalid);
+  cr_assert_eq(s.bad, 0, "%d %s spill, lack a binary or failed verification", s.bad, what);
+}
+
 /* The default matrix, every dtype, for sm_80 and sm_90: each entry has PTX, a cubin, registers
  * reported, and no spill or stack bytes. NVRTC needs no GPU, so this runs in CI. Under
  * AddressSanitizer one arch: the release run checks both, and there the matrix is for the warm
@@ -181,12 +191,7 @@ Test(gen, default_matrix_compiles_without_spills, .timeout = 600) {
   cr_assert_eq(yk_warm(ctx, &o, &r), YK_OK, "%s", yk_ctx_last_error(ctx));
   cr_assert_gt(r.total, 50);
   cr_assert_eq(r.compiled, r.total, "fresh directory, yet %d of %d were cached", r.cached, r.total);
-  matrix_stats s = {0};
-  int entries, invalid;
-  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &s, &entries, &invalid), YK_OK);
-  cr_assert_eq(entries, r.total);
-  cr_assert_eq(invalid, 0);
-  cr_assert_eq(s.bad, 0, "%d entries spill, lack a binary or failed verification", s.bad);
+  assert_entries_clean(ctx, r.total, "warm matrix entries");
   yk_ctx_destroy(ctx);
 }
 
@@ -231,11 +236,7 @@ Test(gen, edge_specs_compile_without_spills, .timeout = 300) {
       cr_assert_eq(yk_spec_compile(ctx, specs[i], a ? "sm_90" : "sm_80", &compiled), YK_OK, "%s: %s", specs[i],
                    yk_ctx_last_error(ctx));
     }
-  matrix_stats s = {0};
-  int entries, invalid;
-  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &s, &entries, &invalid), YK_OK);
-  cr_assert_eq(entries, 2 * (int)(sizeof specs / sizeof specs[0]));
-  cr_assert_eq(s.bad, 0, "%d edge specs spill or lack a binary", s.bad);
+  assert_entries_clean(ctx, 2 * (int)(sizeof specs / sizeof specs[0]), "edge specs");
   yk_ctx_destroy(ctx);
 }
 
@@ -263,11 +264,7 @@ Test(gen, hopper_prefill_loops_compile_without_spills, .timeout = 300) {
             cr_assert_eq(yk_spec_compile(ctx, spec, "sm_90", &compiled), YK_OK, "%s: %s", spec, yk_ctx_last_error(ctx));
             count++;
           }
-  matrix_stats s = {0};
-  int entries, invalid;
-  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &s, &entries, &invalid), YK_OK);
-  cr_assert_eq(entries, count);
-  cr_assert_eq(s.bad, 0, "%d Hopper prefill configurations spill or lack a binary", s.bad);
+  assert_entries_clean(ctx, count, "Hopper prefill configurations");
   yk_ctx_destroy(ctx);
 }
 
@@ -301,10 +298,6 @@ Test(gen, hopper_prefill_head_dim_256_compiles_without_spills, .timeout = 300) {
   cr_assert(strstr(why, "registers"), "%s", why);
   cr_assert_neq(yk_spec_parse("attention_prefill_sm90:dtype=bf16,head_dim=256,stages=3", &s, why, sizeof why), 0);
   cr_assert(strstr(why, "shared memory"), "%s", why);
-  matrix_stats st = {0};
-  int entries, invalid;
-  cr_assert_eq(yk_cache_list(ctx, 1, check_entry, &st, &entries, &invalid), YK_OK);
-  cr_assert_eq(entries, COUNT);
-  cr_assert_eq(st.bad, 0, "%d head-dim-256 Hopper prefills spill or lack a binary", st.bad);
+  assert_entries_clean(ctx, COUNT, "head-dim-256 Hopper prefills");
   yk_ctx_destroy(ctx);
 }
