@@ -486,19 +486,19 @@ __device__ __forceinline__ void yk_softmax_step(float (&s)[S_TILES][4], float (&
   yk_rescale(o, alpha);
 }
 
-// A finished row's lse (natural log) from its running max m (log2 units) and whole sum l: -inf for a
-// row that saw no key, whose o / l is then written as 0.
+// A finished row's lse (natural log) from its running max m (log2 units) and whole sum l, and what
+// its o is scaled by: -inf and 0 for a row that saw no key, whose o is then written as 0.
 __device__ __forceinline__ float yk_row_lse(float m, float l) {
   return l > 0.f ? (m + __log2f(l)) * YK_LN2 : -INFINITY;
 }
+__device__ __forceinline__ float yk_row_inverse(float l) { return l > 0.f ? 1.f / l : 0.f; }
 
 // Finishes row r (0: g, 1: g + 8): writes o / l to row_out (NULL: not this block's row) and returns
 // the row's lse. Every lane of the quad calls it.
 template <int O_TILES>
 __device__ __forceinline__ float yk_finish_row(const float (&o)[O_TILES][4], float m, float l_part, int r,
                                                T *row_out, int t4) {
-  const float l = yk_quad_sum(l_part);
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float l = yk_quad_sum(l_part), inv = yk_row_inverse(l);
   if (row_out) {
 #pragma unroll
     for (int nt = 0; nt < O_TILES; ++nt)

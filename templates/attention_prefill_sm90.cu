@@ -322,12 +322,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
   // rows, not 32 4-byte stores a thread into half sectors: at D128 a block's stores take 1.0 us, not
   // 1.8, and the SM's next block starts 0.13 us sooner (bench/NOTES.md item 93). The host asks every
   // row of out to start on 16 bytes (yk_attention_check_aligned). Unrolled by 2, not 8: fully
-  // unrolled, the paged three-warpgroup specs at head dim 64 spill.
+  // unrolled, the paged three-warpgroup specs at head dim 64 spill. The offsets are yk_swizzled's
+  // spelled out: through it (row and column of unknown sign) the D128 kernel took 8 more instructions.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int rr = warp * 16 + g + 8 * r, row = my_row + 8 * r;
-    const float l = yk_quad_sum(l_row[r]);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float l = yk_quad_sum(l_row[r]), inv = yk_row_inverse(l);
     T *staged = sQ + (wg * 64 + rr) * 64;
 #pragma unroll
     for (int nt = 0; nt < HEAD_DIM / 8; ++nt)
